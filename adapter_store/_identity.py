@@ -20,6 +20,7 @@ __all__ = [
     "AdapterRef",
     "AdapterVersion",
     "validate_alias",
+    "validate_base_model_id",
     "validate_name",
 ]
 
@@ -68,6 +69,25 @@ def validate_alias(alias: object, *, allow_latest: bool = False) -> str:
             "alias 'latest' is reserved: the store moves it to every new version"
         )
     return alias
+
+
+def validate_base_model_id(base_model: object) -> str:
+    """Return ``base_model`` if it may name a base model, else raise.
+
+    A base model id is one name or ``org/name`` (as on the Hugging Face hub), each part
+    following the name rules, so that it is safe as a Redis key part and a file name part.
+
+    Raises:
+        InvalidNameError: the id is not one or two valid names joined by '/'.
+    """
+    if not isinstance(base_model, str):
+        raise InvalidNameError(f"base model id must be a string, got {type(base_model).__name__}")
+    parts = base_model.split("/")
+    if len(parts) > 2:
+        raise InvalidNameError(f"invalid base model id {base_model!r}: use 'name' or 'org/name'")
+    for part in parts:
+        validate_name(part, "base model")
+    return base_model
 
 
 @dataclass(frozen=True, slots=True)

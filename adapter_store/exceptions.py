@@ -13,6 +13,7 @@ one status code (shown on the right)::
     │   └── AdapterTooLargeError           413  size or rank above the configured caps
     ├── InvalidNameError                   400  a tenant, adapter or alias name is not allowed
     ├── InvalidReferenceError              400  "name", "name@3" or "name:alias" did not parse
+    ├── InvalidManifestError               400  a base model manifest is malformed
     ├── NotFoundError                      404
     │   ├── AdapterNotFoundError           404  no such adapter, version or alias
     │   ├── TenantNotFoundError            404  no such tenant
@@ -38,6 +39,7 @@ __all__ = [
     "IntegrityError",
     "InvalidAdapterError",
     "InvalidConfigError",
+    "InvalidManifestError",
     "InvalidNameError",
     "InvalidReferenceError",
     "MalformedWeightsError",
@@ -88,6 +90,10 @@ class InvalidNameError(AdapterStoreError, ValueError):
 
 class InvalidReferenceError(AdapterStoreError, ValueError):
     """An adapter reference string did not parse."""
+
+
+class InvalidManifestError(AdapterStoreError, ValueError):
+    """A base model manifest has missing or invalid module shapes."""
 
 
 class NotFoundError(AdapterStoreError, LookupError):

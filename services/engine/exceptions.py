@@ -8,6 +8,7 @@
     │                                    only the requests for that adapter fail
     ├── AdapterIncompatibleError         the adapter does not fit the loaded base model
     ├── EngineOverloadedError            503  the request queue is full
+    ├── BaseModelLoadError               the base model directory is missing or unloadable
     └── RequestCancelledError            the client went away; the request left the batch
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 __all__ = [
     "AdapterIncompatibleError",
     "AdapterLoadError",
+    "BaseModelLoadError",
     "EngineError",
     "EngineOverloadedError",
     "InvalidRequestError",
@@ -41,6 +43,10 @@ class AdapterIncompatibleError(EngineError):
 
 class EngineOverloadedError(EngineError):
     """The engine's request queue is full; retry later or add replicas."""
+
+
+class BaseModelLoadError(EngineError):
+    """The base model could not be loaded; the message names the path and the cause."""
 
 
 class RequestCancelledError(EngineError):

@@ -1,0 +1,518 @@
+"""A replica's local disk cache of adapter versions, filled from the blob store.
+
+Layout under ``root``::
+
+    entries/<tenant>/<name>@<version>/   one directory per resident adapter version:
+        adapter_config.json, ...          its files, named as the caller asked
+        .loramux-entry.json               manifest: each file's sha256 and size
+    tmp/<stripe>-<uuid>/                  a download in progress (or a crash's leftover)
+    tmp/evicted-<uuid>/                   an evicted entry, being deleted
+    locks/<stripe>.lock                   cross-process locks, 4096 stripes by key hash
+
+Policies:
+
+* **Verified writes.** Each file is downloaded into a staging directory, its sha256
+  (computed from the bytes written, during the download) checked against the digest
+  the caller gave, fsynced, and the whole directory renamed
+  into ``entries/`` in one step: an entry is complete and verified, or absent. A file
+  whose sha256 does not match is downloaded once more; a second mismatch (or a blob
+  missing from the store) raises :class:`IntegrityError`.
+* **Cheap hits.** A hit checks that the resident entry has the same digests as asked and
+  that every file still has the size recorded when it was verified (one ``stat`` per
+  file); it does not re-hash. A size mismatch drops the entry and downloads it again.
+  Bit rot that keeps sizes is not detected here; the safetensors loader still checks the
+  header and shapes.
+* **LRU byte budget.** After each insertion, the least recently ensured entries are
+  deleted until the sizes of the entry files sum to at most ``max_bytes``. The entry just
+  ensured is never evicted by its own insertion; one larger than the whole budget is
+  still returned, with a warning, and goes first at the next insertion.
+* **Single flight.** Concurrent ``ensure`` calls for one key in one process make one
+  download; the others wait for it and get its result or its error. Processes sharing
+  ``root`` (two replicas on a node) serialize downloads of a key with a striped
+  ``flock``, and a process finding an entry another one wrote adopts it.
+* **Restart.** On construction the index is rebuilt from ``entries/`` (LRU order from
+  each manifest's mtime, touched on every hit); entries without a valid manifest and
+  staging leftovers not locked by a live process are removed.
+
+Failure modes: entries are deleted by renaming them away first, so a reader that has
+opened a file keeps reading it; a path returned by :meth:`DiskCache.ensure` may however
+vanish if another thread or process evicts it before it is opened (call ``ensure``
+again). Each process enforces ``max_bytes`` over the entries it knows (those it ensured
+or found at start), so processes sharing ``root`` may together exceed one budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapter_store._blobs import BlobStore, ProgressCallback, blob_key, fsync_path
+from adapter_store._identity import AdapterVersion
+from adapter_store.exceptions import IntegrityError, NotFoundError
+
+__all__ = ["DiskCache", "DiskCacheStats"]
+
+_log = logging.getLogger(__name__)
+
+MANIFEST_NAME = ".loramux-entry.json"
+_EVICTED_PREFIX = "evicted-"
+_FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(slots=True)
+class DiskCacheStats:
+    """Counters since construction; :attr:`DiskCache.stats` returns a copy.
+
+    ``hits``: ensure calls served by a resident entry, without downloading.
+    ``misses``: ensure calls that downloaded the entry.
+    ``coalesced``: ensure calls that waited for another call's download of the same key.
+    ``evictions``: entries removed, by the byte budget or by :meth:`DiskCache.evict`.
+    ``bytes_downloaded``: bytes received from the blob store, re-downloads included.
+    ``corrupt_downloads``: downloaded files whose sha256 did not match.
+    ``download_seconds``: time spent in downloads, by the injected clock.
+    """
+
+    hits: int = 0
+    misses: int = 0
+    coalesced: int = 0
+    evictions: int = 0
+    bytes_downloaded: int = 0
+    corrupt_downloads: int = 0
+    download_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A resident entry: file name -> (sha256, size)."""
+
+    files: Mapping[str, tuple[str, int]]
+
+    @property
+    def size(self) -> int:
+        return sum(size for _, size in self.files.values())
+
+    def digests(self) -> dict[str, str]:
+        return {name: digest for name, (digest, _) in self.files.items()}
+
+
+class DiskCache:
+    """Adapter versions on local disk, downloaded from a :class:`BlobStore` on demand.
+
+    Thread-safe. See the module docstring for the verification, eviction, single-flight
+    and restart policies.
+
+    Args:
+        root: the cache directory; created if missing.
+        blobs: where blobs are downloaded from.
+        max_bytes: the byte budget over all entries' files.
+        clock: measures download time for :attr:`stats`; injected in tests.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        blobs: BlobStore,
+        max_bytes: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.root = Path(root).absolute()
+        self.max_bytes = max_bytes
+        self._blobs = blobs
+        self._clock = clock
+        self._entries_dir = self.root / "entries"
+        self._tmp_dir = self.root / "tmp"
+        self._locks_dir = self.root / "locks"
+        for path in (self._entries_dir, self._tmp_dir, self._locks_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._index: OrderedDict[str, _Entry] = OrderedDict()
+        self._used = 0
+        self._inflight: dict[str, Future[Path]] = {}
+        self._stats = DiskCacheStats()
+        self._last_used_ns = 0
+        self._remove_leftovers()
+        self._rebuild_index()
+
+    # -- public API -------------------------------------------------------------------
+
+    def ensure(
+        self,
+        key: str,
+        files: Mapping[str, str],
+        on_progress: ProgressCallback | None = None,
+    ) -> Path:
+        """The directory holding ``files`` of adapter version ``key``, verified.
+
+        Args:
+            key: an adapter version key, ``tenant/name@version``.
+            files: file name -> sha256 digest, e.g. ``{"adapter_config.json": ...,
+                "adapter_model.safetensors": ...}``.
+            on_progress: receives byte counts as the download proceeds; only the call
+                that performs the download gets them.
+
+        Raises:
+            IntegrityError: a file failed its sha256 check on two downloads, or its blob
+                is missing from the blob store.
+            BackendUnavailableError: the blob store did not answer.
+            InvalidReferenceError, InvalidNameError: ``key`` is not an adapter key.
+            ValueError: a file name or digest is malformed.
+        """
+        wanted = _validate_request(key, files)
+        with self._lock:
+            if self._touch_if_resident(key, wanted):
+                self._stats.hits += 1
+                return self._entry_dir(key)
+            flight = self._inflight.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._inflight[key] = Future()
+            else:
+                self._stats.coalesced += 1
+        if not leader:
+            return flight.result()
+        try:
+            path = self._load(key, wanted, on_progress)
+            flight.set_result(path)
+            return path
+        except BaseException as exc:
+            flight.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                del self._inflight[key]
+
+    def contains(self, key: str) -> bool:
+        """Whether ``key`` is resident (by this process's index; no disk access)."""
+        with self._lock:
+            return key in self._index
+
+    def keys(self) -> list[str]:
+        """Resident keys in LRU order, least recently ensured first."""
+        with self._lock:
+            return list(self._index)
+
+    @property
+    def used_bytes(self) -> int:
+        """The summed size of the resident entries' files."""
+        with self._lock:
+            return self._used
+
+    @property
+    def stats(self) -> DiskCacheStats:
+        """A snapshot of the counters."""
+        with self._lock:
+            return dataclasses.replace(self._stats)
+
+    def evict(self, key: str) -> bool:
+        """Remove ``key`` from the cache; False if it was not resident."""
+        with self._lock:
+            if key not in self._index:
+                return False
+            trash = self._drop(key)
+        _remove_tree(trash)
+        return True
+
+    # -- loading ----------------------------------------------------------------------
+
+    def _load(self, key: str, wanted: dict[str, str], on_progress: ProgressCallback | None) -> Path:
+        """Adopt the entry from disk or download it, then index it and apply the budget."""
+        final = self._entry_dir(key)
+        with _flock(self._lock_file(_stripe(key))):
+            entry = _read_entry(final)
+            downloaded = entry is None or entry.digests() != wanted
+            if downloaded:
+                entry = self._download_entry(key, wanted, final, on_progress)
+        assert entry is not None
+        with self._lock:
+            if downloaded:
+                self._stats.misses += 1
+            else:
+                self._stats.hits += 1
+            self._insert(key, entry)
+            trash = self._evict_over_budget(keep=key)
+        for path in trash:
+            _remove_tree(path)
+        return final
+
+    def _download_entry(
+        self,
+        key: str,
+        wanted: dict[str, str],
+        final: Path,
+        on_progress: ProgressCallback | None,
+    ) -> _Entry:
+        """Download and verify every file into a staging dir, then rename it to ``final``.
+
+        The caller holds the key's process lock, so no other process writes ``final``.
+        """
+        stage = self._tmp_dir / f"{_stripe(key)}-{uuid.uuid4().hex}"
+        stage.mkdir()
+        try:
+            files = {
+                name: (digest, self._fetch_verified(key, name, digest, stage / name, on_progress))
+                for name, digest in wanted.items()
+            }
+            entry = _Entry(files)
+            _write_manifest(stage, key, entry)
+            if final.exists():
+                _remove_tree(self._move_to_trash(final))
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(stage, final)
+            fsync_path(final.parent)
+            return entry
+        finally:
+            if stage.exists():
+                _remove_tree(stage)
+
+    def _fetch_verified(
+        self,
+        key: str,
+        name: str,
+        digest: str,
+        dest: Path,
+        on_progress: ProgressCallback | None,
+    ) -> int:
+        """Download one blob to ``dest`` and check its sha256; one retry on mismatch."""
+        blob = blob_key(digest)
+        actual = ""
+        for attempt in (1, 2):
+            started = self._clock()
+            hasher = hashlib.sha256()
+            try:
+                size = self._blobs.download(blob, dest, on_progress, hasher=hasher)
+            except NotFoundError as exc:
+                raise IntegrityError(
+                    f"adapter {key}: file {name} (sha256 {digest}) is missing from the blob "
+                    f"store {self._blobs.url} as {blob}; the metadata names a blob that is "
+                    "gone: restore it from a backup or push the adapter again."
+                ) from exc
+            with self._lock:
+                self._stats.bytes_downloaded += size
+                self._stats.download_seconds += self._clock() - started
+            actual = hasher.hexdigest()
+            if actual == digest:
+                fsync_path(dest)  # a verified entry must survive a crash
+                return size
+            with self._lock:
+                self._stats.corrupt_downloads += 1
+            _log.warning(
+                "adapter %s: %s from %s has sha256 %s, expected %s (download %d of 2)",
+                key,
+                name,
+                blob,
+                actual,
+                digest,
+                attempt,
+            )
+        raise IntegrityError(
+            f"adapter {key}: file {name} downloaded twice from {self._blobs.url} as {blob} "
+            f"has sha256 {actual}, expected {digest}: the stored blob is corrupt. Delete "
+            "the blob and push the adapter again, or restore the blob from a backup."
+        )
+
+    # -- index (callers hold self._lock) ------------------------------------------------
+
+    def _touch_if_resident(self, key: str, wanted: dict[str, str]) -> bool:
+        """On a valid hit mark ``key`` most recently used; drop an entry gone bad."""
+        entry = self._index.get(key)
+        if entry is None:
+            return False
+        path = self._entry_dir(key)
+        if entry.digests() != wanted or not _sizes_match(path, entry):
+            _log.warning("disk cache entry %s changed on disk or in content; fetching again", key)
+            self._used -= self._index.pop(key).size
+            return False
+        self._index.move_to_end(key)
+        self._mark_used(key)
+        return True
+
+    def _mark_used(self, key: str) -> None:
+        """Stamp the manifest's mtime so that a restart rebuilds the same LRU order.
+
+        Stamps strictly increase within a process; the filesystem clock alone can give
+        two entries used within one tick the same mtime.
+        """
+        self._last_used_ns = max(time.time_ns(), self._last_used_ns + 1)
+        with contextlib.suppress(OSError):
+            os.utime(self._entry_dir(key) / MANIFEST_NAME, ns=(self._last_used_ns,) * 2)
+
+    def _insert(self, key: str, entry: _Entry) -> None:
+        old = self._index.pop(key, None)
+        if old is not None:
+            self._used -= old.size
+        self._index[key] = entry
+        self._used += entry.size
+        self._mark_used(key)
+        if entry.size > self.max_bytes:
+            _log.warning(
+                "adapter %s takes %d bytes, more than the disk cache budget of %d bytes; "
+                "kept for now, evicted first on the next insertion. Raise max_bytes.",
+                key,
+                entry.size,
+                self.max_bytes,
+            )
+
+    def _evict_over_budget(self, keep: str) -> list[Path]:
+        """Drop least recently used entries other than ``keep`` until within budget."""
+        trash = []
+        for key in list(self._index):
+            if self._used <= self.max_bytes:
+                break
+            if key != keep:
+                trash.append(self._drop(key))
+        return trash
+
+    def _drop(self, key: str) -> Path:
+        """Remove ``key`` from the index and move its directory away; returns the trash."""
+        self._used -= self._index.pop(key).size
+        self._stats.evictions += 1
+        return self._move_to_trash(self._entry_dir(key))
+
+    # -- disk -------------------------------------------------------------------------
+
+    def _entry_dir(self, key: str) -> Path:
+        return self._entries_dir / key
+
+    def _move_to_trash(self, path: Path) -> Path:
+        """Rename ``path`` into tmp/ so that it vanishes atomically from entries/."""
+        trash = self._tmp_dir / f"{_EVICTED_PREFIX}{uuid.uuid4().hex}"
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path, trash)
+        return trash
+
+    def _lock_file(self, stripe: str) -> Path:
+        """The lock file of a stripe: keys hash onto 4096 of them, created on first use."""
+        return self._locks_dir / f"{stripe}.lock"
+
+    def _remove_leftovers(self) -> None:
+        """Delete staging dirs of crashed downloads, and trash; skip live downloads."""
+        for path in self._tmp_dir.iterdir():
+            stripe, _, _ = path.name.partition("-")
+            if path.name.startswith(_EVICTED_PREFIX) or not re.fullmatch(r"[0-9a-f]{3}", stripe):
+                _remove_tree(path)
+                continue
+            with _flock(self._lock_file(stripe), blocking=False) as held:
+                if held:
+                    _remove_tree(path)
+
+    def _rebuild_index(self) -> None:
+        """Index the valid entries on disk, oldest use first; remove invalid ones."""
+        found: list[tuple[int, str, _Entry]] = []
+        for tenant_dir in sorted(self._entries_dir.iterdir()):
+            for entry_dir in sorted(tenant_dir.iterdir()) if tenant_dir.is_dir() else ():
+                key = f"{tenant_dir.name}/{entry_dir.name}"
+                entry = _read_entry(entry_dir)
+                if entry is None or not _is_adapter_key(key):
+                    _log.warning("removing invalid disk cache entry %s", entry_dir)
+                    _remove_tree(self._move_to_trash(entry_dir))
+                    continue
+                with contextlib.suppress(OSError):  # evicted meanwhile by another process
+                    found.append(((entry_dir / MANIFEST_NAME).stat().st_mtime_ns, key, entry))
+        with self._lock:
+            for stamp, key, entry in sorted(found):
+                self._index[key] = entry
+                self._used += entry.size
+                self._last_used_ns = max(self._last_used_ns, stamp)
+            trash = self._evict_over_budget(keep="")
+        for path in trash:
+            _remove_tree(path)
+
+
+def _validate_request(key: str, files: Mapping[str, str]) -> dict[str, str]:
+    AdapterVersion.parse_key(key)
+    if not files:
+        raise ValueError(f"adapter {key}: no files to fetch")
+    for name, digest in files.items():
+        if not isinstance(name, str) or not _FILE_NAME_RE.match(name):
+            raise ValueError(
+                f"adapter {key}: invalid file name {name!r}: use A-Z a-z 0-9 . _ -, "
+                "starting with a letter or digit"
+            )
+        blob_key(digest)
+    return dict(files)
+
+
+def _is_adapter_key(key: str) -> bool:
+    try:
+        AdapterVersion.parse_key(key)
+    except ValueError:
+        return False
+    return True
+
+
+def _stripe(key: str) -> str:
+    """The lock stripe of a key: 3 hex digits of its sha256, so 4096 stripes."""
+    return hashlib.sha256(key.encode()).hexdigest()[:3]
+
+
+@contextlib.contextmanager
+def _flock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path``; yields False if non-blocking and taken."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _read_entry(path: Path) -> _Entry | None:
+    """The entry in ``path`` if its manifest parses and its files have their sizes."""
+    try:
+        manifest = json.loads((path / MANIFEST_NAME).read_text())
+        entry = _Entry(
+            {
+                str(name): (str(meta["sha256"]), int(meta["size"]))
+                for name, meta in manifest["files"].items()
+            }
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return entry if _sizes_match(path, entry) else None
+
+
+def _write_manifest(directory: Path, key: str, entry: _Entry) -> None:
+    manifest = {
+        "key": key,
+        "files": {
+            name: {"sha256": digest, "size": size} for name, (digest, size) in entry.files.items()
+        },
+    }
+    with open(directory / MANIFEST_NAME, "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_path(directory)
+
+
+def _sizes_match(path: Path, entry: _Entry) -> bool:
+    try:
+        return all((path / name).stat().st_size == size for name, (_, size) in entry.files.items())
+    except OSError:
+        return False
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,523 @@
+"""The AdapterStore facade: push, resolve, fetch, pull, list, alias, delete, gc, tenants.
+
+Push order, and why: (1) read and validate everything (format, shapes against the base
+model's manifest, size and rank caps) before touching any backend, so a bad upload
+writes nothing; (2) check the tenant and its quotas, so a push that will be refused does
+not upload; (3) announce the blobs (so gc spares them), write them content-addressed and
+read back their sizes; (4) publish in one Lua script that re-checks the quotas and
+allocates the version. A failure before (4) leaves no visible trace (at most a blob no
+version references, which :meth:`AdapterStore.gc` collects after the grace period); (4)
+is all-or-nothing.
+
+Quota policy: each live version is charged its full size (config + weights), also when
+its blobs are shared with another version or tenant (identical pushes store the bytes
+once, but who pays must not depend on who pushed first); the adapter-count quota counts
+adapter names with at least one live version.
+
+Deletion is soft: deleted versions stop resolving at once; their blobs are removed by
+:meth:`AdapterStore.gc` once no live version references them, and their metadata after
+the grace period. Version numbers of a name are never reused, even after the adapter is
+deleted and pushed again, so a cache keyed by ``tenant/name@version`` is never stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from adapter_store._blobs import BLOB_PREFIX, BlobStore, blob_key, open_blob_store
+from adapter_store._identity import (
+    AdapterRef,
+    AdapterVersion,
+    validate_alias,
+    validate_base_model_id,
+    validate_name,
+)
+from adapter_store._manifest import BaseModelManifest
+from adapter_store._metadata import MetadataStore
+from adapter_store._records import AdapterInfo, GcReport, Page, Tenant, TenantUsage, VersionInfo
+from adapter_store._source import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    AdapterFiles,
+    AdapterLimits,
+    read_adapter_source,
+)
+from adapter_store._validate import validate_adapter
+from adapter_store.exceptions import (
+    AuthenticationError,
+    BackendUnavailableError,
+    ConflictError,
+    IntegrityError,
+    InvalidReferenceError,
+    ManifestNotFoundError,
+)
+
+if TYPE_CHECKING:
+    from adapter_store._disk_cache import DiskCache
+    from adapter_store._settings import StoreSettings
+
+__all__ = ["AdapterStore"]
+
+_log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int], None]
+_API_KEY_PREFIX = "lmx_"
+_MAX_PAGE = 1000
+# How long a push waits for a gc pass that is deleting a blob the push needs.
+_GC_WAIT_S = 30.0
+
+
+class AdapterStore:
+    """Every tenant's adapters: blobs in a :class:`BlobStore`, metadata in Redis.
+
+    Thread-safe: it holds no mutable state of its own beyond its backends'.
+
+    Args:
+        metadata: the Redis metadata store.
+        blobs: where adapter files are stored, content-addressed by sha256.
+        disk_cache: the local cache :meth:`fetch` fills; required by :meth:`fetch` only.
+        limits: size and rank caps enforced at push.
+        clock: wall-clock seconds, for version times, usage and gc grace periods.
+        sleep: used while waiting for a gc pass; injected in tests.
+    """
+
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        blobs: BlobStore,
+        *,
+        disk_cache: DiskCache | None = None,
+        limits: AdapterLimits = AdapterLimits(),  # noqa: B008 (frozen, shared safely)
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.metadata = metadata
+        self.blobs = blobs
+        self.disk_cache = disk_cache
+        self.limits = limits
+        self._clock = clock
+        self._sleep = sleep
+        self._on_close: list[Callable[[], None]] = [metadata.close]
+
+    @classmethod
+    def from_settings(cls, settings: StoreSettings) -> AdapterStore:
+        """Build the store the settings describe; with no ``redis_url``, connect to (or
+        start) the embedded redis-server under ``data_dir``. Call :meth:`close` when done.
+        """
+        from adapter_store._disk_cache import DiskCache
+        from adapter_store._embedded import open_embedded_redis
+
+        server = None
+        if settings.redis_url:
+            url = settings.redis_url
+        else:
+            url, server = open_embedded_redis(settings.embedded_redis_dir)
+        metadata = MetadataStore.from_url(url, key_prefix=settings.key_prefix)
+        blobs = open_blob_store(settings.resolved_blob_url)
+        caps = {"max_bytes": settings.max_adapter_bytes, "max_rank": settings.max_rank}
+        store = cls(
+            metadata,
+            blobs,
+            disk_cache=DiskCache(settings.resolved_cache_dir, blobs, settings.cache_max_bytes),
+            limits=AdapterLimits(**{k: v for k, v in caps.items() if v is not None}),
+        )
+        if server is not None:
+            store._on_close.append(server.stop)
+        return store
+
+    def close(self) -> None:
+        """Close the Redis connection; stop the embedded redis-server if this store
+        started it."""
+        while self._on_close:
+            self._on_close.pop()()
+
+    def __enter__(self) -> AdapterStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- base model manifests -------------------------------------------------------------
+
+    def register_manifest(self, manifest: BaseModelManifest) -> None:
+        """Register (or replace) the module shapes pushes for this base model are checked
+        against."""
+        validate_base_model_id(manifest.base_model)
+        self.metadata.put_manifest(manifest.base_model, manifest.to_json())
+
+    def get_manifest(self, base_model: str) -> BaseModelManifest:
+        """Raises ManifestNotFoundError, saying how to register one."""
+        validate_base_model_id(base_model)
+        text = self.metadata.get_manifest(base_model)
+        if text is None:
+            raise ManifestNotFoundError(
+                f"no manifest is registered for base model {base_model!r}: register it "
+                f"with `loramux base register MODEL_DIR --id {base_model}` (a local Hugging "
+                "Face model directory) or AdapterStore.register_manifest("
+                "manifest_from_model(...))"
+            )
+        return BaseModelManifest.from_json(text)
+
+    # -- push -----------------------------------------------------------------------------
+
+    def push(
+        self,
+        tenant: str,
+        name: str,
+        source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | AdapterFiles,
+        *,
+        base_model: str,
+        aliases: Sequence[str] = (),
+        on_progress: ProgressCallback | None = None,
+    ) -> AdapterVersion:
+        """Validate an adapter and publish it as the next version of ``tenant/name``.
+
+        ``source`` is a PEFT directory, an archive of one, the two file paths, or the
+        files' bytes. ``latest`` and ``aliases`` move to the new version atomically.
+        ``on_progress`` receives byte counts as the blobs are uploaded.
+
+        Raises:
+            InvalidNameError: tenant, name or an alias breaks the naming rules.
+            InvalidAdapterError (and subclasses): the files are not an acceptable adapter.
+            ManifestNotFoundError: ``base_model`` has no registered manifest.
+            TenantNotFoundError, QuotaExceededError: the tenant cannot take it.
+            BackendUnavailableError: Redis or the blob store did not answer.
+            IntegrityError: a blob did not read back with the size written.
+        """
+        validate_name(tenant, "tenant")
+        validate_name(name)
+        aliases = [validate_alias(alias) for alias in aliases]
+        files = (
+            source if isinstance(source, AdapterFiles) else read_adapter_source(source, self.limits)
+        )
+        adapter = validate_adapter(files, self.get_manifest(base_model), self.limits)
+        self.metadata.check_publish(tenant, name, adapter.size_bytes)
+        self._upload(
+            {adapter.config_digest: files.config_bytes, adapter.digest: files.weights_bytes},
+            on_progress,
+        )
+        version = self.metadata.publish(
+            tenant,
+            name,
+            digest=adapter.digest,
+            config_digest=adapter.config_digest,
+            size_bytes=adapter.size_bytes,
+            rank=adapter.max_rank,
+            base_model=base_model,
+            now=self._clock(),
+            aliases=aliases,
+        )
+        _log.info("published %s (%d bytes, rank %d)", version.key, version.size_bytes, version.rank)
+        return version
+
+    def _upload(self, blobs: dict[str, bytes], on_progress: ProgressCallback | None) -> None:
+        """Write content-addressed blobs (skipped by the backend when present) and check
+        that each reads back with its size."""
+        collecting = self.metadata.announce_blobs(blobs, now=self._clock())
+        self._wait_for_gc(collecting)
+        for digest, data in blobs.items():
+            key = blob_key(digest)
+            self.blobs.put_bytes(key, data)
+            stored = self.blobs.head(key)
+            if stored != len(data):
+                raise IntegrityError(
+                    f"blob {key} in {self.blobs.url} reads back as {stored} bytes after "
+                    f"writing {len(data)}; the push was not published, retry it"
+                )
+            if on_progress is not None:
+                on_progress(len(data))
+
+    def _wait_for_gc(self, digests: Sequence[str]) -> None:
+        """Wait until no gc pass is deleting ``digests``, so they are uploaded afresh."""
+        deadline = time.monotonic() + _GC_WAIT_S
+        while digests:
+            if time.monotonic() > deadline:
+                raise BackendUnavailableError(
+                    f"a garbage collection pass has held blobs {list(digests)} for over "
+                    f"{_GC_WAIT_S:.0f}s; retry the push later"
+                )
+            self._sleep(0.1)
+            digests = self.metadata.gc_claimed(digests, now=self._clock())
+
+    # -- resolve and read -----------------------------------------------------------------
+
+    def resolve(self, tenant: str, ref: str | AdapterRef) -> AdapterVersion:
+        """The immutable version ``ref`` names now, in one Redis round trip.
+
+        Raises:
+            InvalidReferenceError, InvalidNameError: ``ref`` does not parse.
+            AdapterNotFoundError: naming the missing adapter, alias or version.
+            BackendUnavailableError: Redis did not answer.
+        """
+        validate_name(tenant, "tenant")
+        ref = ref if isinstance(ref, AdapterRef) else AdapterRef.parse(ref)
+        return self.metadata.resolve(tenant, ref.name, ref.selector)
+
+    def fetch(self, version: AdapterVersion, on_progress: ProgressCallback | None = None) -> Path:
+        """A local directory with the version's PEFT files, via the disk cache.
+
+        Raises:
+            ValueError: this store was built without a disk cache.
+            IntegrityError, BackendUnavailableError: see :meth:`DiskCache.ensure`.
+        """
+        if self.disk_cache is None:
+            raise ValueError(
+                "this AdapterStore has no disk cache: pass disk_cache= or use from_settings"
+            )
+        return self.disk_cache.ensure(version.key, _files_of(version), on_progress)
+
+    def pull(
+        self,
+        tenant: str,
+        ref: str | AdapterRef,
+        dest_dir: str | os.PathLike[str],
+        on_progress: ProgressCallback | None = None,
+    ) -> AdapterVersion:
+        """Write the version's ``adapter_config.json`` and ``adapter_model.safetensors``,
+        byte for byte as pushed, into ``dest_dir`` (created if missing); each file is
+        checked against its sha256 and appears complete or not at all.
+
+        Raises:
+            AdapterNotFoundError: ``ref`` does not resolve.
+            IntegrityError: a file failed its sha256 check twice.
+            BackendUnavailableError: Redis or the blob store did not answer.
+        """
+        version = self.resolve(tenant, ref)
+        dest = Path(dest_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        for filename, digest in _files_of(version).items():
+            self._download_verified(blob_key(digest), digest, dest / filename, on_progress)
+        return version
+
+    def _download_verified(
+        self, key: str, digest: str, target: Path, on_progress: ProgressCallback | None
+    ) -> None:
+        partial = target.with_name(f".{target.name}.part")
+        try:
+            for _ in range(2):
+                self.blobs.download(key, partial, on_progress)
+                if _sha256_of(partial) == digest:
+                    os.replace(partial, target)
+                    return
+                _log.warning("blob %s failed its sha256 check; downloading it again", key)
+        finally:
+            partial.unlink(missing_ok=True)
+        raise IntegrityError(
+            f"blob {key} in {self.blobs.url} failed its sha256 check twice: the stored "
+            "object is corrupt; push the adapter again"
+        )
+
+    def record_usage(self, version: AdapterVersion) -> None:
+        """Count a request and set last-used: O(1), one round trip, nothing read back."""
+        self.metadata.record_usage(version, now=self._clock())
+
+    # -- listing --------------------------------------------------------------------------
+
+    def list_adapters(
+        self, tenant: str, *, cursor: str | None = None, limit: int = 50
+    ) -> Page[AdapterInfo]:
+        """The tenant's live adapters in name order, ``limit`` per page."""
+        validate_name(tenant, "tenant")
+        return self.metadata.list_adapters(tenant, cursor=cursor, limit=_page_size(limit))
+
+    def list_versions(
+        self, tenant: str, name: str, *, cursor: str | None = None, limit: int = 50
+    ) -> Page[VersionInfo]:
+        """An adapter's live versions, oldest first. Raises AdapterNotFoundError."""
+        validate_name(tenant, "tenant")
+        validate_name(name)
+        if cursor is not None and not cursor.isdigit():
+            raise InvalidReferenceError(f"invalid version cursor {cursor!r}")
+        return self.metadata.list_versions(tenant, name, cursor=cursor, limit=_page_size(limit))
+
+    def get_adapter(self, tenant: str, name: str) -> AdapterInfo:
+        """Raises AdapterNotFoundError."""
+        validate_name(tenant, "tenant")
+        return self.metadata.get_adapter(tenant, validate_name(name))
+
+    # -- aliases and deletion -------------------------------------------------------------
+
+    def set_alias(self, tenant: str, ref: str | AdapterRef, alias: str) -> AdapterVersion:
+        """Point ``alias`` at the version ``ref`` resolves to now; return that version.
+
+        Raises:
+            InvalidNameError: the alias is not allowed (``latest`` is the store's).
+            AdapterNotFoundError: ``ref`` does not resolve, or its version was deleted
+                meanwhile.
+        """
+        validate_alias(alias)
+        version = self.resolve(tenant, ref)
+        self.metadata.set_alias(version, alias)
+        return version
+
+    def remove_alias(self, tenant: str, name: str, alias: str) -> None:
+        """Raises AdapterNotFoundError if the alias does not exist."""
+        validate_name(tenant, "tenant")
+        self.metadata.remove_alias(tenant, validate_name(name), validate_alias(alias))
+
+    def delete(self, tenant: str, ref: str | AdapterRef) -> int:
+        """Soft-delete the adapter ``name`` (every version) or the version ``name@N``
+        (and the aliases pointing at it); return how many versions were deleted.
+
+        Raises:
+            InvalidReferenceError: ``ref`` names an alias (delete ``name@N``, or remove
+                the alias with :meth:`remove_alias`).
+            AdapterNotFoundError: no such live adapter or version.
+        """
+        validate_name(tenant, "tenant")
+        ref = ref if isinstance(ref, AdapterRef) else AdapterRef.parse(ref)
+        if ref.alias is not None:
+            raise InvalidReferenceError(
+                f"delete takes 'name' or 'name@VERSION', not an alias ({ref}): to delete "
+                f"the version it points at, resolve it first; to drop the alias, remove it"
+            )
+        return self.metadata.delete(tenant, ref.name, ref.version, now=self._clock())
+
+    def gc(self, *, grace_s: float = 3600.0) -> GcReport:
+        """Remove blobs no live version references, and metadata of versions deleted
+        more than ``grace_s`` ago.
+
+        A blob a push announced less than ``grace_s`` ago is spared, so an in-progress
+        push's blob is never collected (a push must publish within ``grace_s``). A push
+        that needs a blob while gc deletes it waits, then uploads it again.
+
+        Raises:
+            BackendUnavailableError: Redis or the blob store did not answer; a pass that
+                stops half-way is safe to run again.
+        """
+        now = self._clock()
+        cutoff = now - grace_s
+        purged = self.metadata.purge_deleted_versions(before=cutoff)
+        deleted = freed = kept = 0
+        for key in self.blobs.list(BLOB_PREFIX):
+            digest = key.rsplit("/", 1)[-1]
+            outcome = self.metadata.claim_blob_for_gc(digest, announced_before=cutoff, now=now)
+            if outcome == "recent":
+                kept += 1
+            elif outcome == "claimed":
+                try:
+                    freed += self.blobs.head(key) or 0
+                    self.blobs.delete(key)
+                    deleted += 1
+                finally:
+                    self.metadata.release_gc_claims([digest], announced_before=cutoff)
+        self.metadata.release_gc_claims([], announced_before=cutoff)
+        report = GcReport(deleted, freed, kept, purged)
+        _log.info("gc: %s", report)
+        return report
+
+    # -- tenants, keys, quotas ------------------------------------------------------------
+
+    def create_tenant(
+        self, name: str, *, max_adapters: int | None = None, max_bytes: int | None = None
+    ) -> tuple[Tenant, str]:
+        """Create a tenant and its first API key (shown once; only its hash is stored).
+
+        Raises:
+            InvalidNameError: the name breaks the naming rules.
+            ConflictError: the tenant exists.
+        """
+        validate_name(name, "tenant")
+        _check_quota_values(max_adapters, max_bytes)
+        tenant = self.metadata.create_tenant(
+            name, now=self._clock(), max_adapters=max_adapters, max_bytes=max_bytes
+        )
+        return tenant, self.issue_key(name)
+
+    def ensure_tenant(self, name: str) -> Tenant:
+        """The tenant ``name``, created without quotas or keys if missing."""
+        validate_name(name, "tenant")
+        try:
+            return self.metadata.create_tenant(
+                name, now=self._clock(), max_adapters=None, max_bytes=None
+            )
+        except ConflictError:
+            return self.metadata.get_tenant(name)
+
+    def get_tenant(self, name: str) -> Tenant:
+        """Raises TenantNotFoundError."""
+        return self.metadata.get_tenant(validate_name(name, "tenant"))
+
+    def list_tenants(self) -> list[str]:
+        return self.metadata.list_tenants()
+
+    def issue_key(self, tenant: str) -> str:
+        """A new API key for ``tenant``. Raises TenantNotFoundError."""
+        key = _API_KEY_PREFIX + secrets.token_urlsafe(32)
+        self.metadata.add_key(validate_name(tenant, "tenant"), _hash_key(key))
+        return key
+
+    def revoke_key(self, api_key: str) -> str:
+        """Revoke an API key at once; return its tenant. Raises AuthenticationError."""
+        return self.metadata.revoke_key(_hash_key(api_key))
+
+    def tenant_for_key(self, api_key: str) -> str:
+        """The tenant an API key belongs to, in one Redis round trip.
+
+        Raises:
+            AuthenticationError: the key is unknown or revoked.
+        """
+        tenant = self.metadata.tenant_for_key(_hash_key(api_key))
+        if tenant is None:
+            raise AuthenticationError(
+                "unknown or revoked API key: ask the operator for a key "
+                "(loramux tenant key TENANT)"
+            )
+        return tenant
+
+    def set_quota(
+        self, tenant: str, *, max_adapters: int | None = None, max_bytes: int | None = None
+    ) -> None:
+        """Set both quotas (``None``: unlimited). Lowering a quota below what the tenant
+        holds refuses further pushes but deletes nothing.
+
+        Raises:
+            TenantNotFoundError; ValueError for a negative quota.
+        """
+        _check_quota_values(max_adapters, max_bytes)
+        self.metadata.set_quota(
+            validate_name(tenant, "tenant"), max_adapters=max_adapters, max_bytes=max_bytes
+        )
+
+    def get_usage(self, tenant: str) -> TenantUsage:
+        """Raises TenantNotFoundError."""
+        return self.metadata.get_usage(validate_name(tenant, "tenant"))
+
+
+def _files_of(version: AdapterVersion) -> dict[str, str]:
+    return {CONFIG_NAME: version.config_digest, WEIGHTS_NAME: version.digest}
+
+
+def _hash_key(api_key: str) -> str:
+    if not isinstance(api_key, str) or not api_key.startswith(_API_KEY_PREFIX):
+        raise AuthenticationError(
+            f"malformed API key: loramux keys start with {_API_KEY_PREFIX!r}"
+        )
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _page_size(limit: int) -> int:
+    if not 1 <= limit <= _MAX_PAGE:
+        raise ValueError(f"page limit must be between 1 and {_MAX_PAGE}, got {limit}")
+    return limit
+
+
+def _check_quota_values(max_adapters: int | None, max_bytes: int | None) -> None:
+    for label, value in (("max_adapters", max_adapters), ("max_bytes", max_bytes)):
+        if value is not None and (isinstance(value, bool) or value < 0):
+            raise ValueError(f"{label} must be None (unlimited) or >= 0, got {value!r}")

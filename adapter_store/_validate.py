@@ -1,0 +1,270 @@
+"""Validation of an adapter's two files, before anything is written anywhere.
+
+:func:`validate_adapter` runs the checks from cheap to expensive: the size cap; the
+config (:mod:`adapter_store._peft_config`) and its largest rank; the safetensors header
+(:mod:`adapter_store._safetensors`); the tensor names, which must all be PEFT LoRA
+matrices ``base_model.model.<module>.lora_A.weight`` (shape ``(r, in_features)``) and
+``...lora_B.weight`` (shape ``(out_features, r)``) in a floating dtype; agreement of the
+weights with the config (each module targeted, each rank the configured one); the shapes
+against the base model manifest, including that every module the config targets has
+weights; finally a scan of every value for NaN and infinity.
+
+PEFT saves ``fan_in_fan_out`` adapters (GPT-2 ``Conv1D``) with the same A/B shapes as
+for ``nn.Linear``; only the base weight is transposed, so the checks are the same.
+
+Failure mode: the first failed check raises its typed error (see
+:mod:`adapter_store.exceptions`); nothing is returned or written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from adapter_store._manifest import BaseModelManifest
+from adapter_store._peft_config import LoraSpec, parse_lora_config
+from adapter_store._safetensors import (
+    FLOAT_DTYPES,
+    TensorInfo,
+    check_finite,
+    parse_safetensors_header,
+)
+from adapter_store._source import AdapterFiles, AdapterLimits
+from adapter_store.exceptions import (
+    AdapterTooLargeError,
+    IncompatibleAdapterError,
+    InvalidConfigError,
+    MalformedWeightsError,
+    UnsupportedFeatureError,
+)
+
+__all__ = ["ModuleLora", "ValidatedAdapter", "lora_weight_names", "validate_adapter"]
+
+_DEFAULT_LIMITS = AdapterLimits()
+_PEFT_PREFIX = "base_model.model."
+_LORA_NAME = re.compile(r"base_model\.model\.(?P<module>.+)\.(?P<part>lora_[AB])\.weight")
+_RESAVE = "re-save it with peft_model.save_pretrained(dir)"
+# Tensor name fragments of PEFT features the engine does not apply, and why.
+_UNSUPPORTED_TENSORS: Mapping[str, str] = MappingProxyType(
+    {
+        "lora_magnitude_vector": "is a DoRA magnitude vector: DoRA is not supported; merge "
+        "the adapter into the base model or retrain with use_dora=False",
+        "lora_embedding_": "is an embedding LoRA matrix: LoRA on embedding layers is not "
+        "supported; retrain without embedding modules in target_modules",
+        ".lora_A.bias": "is a LoRA bias: lora_bias is not supported; retrain with lora_bias=False",
+        ".lora_B.bias": "is a LoRA bias: lora_bias is not supported; retrain with lora_bias=False",
+    }
+)
+
+
+def lora_weight_names(module: str) -> tuple[str, str]:
+    """The safetensors names PEFT gives ``module``'s A and B matrices."""
+    return (f"{_PEFT_PREFIX}{module}.lora_A.weight", f"{_PEFT_PREFIX}{module}.lora_B.weight")
+
+
+@dataclass(frozen=True)
+class ModuleLora:
+    """One module's LoRA: ``y += scaling * B (A x)`` with A ``(rank, in)``, B ``(out, rank)``."""
+
+    module: str
+    rank: int
+    in_features: int
+    out_features: int
+    scaling: float
+
+
+@dataclass(frozen=True)
+class ValidatedAdapter:
+    """An adapter that passed every check.
+
+    ``digest`` / ``config_digest`` are the sha256 hex of the weights / config bytes (the
+    blobs' content addresses); ``size_bytes`` counts both files; ``max_rank`` is the
+    largest module rank.
+    """
+
+    files: AdapterFiles
+    spec: LoraSpec
+    modules: Mapping[str, ModuleLora]
+    max_rank: int
+    size_bytes: int
+    digest: str
+    config_digest: str
+
+
+def validate_adapter(
+    files: AdapterFiles,
+    manifest: BaseModelManifest | None,
+    limits: AdapterLimits = _DEFAULT_LIMITS,
+) -> ValidatedAdapter:
+    """Check ``files`` completely; with ``manifest=None`` only the base-model checks are skipped.
+
+    Raises:
+        AdapterTooLargeError: above ``limits.max_bytes`` or a rank above ``limits.max_rank``.
+        InvalidConfigError: the config is invalid or disagrees with the weights.
+        UnsupportedFeatureError: DoRA, biases, modules_to_save, embedding LoRA, non-LoRA.
+        MalformedWeightsError: a bad safetensors file, tensor, shape or value.
+        IncompatibleAdapterError: a module or shape the base model does not have.
+    """
+    if files.size_bytes > limits.max_bytes:
+        raise AdapterTooLargeError(
+            f"the adapter is {files.size_bytes} bytes, more than the cap of {limits.max_bytes}; "
+            "push a smaller adapter (lower rank, fewer modules, float16/bfloat16 weights)"
+        )
+    spec = parse_lora_config(files.config_bytes)
+    if spec.max_rank > limits.max_rank:
+        raise AdapterTooLargeError(
+            f"adapter_config.json asks for rank {spec.max_rank}, above the cap of "
+            f"{limits.max_rank}; retrain with a lower r / rank_pattern"
+        )
+    header = parse_safetensors_header(
+        files.weights_bytes,
+        max_header_bytes=limits.max_header_bytes,
+        max_tensors=limits.max_tensors,
+    )
+    pairs = _pair_tensors(header.tensors)
+    modules = {
+        module: _check_module(module, a, b, spec, manifest, limits)
+        for module, (a, b) in sorted(pairs.items())
+    }
+    if manifest is not None:
+        _check_coverage(modules, spec, manifest)
+    check_finite(files.weights_bytes, header.tensors)
+    return ValidatedAdapter(
+        files=files,
+        spec=spec,
+        modules=MappingProxyType(modules),
+        max_rank=max(m.rank for m in modules.values()),
+        size_bytes=files.size_bytes,
+        digest=hashlib.sha256(files.weights_bytes).hexdigest(),
+        config_digest=hashlib.sha256(files.config_bytes).hexdigest(),
+    )
+
+
+def _pair_tensors(tensors: tuple[TensorInfo, ...]) -> dict[str, tuple[TensorInfo, TensorInfo]]:
+    """Group the tensors into each module's (A, B); refuse any other tensor."""
+    parts: dict[str, dict[str, TensorInfo]] = {}
+    for t in tensors:
+        match = _LORA_NAME.fullmatch(t.name)
+        if match is None:
+            raise _foreign_tensor(t.name)
+        parts.setdefault(match["module"], {})[match["part"]] = t
+    if not parts:
+        raise MalformedWeightsError(
+            f"adapter_model.safetensors holds no LoRA tensors; {_RESAVE} after training"
+        )
+    pairs: dict[str, tuple[TensorInfo, TensorInfo]] = {}
+    for module, found in parts.items():
+        if len(found) != 2:
+            (present,) = found
+            absent = "lora_B" if present == "lora_A" else "lora_A"
+            raise MalformedWeightsError(
+                f"adapter_model.safetensors has {present} but no {absent} for module "
+                f"{module!r}; the file is incomplete: {_RESAVE}"
+            )
+        pairs[module] = (found["lora_A"], found["lora_B"])
+    return pairs
+
+
+def _foreign_tensor(name: str) -> Exception:
+    for fragment, why in _UNSUPPORTED_TENSORS.items():
+        if fragment in name:
+            return UnsupportedFeatureError(f"adapter_model.safetensors: tensor {name!r} {why}")
+    if name.endswith((".lora_A.weight", ".lora_B.weight")):
+        return MalformedWeightsError(
+            f"adapter_model.safetensors: tensor {name!r} does not start with "
+            f"{_PEFT_PREFIX!r} as PEFT names LoRA weights; {_RESAVE}"
+        )
+    return UnsupportedFeatureError(
+        f"adapter_model.safetensors holds {name!r}, which is not a LoRA A/B matrix (a "
+        "trained bias or a modules_to_save copy?); only LoRA weights can be swapped per "
+        "request: retrain with bias='none' and without modules_to_save"
+    )
+
+
+def _check_module(
+    module: str,
+    a: TensorInfo,
+    b: TensorInfo,
+    spec: LoraSpec,
+    manifest: BaseModelManifest | None,
+    limits: AdapterLimits,
+) -> ModuleLora:
+    for t in (a, b):
+        if t.dtype not in FLOAT_DTYPES:
+            raise MalformedWeightsError(
+                f"tensor {t.name!r} has dtype {t.dtype}; LoRA weights must be floating "
+                "point: save them as float32, float16 or bfloat16"
+            )
+        if len(t.shape) != 2 or 0 in t.shape:
+            raise MalformedWeightsError(
+                f"tensor {t.name!r} has shape {list(t.shape)}; a LoRA matrix is 2-D and "
+                f"non-empty: {_RESAVE}"
+            )
+    rank, in_features = a.shape
+    out_features, b_rank = b.shape
+    if rank != b_rank:
+        raise MalformedWeightsError(
+            f"module {module!r}: lora_A has rank {rank} (shape {list(a.shape)}) but lora_B "
+            f"has rank {b_rank} (shape {list(b.shape)}); the file is corrupt: {_RESAVE}"
+        )
+    if not spec.targets(module):
+        raise InvalidConfigError(
+            f"adapter_config.json does not match the weights: module {module!r} has LoRA "
+            f"weights but target_modules={_shown(spec.target_modules)} does not select it "
+            "(mind layers_to_transform and exclude_modules); use the adapter_config.json "
+            "saved with these weights"
+        )
+    configured = spec.rank_for(module)
+    if rank != configured:
+        raise InvalidConfigError(
+            f"adapter_config.json does not match the weights: module {module!r} has rank "
+            f"{rank} in the weights but {configured} in the config (r / rank_pattern); use "
+            "the adapter_config.json saved with these weights"
+        )
+    if rank > limits.max_rank:
+        raise AdapterTooLargeError(
+            f"module {module!r} has rank {rank}, above the cap of {limits.max_rank}; "
+            "retrain with a lower r / rank_pattern"
+        )
+    if manifest is not None:
+        _check_against_base(module, in_features, out_features, manifest)
+    return ModuleLora(module, rank, in_features, out_features, spec.scaling_for(module))
+
+
+def _shown(targets: tuple[str, ...] | str) -> str:
+    return repr(targets if isinstance(targets, str) else list(targets))
+
+
+def _check_against_base(
+    module: str, in_features: int, out_features: int, manifest: BaseModelManifest
+) -> None:
+    shape = manifest.modules.get(module)
+    if shape is None:
+        examples = ", ".join(sorted(manifest.modules)[:3])
+        raise IncompatibleAdapterError(
+            f"base model {manifest.base_model!r} has no linear module {module!r} (from "
+            f"tensor {lora_weight_names(module)[0]!r}); its modules look like {examples}: "
+            "push an adapter trained on this base model, or name the right base model"
+        )
+    if (in_features, out_features) != shape:
+        raise IncompatibleAdapterError(
+            f"module {module!r} of base model {manifest.base_model!r} maps {shape[0]} -> "
+            f"{shape[1]} features, but the adapter's LoRA maps {in_features} -> "
+            f"{out_features}; push an adapter trained on this base model"
+        )
+
+
+def _check_coverage(
+    modules: Mapping[str, ModuleLora], spec: LoraSpec, manifest: BaseModelManifest
+) -> None:
+    missing = [m for m in manifest.modules_targeted_by(spec) if m not in modules]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise MalformedWeightsError(
+            f"adapter_config.json targets module {missing[0]!r}{more} of base model "
+            f"{manifest.base_model!r}, but adapter_model.safetensors has no LoRA weights "
+            f"for it; the file is incomplete or the config was edited: {_RESAVE}"
+        )

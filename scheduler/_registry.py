@@ -1,0 +1,62 @@
+"""Placement policies by name: the one place that maps a name to a policy class."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from scheduler._policies import (
+    CacheAwarePolicy,
+    ConsistentHashPolicy,
+    LeastLoadedPolicy,
+    RayMultiplexPolicy,
+    RoundRobinPolicy,
+)
+from scheduler._types import PlacementPolicy
+from scheduler.exceptions import PolicyOptionError, UnknownPolicyError
+
+__all__ = ["POLICY_NAMES", "make_policy"]
+
+_POLICIES: dict[str, type] = {
+    policy.name: policy
+    for policy in (
+        CacheAwarePolicy,
+        RoundRobinPolicy,
+        LeastLoadedPolicy,
+        ConsistentHashPolicy,
+        RayMultiplexPolicy,
+    )
+}
+
+POLICY_NAMES: tuple[str, ...] = tuple(_POLICIES)
+"""Registered names, the default (``cache_aware``) first, then the baselines."""
+
+
+def make_policy(name: str, *, seed: int = 0, **options: Any) -> PlacementPolicy:
+    """A fresh policy instance by registered name.
+
+    ``seed`` fixes every random choice the policy makes; ``options`` are the policy's
+    keyword-only constructor parameters (for example ``epsilon`` of ``cache_aware``).
+
+    Raises:
+        UnknownPolicyError: ``name`` is not registered (the message lists the names).
+        PolicyOptionError: an option the policy does not take, or a bad value.
+    """
+    try:
+        policy_class = _POLICIES[name]
+    except KeyError:
+        raise UnknownPolicyError(
+            f"unknown placement policy {name!r}; known policies: {', '.join(POLICY_NAMES)}"
+        ) from None
+    accepted = {
+        parameter.name
+        for parameter in inspect.signature(policy_class).parameters.values()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.name != "seed"
+    }
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise PolicyOptionError(
+            f"policy {name!r} takes no option(s) {', '.join(unknown)}; "
+            f"its options are: {', '.join(sorted(accepted)) or '(none)'}"
+        )
+    return policy_class(seed=seed, **options)

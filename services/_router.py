@@ -1,0 +1,241 @@
+"""The Ray Serve request router that places each request with a :class:`PlacementPolicy`.
+
+Routing key: the request's multiplexed model id, which the ingress sets to the adapter
+version key (``tenant/name@version``) with
+``handle.options(multiplexed_model_id=key)``; an empty id means the base model alone.
+
+What the router knows about each replica, merged into one :class:`ReplicaView`:
+
+* the replica's own report, returned by its ``record_routing_stats`` method (build it
+  with :func:`routing_stats`). Ray's controller polls it every
+  ``RequestRouterConfig.request_routing_stats_period_s`` and broadcasts it to every
+  router as ``RunningReplica.routing_stats``, so it lags by up to that period plus a
+  controller round;
+* Ray's multiplexed model ids (loaded or loading under ``@serve.multiplexed``), pushed by
+  the replica every 0.1 s; counted as GPU-resident;
+* Ray's queue length cache (updated on every send, rejection reply and completion),
+  which replaces the reported ``in_flight``/``queued`` when it holds a fresh entry;
+* this router's own recent placements: a key sent to a replica that did not report it
+  is counted as ``loading`` there until the replica reports it or
+  ``placement_ttl_s`` passes, so a burst for a cold adapter is not scattered while the
+  replica's next report is on its way.
+
+Failure modes: a replica that never reports routing stats is seen with empty tiers
+(and placed by load only). A policy that raises would kill Ray's routing task, which Ray
+restarts at once, in a tight loop that never routes the request; so the router catches
+the error, logs it (at most once a minute) and offers all candidates as one group,
+which Ray serves least-loaded first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ray.serve.request_router import (
+    PendingRequest,
+    ReplicaID,
+    ReplicaResult,
+    RequestRouter,
+    RunningReplica,
+)
+
+from scheduler import (
+    AdapterDemand,
+    DemandTracker,
+    PlacementPolicy,
+    ReplicaView,
+    Tier,
+    make_policy,
+)
+
+__all__ = [
+    "DEFAULT_PLACEMENT_TTL_S",
+    "CacheAwareRequestRouter",
+    "replica_view_from_stats",
+    "routing_stats",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PLACEMENT_TTL_S = 10.0
+"""How long a placement counts as ``loading`` on its replica without the replica's report."""
+
+_TIERS = ("gpu", "host", "disk", "loading")
+_POLICY_ERROR_LOG_INTERVAL_S = 60.0
+_DEFAULT_GPU_SLOTS = ReplicaView("").gpu_slots
+
+
+def routing_stats(view: ReplicaView) -> dict[str, Any]:
+    """What a replica's ``record_routing_stats`` returns: its residency and load.
+
+    The inverse of :func:`replica_view_from_stats` (less the replica id, which the router
+    knows). Lists are sorted so an unchanged residency gives an equal dict, and Ray's
+    controller only re-broadcasts stats that changed.
+    """
+    stats: dict[str, Any] = {tier: sorted(getattr(view, tier)) for tier in _TIERS}
+    stats.update(in_flight=view.in_flight, queued=view.queued, gpu_slots=view.gpu_slots)
+    return stats
+
+
+def replica_view_from_stats(
+    replica_id: str,
+    stats: Mapping[str, Any],
+    *,
+    multiplexed_ids: Iterable[str] = (),
+    queue_len: int | None = None,
+) -> ReplicaView:
+    """One replica's view from its reported ``stats`` and Ray's fresher facts.
+
+    ``multiplexed_ids`` join the GPU tier; ``queue_len`` (Ray's cached count of the
+    replica's ongoing requests, None when it has no fresh entry) replaces the reported
+    load. Missing keys read as empty tiers and zero load, which is what a replica that
+    has not reported yet looks like.
+    """
+    view = ReplicaView(
+        replica_id=replica_id,
+        gpu=set(stats.get("gpu", ())) | set(multiplexed_ids),
+        host=set(stats.get("host", ())),
+        disk=set(stats.get("disk", ())),
+        loading=set(stats.get("loading", ())),
+        in_flight=int(stats.get("in_flight", 0)),
+        queued=int(stats.get("queued", 0)),
+        gpu_slots=int(stats.get("gpu_slots", _DEFAULT_GPU_SLOTS)),
+    )
+    if queue_len is not None:
+        # Ray counts every request the replica holds, queued or running.
+        view.in_flight, view.queued = queue_len, 0
+    return view
+
+
+class CacheAwareRequestRouter(RequestRouter):
+    """Ranks replicas for each request with a placement policy chosen by name.
+
+    Configure it on the model deployment::
+
+        RequestRouterConfig(
+            request_router_class="services._router:CacheAwareRequestRouter",
+            request_router_kwargs={"policy": "cache_aware", "seed": 0, "epsilon": 0.1},
+            request_routing_stats_period_s=1.0,
+        )
+
+    ``request_router_kwargs`` reach :meth:`initialize_state`: ``policy`` and ``seed``
+    pick the policy from the scheduler's registry, ``placement_ttl_s`` bounds the
+    optimistic placements, every other key is an option of the policy.
+
+    Each routing attempt ranks the candidates with ``policy.rank_replicas``; Ray then
+    takes the replica with the shortest queue in the first group that accepts the
+    request, and backs off and asks again when none does (indefinitely: callers use
+    timeouts). When a replica accepts, :meth:`on_request_routed` records the request's
+    demand and tells the policy with ``on_placed``. Nothing here does I/O: routing runs
+    on the handle's event loop.
+    """
+
+    def initialize_state(
+        self,
+        policy: str = "cache_aware",
+        seed: int = 0,
+        placement_ttl_s: float = DEFAULT_PLACEMENT_TTL_S,
+        **options: Any,
+    ) -> None:
+        """Create the policy and the demand tracker (Ray calls this once, with the kwargs).
+
+        Raises:
+            UnknownPolicyError: ``policy`` is not registered (the message lists the names).
+            PolicyOptionError: an option the policy does not take, or a bad value.
+            ValueError: ``placement_ttl_s`` is not positive.
+        """
+        if not placement_ttl_s > 0:
+            raise ValueError(f"placement_ttl_s must be > 0 seconds, got {placement_ttl_s!r}")
+        self._policy = self.create_policy(policy, seed=seed, **options)
+        self._demand = DemandTracker()
+        self._placement_ttl_s = placement_ttl_s
+        # replica unique id -> adapter key -> when this router last sent it there.
+        self._placements: dict[str, dict[str, float]] = {}
+        self._policy_error_logged_at = float("-inf")
+
+    def create_policy(self, name: str, *, seed: int, **options: Any) -> PlacementPolicy:
+        """The placement policy to route with; a subclass may supply its own."""
+        return make_policy(name, seed=seed, **options)
+
+    @property
+    def policy(self) -> PlacementPolicy:
+        return self._policy
+
+    def replica_view(self, replica: RunningReplica, now: float) -> ReplicaView:
+        """What this router currently knows about ``replica`` (see the module docstring)."""
+        replica_id = replica.replica_id.unique_id
+        view = replica_view_from_stats(
+            replica_id,
+            replica.routing_stats or {},
+            multiplexed_ids=replica.multiplexed_model_ids,
+            queue_len=self.replica_queue_len_cache.get(replica.replica_id),
+        )
+        placements = self._placements.get(replica_id)
+        if placements:
+            for key, placed_at in list(placements.items()):
+                if now - placed_at > self._placement_ttl_s or view.tier_of(key) is not Tier.NONE:
+                    del placements[key]  # expired, or the replica reports it now
+                else:
+                    view.loading.add(key)
+        return view
+
+    def demand(self, key: str, now: float) -> AdapterDemand:
+        """The request's adapter demand; ``key`` is ``""`` for the base model alone."""
+        return self._demand.demand(key, now)
+
+    async def choose_replicas(
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
+        """Rank ``candidate_replicas`` for ``pending_request`` with the policy, best first."""
+        if not candidate_replicas:
+            return []
+        now = self._get_curr_time_s()
+        key = pending_request.metadata.multiplexed_model_id if pending_request else ""
+        by_id = {replica.replica_id.unique_id: replica for replica in candidate_replicas}
+        views = [self.replica_view(replica, now) for replica in candidate_replicas]
+        try:
+            ranked = self._policy.rank_replicas(self.demand(key, now), views, now)
+        except Exception:
+            if now - self._policy_error_logged_at >= _POLICY_ERROR_LOG_INTERVAL_S:
+                self._policy_error_logged_at = now
+                logger.exception(
+                    "placement policy %r failed to rank %d replicas for %r; routing by "
+                    "load alone (logged at most once a minute)",
+                    self._policy.name,
+                    len(views),
+                    key,
+                )
+            return [list(candidate_replicas)]
+        return [[by_id[view.replica_id] for view in group] for group in ranked if group]
+
+    def on_request_routed(
+        self, pending_request: PendingRequest, replica_id: ReplicaID, result: ReplicaResult
+    ) -> None:
+        """Record the placement: demand, the policy's state, the optimistic residency.
+
+        Ray calls this only when a replica accepted the request under the rejection
+        protocol (the default outside Ray Client); requests sent without it are not
+        recorded, which costs the policy some accuracy, never correctness.
+        """
+        replica = self.curr_replicas.get(replica_id)
+        if replica is None:  # the replica left between acceptance and this callback
+            return
+        now = self._get_curr_time_s()
+        key = pending_request.metadata.multiplexed_model_id
+        if key:
+            self._demand.observe(key, now)
+        view = self.replica_view(replica, now)
+        self._policy.on_placed(self.demand(key, now), view, now)
+        if key and view.tier_of(key) is Tier.NONE:
+            self._placements.setdefault(view.replica_id, {})[key] = now
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        """Forget the placements on replicas that left, then let Ray update its sets."""
+        live = {replica.replica_id.unique_id for replica in replicas}
+        for replica_id in set(self._placements) - live:
+            del self._placements[replica_id]
+        super().update_replicas(replicas)

@@ -1,0 +1,141 @@
+"""Loading the base model: any Hugging Face causal LM directory, or the built-in ``tiny``.
+
+Device policy: CUDA when present, in bf16 (fp16 on GPUs without bf16), else CPU in fp32.
+Nothing is downloaded: the argument is ``"tiny"`` or a local directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adapter_store import BaseModelManifest, manifest_from_model
+from services.engine._tiny import TINY_MODEL_NAME, ensure_tiny_model
+from services.engine.exceptions import BaseModelLoadError
+
+__all__ = ["BaseModel", "default_models_dir", "load_base_model"]
+
+
+def default_models_dir() -> Path:
+    """Where built-in models are written: ``$LORAMUX_MODELS_DIR`` or ``~/.cache/loramux/models``."""
+    configured = os.environ.get("LORAMUX_MODELS_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "loramux" / "models"
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _default_dtype(device: torch.device) -> torch.dtype:
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@dataclass(frozen=True, eq=False)
+class BaseModel:
+    """A loaded causal LM with its tokenizer and the manifest adapters are checked against.
+
+    ``manifest`` is taken before any LoRA wrapping, so its module paths are the ones PEFT
+    saves. ``eos_token_ids`` merges the tokenizer's and the generation config's.
+    """
+
+    name: str
+    path: Path
+    model: Any  # transformers.PreTrainedModel
+    tokenizer: Any  # transformers.PreTrainedTokenizerBase
+    manifest: BaseModelManifest
+    eos_token_ids: frozenset[int]
+    max_context: int
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
+def load_base_model(
+    name_or_path: str | Path,
+    *,
+    models_dir: Path | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    name: str | None = None,
+) -> BaseModel:
+    """Load ``"tiny"`` (built into ``models_dir`` on first use) or a local HF directory.
+
+    ``name`` is the base model id used in manifests and adapter records; it defaults to
+    ``"tiny"`` or the directory name.
+
+    Raises:
+        BaseModelLoadError: the directory is missing, lacks ``config.json`` or a
+            tokenizer, or transformers cannot load it (the message says which).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if str(name_or_path) == TINY_MODEL_NAME:
+        path = ensure_tiny_model(models_dir or default_models_dir())
+        model_id = name or TINY_MODEL_NAME
+    else:
+        path = Path(name_or_path)
+        model_id = name or path.name
+        if not (path / "config.json").is_file():
+            raise BaseModelLoadError(
+                f"base model {str(name_or_path)!r} is neither 'tiny' nor a Hugging Face model "
+                "directory with config.json; pass a local directory (nothing is downloaded)"
+            )
+    target_device = torch.device(device) if device is not None else _default_device()
+    target_dtype = dtype or _default_dtype(target_device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=target_dtype, local_files_only=True
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise BaseModelLoadError(f"cannot load base model from {path}: {exc}") from exc
+    model = model.to(target_device).eval()
+    config = model.config
+    max_context = getattr(config, "max_position_embeddings", None) or getattr(
+        config, "n_positions", 2048
+    )
+    return BaseModel(
+        name=model_id,
+        path=path,
+        model=model,
+        tokenizer=tokenizer,
+        manifest=manifest_from_model(model_id, model),
+        eos_token_ids=_eos_token_ids(tokenizer, getattr(model, "generation_config", None)),
+        max_context=int(max_context),
+    )
+
+
+def _eos_token_ids(tokenizer: Any, generation_config: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (tokenizer.eos_token_id, getattr(generation_config, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, list | tuple):
+            ids.update(i for i in source if isinstance(i, int))
+    return frozenset(ids)
+
+
+def chat_prompt(tokenizer: Any, messages: list[Mapping[str, str]]) -> str:
+    """Render ``messages`` with the tokenizer's chat template, ending in the assistant turn.
+
+    Without a template, a plain ``role: content`` transcript is used, so base models that
+    were never chat-tuned still accept chat requests.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=True, tokenize=False
+        )
+    lines = [f"{m['role']}: {m['content']}" for m in messages]
+    return "\n".join([*lines, "assistant:"])

@@ -1,0 +1,405 @@
+"""The engine: continuous batching of generation requests across adapters.
+
+Scheduling policy (iteration-level, as Orca/vLLM): one loop task alternates between the
+event loop (bookkeeping, streaming) and one model thread (forward passes). Each
+iteration
+
+1. drops rows that finished or whose client went away, releasing their adapter pins;
+2. admits waiting requests in FIFO order while the batch has fewer than
+   ``max_batch_size`` rows and the reserved tokens (prompt + ``max_tokens`` of every row)
+   stay within ``max_batch_tokens``; a request that does not fit waits, and so does
+   everyone behind it (no starvation of long requests);
+3. on the model thread: one decode step for all running rows (each with its own adapter
+   slot), then one prefill for the admitted requests, which join the batch;
+4. streams each row's new token to its client.
+
+Reserving the worst case up front means a running request never has to be preempted.
+A request's adapter is acquired (pinned in a GPU slot, loading it if needed) before it
+queues, so a cold load delays only the requests for that adapter.
+
+Failure modes: a full waiting queue raises :class:`EngineOverloadedError` at once; a
+failed forward pass fails the requests in that batch with :class:`EngineError` and the
+engine keeps serving; :meth:`Engine.aclose` ends pending requests with
+:class:`RequestCancelledError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from adapter_store import AdapterVersion, BaseModelManifest
+from services.engine._base_model import BaseModel, chat_prompt
+from services.engine._batching import KvBatch
+from services.engine._lora_layers import NO_ADAPTER_SLOT, MultiLoraModel
+from services.engine._requests import (
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+    GenerationResult,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+from services.engine._sampling import SampledToken, sample_batch
+from services.engine._text import TextStream
+from services.engine.exceptions import (
+    EngineError,
+    EngineOverloadedError,
+    InvalidRequestError,
+    RequestCancelledError,
+)
+
+__all__ = ["AdapterLease", "AdapterLeaseSource", "Engine"]
+
+logger = logging.getLogger(__name__)
+
+
+class AdapterLease(Protocol):
+    """An adapter pinned in a GPU slot until :meth:`release`."""
+
+    @property
+    def slot(self) -> int: ...
+
+    def release(self) -> None: ...
+
+
+class AdapterLeaseSource(Protocol):
+    """What the engine needs from the adapter cache."""
+
+    async def acquire(self, version: AdapterVersion) -> AdapterLease: ...
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """A request inside the engine."""
+
+    request: GenerationRequest
+    prompt_ids: list[int]
+    text: TextStream
+    generator: torch.Generator | None
+    queue: asyncio.Queue[GenerationChunk | BaseException] = field(default_factory=asyncio.Queue)
+    lease: AdapterLease | None = None
+    slot: int = NO_ADAPTER_SLOT
+    output_ids: list[int] = field(default_factory=list)
+    state: str = "new"  # new -> waiting -> running -> retired
+    done: bool = False  # finished, failed or cancelled: leaves the batch next iteration
+
+    @property
+    def reserved_tokens(self) -> int:
+        return len(self.prompt_ids) + self.request.sampling.max_tokens
+
+
+class Engine:
+    """Generation over one base model with per-request adapters, continuously batched.
+
+    ``adapters`` pins adapters in ``model``'s slots (the adapter cache). ``on_manifest``
+    receives the base model's manifest in :meth:`start` (the store's
+    ``register_manifest``; it may be a coroutine function). Use as ``async with``.
+    """
+
+    def __init__(
+        self,
+        base: BaseModel,
+        model: MultiLoraModel,
+        adapters: AdapterLeaseSource,
+        *,
+        max_batch_size: int = 32,
+        max_batch_tokens: int = 32768,
+        max_waiting: int = 1024,
+        on_manifest: Callable[[BaseModelManifest], Awaitable[object] | object] | None = None,
+    ) -> None:
+        if max_batch_size < 1 or max_batch_tokens < 1 or max_waiting < 0:
+            raise ValueError("max_batch_size and max_batch_tokens must be >= 1, max_waiting >= 0")
+        self.base = base
+        self.model = model
+        self._adapters = adapters
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.max_waiting = max_waiting
+        self._on_manifest = on_manifest
+        self._waiting: deque[_Sequence] = deque()
+        self._running: list[_Sequence] = []
+        self._batch: KvBatch | None = None
+        self._wakeup = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loramux-model")
+
+    @property
+    def num_running(self) -> int:
+        """Requests in the running batch."""
+        return len(self._running)
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests admitted to the queue but not yet in the batch."""
+        return len(self._waiting)
+
+    async def start(self) -> None:
+        """Register the base model manifest and start the scheduling loop."""
+        if self._on_manifest is not None:
+            result = self._on_manifest(self.base.manifest)
+            if inspect.isawaitable(result):
+                await result
+        self._ensure_loop()
+
+    async def aclose(self) -> None:
+        """Stop the loop; pending requests end with :class:`RequestCancelledError`."""
+        self._closing = True
+        self._wakeup.set()
+        if self._loop_task is not None:
+            await self._loop_task
+            self._loop_task = None
+        self._fail_all(RequestCancelledError("the engine shut down"))
+        self._executor.shutdown(wait=True)
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def complete(self, request: GenerationRequest) -> GenerationResult:
+        """Run ``request`` to the end and return the joined result.
+
+        Raises:
+            as :meth:`generate`.
+        """
+        return GenerationResult.from_chunks([chunk async for chunk in self.generate(request)])
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Stream ``request``'s tokens as chunks; the last one has the finish reason.
+
+        Closing or cancelling the iterator (the client went away) removes the request
+        from the batch before the next step and releases its adapter.
+
+        Raises:
+            InvalidRequestError: the prompt plus ``max_tokens`` does not fit the model's
+                context or the engine's token budget, or the prompt is empty.
+            EngineOverloadedError: the waiting queue is full.
+            RequestCancelledError: the engine shut down.
+            AdapterLoadError, AdapterIncompatibleError: from the adapter cache.
+            EngineError: the forward pass failed.
+        """
+        if self._closing:
+            raise RequestCancelledError("the engine is shutting down")
+        sequence = self._new_sequence(request)
+        if len(self._waiting) >= self.max_waiting:
+            raise EngineOverloadedError(
+                f"{len(self._waiting)} requests are waiting (max_waiting={self.max_waiting}); "
+                "retry later"
+            )
+        self._ensure_loop()
+        try:
+            if request.adapter is not None:
+                sequence.lease = await self._adapters.acquire(request.adapter)
+                sequence.slot = sequence.lease.slot
+            sequence.state = "waiting"
+            self._waiting.append(sequence)
+            self._wakeup.set()
+            while True:
+                item = await sequence.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            self._abandon(sequence)
+
+    def _new_sequence(self, request: GenerationRequest) -> _Sequence:
+        tokenizer = self.base.tokenizer
+        if request.messages is not None:
+            text = chat_prompt(tokenizer, list(request.messages))
+            prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            prompt_ids = tokenizer(request.prompt)["input_ids"]
+        if not prompt_ids:
+            raise InvalidRequestError("prompt encodes to zero tokens; send a non-empty prompt")
+        sampling = request.sampling
+        limit = min(self.base.max_context, self.max_batch_tokens)
+        if len(prompt_ids) + sampling.max_tokens > limit:
+            raise InvalidRequestError(
+                f"max_tokens: the prompt has {len(prompt_ids)} tokens and max_tokens is "
+                f"{sampling.max_tokens}, more than the {limit} this engine allows in total; "
+                "lower max_tokens or shorten the prompt"
+            )
+        return _Sequence(
+            request=request,
+            prompt_ids=list(prompt_ids),
+            text=TextStream(tokenizer, sampling.stop),
+            generator=sampling.make_generator(),
+        )
+
+    def _abandon(self, sequence: _Sequence) -> None:
+        """The client stopped listening: retire now if queued, else at the next iteration."""
+        if sequence.state == "waiting":
+            self._waiting.remove(sequence)
+            self._retire(sequence)
+        elif sequence.state == "running":
+            sequence.done = True
+            self._wakeup.set()
+
+    def _retire(self, sequence: _Sequence) -> None:
+        sequence.state = "retired"
+        sequence.done = True
+        if sequence.lease is not None:
+            lease, sequence.lease = sequence.lease, None
+            lease.release()
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(
+                self._run(), name="loramux-engine-loop"
+            )
+
+    async def _run(self) -> None:
+        try:
+            await self._schedule()
+        except Exception as exc:
+            # A bug in bookkeeping: fail loudly rather than leave clients waiting forever.
+            logger.exception("engine loop crashed")
+            self._fail_all(EngineError(f"engine loop crashed: {exc!r}"))
+            raise
+
+    async def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            if not self._running and not self._waiting:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            keep = [i for i, s in enumerate(self._running) if not s.done]
+            for sequence in self._running:
+                if sequence.done:
+                    self._retire(sequence)
+            decoding = [self._running[i] for i in keep]
+            admitted = self._admit(decoding)
+            self._running = decoding + admitted
+            try:
+                decoded, prefilled = await loop.run_in_executor(
+                    self._executor, self._model_step, keep, decoding, admitted
+                )
+            except Exception as exc:
+                logger.exception("forward pass failed; failing %d requests", len(self._running))
+                failed, self._running, self._batch = self._running, [], None
+                for sequence in failed:
+                    sequence.queue.put_nowait(EngineError(f"generation failed: {exc!r}"))
+                    self._retire(sequence)
+                continue
+            for sequence, token in zip(decoding + admitted, decoded + prefilled, strict=True):
+                self._accept(sequence, token)
+            # Let clients run (and cancel) between steps even when the batch is busy.
+            await asyncio.sleep(0)
+
+    def _admit(self, running: Sequence[_Sequence]) -> list[_Sequence]:
+        reserved = sum(s.reserved_tokens for s in running)
+        admitted: list[_Sequence] = []
+        while self._waiting and len(running) + len(admitted) < self.max_batch_size:
+            candidate = self._waiting[0]
+            if reserved + candidate.reserved_tokens > self.max_batch_tokens:
+                break
+            self._waiting.popleft()
+            candidate.state = "running"
+            reserved += candidate.reserved_tokens
+            admitted.append(candidate)
+        return admitted
+
+    def _model_step(
+        self, keep: list[int], decoding: list[_Sequence], admitted: list[_Sequence]
+    ) -> tuple[list[SampledToken], list[SampledToken]]:
+        """On the model thread: drop finished rows, decode the rest, prefill newcomers."""
+        decoded: list[SampledToken] = []
+        prefilled: list[SampledToken] = []
+        if self._batch is not None:
+            if keep:
+                self._batch.select(keep)
+            else:
+                self._batch = None
+        if decoding:
+            assert self._batch is not None
+            logits = self._batch.decode(
+                [s.output_ids[-1] for s in decoding], [s.slot for s in decoding]
+            )
+            decoded = self._sample(logits, decoding)
+        if admitted:
+            joining, logits = KvBatch.prefill(
+                self.model, [s.prompt_ids for s in admitted], [s.slot for s in admitted]
+            )
+            prefilled = self._sample(logits, admitted)
+            if self._batch is None:
+                self._batch = joining
+            else:
+                self._batch.merge(joining)
+        return decoded, prefilled
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, sequences: Sequence[_Sequence]) -> list[SampledToken]:
+        return sample_batch(
+            logits,
+            [s.request.sampling for s in sequences],
+            [s.generator for s in sequences],
+        )
+
+    def _accept(self, sequence: _Sequence, sampled: SampledToken) -> None:
+        """Record one token and stream what it completed."""
+        if sequence.done:  # cancelled during the step
+            return
+        sampling = sequence.request.sampling
+        sequence.output_ids.append(sampled.token_id)
+        finish: FinishReason | None = None
+        if not sampling.ignore_eos and sampled.token_id in self.base.eos_token_ids:
+            finish = "stop"
+            text = sequence.text.finish()
+        else:
+            text = sequence.text.push(sampled.token_id)
+            if sequence.text.stopped:
+                finish = "stop"
+            elif len(sequence.output_ids) >= sampling.max_tokens:
+                finish = "length"
+                text += sequence.text.finish()
+        sequence.queue.put_nowait(
+            GenerationChunk(
+                request_id=sequence.request.request_id,
+                text=text,
+                token_ids=(sampled.token_id,),
+                logprobs=None if sampling.logprobs is None else (self._token_logprob(sampled),),
+                finish_reason=finish,
+                usage=None
+                if finish is None
+                else Usage(len(sequence.prompt_ids), len(sequence.output_ids)),
+            )
+        )
+        if finish is not None:
+            sequence.done = True
+
+    def _token_logprob(self, sampled: SampledToken) -> TokenLogprob:
+        decode = self.base.tokenizer.decode
+        return TokenLogprob(
+            token_id=sampled.token_id,
+            token=decode([sampled.token_id]),
+            logprob=sampled.logprob,
+            top_logprobs=tuple(
+                TopLogprob(token_id, decode([token_id]), logprob)
+                for token_id, logprob in sampled.top_logprobs
+            ),
+        )
+
+    def _fail_all(self, error: EngineError) -> None:
+        for sequence in [*self._waiting, *self._running]:
+            if not sequence.done:
+                sequence.queue.put_nowait(error)
+            self._retire(sequence)
+        self._waiting.clear()
+        self._running = []
+        self._batch = None

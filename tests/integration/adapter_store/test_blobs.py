@@ -1,0 +1,172 @@
+"""Blob stores against real backends: S3 over HTTP (moto server) and file://.
+
+Tests taking ``blob_url`` run once per backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapter_store import (
+    BackendUnavailableError,
+    BlobStore,
+    LocalBlobStore,
+    NotFoundError,
+    S3BlobStore,
+    blob_key,
+    open_blob_store,
+)
+from adapter_store._redis_server import free_port
+
+
+def _key_of(data: bytes) -> str:
+    return blob_key(hashlib.sha256(data).hexdigest())
+
+
+def test_put_head_get_delete_round_trip(blob_url: str) -> None:
+    store = open_blob_store(blob_url)
+    assert isinstance(store, BlobStore)
+    data = os.urandom(1000)
+    key = _key_of(data)
+    assert store.head(key) is None
+    store.put_bytes(key, data)
+    assert store.head(key) == 1000
+    assert store.get_bytes(key) == data
+    store.delete(key)
+    assert store.head(key) is None
+    store.delete(key)  # deleting a missing object is not an error
+
+
+def test_missing_object_raises_not_found_naming_the_key(blob_url: str, tmp_path: Path) -> None:
+    store = open_blob_store(blob_url)
+    key = _key_of(b"never stored")
+    with pytest.raises(NotFoundError, match=key):
+        store.get_bytes(key)
+    with pytest.raises(NotFoundError, match=key):
+        store.download(key, tmp_path / "out")
+
+
+def test_identical_push_is_stored_once(blob_url: str) -> None:
+    store = open_blob_store(blob_url)
+    data = b"adapter weights"
+    key = _key_of(data)
+    store.put_bytes(key, data)
+    # A second put of a content-addressed key already present with the same size is
+    # skipped; different bytes of the same size make that observable.
+    store.put_bytes(key, b"X" * len(data))
+    assert store.get_bytes(key) == data
+    assert list(store.list()) == [key]
+
+
+def test_plain_keys_are_overwritten(blob_url: str) -> None:
+    store = open_blob_store(blob_url)
+    store.put_bytes("manifests/m.json", b"one")
+    store.put_bytes("manifests/m.json", b"two")
+    assert store.get_bytes("manifests/m.json") == b"two"
+
+
+def test_list_filters_by_prefix_in_sorted_order(blob_url: str) -> None:
+    store = open_blob_store(blob_url)
+    for key in ["b/2", "a/1", "b/1", "c"]:
+        store.put_bytes(key, key.encode())
+    assert list(store.list()) == ["a/1", "b/1", "b/2", "c"]
+    assert list(store.list("b/")) == ["b/1", "b/2"]
+    assert list(store.list("zzz")) == []
+
+
+def test_download_writes_the_object_and_reports_progress(blob_url: str, tmp_path: Path) -> None:
+    store = open_blob_store(blob_url)
+    data = os.urandom(3 * (1 << 20) + 17)
+    key = _key_of(data)
+    store.put_bytes(key, data)
+    received: list[int] = []
+    assert store.download(key, tmp_path / "out", received.append) == len(data)
+    assert (tmp_path / "out").read_bytes() == data
+    assert sum(received) == len(data)
+
+
+def test_url_reopens_the_same_store(blob_url: str) -> None:
+    store = open_blob_store(blob_url)
+    store.put_bytes("k", b"v")
+    assert open_blob_store(store.url).get_bytes("k") == b"v"
+
+
+@pytest.mark.parametrize("bad", ["", "/abs", "../up", "a/../../up", "a//b", "a/.tmp-x", "a\\b"])
+def test_keys_that_could_escape_or_collide_are_rejected(blob_url: str, bad: str) -> None:
+    store = open_blob_store(blob_url)
+    with pytest.raises(ValueError, match="invalid blob key"):
+        store.put_bytes(bad, b"x")
+    with pytest.raises(ValueError, match="invalid blob key"):
+        store.head(bad)
+
+
+def test_local_writes_leave_no_temp_files(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path / "blobs")
+    for i in range(3):
+        store.put_bytes(f"k/{i}", b"x" * i)
+    on_disk = sorted(p.relative_to(store.root).as_posix() for p in store.root.rglob("*"))
+    assert on_disk == ["k", "k/0", "k/1", "k/2"]
+
+
+class _CountingClient:
+    """Delegates to a boto3 client, recording the Range of every GetObject."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.ranges: list[str | None] = []
+
+    def get_object(self, **kwargs: Any) -> Any:
+        self.ranges.append(kwargs.get("Range"))
+        return self._client.get_object(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_s3_large_object_downloads_as_ranged_parts(
+    s3_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    import boto3
+
+    client = _CountingClient(boto3.client("s3", endpoint_url=s3_endpoint))
+    part = 64 * 1024
+    store = S3BlobStore(s3_bucket, "p", client=client, part_size=part, max_concurrency=4)
+    data = os.urandom(10 * part + 5)
+    key = _key_of(data)
+    store.put_bytes(key, data)
+    received: list[int] = []
+    assert store.download(key, tmp_path / "out", received.append) == len(data)
+    assert (tmp_path / "out").read_bytes() == data
+    assert sorted(received) == sorted([part] * 10 + [5])
+    expected = [f"bytes={i * part}-{min((i + 1) * part, len(data)) - 1}" for i in range(11)]
+    assert sorted(client.ranges, key=lambda r: int(r.split("=")[1].split("-")[0])) == expected
+
+
+def test_s3_unreachable_endpoint_raises_backend_unavailable_after_bounded_retries(
+    tmp_path: Path,
+) -> None:
+    sleeps: list[float] = []
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    store = S3BlobStore("bucket", endpoint_url=endpoint, attempts=3, sleep=sleeps.append)
+    with pytest.raises(BackendUnavailableError) as info:
+        store.get_bytes("k")
+    message = str(info.value)
+    assert endpoint in message and "GET 'k'" in message and "3 attempts" in message
+    assert len(sleeps) == 2
+    with pytest.raises(BackendUnavailableError):
+        store.head("k")
+    with pytest.raises(BackendUnavailableError):
+        store.download("k", tmp_path / "out")
+
+
+def test_s3_missing_bucket_is_reported_not_retried(s3_endpoint: str) -> None:
+    sleeps: list[float] = []
+    store = S3BlobStore("no-such-bucket-here", endpoint_url=s3_endpoint, sleep=sleeps.append)
+    with pytest.raises(BackendUnavailableError, match=r"NoSuchBucket.*bucket exists"):
+        store.get_bytes("k")
+    assert sleeps == []

@@ -1,0 +1,278 @@
+"""Reading adapters from directories, archives, loose files and uploads, safely."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from adapter_store import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    AdapterFiles,
+    AdapterLimits,
+    AdapterTooLargeError,
+    InvalidAdapterError,
+    MalformedWeightsError,
+    UnsafeFormatError,
+    read_adapter_source,
+    read_adapter_upload,
+)
+
+CONFIG = b'{"peft_type": "LORA"}'
+WEIGHTS = b"\x08\x00\x00\x00\x00\x00\x00\x00{}      "
+EXPECTED = AdapterFiles(config_bytes=CONFIG, weights_bytes=WEIGHTS)
+
+
+@pytest.fixture
+def adapter_dir(tmp_path: Path) -> Path:
+    """An adapter directory as PEFT leaves it after training, with extra files."""
+    d = tmp_path / "adapter"
+    d.mkdir()
+    (d / CONFIG_NAME).write_bytes(CONFIG)
+    (d / WEIGHTS_NAME).write_bytes(WEIGHTS)
+    (d / "README.md").write_text("# my adapter")
+    (d / "training_args.bin").write_bytes(b"\x80\x04 not to be read")
+    return d
+
+
+def tar_bytes(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buf.getvalue()
+
+
+ADAPTER = {CONFIG_NAME: CONFIG, WEIGHTS_NAME: WEIGHTS}
+
+
+def test_directory(adapter_dir):
+    assert read_adapter_source(adapter_dir) == EXPECTED
+    assert read_adapter_source(str(adapter_dir)) == EXPECTED
+
+
+def test_two_files_in_either_order_and_under_any_name(adapter_dir, tmp_path):
+    config, weights = adapter_dir / CONFIG_NAME, adapter_dir / WEIGHTS_NAME
+    assert read_adapter_source([config, weights]) == EXPECTED
+    assert read_adapter_source((str(weights), str(config))) == EXPECTED
+    (tmp_path / "cfg.json").write_bytes(CONFIG)
+    (tmp_path / "w.safetensors").write_bytes(WEIGHTS)
+    assert read_adapter_source([tmp_path / "w.safetensors", tmp_path / "cfg.json"]) == EXPECTED
+
+
+@pytest.mark.parametrize(
+    ("filename", "make"),
+    [
+        ("a.tar", lambda m: tar_bytes(m, "w")),
+        ("a.tar.gz", tar_bytes),
+        ("a.TGZ", tar_bytes),
+        ("a.zip", zip_bytes),
+    ],
+)
+@pytest.mark.parametrize("folder", ["", "my-adapter/", "./"])
+def test_archives_at_root_or_in_one_folder(tmp_path, filename, make, folder):
+    members = {folder + name: data for name, data in ADAPTER.items()}
+    members[folder + "README.md"] = b"hello"
+    path = tmp_path / filename
+    path.write_bytes(make(members))
+    assert read_adapter_source(path) == EXPECTED
+    assert read_adapter_upload({filename: path.read_bytes()}) == EXPECTED
+
+
+def test_tar_made_by_tar_of_a_directory(adapter_dir, tmp_path):
+    path = tmp_path / "adapter.tgz"
+    with tarfile.open(path, "w:gz") as archive:
+        archive.add(adapter_dir, arcname=".")
+    assert read_adapter_source(path) == EXPECTED
+
+
+def test_upload_of_the_two_files():
+    upload = {"adapter_model.safetensors": WEIGHTS, "adapter_config.json": CONFIG}
+    assert read_adapter_upload(upload) == EXPECTED
+
+
+@pytest.mark.parametrize(
+    ("upload", "error", "message"),
+    [
+        (
+            {"../adapter_config.json": CONFIG, WEIGHTS_NAME: WEIGHTS},
+            UnsafeFormatError,
+            "climbs out",
+        ),
+        ({"/etc/x.json": CONFIG, WEIGHTS_NAME: WEIGHTS}, UnsafeFormatError, "absolute"),
+        (
+            {CONFIG_NAME: CONFIG, "adapter_model.bin": b"\x80"},
+            UnsafeFormatError,
+            "is a pickle file",
+        ),
+        (
+            {CONFIG_NAME: CONFIG},
+            MalformedWeightsError,
+            "the upload has no adapter_model.safetensors",
+        ),
+        (
+            {CONFIG_NAME: CONFIG, WEIGHTS_NAME: WEIGHTS, "x.json": b"{}"},
+            InvalidAdapterError,
+            "upload one",
+        ),
+        ({"a.json": CONFIG, "b.json": CONFIG}, InvalidAdapterError, "upload one"),
+        ({"a.zip": b"not a zip"}, InvalidAdapterError, "is not a readable zip archive"),
+    ],
+)
+def test_bad_uploads(upload, error, message):
+    with pytest.raises(error) as excinfo:
+        read_adapter_upload(upload)
+    assert type(excinfo.value) is error
+    assert message in str(excinfo.value)
+
+
+def test_upload_size_cap():
+    size = len(CONFIG) + len(WEIGHTS)
+    with pytest.raises(
+        AdapterTooLargeError, match=f"the upload is {size} bytes, more than the cap"
+    ):
+        read_adapter_upload(ADAPTER, AdapterLimits(max_bytes=size - 1))
+
+
+def test_huge_file_is_refused_before_reading(adapter_dir):
+    # A sparse 10 GiB file: refused on its size, not read into memory.
+    with (adapter_dir / WEIGHTS_NAME).open("r+b") as f:
+        f.truncate(10 << 30)
+    with pytest.raises(AdapterTooLargeError, match="is 10737418240 bytes, more than the cap"):
+        read_adapter_source(adapter_dir)
+
+
+def test_pickle_directory_is_refused_without_reading_it(tmp_path):
+    (tmp_path / CONFIG_NAME).write_bytes(CONFIG)
+    (tmp_path / "adapter_model.bin").write_bytes(b"\x80")
+    (tmp_path / "optimizer.pt").write_bytes(b"\x80")
+    with pytest.raises(
+        UnsafeFormatError, match=r"adapter_model\.bin is a pickle file.*safe_serialization=True"
+    ):
+        read_adapter_source(tmp_path)
+
+
+def test_declared_zip_sizes_are_capped_before_inflating(tmp_path):
+    path = tmp_path / "bomb.zip"
+    path.write_bytes(zip_bytes({CONFIG_NAME: CONFIG, WEIGHTS_NAME: b"\x00" * (2 << 20)}))
+    assert path.stat().st_size < 20_000
+    with pytest.raises(AdapterTooLargeError, match=r"the content of .*bomb\.zip is 2097173 bytes"):
+        read_adapter_source(path, AdapterLimits(max_bytes=1 << 20))
+
+
+def test_declared_tar_sizes_are_capped(tmp_path):
+    path = tmp_path / "bomb.tar.gz"
+    path.write_bytes(tar_bytes({CONFIG_NAME: CONFIG, WEIGHTS_NAME: b"\x00" * (2 << 20)}))
+    with pytest.raises(AdapterTooLargeError, match="the content of"):
+        read_adapter_source(path, AdapterLimits(max_bytes=1 << 20))
+
+
+def test_expanded_tar_stream_is_capped_against_giant_pax_headers(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo(CONFIG_NAME)
+        info.size = len(CONFIG)
+        info.pax_headers = {"comment": "x" * (3 << 20)}
+        archive.addfile(info, io.BytesIO(CONFIG))
+    path = tmp_path / "pax.tar.gz"
+    path.write_bytes(buf.getvalue())
+    with pytest.raises(AdapterTooLargeError, match=r"\(expanded\)"):
+        read_adapter_source(path, AdapterLimits(max_bytes=1 << 20, max_archive_members=10))
+
+
+def test_member_count_cap(tmp_path):
+    members = {f"notes/{i}.txt": b"" for i in range(20)} | ADAPTER
+    path = tmp_path / "many.tar"
+    path.write_bytes(tar_bytes(members, "w"))
+    with pytest.raises(InvalidAdapterError, match="more than 10 members"):
+        read_adapter_source(path, AdapterLimits(max_archive_members=10))
+
+
+def test_two_adapters_in_one_archive(tmp_path):
+    members = {f"{d}/{n}": b for d in ("ckpt-1", "ckpt-2") for n, b in ADAPTER.items()}
+    path = tmp_path / "two.zip"
+    path.write_bytes(zip_bytes(members))
+    with pytest.raises(InvalidAdapterError, match="several folders \\(ckpt-1, ckpt-2\\)"):
+        read_adapter_source(path)
+
+
+def test_encrypted_zip_member(tmp_path):
+    data = bytearray(zip_bytes({CONFIG_NAME: CONFIG}))
+    # zipfile cannot write encrypted members: set the "encrypted" flag bit by hand in the
+    # local header (flags at offset 6) and the central directory entry (offset 8).
+    data[data.index(b"PK\x03\x04") + 6] |= 0x1
+    data[data.index(b"PK\x01\x02") + 8] |= 0x1
+    path = tmp_path / "locked.zip"
+    path.write_bytes(bytes(data))
+    with pytest.raises(InvalidAdapterError, match="is encrypted"):
+        read_adapter_source(path)
+
+
+@pytest.mark.parametrize("filename", ["x.zip", "x.tar.gz", "x.tar"])
+def test_corrupt_archives(tmp_path, filename):
+    path = tmp_path / filename
+    path.write_bytes(gzip.compress(b"garbage" * 100) if filename == "x.tar" else b"garbage" * 100)
+    with pytest.raises(InvalidAdapterError, match="is not a readable"):
+        read_adapter_source(path)
+
+
+def test_truncated_tar_gz(tmp_path):
+    path = tmp_path / "cut.tar.gz"
+    path.write_bytes(tar_bytes(ADAPTER)[:60])
+    with pytest.raises(InvalidAdapterError, match="is not a readable tgz archive"):
+        read_adapter_source(path)
+
+
+def test_zip_directory_entries_are_fine(tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        archive.mkdir("adapter")
+        for name, data in ADAPTER.items():
+            archive.writestr(f"adapter/{name}", data)
+    path = tmp_path / "a.zip"
+    path.write_bytes(buf.getvalue())
+    assert read_adapter_source(path) == EXPECTED
+
+
+@pytest.mark.parametrize(
+    ("paths", "message"),
+    [
+        (["missing-dir"], "does not exist"),
+        (["only.json"], "got "),
+        ([], "got nothing"),
+        (["a.json", "b.json"], "cannot tell which"),
+        (["a.json", "b.txt"], "cannot tell which"),
+    ],
+)
+def test_wrong_file_sets(tmp_path, paths, message):
+    for p in paths:
+        if p.endswith((".json", ".txt")):
+            (tmp_path / p).write_bytes(CONFIG)
+    source = [tmp_path / p for p in paths]
+    with pytest.raises(InvalidAdapterError) as excinfo:
+        read_adapter_source(source[0] if len(source) == 1 else source)
+    assert type(excinfo.value) is InvalidAdapterError
+    assert message in str(excinfo.value)
+
+
+def test_named_pipe_is_not_opened(tmp_path):
+    (tmp_path / CONFIG_NAME).write_bytes(CONFIG)
+    os.mkfifo(tmp_path / WEIGHTS_NAME)
+    with pytest.raises(InvalidAdapterError, match="is not a regular file"):
+        read_adapter_source(tmp_path)

@@ -1,0 +1,246 @@
+"""validate_adapter on real PEFT adapters, cross-checked against the PEFT model itself,
+and on every case of the malformed corpus."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapter_store import (
+    AdapterLimits,
+    BaseModelManifest,
+    ValidatedAdapter,
+    lora_weight_names,
+    manifest_from_model,
+    read_adapter_source,
+    validate_adapter,
+)
+from tests.malformed import MALFORMED_CASES, tiny_base, write_valid_adapter
+
+PEFT_PREFIX = "base_model.model."
+
+
+@pytest.fixture(scope="module")
+def llama() -> tuple[Any, BaseModelManifest]:
+    return tiny_base()
+
+
+@pytest.fixture(scope="module")
+def gpt2() -> tuple[Any, BaseModelManifest]:
+    import transformers
+
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=256)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    return model, manifest_from_model("tiny-gpt2", model)
+
+
+@pytest.fixture(scope="module")
+def valid_dir(llama, tmp_path_factory) -> Path:
+    return write_valid_adapter(llama[0], tmp_path_factory.mktemp("valid"))
+
+
+def save_peft_adapter(
+    model: Any, out_dir: Path, **lora_kwargs: Any
+) -> dict[str, tuple[int, float]]:
+    """Save a PEFT adapter; return PEFT's own {module path: (rank, scaling)} for it."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(**lora_kwargs))
+    peft_model.save_pretrained(str(out_dir))
+    truth = {}
+    for name, module in peft_model.named_modules():
+        if isinstance(module, LoraLayer) and "default" in module.lora_A:
+            path = name.removeprefix(PEFT_PREFIX)
+            truth[path] = (module.lora_A["default"].weight.shape[0], module.scaling["default"])
+    return truth
+
+
+def test_valid_adapter(valid_dir, llama):
+    files = read_adapter_source(valid_dir)
+    v = validate_adapter(files, llama[1])
+    assert isinstance(v, ValidatedAdapter)
+    assert sorted(v.modules) == [
+        f"model.layers.{i}.self_attn.{p}_proj" for i in (0, 1) for p in ("q", "v")
+    ]
+    q = v.modules["model.layers.0.self_attn.q_proj"]
+    assert (q.rank, q.in_features, q.out_features, q.scaling) == (8, 64, 64, 2.0)
+    v0 = v.modules["model.layers.0.self_attn.v_proj"]
+    assert (v0.in_features, v0.out_features) == (64, 32)
+    weights = (valid_dir / "adapter_model.safetensors").read_bytes()
+    config = (valid_dir / "adapter_config.json").read_bytes()
+    assert v.digest == hashlib.sha256(weights).hexdigest()
+    assert v.config_digest == hashlib.sha256(config).hexdigest()
+    assert v.size_bytes == len(weights) + len(config)
+    assert v.max_rank == 8 and v.files == files
+
+
+def test_weight_names_are_peft_names(valid_dir, llama):
+    from safetensors import safe_open
+
+    v = validate_adapter(read_adapter_source(valid_dir), llama[1])
+    with safe_open(str(valid_dir / "adapter_model.safetensors"), "np") as f:
+        names = set(f.keys())
+    assert names == {n for m in v.modules for n in lora_weight_names(m)}
+
+
+LLAMA_VARIANTS: dict[str, dict[str, Any]] = {
+    "rank_and_alpha_patterns": {
+        "r": 8,
+        "lora_alpha": 16,
+        "target_modules": ["q_proj", "v_proj", "down_proj"],
+        "rank_pattern": {"v_proj": 4, "layers.1.self_attn.q_proj": 2},
+        "alpha_pattern": {"down_proj": 5, r"model\.layers\.0\..*q_proj": 3},
+    },
+    "rslora": {
+        "r": 16,
+        "lora_alpha": 8,
+        "use_rslora": True,
+        "target_modules": ["k_proj", "o_proj"],
+    },
+    "rslora_with_rank_pattern": {
+        "r": 16,
+        "lora_alpha": 8,
+        "use_rslora": True,
+        "target_modules": ["q_proj", "up_proj"],
+        "rank_pattern": {"up_proj": 4},
+    },
+    "regex_targets": {
+        "r": 4,
+        "lora_alpha": 4,
+        "target_modules": r".*\.layers\.1\..*\.(q|k|gate)_proj",
+    },
+    "all_linear": {"r": 2, "lora_alpha": 7, "target_modules": "all-linear"},
+    "layers_to_transform": {
+        "r": 4,
+        "lora_alpha": 8,
+        "target_modules": ["q_proj", "down_proj"],
+        "layers_to_transform": [1],
+    },
+    "layers_pattern": {
+        "r": 4,
+        "lora_alpha": 8,
+        "target_modules": ["v_proj"],
+        "layers_to_transform": 0,
+        "layers_pattern": "layers",
+    },
+    "exclude_modules": {
+        "r": 4,
+        "lora_alpha": 8,
+        "target_modules": "all-linear",
+        "exclude_modules": ["o_proj", "up_proj"],
+    },
+    "lm_head_by_name": {"r": 4, "lora_alpha": 8, "target_modules": ["lm_head", "q_proj"]},
+}
+
+
+@pytest.mark.parametrize("kwargs", list(LLAMA_VARIANTS.values()), ids=list(LLAMA_VARIANTS))
+def test_peft_variants_validate_with_peft_ranks_and_scalings(llama, tmp_path, kwargs):
+    model, manifest = llama
+    truth = save_peft_adapter(model, tmp_path, **kwargs)
+    v = validate_adapter(read_adapter_source(tmp_path), manifest)
+    assert set(v.modules) == set(truth) == set(manifest.modules_targeted_by(v.spec))
+    for path, (rank, scaling) in truth.items():
+        assert v.modules[path].rank == v.spec.rank_for(path) == rank, path
+        assert math.isclose(v.modules[path].scaling, scaling), path
+        assert math.isclose(v.spec.scaling_for(path), scaling), path
+        assert (v.modules[path].in_features, v.modules[path].out_features) == manifest.modules[path]
+
+
+def test_hand_written_all_linear_config_means_what_peft_means(llama, tmp_path):
+    model, manifest = llama
+    truth = save_peft_adapter(model, tmp_path, r=2, lora_alpha=4, target_modules="all-linear")
+    # PEFT expands "all-linear" before saving; a hand-written config keeps the shorthand.
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    config["target_modules"] = "all-linear"
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    v = validate_adapter(read_adapter_source(tmp_path), manifest)
+    assert v.spec.targets_all_linear
+    assert set(v.modules) == set(truth) and "lm_head" not in truth
+
+
+def test_gpt2_conv1d_fan_in_fan_out(gpt2, tmp_path):
+    model, manifest = gpt2
+    truth = save_peft_adapter(
+        model,
+        tmp_path,
+        r=4,
+        lora_alpha=12,
+        target_modules=["c_attn", "c_proj"],
+        fan_in_fan_out=True,
+    )
+    v = validate_adapter(read_adapter_source(tmp_path), manifest)
+    assert v.spec.fan_in_fan_out
+    assert set(v.modules) == set(truth)
+    assert len(truth) == 6  # per layer: attn.c_attn, attn.c_proj and mlp.c_proj
+    c_attn = v.modules["transformer.h.0.attn.c_attn"]
+    assert (c_attn.rank, c_attn.in_features, c_attn.out_features, c_attn.scaling) == (
+        4,
+        64,
+        192,
+        3.0,
+    )
+    mlp_out = v.modules["transformer.h.1.mlp.c_proj"]
+    assert (mlp_out.in_features, mlp_out.out_features) == (256, 64)
+
+
+def test_adapter_for_another_model_is_incompatible(gpt2, valid_dir):
+    from adapter_store import IncompatibleAdapterError
+
+    with pytest.raises(
+        IncompatibleAdapterError, match="base model 'tiny-gpt2' has no linear module"
+    ):
+        validate_adapter(read_adapter_source(valid_dir), gpt2[1])
+
+
+def test_rank_cap_on_the_weights(valid_dir, llama):
+    from adapter_store import AdapterTooLargeError
+
+    with pytest.raises(AdapterTooLargeError, match="rank 8, above the cap of 4"):
+        validate_adapter(read_adapter_source(valid_dir), llama[1], AdapterLimits(max_rank=4))
+
+
+def test_size_cap_on_the_files(valid_dir, llama):
+    from adapter_store import AdapterTooLargeError
+
+    files = read_adapter_source(valid_dir)
+    with pytest.raises(AdapterTooLargeError, match=f"the adapter is {files.size_bytes} bytes"):
+        validate_adapter(files, llama[1], AdapterLimits(max_bytes=files.size_bytes - 1))
+
+
+# ---- the malformed corpus --------------------------------------------------------------
+
+
+def test_corpus_is_large_and_each_case_has_its_own_error():
+    assert len(MALFORMED_CASES) >= 15
+    assert len({c.id for c in MALFORMED_CASES}) == len(MALFORMED_CASES)
+    assert len({c.message for c in MALFORMED_CASES}) == len(MALFORMED_CASES)
+
+
+@pytest.mark.parametrize("case", MALFORMED_CASES, ids=[c.id for c in MALFORMED_CASES])
+def test_malformed_adapter_is_rejected(case, valid_dir, llama, tmp_path):
+    source = case.write(valid_dir, tmp_path / case.id)
+    with pytest.raises(case.error) as excinfo:
+        validate_adapter(read_adapter_source(source, case.limits), llama[1], case.limits)
+    assert type(excinfo.value) is case.error
+    assert case.message in str(excinfo.value)
+    # Every message also says how to fix it, after the description of the problem.
+    assert re.search(
+        r"[;:] .*\b(re-?\w+|save|push|use|give|archive|add|fix|merge)\b", str(excinfo.value)
+    )
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in MALFORMED_CASES if c.needs_manifest], ids=lambda c: c.id
+)
+def test_base_model_cases_pass_without_a_manifest(case, valid_dir, tmp_path):
+    source = case.write(valid_dir, tmp_path / case.id)
+    v = validate_adapter(read_adapter_source(source), None)
+    assert v.modules

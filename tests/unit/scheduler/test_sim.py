@@ -1,0 +1,225 @@
+"""The discrete-event simulator: conservation, a hand-computed schedule, the bound."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scheduler import (
+    POLICY_NAMES,
+    AdapterDemand,
+    CostProfile,
+    EvictionPolicy,
+    LRUEviction,
+    ReplicaView,
+    SchedulerError,
+    SimConfig,
+    Tier,
+    TraceRequest,
+    UnknownProfileError,
+    cost_profile,
+    make_policy,
+    simulate,
+)
+
+# Round numbers so the schedule below can be worked out by hand: a 100-byte adapter
+# takes 2 + 1 = 3 s from S3 and 0.5 + 1 = 1.5 s from host to GPU; a step over b
+# sequences prefilling p tokens takes 1 + 0.5 b + 0.01 p seconds; at most 2 run at once.
+HAND = CostProfile(
+    name="hand",
+    description="round numbers for a hand-computed schedule",
+    bytes_per_rank=1,
+    default_rank=100,
+    s3_latency_s=2.0,
+    s3_bytes_per_s=100.0,
+    disk_latency_s=0.5,
+    disk_bytes_per_s=100.0,
+    h2d_fixed_s=0.5,
+    h2d_bytes_per_s=100.0,
+    step_base_s=1.0,
+    step_per_seq_s=0.5,
+    prefill_per_token_s=0.01,
+    max_batch=2,
+)
+
+
+class FirstReplicaPolicy:
+    """Every request to the first replica; records what it was told."""
+
+    name = "first_replica"
+
+    def __init__(self) -> None:
+        self.placed: list[tuple[str, str]] = []
+
+    def rank_replicas(
+        self, adapter: AdapterDemand, replicas: Sequence[ReplicaView], now: float
+    ) -> list[list[ReplicaView]]:
+        return [list(replicas)]
+
+    def on_placed(self, adapter: AdapterDemand, replica: ReplicaView, now: float) -> None:
+        self.placed.append((adapter.key, replica.replica_id))
+
+    def new_eviction_policy(self) -> EvictionPolicy:
+        return LRUEviction()
+
+
+def test_one_replica_matches_the_hand_computed_schedule() -> None:
+    trace = [
+        TraceRequest(0.0, "a", 100, 3),  # r0: cold load of a (S3 0-3, copy 3-4.5)
+        TraceRequest(1.0, "a", 0, 1),  # r1: a is loading: a miss that starts no load
+        TraceRequest(2.0, "b", 0, 2),  # r2: b needs the only slot, pinned by a: waits
+        TraceRequest(2.5, "", 0, 1),  # r3: base model, runs at once: step 2.5-4.0
+        TraceRequest(8.0, "a", 0, 1),  # r4: a is on the GPU: a hit; interrupts at 9.0
+    ]
+    # 4.5: a loaded; r0+r1 admitted, prefill 100 tokens: step 4.5-7.5 (1+1+1 s), both get
+    #      their first token; r1 (1 token) finishes.
+    # 7.5: r0 alone, 1.5 s steps, next completion at step 4 = 10.5, but r4 arrives at 8.0
+    #      so the run stops at the boundary 9.0; r0+r4 step 9.0-11.0 finishes both.
+    # 11.0: a unpinned, evicted for b: S3 11-14, copy 14-15.5; r2 steps 15.5-17, 17-18.5.
+    policy = FirstReplicaPolicy()
+    result = simulate(trace, policy, SimConfig(replicas=1, gpu_slots=1, profile=HAND))
+    outcomes = result.outcomes
+    assert [o.first_token_s for o in outcomes] == pytest.approx([7.5, 7.5, 17.0, 4.0, 11.0])
+    assert [o.finish_s for o in outcomes] == pytest.approx([11.0, 7.5, 18.5, 4.0, 11.0])
+    assert [o.tier for o in outcomes] == [Tier.NONE, Tier.LOADING, Tier.NONE, Tier.GPU, Tier.GPU]
+    assert result.completions == 5
+    assert result.cold_loads == 2 and result.s3_bytes == 200
+    assert result.gpu_hit_rate == pytest.approx(1 / 4)  # the base request is not counted
+    assert result.loading_hit_rate == pytest.approx(1 / 4)
+    assert result.ttft_p50_s == pytest.approx(6.5)  # TTFTs 7.5, 6.5, 15.0, 1.5, 3.0
+    assert result.load_imbalance == pytest.approx(1.0)
+    assert result.throughput_rps == pytest.approx(5 / 18.5)
+    # Busy 2.5-4, 4.5-11 and 15.5-18.5: 11 s of the 18.5 s span.
+    assert result.mean_utilization == pytest.approx(11 / 18.5)
+    assert policy.placed == [(r.adapter, "replica-000") for r in trace]
+
+
+def test_imbalance_is_max_over_mean_busy_time() -> None:
+    trace = [TraceRequest(float(i), "a", 0, 2) for i in range(4)]
+    config = SimConfig(replicas=2, gpu_slots=1, profile=HAND)
+    result = simulate(trace, FirstReplicaPolicy(), config)  # the second replica idles
+    assert result.load_imbalance == pytest.approx(2.0)
+    assert result.occupancy_imbalance == pytest.approx(2.0)
+    assert {o.replica for o in result.outcomes} == {0}
+
+
+def test_a_host_hit_skips_s3_and_a_disk_hit_skips_the_host() -> None:
+    # Two slots' worth of adapters cycle through one slot, so a comes back from host.
+    trace = [
+        TraceRequest(0.0, "a", 0, 1),
+        TraceRequest(10.0, "b", 0, 1),
+        TraceRequest(20.0, "a", 0, 1),
+    ]
+    config = SimConfig(replicas=1, gpu_slots=1, profile=HAND)
+    result = simulate(trace, FirstReplicaPolicy(), config)
+    assert [o.tier for o in result.outcomes] == [Tier.NONE, Tier.NONE, Tier.HOST]
+    assert result.cold_loads == 2
+    # From host only the copy remains: 1.5 s, then a 1.5 s step.
+    assert result.outcomes[2].first_token_s == pytest.approx(23.0)
+    # With no host budget, a comes back from disk: 1.5 s read + 1.5 s copy + 1.5 s step.
+    no_host = simulate(trace, FirstReplicaPolicy(), dataclasses.replace(config, host_cache_mb=0))
+    assert no_host.outcomes[2].tier is Tier.DISK
+    assert no_host.outcomes[2].first_token_s == pytest.approx(24.5)
+
+
+def test_stale_views_hide_residency_until_the_refresh() -> None:
+    seen: list[Tier] = []
+
+    class Recorder(FirstReplicaPolicy):
+        def rank_replicas(self, adapter, replicas, now):  # type: ignore[no-untyped-def]
+            seen.append(replicas[0].tier_of(adapter.key))
+            return [list(replicas)]
+
+    trace = [
+        TraceRequest(0.0, "a", 0, 1),
+        TraceRequest(6.0, "a", 0, 1),
+        TraceRequest(11.0, "a", 0, 1),
+    ]
+    exact = SimConfig(replicas=1, gpu_slots=1, profile=HAND)
+    simulate(trace, Recorder(), exact)
+    assert seen == [Tier.NONE, Tier.GPU, Tier.GPU]
+    seen.clear()
+    # Refreshed at 0 (nothing) and at 11 (loaded at 4.5): at 6 the view still shows the
+    # optimistic "loading" mark the router put there after placing the first request.
+    simulate(trace, Recorder(), dataclasses.replace(exact, view_refresh_s=10.0))
+    assert seen == [Tier.NONE, Tier.LOADING, Tier.GPU]
+
+
+def test_bad_configuration_and_unknown_profiles_are_rejected() -> None:
+    with pytest.raises(SchedulerError, match="replicas=0"):
+        SimConfig(replicas=0, gpu_slots=1, profile=HAND)
+    with pytest.raises(UnknownProfileError, match="a100-7b"):
+        cost_profile("tpu")
+    with pytest.raises(SchedulerError, match="no requests"):
+        simulate([], FirstReplicaPolicy(), SimConfig(replicas=1, gpu_slots=1, profile=HAND))
+
+
+_requests = st.lists(
+    st.tuples(
+        st.floats(min_value=0, max_value=5, allow_nan=False),  # gap to the previous arrival
+        st.sampled_from(["", "a", "b", "c", "d", "e", "f"]),
+        st.integers(min_value=0, max_value=50),
+        st.integers(min_value=1, max_value=6),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=_requests,
+    replicas=st.integers(min_value=1, max_value=3),
+    slots=st.integers(min_value=1, max_value=3),
+    max_batch=st.integers(min_value=1, max_value=4),
+    refresh=st.sampled_from([0.0, 0.7]),
+    seed=st.integers(min_value=0, max_value=3),
+)
+def test_every_request_completes_once_and_no_policy_beats_the_bound_in_order(
+    rows: list[tuple[float, str, int, int]],
+    replicas: int,
+    slots: int,
+    max_batch: int,
+    refresh: float,
+    seed: int,
+) -> None:
+    trace = []
+    now = 0.0
+    for gap, adapter, prompt, output in rows:
+        now += gap
+        trace.append(TraceRequest(now, adapter, prompt, output))
+    profile = dataclasses.replace(HAND, max_batch=max_batch)
+    config = SimConfig(
+        replicas=replicas, gpu_slots=slots, profile=profile, view_refresh_s=refresh, bound=True,
+        host_cache_mb=150 / 2**20,  # room for one adapter, so host evictions happen too
+    )  # fmt: skip
+    for policy in [FirstReplicaPolicy(), *(make_policy(name, seed=seed) for name in POLICY_NAMES)]:
+        result = simulate(trace, policy, config)
+        assert result.completions == len(trace)
+        for outcome in result.outcomes:
+            assert 0 <= outcome.replica < replicas
+            assert outcome.arrival_s < outcome.first_token_s <= outcome.finish_s
+            assert not math.isnan(outcome.finish_s)
+        if not result.deferred_loads:  # loads in arrival order: MIN is a strict bound
+            assert result.gpu_hit_rate <= result.bound_gpu_hit_rate + 1e-12, policy.name
+
+
+def test_a_deferred_load_reorders_service_and_can_beat_min_on_arrival_order() -> None:
+    # One slot, a b a b: MIN on the arrival order hits nothing. Here b's load waits for
+    # a's two requests (a is pinned), so the second a and, after b loads, the second b hit.
+    trace = [
+        TraceRequest(0.0, "a", 0, 6),
+        TraceRequest(1.0, "b", 0, 1),
+        TraceRequest(5.0, "a", 0, 1),
+        TraceRequest(30.0, "b", 0, 1),
+    ]
+    config = SimConfig(replicas=1, gpu_slots=1, profile=HAND, bound=True)
+    result = simulate(trace, FirstReplicaPolicy(), config)
+    assert result.deferred_loads == 1
+    assert [o.tier for o in result.outcomes] == [Tier.NONE, Tier.NONE, Tier.GPU, Tier.GPU]
+    assert result.bound_gpu_hit_rate == 0.0 < result.gpu_hit_rate

@@ -1,0 +1,255 @@
+"""CacheAwareRequestRouter without a cluster: fake replicas, an injected clock.
+
+The router is built as Ray builds it (no Ray session is needed for that); replicas are
+duck-typed stand-ins for ``RunningReplica`` carrying what the router reads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from ray.serve._private.common import (
+    DeploymentHandleSource,
+    DeploymentID,
+    ReplicaID,
+    RequestMetadata,
+)
+from ray.serve.request_router import PendingRequest
+
+from scheduler import (
+    AdapterDemand,
+    EvictionPolicy,
+    LRUEviction,
+    PlacementPolicy,
+    ReplicaView,
+    Tier,
+    UnknownPolicyError,
+)
+from services._router import CacheAwareRequestRouter, replica_view_from_stats, routing_stats
+
+DEPLOYMENT = DeploymentID(name="model", app_name="loramux")
+KEY = "acme/bot@1"
+
+
+class FakeReplica:
+    """What the router reads from a ``RunningReplica``."""
+
+    def __init__(self, unique_id: str, routing_stats: dict[str, Any] | None = None) -> None:
+        self.replica_id = ReplicaID(unique_id=unique_id, deployment_id=DEPLOYMENT)
+        self.routing_stats = routing_stats or {}
+        self.multiplexed_model_ids: set[str] = set()
+        self.max_ongoing_requests = 8
+
+    async def get_queue_len(self, *, deadline_s: float) -> int:
+        return 0
+
+
+class HoldersFirst:
+    """Replicas holding the key (best tier first), then the rest; records placements."""
+
+    name = "holders_first"
+
+    def __init__(self) -> None:
+        self.placed: list[tuple[AdapterDemand, ReplicaView]] = []
+
+    def rank_replicas(
+        self, adapter: AdapterDemand, replicas: Sequence[ReplicaView], now: float
+    ) -> list[list[ReplicaView]]:
+        ordered = sorted(replicas, key=lambda view: (view.tier_of(adapter.key), view.replica_id))
+        return [[view] for view in ordered]
+
+    def on_placed(self, adapter: AdapterDemand, replica: ReplicaView, now: float) -> None:
+        self.placed.append((adapter, replica))
+
+    def new_eviction_policy(self) -> EvictionPolicy:
+        return LRUEviction()
+
+
+class HoldersFirstRouter(CacheAwareRequestRouter):
+    def create_policy(self, name: str, *, seed: int, **options: Any) -> PlacementPolicy:
+        return HoldersFirst()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_router(clock: Clock, **kwargs: Any) -> HoldersFirstRouter:
+    router = HoldersFirstRouter(
+        deployment_id=DEPLOYMENT,
+        handle_source=DeploymentHandleSource.UNKNOWN,
+        get_curr_time_s=clock,
+    )
+    router.initialize_state(**kwargs)
+    return router
+
+
+def request(key: str) -> PendingRequest:
+    metadata = RequestMetadata(request_id="r", internal_request_id="r", multiplexed_model_id=key)
+    return PendingRequest(args=[], kwargs={}, metadata=metadata)
+
+
+def views_of(router: CacheAwareRequestRouter, clock: Clock) -> dict[str, ReplicaView]:
+    return {
+        replica.replica_id.unique_id: router.replica_view(replica, clock.now)
+        for replica in router.curr_replicas.values()
+    }
+
+
+# --- the routing-stats wire format --------------------------------------------------
+
+
+def test_routing_stats_round_trip_through_json() -> None:
+    view = ReplicaView(
+        "r1", gpu={"b", "a"}, host={"c"}, disk={"d"}, loading={"e"}, in_flight=2, queued=1,
+        gpu_slots=4,
+    )  # fmt: skip
+
+    stats = json.loads(json.dumps(routing_stats(view)))
+
+    assert stats["gpu"] == ["a", "b"]
+    assert replica_view_from_stats("r1", stats) == view
+
+
+def test_rays_fresher_facts_override_the_report() -> None:
+    stats = routing_stats(ReplicaView("r1", gpu={"a"}, in_flight=5, queued=3))
+
+    view = replica_view_from_stats("r1", stats, multiplexed_ids={"m"}, queue_len=1)
+
+    assert view.gpu == {"a", "m"}
+    assert (view.in_flight, view.queued) == (1, 0)
+
+
+def test_a_replica_that_never_reported_is_empty() -> None:
+    assert replica_view_from_stats("r1", {}) == ReplicaView("r1")
+
+
+# --- the router ---------------------------------------------------------------------
+
+
+async def test_the_policys_ranking_comes_back_as_ray_replicas() -> None:
+    clock = Clock()
+    router = make_router(clock)
+    holder = FakeReplica("b", {"host": [KEY]})
+    other = FakeReplica("a")
+
+    ranked = await router.choose_replicas([other, holder], request(KEY))
+
+    assert ranked == [[holder], [other]]
+
+
+class Broken(HoldersFirst):
+    def rank_replicas(
+        self, adapter: AdapterDemand, replicas: Sequence[ReplicaView], now: float
+    ) -> list[list[ReplicaView]]:
+        raise RuntimeError("policy bug")
+
+
+class BrokenRouter(CacheAwareRequestRouter):
+    def create_policy(self, name: str, *, seed: int, **options: Any) -> PlacementPolicy:
+        return Broken()
+
+
+async def test_a_failing_policy_degrades_to_load_balancing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    router = BrokenRouter(deployment_id=DEPLOYMENT, handle_source=DeploymentHandleSource.UNKNOWN)
+    router.initialize_state()
+    replicas = [FakeReplica("a"), FakeReplica("b")]
+
+    first = await router.choose_replicas(replicas, request(KEY))
+    second = await router.choose_replicas(replicas, request(KEY))
+
+    assert first == second == [replicas]
+    failures = [record for record in caplog.records if "failed to rank" in record.getMessage()]
+    assert len(failures) == 1  # logged once, not once per request
+    assert "policy bug" in caplog.text
+
+
+async def test_a_placement_counts_as_loading_until_the_replica_reports_it() -> None:
+    clock = Clock()
+    router = make_router(clock, placement_ttl_s=5.0)
+    target, other = FakeReplica("a"), FakeReplica("b")
+    router.update_replicas([target, other])
+
+    router.on_request_routed(request(KEY), target.replica_id, result=None)
+    after_placement = views_of(router, clock)
+    target.routing_stats = {"gpu": [KEY]}
+    after_report = views_of(router, clock)
+    target.routing_stats = {}  # evicted later: the report wins, the placement is gone
+    after_eviction = views_of(router, clock)
+
+    assert after_placement["a"].tier_of(KEY) is Tier.LOADING
+    assert after_placement["b"].tier_of(KEY) is Tier.NONE
+    assert after_report["a"].tier_of(KEY) is Tier.GPU and KEY not in after_report["a"].loading
+    assert after_eviction["a"].tier_of(KEY) is Tier.NONE
+
+
+async def test_an_unreported_placement_expires_after_its_ttl() -> None:
+    clock = Clock()
+    router = make_router(clock, placement_ttl_s=5.0)
+    target = FakeReplica("a")
+    router.update_replicas([target])
+    router.on_request_routed(request(KEY), target.replica_id, result=None)
+
+    clock.now += 4.0
+    before = views_of(router, clock)["a"].tier_of(KEY)
+    clock.now += 2.0
+    after = views_of(router, clock)["a"].tier_of(KEY)
+
+    assert (before, after) == (Tier.LOADING, Tier.NONE)
+
+
+async def test_routed_requests_feed_the_demand_and_the_policy() -> None:
+    clock = Clock()
+    router = make_router(clock)
+    target = FakeReplica("a", {"host": [KEY]})
+    router.update_replicas([target])
+
+    for _ in range(3):
+        router.on_request_routed(request(KEY), target.replica_id, result=None)
+        clock.now += 1.0
+
+    policy = router.policy
+    assert isinstance(policy, HoldersFirst)
+    assert [view.replica_id for _, view in policy.placed] == ["a", "a", "a"]
+    assert policy.placed[-1][1].tier_of(KEY) is Tier.HOST
+    assert [demand.rate for demand, _ in policy.placed] == sorted(
+        demand.rate for demand, _ in policy.placed
+    )
+    assert router.demand(KEY, clock.now).rate > 0
+    assert router.demand("acme/other@1", clock.now).rate == 0
+
+
+async def test_placements_on_a_departed_replica_are_forgotten() -> None:
+    clock = Clock()
+    router = make_router(clock)
+    gone, stays = FakeReplica("a"), FakeReplica("b")
+    router.update_replicas([gone, stays])
+    router.on_request_routed(request(KEY), gone.replica_id, result=None)
+
+    router.update_replicas([stays])
+    router.update_replicas([gone, stays])  # the same id again: a fresh replica
+
+    assert views_of(router, clock)["a"].tier_of(KEY) is Tier.NONE
+
+
+def test_an_unknown_policy_name_lists_the_known_ones() -> None:
+    router = CacheAwareRequestRouter(
+        deployment_id=DEPLOYMENT, handle_source=DeploymentHandleSource.UNKNOWN
+    )
+
+    with pytest.raises(UnknownPolicyError, match="least_loaded"):
+        router.initialize_state(policy="nope")
+
+
+def test_a_non_positive_placement_ttl_is_refused() -> None:
+    with pytest.raises(ValueError, match="placement_ttl_s"):
+        make_router(Clock(), placement_ttl_s=0)
