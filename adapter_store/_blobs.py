@@ -173,7 +173,7 @@ class LocalBlobStore:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-        fsync_path(path.parent)
+        _fsync_dir(path.parent)
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -228,8 +228,8 @@ class LocalBlobStore:
         yield from sorted(keys)
 
 
-def fsync_path(path: Path) -> None:
-    """Flush a file, or a directory to persist the renames in it, to stable storage."""
+def _fsync_dir(path: Path) -> None:
+    """Persist a rename: fsync the directory that holds the renamed entry."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -248,8 +248,9 @@ class S3BlobStore:
 
     ``download`` fetches an object as ranged GETs of ``part_size`` bytes on
     ``max_concurrency`` threads (one GET when it is no larger than ``part_size``), each
-    written in place with ``os.pwrite``; a failed part is retried on its own. Parts are not tied to one ETag:
-    stored blobs are immutable and the caller verifies the sha256 of the whole file.
+    written in place with ``os.pwrite``; a failed part is retried on its own. Parts are
+    not tied to one ETag: stored blobs are immutable, and the caller verifies the sha256
+    of the whole file.
 
     Args:
         bucket: the bucket name; it must exist.
@@ -421,9 +422,10 @@ class S3BlobStore:
         try:
             os.ftruncate(fd, size)
             workers = min(self.max_concurrency, len(ranges))
+            keep = hasher is not None
             with ThreadPoolExecutor(workers, thread_name_prefix="s3-part") as pool:
                 futures = {
-                    pool.submit(self._download_part, key, full, fd, start, end): index
+                    pool.submit(self._download_part, key, full, fd, start, end, keep): index
                     for index, (start, end) in enumerate(ranges)
                 }
                 try:
@@ -436,47 +438,75 @@ class S3BlobStore:
         finally:
             os.close(fd)
 
-    @staticmethod
     def _collect_parts(
-        futures: dict[Future[int], int],
+        self,
+        futures: dict[Future[list[bytes]], int],
         ranges: list[tuple[int, int]],
         fd: int,
         on_progress: ProgressCallback | None,
         hasher: Hasher | None,
     ) -> None:
-        """Wait for the parts; hash the file's completed prefix while later parts run.
+        """Wait for the parts; hash the object's completed prefix while later parts run.
 
-        Hashing what was written (read back from the page cache) in part order overlaps
-        verification with the download instead of adding a pass over the file after it.
+        Hashing in part order as parts arrive overlaps verification with the download
+        instead of adding a pass over the file after it. A part that arrives early is
+        kept in memory until its turn, up to ``max_concurrency * part_size`` bytes;
+        beyond that it is read back from the file when its turn comes.
         """
-        done = [False] * len(ranges)
-        hashed = 0
+        budget = self.max_concurrency * self.part_size
+        waiting: dict[int, list[bytes] | None] = {}
+        buffered = 0
+        next_to_hash = 0
         for future in as_completed(futures):
-            received = future.result()
-            done[futures[future]] = True
+            # The future holds on to the same list: chunks are freed by clearing it.
+            chunks: list[bytes] | None = future.result()
+            index = futures[future]
+            start, end = ranges[index]
             if on_progress is not None:
-                on_progress(received)
-            while hashed < len(ranges) and done[hashed]:
-                if hasher is not None:
-                    start, end = ranges[hashed]
+                on_progress(end - start)
+            if hasher is None:
+                continue
+            if index != next_to_hash and buffered + (end - start) > budget:
+                chunks.clear()
+                chunks = None
+            else:
+                buffered += end - start
+            waiting[index] = chunks
+            while next_to_hash in waiting:
+                chunks = waiting.pop(next_to_hash)
+                start, end = ranges[next_to_hash]
+                if chunks is None:
                     hasher.update(os.pread(fd, end - start, start))
-                hashed += 1
+                else:
+                    for chunk in chunks:
+                        hasher.update(chunk)
+                    chunks.clear()
+                    buffered -= end - start
+                next_to_hash += 1
 
-    def _download_part(self, key: str, full: str, fd: int, start: int, end: int) -> int:
-        """GET bytes [start, end) and write them at ``start``; a retry starts the part over."""
+    def _download_part(
+        self, key: str, full: str, fd: int, start: int, end: int, keep: bool
+    ) -> list[bytes]:
+        """GET bytes [start, end) and write them at ``start``; a retry starts the part over.
 
-        def get() -> int:
+        Returns the chunks written if ``keep``, for hashing without reading them back.
+        """
+
+        def get() -> list[bytes]:
             kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": full}
             if end > start:
                 kwargs["Range"] = f"bytes={start}-{end - 1}"
             body = self._client.get_object(**kwargs)["Body"]
+            chunks = []
             offset = start
             while chunk := body.read(_CHUNK):
                 os.pwrite(fd, chunk, offset)
                 offset += len(chunk)
+                if keep:
+                    chunks.append(chunk)
             if offset != end:
                 raise _TransientS3Error(f"got {offset - start} bytes for range {start}-{end}")
-            return end - start
+            return chunks
 
         return self._call("GET", key, get)
 

@@ -13,15 +13,18 @@ Policies:
 
 * **Verified writes.** Each file is downloaded into a staging directory, its sha256
   (computed from the bytes written, during the download) checked against the digest
-  the caller gave, fsynced, and the whole directory renamed
-  into ``entries/`` in one step: an entry is complete and verified, or absent. A file
-  whose sha256 does not match is downloaded once more; a second mismatch (or a blob
-  missing from the store) raises :class:`IntegrityError`.
-* **Cheap hits.** A hit checks that the resident entry has the same digests as asked and
-  that every file still has the size recorded when it was verified (one ``stat`` per
-  file); it does not re-hash. A size mismatch drops the entry and downloads it again.
-  Bit rot that keeps sizes is not detected here; the safetensors loader still checks the
-  header and shapes.
+  the caller gave, and the whole directory renamed into ``entries/`` in one step: an
+  entry is complete and verified, or absent. A file whose sha256 does not match is
+  downloaded once more; a second mismatch (or a blob missing from the store) raises
+  :class:`IntegrityError`.
+* **Cheap hits, full check after a restart.** A hit checks that the resident entry has
+  the same digests as asked and that every file still has the size recorded when it was
+  verified (one ``stat`` per file); it does not re-hash. A mismatch drops the entry and
+  downloads it again. Entries found on disk at start are trusted only after their first
+  hit re-hashes them in full: nothing is fsynced, so after a machine crash a file may
+  keep its size but not its bytes. Writes thus cost no fsync, and bit rot is caught
+  across restarts. Within one run, bit rot that keeps sizes is not detected; the
+  safetensors loader still checks the header and shapes.
 * **LRU byte budget.** After each insertion, the least recently ensured entries are
   deleted until the sizes of the entry files sum to at most ``max_bytes``. The entry just
   ensured is never evicted by its own insertion; one larger than the whole budget is
@@ -31,8 +34,9 @@ Policies:
   ``root`` (two replicas on a node) serialize downloads of a key with a striped
   ``flock``, and a process finding an entry another one wrote adopts it.
 * **Restart.** On construction the index is rebuilt from ``entries/`` (LRU order from
-  each manifest's mtime, touched on every hit); entries without a valid manifest and
-  staging leftovers not locked by a live process are removed.
+  each manifest's mtime, touched on every hit; entries marked unverified, see above);
+  entries without a valid manifest and staging leftovers not locked by a live process
+  are removed.
 
 Failure modes: entries are deleted by renaming them away first, so a reader that has
 opened a file keeps reading it; a path returned by :meth:`DiskCache.ensure` may however
@@ -61,7 +65,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapter_store._blobs import BlobStore, ProgressCallback, blob_key, fsync_path
+from adapter_store._blobs import BlobStore, ProgressCallback, blob_key
 from adapter_store._identity import AdapterVersion
 from adapter_store.exceptions import IntegrityError, NotFoundError
 
@@ -79,6 +83,7 @@ class DiskCacheStats:
     """Counters since construction; :attr:`DiskCache.stats` returns a copy.
 
     ``hits``: ensure calls served by a resident entry, without downloading.
+    ``rehashed``: hits on an entry found at start, whose files were hashed in full.
     ``misses``: ensure calls that downloaded the entry.
     ``coalesced``: ensure calls that waited for another call's download of the same key.
     ``evictions``: entries removed, by the byte budget or by :meth:`DiskCache.evict`.
@@ -88,6 +93,7 @@ class DiskCacheStats:
     """
 
     hits: int = 0
+    rehashed: int = 0
     misses: int = 0
     coalesced: int = 0
     evictions: int = 0
@@ -98,9 +104,14 @@ class DiskCacheStats:
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
-    """A resident entry: file name -> (sha256, size)."""
+    """A resident entry: file name -> (sha256, size).
+
+    ``verified``: its files' sha256 was checked in this process (downloaded here, or
+    re-hashed); False for entries found at start.
+    """
 
     files: Mapping[str, tuple[str, int]]
+    verified: bool = True
 
     @property
     def size(self) -> int:
@@ -180,6 +191,8 @@ class DiskCache:
             if self._touch_if_resident(key, wanted):
                 self._stats.hits += 1
                 return self._entry_dir(key)
+            known = self._index.get(key)
+            rehash = known is not None and not known.verified
             flight = self._inflight.get(key)
             leader = flight is None
             if flight is None:
@@ -189,7 +202,7 @@ class DiskCache:
         if not leader:
             return flight.result()
         try:
-            path = self._load(key, wanted, on_progress)
+            path = self._load(key, wanted, on_progress, rehash=rehash)
             flight.set_result(path)
             return path
         except BaseException as exc:
@@ -232,20 +245,36 @@ class DiskCache:
 
     # -- loading ----------------------------------------------------------------------
 
-    def _load(self, key: str, wanted: dict[str, str], on_progress: ProgressCallback | None) -> Path:
-        """Adopt the entry from disk or download it, then index it and apply the budget."""
+    def _load(
+        self,
+        key: str,
+        wanted: dict[str, str],
+        on_progress: ProgressCallback | None,
+        *,
+        rehash: bool,
+    ) -> Path:
+        """Adopt the entry from disk or download it, then index it and apply the budget.
+
+        An entry on disk is adopted as is when another live process wrote it; when it
+        was found at start (``rehash``), only if its files hash to their digests.
+        """
         final = self._entry_dir(key)
         with _flock(self._lock_file(_stripe(key))):
-            entry = _read_entry(final)
-            downloaded = entry is None or entry.digests() != wanted
-            if downloaded:
-                entry = self._download_entry(key, wanted, final, on_progress)
-        assert entry is not None
+            on_disk = _read_entry(final)
+            if on_disk is None or on_disk.digests() != wanted:
+                entry, downloaded = self._download_entry(key, wanted, final, on_progress), True
+            elif rehash and not _hashes_match(final, on_disk):
+                _log.warning("disk cache entry %s is corrupt on disk; fetching again", key)
+                entry, downloaded = self._download_entry(key, wanted, final, on_progress), True
+            else:
+                entry, downloaded = on_disk, False
         with self._lock:
             if downloaded:
                 self._stats.misses += 1
             else:
                 self._stats.hits += 1
+                if rehash:
+                    self._stats.rehashed += 1
             self._insert(key, entry)
             trash = self._evict_over_budget(keep=key)
         for path in trash:
@@ -276,7 +305,6 @@ class DiskCache:
                 _remove_tree(self._move_to_trash(final))
             final.parent.mkdir(parents=True, exist_ok=True)
             os.rename(stage, final)
-            fsync_path(final.parent)
             return entry
         finally:
             if stage.exists():
@@ -309,7 +337,6 @@ class DiskCache:
                 self._stats.download_seconds += self._clock() - started
             actual = hasher.hexdigest()
             if actual == digest:
-                fsync_path(dest)  # a verified entry must survive a crash
                 return size
             with self._lock:
                 self._stats.corrupt_downloads += 1
@@ -333,7 +360,7 @@ class DiskCache:
     def _touch_if_resident(self, key: str, wanted: dict[str, str]) -> bool:
         """On a valid hit mark ``key`` most recently used; drop an entry gone bad."""
         entry = self._index.get(key)
-        if entry is None:
+        if entry is None or not entry.verified:
             return False
         path = self._entry_dir(key)
         if entry.digests() != wanted or not _sizes_match(path, entry):
@@ -428,7 +455,7 @@ class DiskCache:
                     found.append(((entry_dir / MANIFEST_NAME).stat().st_mtime_ns, key, entry))
         with self._lock:
             for stamp, key, entry in sorted(found):
-                self._index[key] = entry
+                self._index[key] = dataclasses.replace(entry, verified=False)
                 self._used += entry.size
                 self._last_used_ns = max(self._last_used_ns, stamp)
             trash = self._evict_over_budget(keep="")
@@ -500,11 +527,19 @@ def _write_manifest(directory: Path, key: str, entry: _Entry) -> None:
             name: {"sha256": digest, "size": size} for name, (digest, size) in entry.files.items()
         },
     }
-    with open(directory / MANIFEST_NAME, "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    fsync_path(directory)
+    (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def _hashes_match(path: Path, entry: _Entry) -> bool:
+    """Whether every file of ``entry`` in ``path`` has its recorded sha256."""
+    for name, (digest, _) in entry.files.items():
+        try:
+            with open(path / name, "rb") as f:
+                if hashlib.file_digest(f, "sha256").hexdigest() != digest:
+                    return False
+        except OSError:
+            return False
+    return True
 
 
 def _sizes_match(path: Path, entry: _Entry) -> bool:

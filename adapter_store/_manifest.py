@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from adapter_store._identity import validate_base_model_id
 from adapter_store.exceptions import InvalidManifestError
 
 if TYPE_CHECKING:
@@ -40,8 +41,9 @@ class BaseModelManifest:
     """Module path -> ``(in_features, out_features)`` for one base model id.
 
     Raises:
-        InvalidManifestError: on construction, when a name is empty or a shape is not
-            two integers >= 1, or ``output_module`` is not one of ``modules``.
+        InvalidNameError: on construction, when ``base_model`` is not a valid model id.
+        InvalidManifestError: on construction, when a module name is empty, a shape is
+            not two integers >= 1, or ``output_module`` is not one of ``modules``.
     """
 
     base_model: str
@@ -50,8 +52,7 @@ class BaseModelManifest:
     _sorted: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.base_model, str) or not self.base_model:
-            raise InvalidManifestError("manifest base_model must be a non-empty model id")
+        validate_base_model_id(self.base_model)
         modules: dict[str, tuple[int, int]] = {}
         for name, shape in dict(self.modules).items():
             if not isinstance(name, str) or not name:
@@ -103,6 +104,7 @@ class BaseModelManifest:
 
         Raises:
             InvalidManifestError: the text is not a manifest.
+            InvalidNameError: its base model id is not valid.
         """
         try:
             data: Any = json.loads(text)

@@ -244,6 +244,9 @@ class MetadataStore:
         self._response_error = redis_lib.ResponseError
         kwargs = client.get_connection_kwargs()
         self._where = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+        # Where workers in other processes find the embedded server; credentials are left
+        # out, so a protected Redis must be configured with its own redis_url.
+        self.url = f"redis://{self._where}/{kwargs.get('db', 0)}"
         script = client.register_script
         self._publish = script(_PUBLISH)
         self._resolve = script(_RESOLVE)
@@ -461,6 +464,28 @@ class MetadataStore:
         *,
         check_only: bool,
     ) -> int:
+        keys, args = self._publish_call(
+            tenant, name, size_bytes, fields, aliases, token, check_only=check_only
+        )
+        try:
+            return int(self._script(f"publish {tenant}/{name}", self._publish, keys, args))
+        except _QuotaError as exc:
+            raise exc.for_tenant(tenant, name) from None
+        except TenantNotFoundError:
+            raise _no_tenant(tenant) from None
+
+    def _publish_call(
+        self,
+        tenant: str,
+        name: str,
+        size_bytes: int,
+        fields: tuple[str, str, int, str, float],
+        aliases: Sequence[str],
+        token: str,
+        *,
+        check_only: bool,
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the publish script (the benchmark pipelines them)."""
         a_key, vs_key, v_base = self._adapter_keys(tenant, name)
         digest, config_digest, rank, base_model, now = fields
         keys = [
@@ -484,12 +509,7 @@ class MetadataStore:
             "1" if check_only else "0",
             *aliases,
         ]
-        try:
-            return int(self._script(f"publish {tenant}/{name}", self._publish, keys, args))
-        except _QuotaError as exc:
-            raise exc.for_tenant(tenant, name) from None
-        except TenantNotFoundError:
-            raise _no_tenant(tenant) from None
+        return keys, args
 
     # -- resolve, aliases, delete, usage -------------------------------------------------
 

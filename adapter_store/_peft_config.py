@@ -170,6 +170,7 @@ class LoraSpec:
 
     @property
     def max_rank(self) -> int:
+        """The largest rank any module can get: ``r`` or a ``rank_pattern`` value."""
         return max([self.r, *self.rank_pattern.values()])
 
 

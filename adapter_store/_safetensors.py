@@ -154,7 +154,7 @@ def parse_safetensors_header(
     if header_len > max_header_bytes:
         raise _malformed(
             f"the header is {header_len} bytes, more than the cap of {max_header_bytes}",
-            "an adapter's header is a few KiB per tensor: " + _RESAVE,
+            "an adapter's header takes about 150 bytes per tensor: " + _RESAVE,
         )
     data_start = _LENGTH_PREFIX + header_len
     raw = bytes(data[_LENGTH_PREFIX:data_start])
@@ -254,8 +254,7 @@ def check_finite(
         if spec is None:
             continue
         view_dtype, mask = spec
-        width = DTYPE_SIZES[t.dtype]
-        numel = (t.end - t.start) // width
+        width, numel = DTYPE_SIZES[t.dtype], t.numel
         bad = 0
         for first in range(0, numel, _SCAN_CHUNK):
             count = min(_SCAN_CHUNK, numel - first)

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import lzma
 import os
 import posixpath
 import stat
+import struct
 import tarfile
 import zipfile
 import zlib
@@ -54,12 +56,11 @@ __all__ = [
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-_PICKLE_WEIGHTS_NAME = "adapter_model.bin"
+_PICKLE_WEIGHTS_STEM = "adapter_model."
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _TAR_SUFFIXES = (".tar",)
 _TGZ_SUFFIXES = (".tar.gz", ".tgz")
 _ZIP_SUFFIXES = (".zip",)
-_ARCHIVE_SUFFIXES = _TAR_SUFFIXES + _TGZ_SUFFIXES + _ZIP_SUFFIXES
 _SAVE_SAFETENSORS = (
     "save the adapter with safetensors: peft_model.save_pretrained(dir, safe_serialization=True)"
 )
@@ -104,6 +105,13 @@ def _too_large(what: str, size: int, limits: AdapterLimits) -> AdapterTooLargeEr
     )
 
 
+def _pickle_refused(what: str) -> UnsafeFormatError:
+    return UnsafeFormatError(
+        f"{what} is a pickle file, which is never loaded because unpickling can run "
+        f"arbitrary code; {_SAVE_SAFETENSORS}"
+    )
+
+
 def _is_pickle(name: str) -> bool:
     return name.lower().endswith(_PICKLE_SUFFIXES)
 
@@ -119,12 +127,10 @@ def _archive_kind(name: str) -> str | None:
 def _pick(found: Mapping[str, bytes], origin: str) -> AdapterFiles:
     """Choose the config and weights among ``found`` (basename -> bytes) or explain why not."""
     config, weights = found.get(CONFIG_NAME), found.get(WEIGHTS_NAME)
-    pickled = sorted((n != _PICKLE_WEIGHTS_NAME, n) for n in found if _is_pickle(n))
+    # Other pickles (training_args.bin, optimizer.pt) are left alone: not adapter weights.
+    pickled = sorted(n for n in found if _is_pickle(n) and n.startswith(_PICKLE_WEIGHTS_STEM))
     if weights is None and pickled:
-        raise UnsafeFormatError(
-            f"{origin}: {pickled[0][1]} is a pickle file, which is never loaded because "
-            f"unpickling can run arbitrary code; {_SAVE_SAFETENSORS}"
-        )
+        raise _pickle_refused(f"{origin}: {pickled[0]}")
     if config is None:
         raise InvalidConfigError(f"{origin} has no {CONFIG_NAME}; {_GIVE_BOTH}")
     if weights is None:
@@ -199,10 +205,7 @@ def _read_directory(path: Path, limits: AdapterLimits) -> AdapterFiles:
 def _read_file_pair(paths: list[Path], limits: AdapterLimits) -> AdapterFiles:
     for p in paths:
         if _is_pickle(p.name):
-            raise UnsafeFormatError(
-                f"{p} is a pickle file, which is never loaded because unpickling can run "
-                f"arbitrary code; {_SAVE_SAFETENSORS}"
-            )
+            raise _pickle_refused(str(p))
     if len(paths) != 2:
         shown = ", ".join(str(p) for p in paths) or "nothing"
         raise InvalidAdapterError(f"got {shown}; {_GIVE_BOTH}")
@@ -256,7 +259,7 @@ def read_adapter_upload(
     by_role: dict[str, bytes] = {}
     for name, data in files.items():
         if _is_pickle(name):
-            return _pick({posixpath.basename(name): data}, "the upload")
+            raise _pickle_refused(f"the upload: {name}")
         role = _role_of(name)
         if role is None or role in by_role:
             raise InvalidAdapterError(
@@ -290,6 +293,22 @@ def _safe_member_path(name: str, origin: str) -> str:
             "archive with relative paths (tar -C adapter_dir -czf adapter.tar.gz .)"
         )
     return "/".join(parts)
+
+
+# What tarfile, zipfile and their decompressors raise on damaged input; hostile bytes
+# reach far into zipfile's parser (version, compression method, flag checks).
+_UNREADABLE_ARCHIVE = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    OSError,  # includes gzip.BadGzipFile
+    EOFError,
+    NotImplementedError,
+    ValueError,  # includes UnicodeDecodeError of member names
+    struct.error,
+    OverflowError,
+)
 
 
 class _CappedReader(io.RawIOBase):
@@ -332,7 +351,7 @@ def _read_archive(stream: IO[bytes], kind: str, origin: str, limits: AdapterLimi
             else _tar_members(stream, kind == "tgz", origin, limits)
         )
         found = _collect(members, origin, limits)
-    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, gzip.BadGzipFile, EOFError) as e:
+    except _UNREADABLE_ARCHIVE as e:
         raise InvalidAdapterError(
             f"{origin} is not a readable {kind} archive ({e}); re-create it, or {_GIVE_BOTH}"
         ) from e

@@ -467,8 +467,7 @@ class AdapterStore:
         tenant = self.metadata.tenant_for_key(_hash_key(api_key))
         if tenant is None:
             raise AuthenticationError(
-                "unknown or revoked API key: ask the operator for a key "
-                "(loramux tenant key TENANT)"
+                "unknown or revoked API key: ask the operator for a key (loramux tenant key TENANT)"
             )
         return tenant
 
@@ -497,9 +496,7 @@ def _files_of(version: AdapterVersion) -> dict[str, str]:
 
 def _hash_key(api_key: str) -> str:
     if not isinstance(api_key, str) or not api_key.startswith(_API_KEY_PREFIX):
-        raise AuthenticationError(
-            f"malformed API key: loramux keys start with {_API_KEY_PREFIX!r}"
-        )
+        raise AuthenticationError(f"malformed API key: loramux keys start with {_API_KEY_PREFIX!r}")
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 

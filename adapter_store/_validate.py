@@ -56,6 +56,12 @@ _UNSUPPORTED_TENSORS: Mapping[str, str] = MappingProxyType(
         "supported; retrain without embedding modules in target_modules",
         ".lora_A.bias": "is a LoRA bias: lora_bias is not supported; retrain with lora_bias=False",
         ".lora_B.bias": "is a LoRA bias: lora_bias is not supported; retrain with lora_bias=False",
+        # PEFT copies whole embedding / output-head weights when target_modules names them
+        # (or the vocabulary was resized): they would replace the base model's weights.
+        ".base_layer.": "is a full copy of a base model weight, which PEFT saves when "
+        "target_modules names an embedding layer such as lm_head; a resized vocabulary is "
+        "not supported either: re-save with peft_model.save_pretrained(dir, "
+        "save_embedding_layers=False)",
     }
 )
 
@@ -179,8 +185,9 @@ def _foreign_tensor(name: str) -> Exception:
         )
     return UnsupportedFeatureError(
         f"adapter_model.safetensors holds {name!r}, which is not a LoRA A/B matrix (a "
-        "trained bias or a modules_to_save copy?); only LoRA weights can be swapped per "
-        "request: retrain with bias='none' and without modules_to_save"
+        "trained bias, a modules_to_save copy, or a saved embedding layer?); only LoRA "
+        "weights can be swapped per request: retrain with bias='none' and without "
+        "modules_to_save, and save with save_embedding_layers=False"
     )
 
 
@@ -231,6 +238,12 @@ def _check_module(
         )
     if manifest is not None:
         _check_against_base(module, in_features, out_features, manifest)
+        if spec.targets_all_linear and module == manifest.output_module:
+            raise InvalidConfigError(
+                f"adapter_config.json does not match the weights: module {module!r} has LoRA "
+                f"weights but it is the output layer of {manifest.base_model!r}, which "
+                "target_modules='all-linear' leaves out; name it in target_modules"
+            )
     return ModuleLora(module, rank, in_features, out_features, spec.scaling_for(module))
 
 

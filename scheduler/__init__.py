@@ -17,6 +17,8 @@ from scheduler._trace import *  # noqa: F403
 from scheduler._trace import __all__ as _trace_all
 from scheduler._types import *  # noqa: F403
 from scheduler._types import __all__ as _types_all
+from scheduler._view import *  # noqa: F403
+from scheduler._view import __all__ as _view_all
 from scheduler.exceptions import *  # noqa: F403
 from scheduler.exceptions import __all__ as _exceptions_all
 
@@ -26,6 +28,7 @@ __all__ = [
     *_eviction_all,
     *_registry_all,
     "select_replica",
+    *_view_all,
     *_trace_all,
     *_cost_all,
     *_sim_all,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scheduler.exceptions import UnknownProfileError
+from scheduler.exceptions import SchedulerError, UnknownProfileError
 
 __all__ = ["PROFILE_NAMES", "CostProfile", "cost_profile"]
 
@@ -48,6 +48,23 @@ class CostProfile:
     step_per_seq_s: float
     prefill_per_token_s: float
     max_batch: int
+
+    def __post_init__(self) -> None:
+        rates = (self.s3_bytes_per_s, self.disk_bytes_per_s, self.h2d_bytes_per_s)
+        fixed = (self.s3_latency_s, self.disk_latency_s, self.h2d_fixed_s, self.step_per_seq_s)
+        if (
+            min(rates) <= 0
+            or min(fixed) < 0
+            or self.prefill_per_token_s < 0
+            or self.step_base_s <= 0
+            or self.max_batch < 1
+            or self.bytes_per_rank < 1
+            or self.default_rank < 1
+        ):
+            raise SchedulerError(
+                f"cost profile {self.name!r} is invalid: rates, step_base_s, max_batch, "
+                "bytes_per_rank and default_rank must be positive and latencies >= 0"
+            )
 
     def adapter_bytes(self, rank: int) -> int:
         """Size of an adapter of ``rank`` (0 means the profile's default rank)."""

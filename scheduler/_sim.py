@@ -327,7 +327,7 @@ class _Replica:
             if len(self.gpu) + len(self.transferring) >= self.slots:
                 if not self.evictable:
                     return
-                victim = self.gpu_evict.victim(self.evictable, now)
+                victim = _checked(self.gpu_evict.victim(self.evictable, now), self.evictable)
                 if victim is None:  # the policy declined: nothing can be evicted now
                     return
                 self.evict_gpu(victim)
@@ -399,7 +399,7 @@ class _Replica:
         """Add ``key`` to a byte-budgeted tier, evicting candidates to make room."""
         sizes = self.sizes
         while used + size > budget and candidates:
-            victim = eviction.victim(candidates, now)
+            victim = _checked(eviction.victim(candidates, now), candidates)
             if victim is None:
                 break
             tier.discard(victim)
@@ -589,6 +589,16 @@ class _Simulation:
             replica.step_end(payload, when)  # type: ignore[arg-type]
         else:
             replica.load_done(payload, when)  # type: ignore[arg-type]
+
+
+def _checked(victim: str | None, candidates: set[str]) -> str | None:
+    """``victim`` if it is one of ``candidates`` (or None); a policy bug otherwise."""
+    if victim is not None and victim not in candidates:
+        raise SchedulerError(
+            f"the eviction policy chose {victim!r}, which is not among the "
+            f"{len(candidates)} evictable entries it was given (pinned or absent)"
+        )
+    return victim
 
 
 def _max_over_mean(values: Sequence[float]) -> float:

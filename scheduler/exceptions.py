@@ -6,6 +6,8 @@
     ├── UnknownPolicyError      a policy name not in the registry (lists the known ones)
     ├── PolicyOptionError       an option a policy does not take, or a bad option value
     ├── TraceFormatError        a trace CSV is missing columns or has bad values
+    ├── ViewEventError          a cluster-view event that does not decode (bad wire data)
+    ├── UnknownReplicaError     a cluster-view call names a replica not in view
     ├── UnknownProfileError     a simulator cost profile name not registered (lists them)
     └── NoReplicasError         a placement was asked for with no replicas in view
 """
@@ -19,6 +21,8 @@ __all__ = [
     "TraceFormatError",
     "UnknownPolicyError",
     "UnknownProfileError",
+    "UnknownReplicaError",
+    "ViewEventError",
 ]
 
 
@@ -40,6 +44,14 @@ class TraceFormatError(SchedulerError, ValueError):
 
 class UnknownProfileError(SchedulerError, KeyError):
     """The simulator cost profile name is not registered; the message lists the names."""
+
+
+class ViewEventError(SchedulerError, ValueError):
+    """A residency/load event is not valid JSON of the documented schema."""
+
+
+class UnknownReplicaError(SchedulerError, KeyError):
+    """The cluster view has no replica of that id (never seen, or removed)."""
 
 
 class NoReplicasError(SchedulerError):

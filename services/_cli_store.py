@@ -153,7 +153,10 @@ def ls(
         typer.echo(f"more: loramux ls --cursor {page.next_cursor}")
 
 
-def show(ref: Annotated[str, typer.Argument(help="name, name@3 or name:alias")]) -> None:
+def show(
+    ref: Annotated[str, typer.Argument(help="name, name@3 or name:alias")],
+    tenant: _TenantOption = None,
+) -> None:
     """Show what REF resolves to and every live version of its adapter."""
     from rich.console import Console
     from rich.table import Table
@@ -161,11 +164,12 @@ def show(ref: Annotated[str, typer.Argument(help="name, name@3 or name:alias")])
     from adapter_store import AdapterRef
 
     with _open_store() as (store, settings):
-        version = store.resolve(settings.tenant, ref)
+        tenant = tenant or settings.tenant
+        version = store.resolve(tenant, ref)
         name = AdapterRef.parse(ref).name
         rows, cursor = [], None
         while True:
-            page = store.list_versions(settings.tenant, name, cursor=cursor, limit=1000)
+            page = store.list_versions(tenant, name, cursor=cursor, limit=1000)
             rows.extend(page.items)
             if (cursor := page.next_cursor) is None:
                 break
@@ -186,40 +190,50 @@ def show(ref: Annotated[str, typer.Argument(help="name, name@3 or name:alias")])
     Console().print(table)
 
 
-def rm(ref: Annotated[str, typer.Argument(help="name (every version) or name@3")]) -> None:
+def rm(
+    ref: Annotated[str, typer.Argument(help="name (every version) or name@3")],
+    tenant: _TenantOption = None,
+) -> None:
     """Delete an adapter or one version (soft: blobs go at the next gc)."""
     with _open_store() as (store, settings):
-        count = store.delete(settings.tenant, ref)
-    typer.echo(f"deleted {count} version(s) of {settings.tenant}/{ref}")
+        tenant = tenant or settings.tenant
+        count = store.delete(tenant, ref)
+    typer.echo(f"deleted {count} version(s) of {tenant}/{ref}")
 
 
 def alias(
     ref: Annotated[str, typer.Argument(help="The version to point at: name@3, name:prod.")],
     alias_name: Annotated[str, typer.Argument(metavar="ALIAS")],
-    remove: Annotated[bool, typer.Option("--remove", help="Remove ALIAS of REF's adapter.")] = False,
+    remove: Annotated[
+        bool, typer.Option("--remove", help="Remove ALIAS of REF's adapter.")
+    ] = False,
+    tenant: _TenantOption = None,
 ) -> None:
     """Point ALIAS at the version REF resolves to (or remove it with --remove)."""
     from adapter_store import AdapterRef
 
     with _open_store() as (store, settings):
+        tenant = tenant or settings.tenant
         if remove:
             name = AdapterRef.parse(ref).name
-            store.remove_alias(settings.tenant, name, alias_name)
+            store.remove_alias(tenant, name, alias_name)
             typer.echo(f"removed alias {name}:{alias_name}")
             return
-        version = store.set_alias(settings.tenant, ref, alias_name)
+        version = store.set_alias(tenant, ref, alias_name)
     typer.echo(f"{version.name}:{alias_name} -> {version.key}")
 
 
 def pull(
     ref: Annotated[str, typer.Argument(help="name, name@3 or name:alias")],
     directory: Annotated[Path, typer.Argument(help="Where to write the PEFT files.")],
+    tenant: _TenantOption = None,
 ) -> None:
     """Write the adapter's PEFT files, unchanged, into DIRECTORY."""
     with _open_store() as (store, settings):
-        version = store.resolve(settings.tenant, ref)
+        tenant = tenant or settings.tenant
+        version = store.resolve(tenant, ref)
         with _progress(f"pull {version.key}", version.size_bytes) as on_progress:
-            store.pull(settings.tenant, f"{version.name}@{version.version}", directory, on_progress)
+            store.pull(tenant, f"{version.name}@{version.version}", directory, on_progress)
     typer.echo(f"pulled {version.key} into {directory}")
 
 

@@ -122,7 +122,8 @@ class CacheAwareRequestRouter(RequestRouter):
 
     ``request_router_kwargs`` reach :meth:`initialize_state`: ``policy`` and ``seed``
     pick the policy from the scheduler's registry, ``placement_ttl_s`` bounds the
-    optimistic placements, every other key is an option of the policy.
+    optimistic placements, ``demand_half_life_s`` smooths the request rates, every other
+    key is an option of the policy.
 
     Each routing attempt ranks the candidates with ``policy.rank_replicas``; Ray then
     takes the replica with the shortest queue in the first group that accepts the
@@ -137,19 +138,24 @@ class CacheAwareRequestRouter(RequestRouter):
         policy: str = "cache_aware",
         seed: int = 0,
         placement_ttl_s: float = DEFAULT_PLACEMENT_TTL_S,
+        demand_half_life_s: float = 30.0,
         **options: Any,
     ) -> None:
         """Create the policy and the demand tracker (Ray calls this once, with the kwargs).
 
+        ``demand_half_life_s`` is the half-life of the request rates passed to the policy
+        (as ``AdapterDemand.rate``), the simulator's setting of the same name.
+
         Raises:
             UnknownPolicyError: ``policy`` is not registered (the message lists the names).
-            PolicyOptionError: an option the policy does not take, or a bad value.
+            PolicyOptionError: an option the policy does not take, or a bad value
+                (``demand_half_life_s`` not positive).
             ValueError: ``placement_ttl_s`` is not positive.
         """
         if not placement_ttl_s > 0:
             raise ValueError(f"placement_ttl_s must be > 0 seconds, got {placement_ttl_s!r}")
         self._policy = self.create_policy(policy, seed=seed, **options)
-        self._demand = DemandTracker()
+        self._demand = DemandTracker(demand_half_life_s)
         self._placement_ttl_s = placement_ttl_s
         # replica unique id -> adapter key -> when this router last sent it there.
         self._placements: dict[str, dict[str, float]] = {}

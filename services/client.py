@@ -412,8 +412,10 @@ class _BaseClient:
 class Client(_BaseClient):
     """The loramux API, blocking. Use it as a context manager, or call :meth:`close`.
 
-    ``transport`` replaces httpx's network transport (tests pass ``httpx.MockTransport``);
-    ``sleep`` is the backoff's sleep.
+    ``timeout`` bounds each connect, read, write and pool wait (seconds), not a whole
+    generation; ``max_retries``, ``backoff_s`` (doubling per retry) and ``max_backoff_s``
+    shape the retries. ``transport`` replaces httpx's network transport (tests pass
+    ``httpx.MockTransport``); ``sleep`` is the backoff's sleep.
 
     Raises (every method): :class:`~services.exceptions.APIError` subclasses for error
     answers, :class:`~services.exceptions.APIConnectionError` when the server cannot be

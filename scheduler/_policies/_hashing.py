@@ -91,9 +91,8 @@ class HashRing:
     """A consistent-hash ring with virtual nodes, as in Karger et al. and Mirrokni et al.
 
     Each replica owns ``virtual_nodes`` points on a 64-bit ring; a key starts at the
-    first point clockwise of its hash and walks on, visiting each replica once. The walk
-    from each ring point is computed once and shared by every key starting there (at
-    most ``replicas * virtual_nodes`` walks of ``replicas`` positions each).
+    first point clockwise of its hash. Key hashes are cached (bounded, FIFO); the ring
+    is rebuilt when the replica set changes.
     """
 
     def __init__(self, seed: int, *, virtual_nodes: int, max_keys: int = _DEFAULT_MAX_KEYS) -> None:
@@ -101,32 +100,21 @@ class HashRing:
         self._virtual_nodes = virtual_nodes
         self._membership = Membership()
         self._points: list[int] = []
-        self._owners: list[int] = []
-        self._walks: dict[int, list[int]] = {}
+        self.owners: list[int] = []
         self._key_hashes: _BoundedCache[int] = _BoundedCache(max_keys)
 
-    def walk(self, key: str, replicas: Sequence[ReplicaView]) -> list[int]:
-        """Replica positions clockwise from the key's hash, each replica once."""
+    def start(self, key: str, replicas: Sequence[ReplicaView]) -> int:
+        """Index into :attr:`owners` of the first ring point clockwise of ``key``'s hash.
+
+        ``owners[(start + step) % len(owners)]`` for step = 0, 1, … is the walk: replica
+        positions in ``replicas``, repeating (one per virtual node).
+        """
         if self._membership.update(replicas):
             self._build()
         key_hash = self._key_hashes.entries.get(key)
         if key_hash is None:
             key_hash = self._key_hashes.put(key, stable_hash64(key, self._seed))
-        start = bisect.bisect_left(self._points, key_hash) % len(self._points)
-        walk = self._walks.get(start)
-        if walk is None:
-            walk = self._walks[start] = self._walk_from(start)
-        return walk
-
-    def _walk_from(self, start: int) -> list[int]:
-        owners = self._owners
-        wanted = len(self._membership.ids)
-        seen: dict[int, None] = {}
-        for step in range(len(owners)):
-            seen.setdefault(owners[(start + step) % len(owners)])
-            if len(seen) == wanted:
-                break
-        return list(seen)
+        return bisect.bisect_left(self._points, key_hash) % len(self._points)
 
     def _build(self) -> None:
         ring = sorted(
@@ -135,5 +123,4 @@ class HashRing:
             for vnode in range(self._virtual_nodes)
         )
         self._points = [point for point, _ in ring]
-        self._owners = [position for _, position in ring]
-        self._walks.clear()
+        self.owners = [position for _, position in ring]

@@ -50,10 +50,12 @@ class ConsistentHashPolicy:
             return [pow2_pair(self._rng, replicas)]
         total = sum(replica.in_flight + replica.queued for replica in replicas)
         cap = math.ceil((1.0 + self.epsilon) * (total + 1) / len(replicas))
-        walk = self._ring.walk(adapter.key, replicas)
-        # The least loaded replica is at most the mean, below the cap: the walk stops.
-        for position in walk:
-            replica = replicas[position]
+        start = self._ring.start(adapter.key, replicas)
+        owners = self._ring.owners
+        # The least loaded replica is at most the mean, below the cap, so the walk ends
+        # within one turn of the ring (every replica owns points on it).
+        for step in range(len(owners)):
+            replica = replicas[owners[(start + step) % len(owners)]]
             if replica.in_flight + replica.queued < cap:
                 return [[replica]]
         raise AssertionError("unreachable: some replica is below the bounded-load cap")

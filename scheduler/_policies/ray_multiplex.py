@@ -44,13 +44,15 @@ class RayMultiplexPolicy:
     Mapping onto a :class:`ReplicaView`: a replica's model ids are ``gpu | loading``
     (Ray has no host or disk tier, so those are ignored); ``max_num_models_per_replica``
     is the replica's ``gpu_slots``, and :meth:`new_eviction_policy` is the LRU. One
-    ranking stands for Ray's retry loop: the first stage (holders, else fewest models,
-    else all) whose pow-2 pair has an accepting replica gives the first group (accepting
-    members, lower load first); if no replica accepts anywhere, the first stage's pair is
-    returned, where the request would wait (Ray waits in the router instead). The timeout
-    is not modelled as time: the "all replicas" stage is reached only when both earlier
-    stages are full. Like Ray's ``choose_replicas`` the ranking is that one group.
-    Base-model requests draw from all replicas.
+    ranking stands for Ray's retry loop, which redraws pairs until one has a replica
+    that accepts: the ranking is a pow-2 pair (lower load first) drawn from the
+    accepting replicas of the first stage that has any (holders, else fewest models,
+    else all). When everyone accepts this is exactly Ray's draw. If no replica accepts
+    anywhere, the pair is drawn from the first stage, where the request waits (Ray
+    waits in the router instead). The timeout is not modelled as time: the "all
+    replicas" stage is reached only when both earlier stages are full. Like Ray's
+    ``choose_replicas`` the ranking is that one group. Base-model requests draw from
+    all replicas.
 
     ``max_ongoing_requests`` defaults to Ray Serve LLM's (effectively unbounded), under
     which holders always accept.
@@ -89,19 +91,18 @@ class RayMultiplexPolicy:
         yield replicas
 
     def _first_accepting(self, stages: Iterator[Sequence[ReplicaView]]) -> list[ReplicaView]:
-        """Members of the first stage's pow-2 pair that accept, else of the next stage's.
+        """A pow-2 pair from the first stage with replicas that accept, those first.
 
-        If nothing accepts, the request waits on the first stage's pair.
+        If no replica of any stage accepts, the request waits on a pair of the first.
         """
         limit = self.max_ongoing_requests
-        first_pair: list[ReplicaView] = []
+        first: Sequence[ReplicaView] = ()
         for stage in stages:
-            pair = pow2_pair(self._rng, stage)
-            first_pair = first_pair or pair
-            accepting = [r for r in pair if r.in_flight + r.queued < limit]
+            first = first or stage
+            accepting = [r for r in stage if r.in_flight + r.queued < limit]
             if accepting:
-                return accepting
-        return first_pair
+                return pow2_pair(self._rng, accepting)
+        return pow2_pair(self._rng, first)
 
     def on_placed(self, adapter: AdapterDemand, replica: ReplicaView, now: float) -> None:
         """Stateless: Ray's router reads the replicas' reported model ids and queues."""

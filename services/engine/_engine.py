@@ -127,6 +127,7 @@ class Engine:
         self.max_waiting = max_waiting
         self._on_manifest = on_manifest
         self._waiting: deque[_Sequence] = deque()
+        self._acquiring = 0  # requests waiting for their adapter; they count as queued
         self._running: list[_Sequence] = []
         self._batch: KvBatch | None = None
         self._wakeup = asyncio.Event()
@@ -141,8 +142,8 @@ class Engine:
 
     @property
     def num_waiting(self) -> int:
-        """Requests admitted to the queue but not yet in the batch."""
-        return len(self._waiting)
+        """Requests queued for the batch, including those waiting for their adapter."""
+        return len(self._waiting) + self._acquiring
 
     async def start(self) -> None:
         """Register the base model manifest and start the scheduling loop."""
@@ -194,15 +195,19 @@ class Engine:
         if self._closing:
             raise RequestCancelledError("the engine is shutting down")
         sequence = self._new_sequence(request)
-        if len(self._waiting) >= self.max_waiting:
+        queued = len(self._waiting) + self._acquiring
+        if queued >= self.max_waiting:
             raise EngineOverloadedError(
-                f"{len(self._waiting)} requests are waiting (max_waiting={self.max_waiting}); "
-                "retry later"
+                f"{queued} requests are waiting (max_waiting={self.max_waiting}); retry later"
             )
         self._ensure_loop()
         try:
             if request.adapter is not None:
-                sequence.lease = await self._adapters.acquire(request.adapter)
+                self._acquiring += 1
+                try:
+                    sequence.lease = await self._adapters.acquire(request.adapter)
+                finally:
+                    self._acquiring -= 1
                 sequence.slot = sequence.lease.slot
             sequence.state = "waiting"
             self._waiting.append(sequence)
@@ -267,10 +272,10 @@ class Engine:
         try:
             await self._schedule()
         except Exception as exc:
-            # A bug in bookkeeping: fail loudly rather than leave clients waiting forever.
+            # A bug in bookkeeping: fail the requests rather than leave clients waiting
+            # forever; the next generate() starts a fresh loop.
             logger.exception("engine loop crashed")
             self._fail_all(EngineError(f"engine loop crashed: {exc!r}"))
-            raise
 
     async def _schedule(self) -> None:
         loop = asyncio.get_running_loop()

@@ -20,7 +20,8 @@ wrapper metadata), so transformers' internals are untouched.
 Trade-off: ranks are zero-padded to ``max_rank`` inside the slots, so a rank-8 row costs
 as much compute as a rank-64 row. That keeps one dense batched matmul for a batch of mixed
 ranks (the padding contributes exact zeros), and LoRA math is small next to the base
-model's matmuls. An adapter module the adapter does not target has zero rows in its slot.
+model's matmuls. A module the adapter does not target has zero rows in its slot, and a
+layer whose slots used by the batch are all empty skips the LoRA math altogether.
 """
 
 from __future__ import annotations
@@ -52,15 +53,17 @@ def _conv1d_type() -> type[nn.Module] | None:
 class _SlotRouting:
     """The per-row slot indices of the forward pass in progress, shared by all layers.
 
-    ``any_adapter`` is a Python bool computed once per forward pass, so batches without
-    any adapter skip the LoRA math without a device sync in every layer.
+    ``active_slots`` is the set of slots the batch uses, computed once per forward pass
+    on the host, so a layer that holds no weights for any of them (a batch without
+    adapters, or adapters that do not target this module) skips the LoRA math without a
+    device sync.
     """
 
-    __slots__ = ("any_adapter", "slot_ids")
+    __slots__ = ("active_slots", "slot_ids")
 
     def __init__(self) -> None:
         self.slot_ids: torch.Tensor | None = None
-        self.any_adapter = False
+        self.active_slots: frozenset[int] = frozenset()
 
 
 class LoraSlotLayer(nn.Module):
@@ -81,6 +84,9 @@ class LoraSlotLayer(nn.Module):
         else:  # Conv1D keeps its weight as (in, out)
             self.in_features, self.out_features = base.weight.shape
         self._routing = routing
+        # Rank held by each loaded slot; the keys tell forward() which slots have weights
+        # here (a host-side check, free), the ranks let loads zero only what was used.
+        self._slot_ranks: dict[int, int] = {}
         weight = base.weight
         # Not persistent: adapter weights are never part of the base model's state dict.
         self.register_buffer(
@@ -101,7 +107,7 @@ class LoraSlotLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         routing = self._routing
-        if not routing.any_adapter:
+        if routing.active_slots.isdisjoint(self._slot_ranks):
             return out
         slot_ids = routing.slot_ids
         batch = x.shape[0]
@@ -110,17 +116,26 @@ class LoraSlotLayer(nn.Module):
         return out + delta.view(out.shape)
 
     def load(self, slot: int, a_t: torch.Tensor, b_t: torch.Tensor) -> None:
-        """Copy one adapter module (``a_t``: (in, r), ``b_t``: (r, out)) into ``slot``."""
+        """Copy one adapter module (``a_t``: (in, r), ``b_t``: (r, out)) into ``slot``.
+
+        Only the ranks the previous occupant used beyond ``r`` are zeroed: the rest of the
+        padding is still zero, so a load costs the adapter's size, not ``max_rank``'s.
+        """
         rank = a_t.shape[1]
+        previous = self._slot_ranks.get(slot, 0)
         self.lora_a[slot, :, :rank].copy_(a_t, non_blocking=True)
-        self.lora_a[slot, :, rank:].zero_()
         self.lora_b[slot, :rank].copy_(b_t, non_blocking=True)
-        self.lora_b[slot, rank:].zero_()
+        if previous > rank:
+            self.lora_a[slot, :, rank:previous].zero_()
+            self.lora_b[slot, rank:previous].zero_()
+        self._slot_ranks[slot] = rank
 
     def clear(self, slot: int) -> None:
         """Zero ``slot`` so it adds nothing."""
-        self.lora_a[slot].zero_()
-        self.lora_b[slot].zero_()
+        previous = self._slot_ranks.pop(slot, 0)
+        if previous:
+            self.lora_a[slot, :, :previous].zero_()
+            self.lora_b[slot, :previous].zero_()
 
 
 class MultiLoraModel:
@@ -255,11 +270,11 @@ class MultiLoraModel:
         if bad:
             raise ValueError(f"slot ids out of range [-1, {self.max_slots}): {bad[:5]}")
         routing = self._routing
-        routing.any_adapter = any(s != NO_ADAPTER_SLOT for s in slot_ids)
+        routing.active_slots = frozenset(slot_ids)
         routing.slot_ids = torch.tensor(list(slot_ids), dtype=torch.long, device=self.device)
         try:
             with torch.inference_mode():
                 return self.model(input_ids=input_ids, **kwargs)
         finally:
             routing.slot_ids = None
-            routing.any_adapter = False
+            routing.active_slots = frozenset()

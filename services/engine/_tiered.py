@@ -73,9 +73,6 @@ class TierCache(Generic[V]):
     def __contains__(self, key: object) -> bool:
         return key in self._entries
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def keys(self) -> list[str]:
         return list(self._entries)
 
@@ -183,9 +180,6 @@ class RoomQueue(Generic[R]):
         self._give_back = give_back
         self._counters = counters
         self._waiters: deque[tuple[int, asyncio.Future[R]]] = deque()
-
-    def __len__(self) -> int:
-        return len(self._waiters)
 
     def try_claim_now(self, need: int) -> R | None:
         """Claim without waiting; None when there is no room or someone is waiting."""

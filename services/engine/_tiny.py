@@ -24,7 +24,7 @@ __all__ = ["TINY_MODEL_NAME", "build_tiny_model", "ensure_tiny_model"]
 TINY_MODEL_NAME = "tiny"
 # Bumped whenever the architecture, seed or tokenizer changes, so a stale directory built
 # by an older loramux is rebuilt instead of silently loaded.
-_TINY_REVISION = 1
+_TINY_REVISION = 2
 _SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>")
 _CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -80,11 +80,18 @@ def _build_tokenizer():  # -> transformers.PreTrainedTokenizerFast
     return tokenizer
 
 
-def _build_model(vocab_size: int, seed: int):  # -> transformers.LlamaForCausalLM
+def _build_model(tokenizer, seed: int):  # -> transformers.LlamaForCausalLM
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=vocab_size, **_CONFIG)
+    # Special token ids go in at construction: the generation config is derived from it.
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **_CONFIG,
+    )
     model = LlamaForCausalLM(config).eval()
     # Weights come from our own generator rather than transformers' init so they do not
     # change when transformers changes its init order. Embeddings and lm_head are large so
@@ -110,10 +117,7 @@ def build_tiny_model(directory: Path, *, seed: int = 0) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = _build_tokenizer()
-    model = _build_model(len(tokenizer), seed)
-    model.config.bos_token_id = tokenizer.bos_token_id
-    model.config.eos_token_id = tokenizer.eos_token_id
-    model.config.pad_token_id = tokenizer.pad_token_id
+    model = _build_model(tokenizer, seed)
     model.save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
     (directory / _MARKER).write_text(json.dumps({"revision": _TINY_REVISION, "seed": seed}))

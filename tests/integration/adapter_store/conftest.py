@@ -3,9 +3,10 @@ tiny Llama with its manifest, and real PEFT adapters for it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,22 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> TinyBase:
     root = tmp_path_factory.mktemp("adapters")
     adapters = tuple(make_peft_adapter(model, root / f"a{seed}", seed=seed) for seed in range(3))
     return TinyBase(model, manifest_from_model(BASE, model), adapters)
+
+
+class HookedBlobs:
+    """A blob store that runs ``after_put`` after every write, to act in the middle of
+    a push (fail it, kill Redis, run gc)."""
+
+    def __init__(self, inner: BlobStore, after_put: Callable[[], None]) -> None:
+        self._inner = inner
+        self._after_put = after_put
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._inner.put_bytes(key, data)
+        self._after_put()
 
 
 def build_store(

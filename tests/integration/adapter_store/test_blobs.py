@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,16 @@ def test_download_writes_the_object_and_reports_progress(blob_url: str, tmp_path
     assert sum(received) == len(data)
 
 
+def test_download_feeds_the_hasher_the_bytes_in_order(blob_url: str, tmp_path: Path) -> None:
+    store = open_blob_store(blob_url)
+    data = os.urandom(9 * (1 << 20) + 3)
+    key = _key_of(data)
+    store.put_bytes(key, data)
+    hasher = hashlib.sha256()
+    store.download(key, tmp_path / "out", hasher=hasher)
+    assert hasher.hexdigest() == key.rsplit("/", 1)[1]
+
+
 def test_url_reopens_the_same_store(blob_url: str) -> None:
     store = open_blob_store(blob_url)
     store.put_bytes("k", b"v")
@@ -114,15 +125,27 @@ def test_local_writes_leave_no_temp_files(tmp_path: Path) -> None:
 
 
 class _CountingClient:
-    """Delegates to a boto3 client, recording the Range of every GetObject."""
+    """Delegates to a boto3 client, recording the Range of every GetObject.
 
-    def __init__(self, client: Any) -> None:
+    With ``hold_first_part_until`` set, the GET of the first part waits until that many
+    other GETs have returned, so parts complete out of order.
+    """
+
+    def __init__(self, client: Any, hold_first_part_until: int = 0) -> None:
         self._client = client
         self.ranges: list[str | None] = []
+        self._others_done = threading.Semaphore(0)
+        self._hold = hold_first_part_until
 
     def get_object(self, **kwargs: Any) -> Any:
         self.ranges.append(kwargs.get("Range"))
-        return self._client.get_object(**kwargs)
+        if self._hold and kwargs.get("Range", "").startswith("bytes=0-"):
+            for _ in range(self._hold):
+                assert self._others_done.acquire(timeout=30)
+            return self._client.get_object(**kwargs)
+        response = self._client.get_object(**kwargs)
+        self._others_done.release()
+        return response
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -145,6 +168,25 @@ def test_s3_large_object_downloads_as_ranged_parts(
     assert sorted(received) == sorted([part] * 10 + [5])
     expected = [f"bytes={i * part}-{min((i + 1) * part, len(data)) - 1}" for i in range(11)]
     assert sorted(client.ranges, key=lambda r: int(r.split("=")[1].split("-")[0])) == expected
+
+
+def test_s3_parts_arriving_out_of_order_are_hashed_in_order(
+    s3_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    import boto3
+
+    # Part 0 arrives last: parts 1-4 wait in memory (the budget is 4 parts), 5-10 are
+    # read back from the file when their turn comes.
+    client = _CountingClient(boto3.client("s3", endpoint_url=s3_endpoint), 10)
+    part = 64 * 1024
+    store = S3BlobStore(s3_bucket, client=client, part_size=part, max_concurrency=4)
+    data = os.urandom(10 * part + 5)
+    key = _key_of(data)
+    store.put_bytes(key, data)
+    hasher = hashlib.sha256()
+    store.download(key, tmp_path / "out", hasher=hasher)
+    assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "out").read_bytes() == data
 
 
 def test_s3_unreachable_endpoint_raises_backend_unavailable_after_bounded_retries(

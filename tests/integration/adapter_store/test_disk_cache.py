@@ -7,12 +7,14 @@ delegates to the real store.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -256,6 +258,28 @@ def test_restart_rebuilds_lru_order_and_removes_leftovers(
     second.ensure("t/b@1", files["b"])
     assert len(counting.downloads) == downloads
     assert second.keys() == ["t/c@1", "t/a@1", "t/b@1"]
+    assert (second.stats.hits, second.stats.rehashed) == (1, 1)
+    second.ensure("t/b@1", files["b"])  # verified now: a cheap hit
+    assert (second.stats.hits, second.stats.rehashed) == (2, 1)
+
+
+def test_after_restart_a_file_corrupted_in_place_is_caught_and_fetched_again(
+    counting: CountingBlobStore, tmp_path: Path
+) -> None:
+    root = tmp_path / "cache"
+    originals = adapter_files("r")
+    files = push(counting, originals)
+    path = DiskCache(root, counting, max_bytes=1 << 20).ensure("acme/r@1", files)
+    # What a machine crash can leave: the right size, the wrong bytes.
+    weights = path / "adapter_model.safetensors"
+    weights.write_bytes(b"\0" * weights.stat().st_size)
+
+    restarted = DiskCache(root, counting, max_bytes=1 << 20)
+    assert restarted.ensure("acme/r@1", files) == path
+
+    assert weights.read_bytes() == originals["adapter_model.safetensors"]
+    assert len(counting.downloads) == 4
+    assert (restarted.stats.misses, restarted.stats.rehashed) == (1, 0)
 
 
 def test_restart_applies_a_smaller_budget(counting: CountingBlobStore, tmp_path: Path) -> None:
@@ -351,6 +375,33 @@ def test_second_cache_on_the_same_root_adopts_entries_without_downloading(
     assert replica_2.ensure("acme/shared@1", files) == path
     assert len(counting.downloads) == 2
     assert replica_2.stats.hits == 1 and replica_2.keys() == ["acme/shared@1"]
+
+
+def _ensure_in_child(
+    cache_root: str, blob_root: str, files: dict[str, str], barrier: Any
+) -> tuple[str, int]:
+    """Run in a separate process: one replica's ensure; returns (path, downloads)."""
+    cache = DiskCache(Path(cache_root), LocalBlobStore(Path(blob_root)), max_bytes=1 << 30)
+    barrier.wait()
+    path = cache.ensure("acme/shared@1", files)
+    return str(path), cache.stats.misses
+
+
+@pytest.mark.slow
+def test_replica_processes_sharing_a_root_download_once(tmp_path: Path) -> None:
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    data = os.urandom(4 << 20)
+    files = push(blobs, {"adapter_model.safetensors": data})
+    context = multiprocessing.get_context("spawn")
+    processes = 3
+    with context.Manager() as manager, context.Pool(processes) as pool:
+        barrier = manager.Barrier(processes)
+        args = (str(tmp_path / "cache"), str(blobs.root), files, barrier)
+        results = pool.starmap(_ensure_in_child, [args] * processes)
+
+    assert len({path for path, _ in results}) == 1
+    assert sum(downloads for _, downloads in results) == 1
+    assert (Path(results[0][0]) / "adapter_model.safetensors").read_bytes() == data
 
 
 def test_unreachable_s3_raises_backend_unavailable(tmp_path: Path) -> None:

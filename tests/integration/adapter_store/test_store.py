@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from adapter_store.exceptions import (
     TenantNotFoundError,
 )
 from tests.factories import tiny_llama
-from tests.integration.adapter_store.conftest import BASE, TinyBase, snapshot
+from tests.integration.adapter_store.conftest import BASE, HookedBlobs, TinyBase, snapshot
 from tests.malformed import BASE_MODEL_ID, MALFORMED_CASES, MalformedCase
 
 
@@ -92,7 +93,7 @@ def test_push_with_an_unregistered_base_model_says_how_to_register(
     store: AdapterStore, tiny_base: TinyBase
 ) -> None:
     before = snapshot(store)
-    with pytest.raises(ManifestNotFoundError, match="loramux base register .* --id llama-70b"):
+    with pytest.raises(ManifestNotFoundError, match=r"loramux base register .* --id llama-70b"):
         store.push("acme", "chat", tiny_base.adapters[0], base_model="llama-70b")
     assert snapshot(store) == before
 
@@ -238,3 +239,45 @@ def test_each_malformed_adapter_is_rejected_and_the_store_is_unchanged(
     with pytest.raises(case.error, match=re.escape(case.message)):
         limited.push("acme", "bad", source, base_model=BASE)
     assert snapshot(store) == before
+
+
+def test_gc_during_a_push_spares_the_blobs_the_push_announced(
+    store: AdapterStore, tiny_base: TinyBase, tmp_path: Path
+) -> None:
+    reports = []
+    pushing = AdapterStore(
+        store.metadata,
+        HookedBlobs(store.blobs, lambda: reports.append(store.gc(grace_s=3600))),
+    )
+    version = pushing.push("acme", "chat", tiny_base.adapters[0], base_model=BASE)
+    assert [r.blobs_deleted for r in reports] == [0, 0]
+    assert reports[0].blobs_kept == 1  # the config blob, written but not yet published
+    assert store.pull("acme", "chat", tmp_path / "out") == version
+
+
+def test_a_push_waits_for_gc_to_finish_deleting_a_blob_it_needs(
+    store: AdapterStore, tiny_base: TinyBase, tmp_path: Path
+) -> None:
+    """gc claimed an unreferenced blob; a push of the same bytes must not skip the upload
+    because the blob is still there, only to have gc delete it after the publish."""
+    old = store.push("acme", "chat", tiny_base.adapters[0], base_model=BASE)
+    store.delete("acme", "chat")
+    now = time.time()
+    claim = store.metadata.claim_blob_for_gc(old.digest, announced_before=now + 60, now=now)
+    assert claim == "claimed"
+
+    waits: list[float] = []
+
+    def gc_finishes(delay: float) -> None:
+        waits.append(delay)
+        store.blobs.delete(blob_key(old.digest))
+        store.metadata.release_gc_claims([old.digest], announced_before=0.0)
+
+    waiting = AdapterStore(store.metadata, store.blobs, sleep=gc_finishes)
+    again = waiting.push("acme", "chat", tiny_base.adapters[0], base_model=BASE)
+    assert again.digest == old.digest
+    assert len(waits) == 1  # it waited once, then found the claim released
+    assert store.blobs.head(blob_key(old.digest)) == old.size_bytes - len(
+        (tiny_base.adapters[0] / "adapter_config.json").read_bytes()
+    )
+    assert store.pull("acme", "chat", tmp_path / "out") == again

@@ -16,22 +16,7 @@ from adapter_store._metadata import MetadataStore
 from adapter_store._redis_server import RedisServerProcess
 from adapter_store._store import AdapterStore
 from adapter_store.exceptions import AdapterNotFoundError, BackendUnavailableError
-from tests.integration.adapter_store.conftest import BASE, TinyBase, snapshot
-
-
-class _HookedBlobs:
-    """A blob store that runs ``after_put`` after every write, to fail a push there."""
-
-    def __init__(self, inner: BlobStore, after_put) -> None:
-        self._inner = inner
-        self._after_put = after_put
-
-    def __getattr__(self, name: str):
-        return getattr(self._inner, name)
-
-    def put_bytes(self, key: str, data: bytes) -> None:
-        self._inner.put_bytes(key, data)
-        self._after_put()
+from tests.integration.adapter_store.conftest import BASE, HookedBlobs, TinyBase, snapshot
 
 
 @pytest.fixture
@@ -66,8 +51,8 @@ def test_redis_killed_between_blob_write_and_publish_leaves_no_version(
     v1 = store.push("acme", "chat", tiny_base.adapters[0], base_model=BASE)
     usage = store.get_usage("acme")
 
-    killer = _store(server, _HookedBlobs(blobs, server.kill), tiny_base.manifest)
-    with pytest.raises(BackendUnavailableError, match="Redis .* failed after 2 attempts"):
+    killer = _store(server, HookedBlobs(blobs, server.kill), tiny_base.manifest)
+    with pytest.raises(BackendUnavailableError, match=r"Redis .* failed after 2 attempts"):
         killer.push("acme", "chat", tiny_base.adapters[1], base_model=BASE)
 
     restarted = _restart(server)
@@ -99,7 +84,7 @@ def test_blob_failure_after_write_publishes_nothing_and_gc_restores_the_store(
     def fail() -> None:
         raise BackendUnavailableError("injected: the blob store went away")
 
-    failing = _store(server, _HookedBlobs(blobs, fail), tiny_base.manifest)
+    failing = _store(server, HookedBlobs(blobs, fail), tiny_base.manifest)
     with pytest.raises(BackendUnavailableError, match="injected"):
         failing.push("acme", "chat", tiny_base.adapters[1], base_model=BASE)
     assert store.get_adapter("acme", "chat").versions == (1,)

@@ -7,6 +7,7 @@ import pytest
 from adapter_store import (
     BaseModelManifest,
     InvalidManifestError,
+    InvalidNameError,
     manifest_from_model,
     parse_lora_config,
 )
@@ -77,12 +78,17 @@ def test_all_linear_leaves_out_the_output_head_but_a_named_head_is_targeted(llam
     )
 
 
+def test_base_model_id_follows_the_naming_rules():
+    with pytest.raises(InvalidNameError, match="invalid base model id"):
+        BaseModelManifest("a/b/c", {"x": (1, 2)})
+    assert BaseModelManifest("meta-llama/Llama-3.2-1B", {}).modules == {}
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("not json", "not valid JSON"),
         ('{"base_model": "m"}', "a 'modules' object"),
-        ('{"base_model": "", "modules": {}}', "non-empty model id"),
         ('{"base_model": "m", "modules": {"a": [1]}}', "module 'a' has shape [1]"),
         ('{"base_model": "m", "modules": {"a": [0, 4]}}', "module 'a' has shape [0, 4]"),
         ('{"base_model": "m", "modules": {"a": [true, 4]}}', "module 'a' has shape [True, 4]"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
@@ -10,6 +11,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adapter_store import (
     CONFIG_NAME,
@@ -18,6 +21,7 @@ from adapter_store import (
     AdapterLimits,
     AdapterTooLargeError,
     InvalidAdapterError,
+    InvalidConfigError,
     MalformedWeightsError,
     UnsafeFormatError,
     read_adapter_source,
@@ -275,4 +279,31 @@ def test_named_pipe_is_not_opened(tmp_path):
     (tmp_path / CONFIG_NAME).write_bytes(CONFIG)
     os.mkfifo(tmp_path / WEIGHTS_NAME)
     with pytest.raises(InvalidAdapterError, match="is not a regular file"):
+        read_adapter_source(tmp_path)
+
+
+def test_empty_directory_names_the_missing_config(tmp_path):
+    with pytest.raises(InvalidConfigError, match=r"has no adapter_config\.json"):
+        read_adapter_source(tmp_path)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(["a.zip", "a.tar", "a.tar.gz"]),
+    st.binary(max_size=600),
+    st.integers(0, 2000),
+)
+def test_hostile_archive_bytes_raise_only_adapter_errors(filename, noise, cut):
+    # Start from a real archive so the fuzzing reaches past the magic bytes, then damage it.
+    make = zip_bytes if filename.endswith(".zip") else tar_bytes
+    data = make(ADAPTER)
+    data = data[:cut] + noise + data[cut + len(noise) :]
+    with contextlib.suppress(InvalidAdapterError):
+        read_adapter_upload({filename: data}, AdapterLimits(max_bytes=1 << 16))
+
+
+def test_training_pickles_next_to_a_missing_weights_file_are_not_blamed(tmp_path):
+    (tmp_path / CONFIG_NAME).write_bytes(CONFIG)
+    (tmp_path / "training_args.bin").write_bytes(b"\x80")
+    with pytest.raises(MalformedWeightsError, match=r"has no adapter_model\.safetensors"):
         read_adapter_source(tmp_path)

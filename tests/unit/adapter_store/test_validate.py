@@ -47,14 +47,14 @@ def valid_dir(llama, tmp_path_factory) -> Path:
 
 
 def save_peft_adapter(
-    model: Any, out_dir: Path, **lora_kwargs: Any
+    model: Any, out_dir: Path, *, save_kwargs: dict[str, Any] | None = None, **lora_kwargs: Any
 ) -> dict[str, tuple[int, float]]:
     """Save a PEFT adapter; return PEFT's own {module path: (rank, scaling)} for it."""
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora import LoraLayer
 
     peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(**lora_kwargs))
-    peft_model.save_pretrained(str(out_dir))
+    peft_model.save_pretrained(str(out_dir), **(save_kwargs or {}))
     truth = {}
     for name, module in peft_model.named_modules():
         if isinstance(module, LoraLayer) and "default" in module.lora_A:
@@ -137,7 +137,12 @@ LLAMA_VARIANTS: dict[str, dict[str, Any]] = {
         "target_modules": "all-linear",
         "exclude_modules": ["o_proj", "up_proj"],
     },
-    "lm_head_by_name": {"r": 4, "lora_alpha": 8, "target_modules": ["lm_head", "q_proj"]},
+    "lm_head_by_name": {
+        "r": 4,
+        "lora_alpha": 8,
+        "target_modules": ["lm_head", "q_proj"],
+        "save_kwargs": {"save_embedding_layers": False},
+    },
 }
 
 
@@ -164,6 +169,18 @@ def test_hand_written_all_linear_config_means_what_peft_means(llama, tmp_path):
     v = validate_adapter(read_adapter_source(tmp_path), manifest)
     assert v.spec.targets_all_linear
     assert set(v.modules) == set(truth) and "lm_head" not in truth
+
+
+def test_saved_embedding_layers_are_rejected_with_the_fix(llama, tmp_path):
+    from adapter_store import UnsupportedFeatureError
+
+    # PEFT's default save_embedding_layers="auto" copies lm_head's base weight when
+    # target_modules names it.
+    save_peft_adapter(llama[0], tmp_path, r=4, lora_alpha=8, target_modules=["lm_head"])
+    with pytest.raises(
+        UnsupportedFeatureError, match=r"lm_head\.base_layer\.weight.*save_embedding_layers=False"
+    ):
+        validate_adapter(read_adapter_source(tmp_path), llama[1])
 
 
 def test_gpt2_conv1d_fan_in_fan_out(gpt2, tmp_path):
@@ -233,7 +250,7 @@ def test_malformed_adapter_is_rejected(case, valid_dir, llama, tmp_path):
     assert case.message in str(excinfo.value)
     # Every message also says how to fix it, after the description of the problem.
     assert re.search(
-        r"[;:] .*\b(re-?\w+|save|push|use|give|archive|add|fix|merge)\b", str(excinfo.value)
+        r"[;:] .*\b(re-?\w+|save|push|use|give|archive|add|fix|merge|train)\b", str(excinfo.value)
     )
 
 
@@ -244,3 +261,23 @@ def test_base_model_cases_pass_without_a_manifest(case, valid_dir, tmp_path):
     source = case.write(valid_dir, tmp_path / case.id)
     v = validate_adapter(read_adapter_source(source), None)
     assert v.modules
+
+
+def test_all_linear_config_does_not_cover_output_head_weights(llama, tmp_path):
+    from adapter_store import InvalidConfigError
+
+    save_peft_adapter(
+        llama[0],
+        tmp_path,
+        save_kwargs={"save_embedding_layers": False},
+        r=2,
+        lora_alpha=4,
+        target_modules=["lm_head", "q_proj"],
+    )
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    config["target_modules"] = "all-linear"
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    files = read_adapter_source(tmp_path)
+    with pytest.raises(InvalidConfigError, match="output layer of 'tiny-llama'"):
+        validate_adapter(files, llama[1])
+    assert "lm_head" in validate_adapter(files, None).modules  # unknowable without a manifest

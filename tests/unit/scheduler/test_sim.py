@@ -153,6 +153,8 @@ def test_stale_views_hide_residency_until_the_refresh() -> None:
 def test_bad_configuration_and_unknown_profiles_are_rejected() -> None:
     with pytest.raises(SchedulerError, match="replicas=0"):
         SimConfig(replicas=0, gpu_slots=1, profile=HAND)
+    with pytest.raises(SchedulerError, match="'hand' is invalid"):
+        dataclasses.replace(HAND, step_base_s=0.0)
     with pytest.raises(UnknownProfileError, match="a100-7b"):
         cost_profile("tpu")
     with pytest.raises(SchedulerError, match="no requests"):
@@ -223,3 +225,28 @@ def test_a_deferred_load_reorders_service_and_can_beat_min_on_arrival_order() ->
     assert result.deferred_loads == 1
     assert [o.tier for o in result.outcomes] == [Tier.NONE, Tier.NONE, Tier.GPU, Tier.GPU]
     assert result.bound_gpu_hit_rate == 0.0 < result.gpu_hit_rate
+
+
+def test_an_eviction_policy_that_picks_a_pinned_entry_is_reported() -> None:
+    class EvictsAnything(LRUEviction):
+        def victim(self, candidates, now):  # type: ignore[no-untyped-def]
+            return "not-a-candidate"
+
+    class Policy(FirstReplicaPolicy):
+        def new_eviction_policy(self) -> EvictionPolicy:
+            return EvictsAnything()
+
+    trace = [TraceRequest(0.0, "a", 0, 1), TraceRequest(9.0, "b", 0, 1)]
+    with pytest.raises(SchedulerError, match="'not-a-candidate', which is not among"):
+        simulate(trace, Policy(), SimConfig(replicas=1, gpu_slots=1, profile=HAND))
+
+
+def test_the_a100_profile_matches_its_documented_figures() -> None:
+    profile = cost_profile("a100-7b")
+    assert profile.adapter_bytes(16) == 32 * 2**20  # rank 16 on q,k,v,o of a 7B model
+    assert profile.adapter_bytes(0) == profile.adapter_bytes(profile.default_rank)
+    cold = profile.s3_seconds(profile.adapter_bytes(16)) + profile.h2d_seconds(
+        profile.adapter_bytes(16)
+    )
+    assert 0.05 < cold < 0.2  # about 0.1 s, far below the 4.4 s production p50 reference
+    assert profile.step_seconds(1) == pytest.approx(0.0155)

@@ -24,6 +24,7 @@ from scheduler import (
     EvictionPolicy,
     LRUEviction,
     PlacementPolicy,
+    PolicyOptionError,
     ReplicaView,
     Tier,
     UnknownPolicyError,
@@ -239,6 +240,28 @@ async def test_placements_on_a_departed_replica_are_forgotten() -> None:
     router.update_replicas([gone, stays])  # the same id again: a fresh replica
 
     assert views_of(router, clock)["a"].tier_of(KEY) is Tier.NONE
+
+
+async def test_the_registered_cache_aware_policy_sends_a_request_to_its_gpu_holder() -> None:
+    router = CacheAwareRequestRouter(
+        deployment_id=DEPLOYMENT, handle_source=DeploymentHandleSource.UNKNOWN
+    )
+    router.initialize_state(policy="cache_aware", seed=7, epsilon=0.5, demand_half_life_s=10.0)
+    replicas = [FakeReplica(name) for name in "abcd"]
+    replicas[2].routing_stats = {"gpu": [KEY]}
+
+    ranked = await router.choose_replicas(replicas, request(KEY))
+
+    assert ranked[0] == [replicas[2]]
+
+
+def test_an_option_the_policy_does_not_take_is_refused_by_name() -> None:
+    router = CacheAwareRequestRouter(
+        deployment_id=DEPLOYMENT, handle_source=DeploymentHandleSource.UNKNOWN
+    )
+
+    with pytest.raises(PolicyOptionError, match="epsilonn"):
+        router.initialize_state(policy="cache_aware", epsilonn=0.5)
 
 
 def test_an_unknown_policy_name_lists_the_known_ones() -> None:

@@ -11,7 +11,6 @@ import asyncio
 import copy
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ import torch
 from adapter_store import AdapterVersion
 from services.engine import (
     Engine,
+    EngineError,
     EngineOverloadedError,
     GenerationChunk,
     GenerationRequest,
@@ -35,8 +35,14 @@ from tests.factories import make_peft_adapter
 
 def version(name: str) -> AdapterVersion:
     return AdapterVersion(
-        tenant="acme", name=name, version=1, digest="0" * 64, config_digest="1" * 64,
-        size_bytes=1, rank=8, base_model="tiny",
+        tenant="acme",
+        name=name,
+        version=1,
+        digest="0" * 64,
+        config_digest="1" * 64,
+        size_bytes=1,
+        rank=8,
+        base_model="tiny",
     )
 
 
@@ -73,6 +79,16 @@ class World:
     model: MultiLoraModel
     references: dict[str | None, torch.nn.Module]  # adapter name -> unbatched model
     slots: dict[str, int]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny matmuls gain nothing from threads, and on a shared CI box with few cores
+    intra-op threads spin against each other (tens of times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +220,7 @@ async def test_cancelling_the_consumer_task_releases_the_pin(engine, slots) -> N
 
 @pytest.mark.parametrize(
     ("limits", "most"),
-    [({"max_batch_size": 2}, 2), ({"max_batch_tokens": 30}, 1)],
+    [({"max_batch_size": 2}, 2), ({"max_batch_tokens": 20}, 1)],
 )
 async def test_batch_limits_are_respected(world, slots, limits, most) -> None:
     prompts = ["one", "two", "three", "four", "five"]
@@ -227,9 +243,7 @@ async def test_batch_limits_are_respected(world, slots, limits, most) -> None:
 async def test_stop_string_ends_generation_before_it(world, engine) -> None:
     full = await engine.complete(greedy("stop here", None, n=24))
     text = full.text
-    start = next(
-        i for i in range(4, len(text) - 1) if "\ufffd" not in text[i : i + 2]
-    )
+    start = next(i for i in range(4, len(text) - 1) if "\ufffd" not in text[i : i + 2])
     stop = text[start : start + 2]
 
     stopped = await engine.complete(greedy("stop here", None, n=24, stop=[stop, "never-seen"]))
@@ -275,7 +289,9 @@ async def test_seeded_sampling_is_reproducible_alone_and_batched(engine) -> None
         return GenerationRequest(
             prompt="sample me",
             adapter=version("large"),
-            sampling=SamplingParams(max_tokens=12, temperature=1.3, seed=seed, ignore_eos=True, **extra),
+            sampling=SamplingParams(
+                max_tokens=12, temperature=1.3, seed=seed, ignore_eos=True, **extra
+            ),
         )
 
     alone = await engine.complete(sampled(7))
@@ -301,7 +317,9 @@ async def test_chat_messages_use_the_chat_template(world, engine) -> None:
     )
 
     assert rendered.endswith("<|assistant|>") and "be brief" in rendered
-    assert result.usage.prompt_tokens == len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+    assert result.usage.prompt_tokens == len(
+        tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    )
 
 
 async def test_engine_registers_the_manifest_on_start(world, slots) -> None:
@@ -336,6 +354,39 @@ async def test_full_queue_is_overloaded(world, slots) -> None:
             await engine.complete(greedy("no room"))
 
 
+async def test_requests_waiting_for_their_adapter_count_as_queued(world) -> None:
+    release_loads = asyncio.Event()
+
+    class SlowLoads(PreloadedSlots):
+        async def acquire(self, version: AdapterVersion) -> _Lease:
+            await release_loads.wait()
+            return await super().acquire(version)
+
+    slots = SlowLoads(world.slots)
+    async with Engine(world.base, world.model, slots, max_waiting=1) as engine:
+        loading = asyncio.create_task(engine.complete(greedy("cold", "small", n=3)))
+        while engine.num_waiting == 0:
+            await asyncio.sleep(0.001)
+        with pytest.raises(EngineOverloadedError):
+            await engine.complete(greedy("no room while loading"))
+        release_loads.set()
+        result = await loading
+
+    assert list(result.token_ids) == reference(world, "small", "cold", 3)[0]
+    assert slots.pinned == 0
+
+
+async def test_failed_forward_fails_its_batch_and_the_engine_keeps_serving(world) -> None:
+    broken = PreloadedSlots({**world.slots, version("ghost").key: 99})  # no such slot
+    async with Engine(world.base, world.model, broken) as engine:
+        with pytest.raises(EngineError, match="generation failed"):
+            await engine.complete(greedy("doomed", "ghost"))
+        result = await engine.complete(greedy("fine", "small", n=4))
+
+    assert list(result.token_ids) == reference(world, "small", "fine", 4)[0]
+    assert broken.pinned == 0
+
+
 async def test_prompt_too_long_for_the_budget_is_invalid(world, slots) -> None:
     async with Engine(world.base, world.model, slots, max_batch_tokens=16) as engine:
         with pytest.raises(InvalidRequestError, match="max_tokens"):
@@ -362,8 +413,12 @@ def test_invalid_sampling_params_name_the_field(field: str, value: object) -> No
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"prompt": "a", "messages": [{"role": "user", "content": "b"}]}, {"prompt": ""},
-     {"messages": [{"role": "robot", "content": "x"}]}],
+    [
+        {},
+        {"prompt": "a", "messages": [{"role": "user", "content": "b"}]},
+        {"prompt": ""},
+        {"messages": [{"role": "robot", "content": "x"}]},
+    ],
 )
 def test_invalid_requests_are_rejected(kwargs) -> None:
     with pytest.raises(InvalidRequestError):

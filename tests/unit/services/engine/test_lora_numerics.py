@@ -30,7 +30,12 @@ def tiny_gpt2():  # -> transformers.GPT2LMHeadModel, whose linear layers are Con
 
     torch.manual_seed(0)
     config = GPT2Config(
-        vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=128, bos_token_id=0,
+        vocab_size=256,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=128,
+        bos_token_id=0,
         eos_token_id=0,
     )
     return GPT2LMHeadModel(config).eval()
@@ -42,6 +47,16 @@ def peft_logits(base: torch.nn.Module, adapter_dir: Path, input_ids: torch.Tenso
     peft_model = PeftModel.from_pretrained(copy.deepcopy(base), str(adapter_dir)).eval()
     with torch.no_grad():
         return peft_model(input_ids=input_ids).logits
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny matmuls gain nothing from threads, and on a shared CI box with few cores
+    intra-op threads spin against each other (tens of times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +79,12 @@ LLAMA_OPTIONS: dict[str, dict[str, Any]] = {
     "list-targets": {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]},
     "regex-targets": {"r": 4, "lora_alpha": 8, "target_modules": r".*\.(k_proj|down_proj)"},
     "all-linear": {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"},
-    "rslora": {"r": 16, "lora_alpha": 8, "target_modules": ["q_proj", "o_proj"], "use_rslora": True},
+    "rslora": {
+        "r": 16,
+        "lora_alpha": 8,
+        "target_modules": ["q_proj", "o_proj"],
+        "use_rslora": True,
+    },
     "rank-and-alpha-pattern": {
         "r": 8,
         "lora_alpha": 16,
@@ -101,7 +121,11 @@ def test_adapter_in_a_slot_matches_peft(
 def test_conv1d_fan_in_fan_out_matches_peft(tmp_path: Path, input_ids) -> None:
     gpt2 = tiny_gpt2()
     adapter_dir = make_peft_adapter(
-        gpt2, tmp_path / "gpt2", r=8, lora_alpha=16, target_modules=["c_attn", "c_fc"],
+        gpt2,
+        tmp_path / "gpt2",
+        r=8,
+        lora_alpha=16,
+        target_modules=["c_attn", "c_fc"],
         fan_in_fan_out=True,
     )
     expected = peft_logits(gpt2, adapter_dir, input_ids)

@@ -1,0 +1,281 @@
+"""Replica engine benchmark: mixed-adapter decode throughput, step time, adapter loads.
+
+Prints one JSON object (keys are stable; the simulator's ``cpu`` cost profile reads
+``decode_step_ms``):
+
+- ``decode``: tokens/s for 32 concurrent requests where (a) all use one adapter,
+  (b) all use distinct adapters of ranks 8-64, (c) the naive way, one adapter active at a
+  time (each adapter's request runs alone, as HF PEFT does without mixed batches).
+  Goals: b/a >= 0.8 and b/c >= 4. Measured end to end through :class:`Engine` (prefill
+  included), greedy, ``ignore_eos`` so every request makes ``max_tokens`` tokens.
+- ``decode_step_ms``: time of one decode step vs batch size (1-32), with every row on a
+  distinct adapter (``lora_mixed``) and with no adapter (``no_adapter``); the fastest of
+  ``--repeats`` rounds of the median of ``--steps`` steps.
+- ``adapter_load_ms``: per rank 8/16/32/64, disk -> host (:meth:`HostAdapter.from_dir`)
+  and host -> slot (:meth:`MultiLoraModel.load_slot`), on ``tiny`` and on a ~100M
+  parameter Llama built locally with random weights.
+
+Run: ``python -m benchmarks.bench_engine`` (``--quick`` for a smoke run). Nothing is
+downloaded. Everything runs in one process on one machine, so the ratios compare like
+with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adapter_store import AdapterVersion
+from services.engine import (
+    NO_ADAPTER_SLOT,
+    Engine,
+    GenerationRequest,
+    HostAdapter,
+    MultiLoraModel,
+    SamplingParams,
+    load_base_model,
+)
+from services.engine._batching import KvBatch
+from tests.factories import make_peft_adapter
+
+RANKS = (8, 16, 32, 64)
+BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+ATTENTION_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+LLAMA_100M = {
+    "vocab_size": 16000,
+    "hidden_size": 768,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 12,
+    "max_position_embeddings": 2048,
+}
+
+
+def _version(index: int) -> AdapterVersion:
+    return AdapterVersion(
+        tenant="bench",
+        name=f"adapter-{index}",
+        version=1,
+        digest="0" * 64,
+        config_digest="1" * 64,
+        size_bytes=1,
+        rank=RANKS[index % len(RANKS)],
+        base_model="tiny",
+    )
+
+
+@dataclass
+class _Lease:
+    slot: int
+
+    def release(self) -> None:
+        """Slots are preloaded for the whole run; nothing to unpin."""
+
+
+class _PreloadedSlots:
+    """Every adapter resident in its own slot: the decode benchmark measures batching,
+    not cache misses (those are ``adapter_load_ms``)."""
+
+    def __init__(self, slots: dict[str, int]) -> None:
+        self._slots = slots
+
+    async def acquire(self, version: AdapterVersion) -> _Lease:
+        return _Lease(self._slots[version.key])
+
+
+def _median_ms(action: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        action()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+async def _tokens_per_second(
+    engine: Engine, requests: list[GenerationRequest], *, sequential: bool
+) -> float:
+    start = time.perf_counter()
+    if sequential:
+        results = [await engine.complete(r) for r in requests]
+    else:
+        results = await asyncio.gather(*(engine.complete(r) for r in requests))
+    elapsed = time.perf_counter() - start
+    return sum(r.usage.completion_tokens for r in results) / elapsed
+
+
+def _prompt(index: int) -> str:
+    return f"request {index:02d}: tell me something"
+
+
+async def bench_decode(base, model: MultiLoraModel, slots: dict[str, int], args) -> dict[str, Any]:
+    batch = args.batch
+    sampling = SamplingParams(max_tokens=args.max_tokens, temperature=0, ignore_eos=True)
+
+    def requests(adapter_of: Callable[[int], int]) -> list[GenerationRequest]:
+        return [
+            GenerationRequest(prompt=_prompt(i), adapter=_version(adapter_of(i)), sampling=sampling)
+            for i in range(batch)
+        ]
+
+    one_adapter, distinct = requests(lambda i: 0), requests(lambda i: i)
+    runs: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+    async with Engine(base, model, _PreloadedSlots(slots), max_batch_size=batch) as engine:
+        await _tokens_per_second(engine, distinct[:4], sequential=False)  # warm-up
+        for _ in range(args.repeats):  # interleaved, so load drift hits both alike
+            runs["a"].append(await _tokens_per_second(engine, one_adapter, sequential=False))
+            runs["b"].append(await _tokens_per_second(engine, distinct, sequential=False))
+        runs["c"].append(await _tokens_per_second(engine, distinct, sequential=True))
+    tokens_per_s = {
+        "a_one_adapter": statistics.median(runs["a"]),
+        "b_distinct_adapters": statistics.median(runs["b"]),
+        "c_sequential_per_adapter": statistics.median(runs["c"]),
+    }
+    b_over_a = tokens_per_s["b_distinct_adapters"] / tokens_per_s["a_one_adapter"]
+    b_over_c = tokens_per_s["b_distinct_adapters"] / tokens_per_s["c_sequential_per_adapter"]
+    return {
+        "batch": batch,
+        "max_tokens": args.max_tokens,
+        "adapter_ranks": sorted({RANKS[i % len(RANKS)] for i in range(batch)}),
+        "tokens_per_s": {k: round(v, 1) for k, v in tokens_per_s.items()},
+        "ratio_b_over_a": round(b_over_a, 3),
+        "ratio_b_over_c": round(b_over_c, 3),
+        "goals": {
+            "b_over_a_min": 0.8,
+            "b_over_c_min": 4.0,
+            "met": b_over_a >= 0.8 and b_over_c >= 4,
+        },
+    }
+
+
+def bench_step_time(model: MultiLoraModel, tokenizer, args) -> dict[str, dict[str, float]]:
+    """Decode-step time per batch size, each row ~25 tokens of context.
+
+    Each point is the fastest of ``args.repeats`` rounds of the median of ``args.steps``
+    steps, rounds interleaved over batch sizes: on a shared machine, the fastest median
+    is the one least disturbed by other processes.
+    """
+    rounds: dict[str, dict[str, list[float]]] = {"lora_mixed": {}, "no_adapter": {}}
+    for _ in range(args.repeats):
+        for batch in BATCH_SIZES:
+            prompts = [tokenizer(_prompt(i))["input_ids"] for i in range(batch)]
+            for label, slots in (
+                ("lora_mixed", [i % model.max_slots for i in range(batch)]),
+                ("no_adapter", [NO_ADAPTER_SLOT] * batch),
+            ):
+                rows, _ = KvBatch.prefill(model, prompts, slots)
+                tokens = [1] * batch
+                rows.decode(tokens, slots)  # warm-up
+                rounds[label].setdefault(str(batch), []).append(
+                    _median_ms(lambda r=rows, s=slots, t=tokens: r.decode(t, s), args.steps)
+                )
+    return {
+        label: {batch: round(min(times), 3) for batch, times in points.items()}
+        for label, points in rounds.items()
+    }
+
+
+def bench_loads(
+    model: MultiLoraModel, plain, work: Path, repeats: int
+) -> dict[str, dict[str, float]]:
+    """Disk -> host and host -> slot latency per rank (attention projections targeted)."""
+    result = {}
+    for rank in RANKS:
+        adapter_dir = make_peft_adapter(
+            plain,
+            work / f"load-r{rank}",
+            r=rank,
+            lora_alpha=2 * rank,
+            target_modules=ATTENTION_TARGETS,
+        )
+        host = HostAdapter.from_dir(f"r{rank}", adapter_dir, model)
+        result[str(rank)] = {
+            "size_bytes": host.size_bytes,
+            "disk_to_host_ms": round(
+                _median_ms(lambda d=adapter_dir: HostAdapter.from_dir("x", d, model), repeats), 3
+            ),
+            "host_to_slot_ms": round(_median_ms(lambda h=host: model.load_slot(0, h), repeats), 3),
+        }
+    return result
+
+
+def _llama_100m():  # -> (model, parameter count)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**LLAMA_100M)).eval()
+    return model, sum(p.numel() for p in model.parameters())
+
+
+async def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20, help="decode steps per step-time point")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--skip-100m", action="store_true", help="skip the ~100M model loads")
+    parser.add_argument("--quick", action="store_true", help="small smoke run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batch, args.max_tokens, args.repeats, args.steps = 8, 8, 1, 3
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="bench-engine-"))
+
+    base = load_base_model("tiny", models_dir=work / "models")
+    plain = copy.deepcopy(base.model)
+    model = MultiLoraModel(base.model, max_slots=args.batch, max_rank=max(RANKS))
+    slots = {}
+    for index in range(args.batch):
+        rank = RANKS[index % len(RANKS)]
+        adapter_dir = make_peft_adapter(
+            plain,
+            work / f"adapter-{index}",
+            seed=index,
+            r=rank,
+            lora_alpha=2 * rank,
+            target_modules=ATTENTION_TARGETS,
+        )
+        model.load_slot(index, HostAdapter.from_dir(_version(index).key, adapter_dir, model))
+        slots[_version(index).key] = index
+
+    report: dict[str, Any] = {
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "device": str(model.device),
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "torch_threads": torch.get_num_threads(),
+            "cpus": __import__("os").cpu_count(),
+        },
+        "model": base.name,
+        "decode": await bench_decode(base, model, slots, args),
+        "decode_step_ms": bench_step_time(model, base.tokenizer, args),
+    }
+    loads = {"tiny": bench_loads(MultiLoraModel(copy.deepcopy(plain), max_slots=1), plain, work, 5)}
+    if not args.skip_100m:
+        big, parameters = _llama_100m()
+        big_plain = copy.deepcopy(big)
+        loads["llama_100m"] = bench_loads(MultiLoraModel(big, max_slots=1), big_plain, work, 3)
+        report["llama_100m_parameters"] = parameters
+    report["adapter_load_ms"] = loads
+    return report
+
+
+if __name__ == "__main__":
+    json.dump(asyncio.run(main(sys.argv[1:])), sys.stdout, indent=2)
+    sys.stdout.write("\n")

@@ -1,0 +1,60 @@
+"""The Ray Serve application: ingress, model deployment and stats board, wired.
+
+::
+
+    HTTP ──► IngressServer (FastAPI)  ──handle(multiplexed_model_id=adapter key)──►
+             CacheAwareRequestRouter ──► ModelReplica × replicas ──reports──► StatsBoard
+
+The model deployment routes with :class:`services._router.CacheAwareRequestRouter`,
+which reads each replica's ``record_routing_stats`` every ``routing_stats_period_s``.
+Each model replica asks for ``num_gpus`` and ``num_cpus`` of Ray's resources; the
+ingress for ``ingress_num_cpus``; the board for none.
+"""
+
+from __future__ import annotations
+
+from ray import serve
+from ray.serve.config import RequestRouterConfig
+from ray.serve.deployment import Application
+
+from services._ingress import IngressServer
+from services._replica import ModelReplica, StatsBoard, stale_after_s
+from services._settings import ServiceSettings
+
+__all__ = ["MODEL_DEPLOYMENT", "build_app"]
+
+MODEL_DEPLOYMENT = "Model"
+_ROUTER_CLASS = "services._router:CacheAwareRequestRouter"
+
+
+def build_app(settings: ServiceSettings) -> Application:
+    """The application for ``serve.run(build_app(settings), name=settings.app_name)``."""
+    board = serve.deployment(
+        StatsBoard, name="StatsBoard", num_replicas=1, ray_actor_options={"num_cpus": 0}
+    ).bind(stale_after_s(settings))
+    model = serve.deployment(
+        ModelReplica,
+        name=MODEL_DEPLOYMENT,
+        num_replicas=settings.replicas,
+        max_ongoing_requests=settings.max_ongoing_requests,
+        ray_actor_options={
+            "num_cpus": settings.num_cpus,
+            "num_gpus": settings.replica_num_gpus(),
+        },
+        request_router_config=RequestRouterConfig(
+            request_router_class=_ROUTER_CLASS,
+            request_router_kwargs={"policy": settings.routing_policy},
+            request_routing_stats_period_s=settings.routing_stats_period_s,
+        ),
+        # Loading the base model (and building ``tiny`` on first use) takes a while.
+        health_check_timeout_s=120,
+        graceful_shutdown_timeout_s=30,
+    ).bind(settings, board)
+    ingress = serve.deployment(
+        serve.ingress()(IngressServer),
+        name="Ingress",
+        num_replicas=1,
+        max_ongoing_requests=1024,
+        ray_actor_options={"num_cpus": settings.ingress_num_cpus},
+    )
+    return ingress.bind(settings, model, board)

@@ -1,0 +1,229 @@
+"""The model deployment: each replica holds the base model, the adapter cache and the engine.
+
+Request path: the ingress sends a :class:`GenerationRequest` with the adapter version key
+as the multiplexed model id (Ray Serve's routing hint, read by the cache-aware router).
+The replica checks that the hint and the request agree, then streams the engine's
+chunks back. Ray's own ``@serve.multiplexed`` LRU is not used: the engine's
+:class:`AdapterCache` is the cache (GPU slots <- host <- disk <- the store's blobs), and
+its residency reaches the router through :meth:`ModelReplica.record_routing_stats`.
+
+Statistics: every ``stats_period_s`` the replica sends its residency, hit rates, load
+latencies and load to the :class:`StatsBoard` deployment, which ``/v1/stats`` and
+``/healthz`` read. A replica is live on the board while its reports keep coming.
+
+Failure modes: a replica whose base model does not load fails its constructor, and Ray
+Serve retries it. A crashed engine loop fails the requests it held, and the next request
+restarts the loop (see :class:`Engine`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from adapter_store import AdapterStore
+from scheduler import ReplicaView, make_policy
+from services._router import routing_stats
+from services._settings import ServiceSettings
+from services.engine import (
+    AdapterCache,
+    Engine,
+    GenerationChunk,
+    GenerationRequest,
+    HostAdapter,
+    InvalidRequestError,
+    MultiLoraModel,
+    load_base_model,
+)
+
+__all__ = ["ModelReplica", "StatsBoard", "stale_after_s"]
+
+logger = logging.getLogger(__name__)
+
+# A replica that has not reported for this many periods is no longer counted live.
+_STALE_PERIODS = 3.0
+
+
+class ModelReplica:
+    """One replica of the model deployment (see the module docstring).
+
+    ``board`` is the :class:`StatsBoard` handle, ``None`` to report nowhere.
+    """
+
+    async def __init__(self, settings: ServiceSettings, board: DeploymentHandle | None) -> None:
+        import torch
+
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        self._settings = settings
+        self._board = board
+        self._replica_id = serve.get_replica_context().replica_id.unique_id
+        self._store = AdapterStore.from_settings(settings.store)
+        base = await asyncio.to_thread(
+            load_base_model,
+            settings.base_model_dir or "tiny",
+            models_dir=settings.models_dir,
+            name=settings.base_model_id,
+        )
+        model = MultiLoraModel(
+            base.model, max_slots=settings.gpu_slots, max_rank=settings.max_lora_rank
+        )
+        disk_cache = self._store.disk_cache
+        self._cache = AdapterCache(
+            gpu_slots=settings.gpu_slots,
+            host_budget_bytes=settings.host_budget_bytes,
+            fetch_to_disk=self._store.fetch,
+            load_host=lambda version, path: HostAdapter.from_dir(version.key, path, model),
+            activate_slot=model.load_slot,
+            deactivate_slot=model.clear_slot,
+            disk_keys=disk_cache.keys if disk_cache is not None else None,
+            eviction_policy=make_policy(settings.routing_policy).new_eviction_policy,
+        )
+        self._engine = Engine(
+            base,
+            model,
+            self._cache,
+            max_batch_size=settings.max_batch_size,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_waiting=settings.max_waiting,
+            on_manifest=lambda manifest: asyncio.to_thread(self._store.register_manifest, manifest),
+        )
+        await self._engine.start()
+        self._active = 0
+        self._served = 0
+        self._report_task = asyncio.create_task(self._report_forever())
+        logger.info("replica %s serves %s", self._replica_id, base.name)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Stream ``request``'s chunks (call with ``handle.options(stream=True)``).
+
+        Raises:
+            InvalidRequestError: the routing hint is not the request's adapter key.
+            The engine's errors, as :meth:`Engine.generate` documents them.
+        """
+        expected = request.adapter.key if request.adapter is not None else ""
+        routed = serve.get_multiplexed_model_id()
+        if routed != expected:
+            raise InvalidRequestError(
+                f"routed as {routed!r} but the request is for {expected!r}: call with "
+                "handle.options(multiplexed_model_id=request.adapter.key)"
+            )
+        self._active += 1
+        try:
+            async for chunk in self._engine.generate(request):
+                yield chunk
+            self._served += 1
+        finally:
+            self._active -= 1
+
+    async def record_routing_stats(self) -> dict[str, Any]:
+        """Residency and load for the request router (polled by Ray's controller)."""
+        return routing_stats(self._view())
+
+    def _view(self) -> ReplicaView:
+        residency = self._cache.residency()
+        running = self._engine.num_running
+        return ReplicaView(
+            self._replica_id,
+            gpu=set(residency.gpu.values()),
+            host=set(residency.host),
+            disk=set(residency.disk),
+            loading=set(residency.loading),
+            in_flight=running,
+            queued=max(0, self._active - running),
+            gpu_slots=self._settings.gpu_slots,
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """What ``/v1/stats`` shows of this replica (JSON-ready)."""
+        residency = self._cache.residency()
+        cache = self._cache.stats()
+        return {
+            "replica_id": self._replica_id,
+            "residency": {
+                "gpu": sorted(residency.gpu.values()),
+                "host": sorted(residency.host),
+                "disk": sorted(residency.disk),
+                "loading": sorted(residency.loading),
+            },
+            "gpu_slots": self._settings.gpu_slots,
+            "in_flight": self._engine.num_running,
+            "queued": max(0, self._active - self._engine.num_running),
+            "requests_served": self._served,
+            "tiers": {
+                tier.name.lower(): {
+                    "hits": t.hits,
+                    "misses": t.misses,
+                    "hit_ratio": t.hit_ratio,
+                    "evictions": t.evictions,
+                }
+                for tier, t in cache.tiers.items()
+            },
+            "loads": {
+                # Keyed by where a load step starts: none = object store, disk, host.
+                f"from_{tier.name.lower()}": {
+                    "count": s.count,
+                    "mean_s": s.mean_s,
+                    "p50_s": s.p50_s,
+                    "p99_s": s.p99_s,
+                }
+                for tier, s in cache.load_latency.items()
+            },
+            "load_errors": {tier.name.lower(): n for tier, n in cache.errors.items()},
+            "coalesced_loads": cache.coalesced,
+        }
+
+    async def _report_forever(self) -> None:
+        """Send :meth:`stats` to the board every period; a failed send is retried next."""
+        if self._board is None:
+            return
+        while True:
+            try:
+                await self._board.report.remote(self._replica_id, self.stats())
+            except Exception:
+                logger.warning("stats report to the board failed", exc_info=True)
+            await asyncio.sleep(self._settings.stats_period_s)
+
+    async def __del__(self) -> None:
+        self._report_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._report_task
+        await self._engine.aclose()
+        await self._cache.aclose()
+        self._store.close()
+
+
+class StatsBoard:
+    """The replicas' latest reports, for ``/v1/stats`` and ``/healthz`` (one replica).
+
+    A report older than ``stale_after_s`` is dropped: that replica is gone or stuck.
+    """
+
+    def __init__(self, stale_after_s: float) -> None:
+        self._stale_after_s = stale_after_s
+        self._reports: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def report(self, replica_id: str, stats: dict[str, Any]) -> None:
+        self._reports[replica_id] = (time.monotonic(), stats)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The live replicas' latest stats, by replica id."""
+        now = time.monotonic()
+        self._reports = {
+            replica_id: (at, stats)
+            for replica_id, (at, stats) in self._reports.items()
+            if now - at <= self._stale_after_s
+        }
+        return [stats for _, (_, stats) in sorted(self._reports.items())]
+
+
+def stale_after_s(settings: ServiceSettings) -> float:
+    """How old a replica's last report may be for the board to count it live."""
+    return _STALE_PERIODS * settings.stats_period_s + 5.0

@@ -1,0 +1,74 @@
+"""The service's configuration: one pydantic-settings class, environment prefix ``LORAMUX_``.
+
+The store's own settings (``LORAMUX_REDIS_URL``, ``LORAMUX_BLOB_URL``,
+``LORAMUX_DATA_DIR`` ...) are composed as :attr:`ServiceSettings.store`, read from the
+same environment, never duplicated here. ``store.base_model`` is the id the served base
+model is registered and pushed under.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from adapter_store import StoreSettings
+
+__all__ = ["ServiceSettings"]
+
+
+class ServiceSettings(BaseSettings):
+    """How the Ray Serve application is shaped: replicas, resources, engine, keys.
+
+    ``base_model_dir`` is a local Hugging Face model directory; ``None`` serves the
+    built-in ``tiny`` model (built under ``models_dir`` on first use). ``num_gpus``
+    ``None`` asks for one GPU per replica when the building machine has CUDA, else none.
+    ``admin_key`` guards the tenant endpoints; without one they answer 403.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LORAMUX_", extra="forbid")
+
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    base_model_dir: Path | None = Field(
+        default=None, description="local HF model directory; None: the built-in tiny model"
+    )
+    models_dir: Path | None = Field(
+        default=None, description="where the built-in model is written; None: engine default"
+    )
+    app_name: str = Field(default="loramux", min_length=1)
+    replicas: int = Field(default=2, ge=1, description="model deployment replicas")
+    num_gpus: float | None = Field(default=None, ge=0, description="per model replica")
+    num_cpus: float = Field(default=1.0, ge=0, description="per model replica")
+    ingress_num_cpus: float = Field(default=0.5, ge=0)
+    torch_threads: int = Field(default=0, ge=0, description="0: torch's default")
+    gpu_slots: int = Field(default=8, ge=1, description="adapters resident in GPU per replica")
+    max_lora_rank: int = Field(default=64, ge=1)
+    host_budget_bytes: int = Field(default=2 << 30, ge=1)
+    max_batch_size: int = Field(default=32, ge=1)
+    max_batch_tokens: int = Field(default=32768, ge=1)
+    max_waiting: int = Field(default=1024, ge=0)
+    max_ongoing_requests: int = Field(default=128, ge=1, description="per model replica")
+    default_max_tokens: int = Field(default=128, ge=1, description="when a request sets none")
+    routing_policy: str = Field(default="cache_aware")
+    routing_stats_period_s: float = Field(default=1.0, gt=0)
+    stats_period_s: float = Field(default=2.0, gt=0, description="replica -> /v1/stats")
+    admin_key: SecretStr | None = None
+
+    @field_validator("base_model_dir", "models_dir")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
+
+    @property
+    def base_model_id(self) -> str:
+        """The id adapters are pushed against and ``model`` names for no adapter."""
+        return self.store.base_model
+
+    def replica_num_gpus(self) -> float:
+        """``num_gpus``, or 1 when unset and this machine has CUDA."""
+        if self.num_gpus is not None:
+            return self.num_gpus
+        import torch
+
+        return 1.0 if torch.cuda.is_available() else 0.0

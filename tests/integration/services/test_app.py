@@ -1,0 +1,301 @@
+"""The whole service over real HTTP: Ray Serve, the ingress, two model replicas.
+
+One module-scoped session: a local Ray, Serve's proxy on a free port, the real
+application (built-in ``tiny`` base model, 2 replicas), a private redis-server and a
+``file://`` blob store. Adapters are made with real PEFT against the same ``tiny`` model
+the replicas serve. Requests go through the SDK and the official ``openai`` client.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.client import Client
+from services.exceptions import (
+    AuthenticationError,
+    BadRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ADMIN_KEY = "admin-test-key"
+# The machine may be heavily loaded: generous waits, never asserted on.
+READY_TIMEOUT_S = 300.0
+PROMPT = "Hello there"
+
+
+@dataclass
+class Service:
+    url: str
+    store_root: Path
+    adapter_dir: Path
+    other_adapter_dir: Path
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    import ray
+    from ray import serve
+
+    from adapter_store import StoreSettings
+    from adapter_store._redis_server import RedisServerProcess, free_port
+    from services._app import build_app
+    from services._settings import ServiceSettings
+    from services.engine import load_base_model
+    from tests.factories import make_peft_adapter
+
+    root = tmp_path_factory.mktemp("service")
+    models_dir = root / "models"
+    tiny = copy.deepcopy(load_base_model("tiny", models_dir=models_dir, device="cpu").model)
+    adapter_dir = make_peft_adapter(tiny, root / "support", seed=1, r=8, lora_alpha=32)
+    other_dir = make_peft_adapter(tiny, root / "other", seed=2, r=4, lora_alpha=8)
+
+    redis = RedisServerProcess(root / "redis", appendonly=False)
+    redis.start()
+    settings = ServiceSettings(
+        store=StoreSettings(
+            redis_url=redis.url,
+            blob_url=(root / "blobs").as_uri(),
+            data_dir=root / "data",
+        ),
+        models_dir=models_dir,
+        replicas=2,
+        num_cpus=0.5,
+        ingress_num_cpus=0.25,
+        num_gpus=0,
+        torch_threads=1,
+        gpu_slots=2,
+        max_batch_size=4,
+        default_max_tokens=4,
+        routing_stats_period_s=0.5,
+        stats_period_s=0.5,
+        admin_key=ADMIN_KEY,
+    )
+    port = free_port()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(settings), name=settings.app_name, route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        _wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200)
+        yield Service(url, root, adapter_dir, other_dir)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        redis.stop()
+
+
+def _wait_until(condition, timeout_s: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if condition():
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the timeout")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def admin(service: Service) -> Iterator[Client]:
+    with Client(service.url, ADMIN_KEY, max_retries=0) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def keys(admin: Client) -> dict[str, str]:
+    return {name: admin.tenants.create(name).api_key for name in ("acme", "globex")}
+
+
+@pytest.fixture(scope="module")
+def acme(service: Service, keys: dict[str, str]) -> Iterator[Client]:
+    with Client(service.url, keys["acme"], max_retries=0, timeout=120) as client:
+        client.adapters.push(service.adapter_dir, "support")
+        yield client
+
+
+@pytest.fixture(scope="module")
+def globex(service: Service, keys: dict[str, str]) -> Iterator[Client]:
+    with Client(service.url, keys["globex"], max_retries=0, timeout=120) as client:
+        yield client
+
+
+def test_health_counts_both_replicas(service: Service) -> None:
+    _wait_until(lambda: httpx.get(f"{service.url}/healthz").json()["replicas"] == 2)
+    body = httpx.get(f"{service.url}/healthz").json()
+
+    assert body == {"status": "ok", "replicas": 2, "expected_replicas": 2}
+
+
+def test_pushed_adapter_is_listed_and_versioned(acme: Client) -> None:
+    adapter = acme.adapters.get("support")
+
+    assert (adapter.tenant, adapter.name, adapter.versions) == ("acme", "support", [1])
+    assert adapter.latest.key == "acme/support@1"
+    assert adapter.latest.base_model == "tiny" and adapter.latest.rank == 8
+    assert [a.name for a in acme.adapters.list()] == ["support"]
+    assert {m.id for m in acme.models().data} == {"tiny", "support"}
+
+
+def test_completion_with_adapter_and_base_model(acme: Client) -> None:
+    params = {"prompt": PROMPT, "max_tokens": 4, "temperature": 0, "logprobs": 2}
+    tuned = acme.completions.create(model="support", **params)
+    base = acme.completions.create(model="tiny", **params)
+
+    for reply in (tuned, base):
+        choice = reply.choices[0]
+        assert choice.finish_reason in ("stop", "length")
+        assert reply.usage.prompt_tokens == len(PROMPT.encode())  # byte-level tokenizer
+        assert 1 <= reply.usage.completion_tokens <= 4
+        assert len(choice.logprobs["token_logprobs"]) == reply.usage.completion_tokens
+        assert all(len(top) <= 2 for top in choice.logprobs["top_logprobs"])
+    # The adapter changes the model's distribution at the very first position.
+    assert tuned.choices[0].logprobs["top_logprobs"][0] != base.choices[0].logprobs[
+        "top_logprobs"
+    ][0]
+
+
+def test_streamed_completion_matches_the_plain_one(acme: Client) -> None:
+    params = {"model": "support@1", "prompt": PROMPT, "max_tokens": 4, "temperature": 0}
+    plain = acme.completions.create(**params)
+    chunks = list(acme.completions.create(stream=True, **params))
+
+    assert "".join(c.choices[0].text for c in chunks) == plain.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == plain.choices[0].finish_reason
+    assert chunks[-1].usage == plain.usage
+
+
+def test_chat_through_the_official_openai_client(service: Service, acme: Client) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key=acme.api_key, max_retries=0)
+    messages = [{"role": "user", "content": "Hi"}]
+
+    reply = client.chat.completions.create(
+        model="support", messages=messages, max_tokens=4, temperature=0, seed=7
+    )
+    stream = client.chat.completions.create(
+        model="support", messages=messages, max_tokens=4, temperature=0, stream=True
+    )
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+    listed = client.models.list()
+
+    assert reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].message.content == streamed
+    assert reply.usage.completion_tokens <= 4 and reply.usage.total_tokens > 4
+    assert {model.id for model in listed} == {"tiny", "support"}
+
+
+def test_chat_logprobs_in_openai_shape(service: Service, acme: Client) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key=acme.api_key, max_retries=0)
+    reply = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=2,
+        logprobs=True,
+        top_logprobs=3,
+    )
+
+    content = reply.choices[0].logprobs.content
+    assert len(content) == reply.usage.completion_tokens
+    assert all(entry.logprob <= 0 and len(entry.top_logprobs) == 3 for entry in content)
+
+
+def test_tenants_see_only_their_own_adapters(acme: Client, globex: Client) -> None:
+    with pytest.raises(NotFoundError):
+        globex.adapters.get("support")
+    with pytest.raises(NotFoundError):
+        globex.completions.create(model="support", prompt=PROMPT)
+
+    assert [a.name for a in globex.adapters.list()] == []
+    assert {m.id for m in globex.models().data} == {"tiny"}
+
+
+def test_error_statuses(service: Service, admin: Client, acme: Client) -> None:
+    with pytest.raises(AuthenticationError):
+        Client(service.url, "lmx_not-a-key", max_retries=0).models()
+    with pytest.raises(AuthenticationError):
+        Client(service.url, "", max_retries=0).models()
+    with pytest.raises(PermissionDeniedError):
+        acme.tenants.create("intruder")
+    with pytest.raises(NotFoundError):
+        acme.completions.create(model="no-such-adapter", prompt=PROMPT)
+    with pytest.raises(BadRequestError, match="n=1"):
+        acme.completions.create(model="support", prompt=PROMPT, n=2)
+    response = httpx.post(
+        f"{service.url}/v1/completions",
+        headers={"Authorization": f"Bearer {acme.api_key}"},
+        json={"model": "support", "prompt": PROMPT, "bogus": 1},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request"
+
+
+def test_malformed_upload_is_400_and_changes_nothing(service: Service, acme: Client) -> None:
+    broken = service.store_root / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_bytes(
+        (service.adapter_dir / "adapter_config.json").read_bytes()
+    )
+    (broken / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00not a header")
+
+    with pytest.raises(BadRequestError):
+        acme.adapters.push(broken, "support")
+    with pytest.raises(BadRequestError):
+        acme.adapters.push(broken, "fresh")
+
+    assert acme.adapters.get("support").versions == [1]
+    assert [a.name for a in acme.adapters.list()] == ["support"]
+
+
+def test_versions_aliases_download_and_delete(service: Service, acme: Client) -> None:
+    second = acme.adapters.push(service.other_adapter_dir, "support")
+    acme.adapters.alias("support", "prod", 1)
+    by_alias = acme.completions.create(model="support:prod", prompt=PROMPT, max_tokens=1)
+    downloaded = acme.adapters.download("support:prod", service.store_root / "pulled")
+
+    assert second.version == 2 and second.rank == 4
+    assert acme.adapters.get("support").aliases == {"latest": 2, "prod": 1}
+    assert acme.adapters.get_version("support", 1).aliases == ["prod"]
+    assert by_alias.usage.completion_tokens == 1
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert (downloaded / name).read_bytes() == (service.adapter_dir / name).read_bytes()
+
+    acme.adapters.delete("support", version=2)
+    assert acme.adapters.get("support").versions == [1]
+    with pytest.raises(NotFoundError):
+        acme.completions.create(model="support@2", prompt=PROMPT)
+
+
+def test_stats_show_residency_and_counters(admin: Client, acme: Client) -> None:
+    acme.completions.create(model="support@1", prompt=PROMPT, max_tokens=1)
+
+    def resident() -> bool:
+        replicas = acme.stats()["replicas"]
+        return any("acme/support@1" in r["residency"]["gpu"] for r in replicas)
+
+    _wait_until(resident, timeout_s=60)
+    mine = acme.stats()
+    everything = admin.stats()
+
+    assert len(mine["replicas"]) == 2 == len(everything["replicas"])
+    assert sum(r["tiers"]["gpu"]["hits"] + r["tiers"]["gpu"]["misses"] for r in mine["replicas"])
+    assert mine["adapters"]["support"]["requests"] >= 1
+    assert mine["tenant"]["adapters"] == 1
+    assert all(
+        key.startswith("acme/") for r in mine["replicas"] for keys in r["residency"].values()
+        for key in keys
+    )

@@ -1,0 +1,216 @@
+"""cache_aware: tiers, bounded load, replication and shrink, stable homes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from scheduler import AdapterDemand, DemandTracker, ReplicaView, make_policy, select_replica
+from scheduler._policies import CacheAwarePolicy
+
+KEY = "tenant/adapter@1"
+
+
+def replicas(count: int, load: int = 0) -> list[ReplicaView]:
+    return [ReplicaView(f"r{index}", in_flight=load) for index in range(count)]
+
+
+def ids(groups: list[list[ReplicaView]]) -> list[list[str]]:
+    return [[view.replica_id for view in group] for group in groups]
+
+
+def policy_with_total_rate(total_rate: float, **options: float) -> CacheAwarePolicy:
+    """A policy reading a shared tracker whose total rate is ``total_rate`` at t=0."""
+    tracker = DemandTracker(half_life_s=30.0)
+    tau = 30.0 / math.log(2)
+    tracker.observe("background", 0.0, weight=total_rate * tau)
+    policy = make_policy("cache_aware", demand=tracker, **options)
+    assert isinstance(policy, CacheAwarePolicy)
+    return policy
+
+
+def test_holders_are_ranked_by_tier_then_non_holders() -> None:
+    views = replicas(5)
+    views[3].gpu.add(KEY)
+    views[0].host.add(KEY)
+    views[4].disk.add(KEY)
+    views[1].loading.add(KEY)
+    groups = ids(make_policy("cache_aware").rank_replicas(AdapterDemand(KEY), views, 0.0))
+    flat = [replica_id for group in groups for replica_id in group]
+    assert flat[:4] == ["r3", "r0", "r4", "r1"]
+    assert flat[4:] == ["r2"]
+    assert groups[0] == ["r3"]
+
+
+def test_within_a_tier_the_less_loaded_holder_comes_first() -> None:
+    views = replicas(6, load=1)
+    policy = make_policy("cache_aware")
+    home = select_replica(policy.rank_replicas(AdapterDemand(KEY), views, 0.0))
+    others = [view for view in views if view is not home]
+    for view in others[:2]:
+        view.gpu.add(KEY)
+    others[0].in_flight = 3
+    groups = policy.rank_replicas(AdapterDemand(KEY), views, 0.0)
+    assert groups[0] == [others[1], others[0]]  # neither is the home: one group, by load
+
+
+def test_an_overloaded_holder_is_skipped() -> None:
+    views = replicas(4)
+    views[0].gpu.add(KEY)
+    views[0].in_flight = 20  # cap = max(4, ceil(1.25 * 21 / 4)) = 7
+    views[1].host.add(KEY)
+    groups = make_policy("cache_aware").rank_replicas(AdapterDemand(KEY), views, 0.0)
+    assert groups[0] == [views[1]]
+    assert all(view is not views[0] for group in groups for view in group)
+
+
+def test_load_below_the_floor_is_never_overload() -> None:
+    views = replicas(4)
+    views[2].gpu.add(KEY)
+    views[2].in_flight = 3  # above (1 + eps) * mean, below load_floor = 4
+    assert make_policy("cache_aware").rank_replicas(AdapterDemand(KEY), views, 0.0)[0] == [views[2]]
+
+
+def test_cold_adapter_has_a_stable_home_shared_by_routers_with_the_same_seed() -> None:
+    views = replicas(16)
+    first, second = make_policy("cache_aware", seed=4), make_policy("cache_aware", seed=4)
+    homes = {}
+    for index in range(200):
+        key = f"t/a{index}@1"
+        choice = select_replica(first.rank_replicas(AdapterDemand(key), views, 0.0))
+        assert select_replica(first.rank_replicas(AdapterDemand(key), views, 1.0)) is choice
+        assert select_replica(second.rank_replicas(AdapterDemand(key), views, 2.0)) is choice
+        homes[key] = choice.replica_id
+    # Homes spread over the replicas rather than piling up (200 keys over 16 replicas).
+    per_replica = [list(homes.values()).count(view.replica_id) for view in views]
+    assert min(per_replica) >= 3 and max(per_replica) <= 30
+    other_seed = make_policy("cache_aware", seed=5)
+    moved = sum(
+        select_replica(other_seed.rank_replicas(AdapterDemand(key), views, 0.0)).replica_id != home
+        for key, home in homes.items()
+    )
+    assert moved > 100
+
+
+@pytest.mark.parametrize("change", ["add", "remove"])
+def test_homes_move_minimally_when_the_replica_set_changes(change: str) -> None:
+    views = replicas(10)
+    policy = make_policy("cache_aware")
+    keys = [f"t/a{index}@1" for index in range(300)]
+    before = {
+        key: select_replica(policy.rank_replicas(AdapterDemand(key), views, 0.0)) for key in keys
+    }
+    if change == "add":
+        changed = [*views, ReplicaView("r10")]
+    else:
+        changed = [view for view in views if view.replica_id != "r3"]
+    after = {
+        key: select_replica(policy.rank_replicas(AdapterDemand(key), changed, 0.0)) for key in keys
+    }
+    moved = [key for key in keys if after[key] is not before[key]]
+    if change == "add":
+        assert all(after[key].replica_id == "r10" for key in moved)
+    else:
+        assert all(before[key].replica_id == "r3" for key in moved)
+        assert len(moved) == sum(view.replica_id == "r3" for view in before.values())
+    assert 0 < len(moved) < len(keys) / 4
+
+
+def test_hot_adapter_gains_homes_as_its_rate_rises_and_shrinks_when_it_cools() -> None:
+    views = replicas(8, load=6)  # total 48: cap = max(4, ceil(1.25 * 49 / 8)) = 8
+    policy = policy_with_total_rate(100.0)
+    homes = policy.homes(KEY, views)
+    first_home = homes[0]
+    first_home.gpu.add(KEY)
+
+    def first_group(rate: float) -> list[ReplicaView]:
+        return policy.rank_replicas(AdapterDemand(KEY, rate=rate), views, 0.0)[0]
+
+    # need = share * 49 / 8: 0.3 at 5 %, 1.5 at 25 %, 3.1 at 50 %, 6.1 at 100 %.
+    assert first_group(5.0) == [first_home]
+    assert policy.home_count(KEY) == 1
+    assert len(first_group(25.0)) == 2
+    grown = first_group(50.0)
+    assert policy.home_count(KEY) == 4
+    assert set(map(id, grown)) == set(map(id, policy.homes(KEY, views)))
+    assert grown[0] is first_home  # the only home with a GPU copy: no cold penalty
+    assert policy.home_count(KEY) == 4 and len(first_group(100.0)) == 7
+    # The hot homes now all hold it; as demand falls, the set shrinks back to one home.
+    for home in policy.homes(KEY, views):
+        home.gpu.add(KEY)
+    first_group(60.0)  # need 3.7, not below 0.5 * (7 - 1): within the band, no change
+    assert policy.home_count(KEY) == 7
+    first_group(40.0)  # need 2.45 < 3: shrinks, to ceil(2.45 / 0.5)
+    assert policy.home_count(KEY) == 5
+    first_group(5.0)
+    assert policy.home_count(KEY) == 1
+    groups = policy.rank_replicas(AdapterDemand(KEY, rate=5.0), views, 0.0)
+    assert groups[0] == [first_home]
+    assert len(groups[1]) == 6  # the other copies: still usable, after the home
+
+
+def test_replication_band_stops_flapping_at_the_boundary() -> None:
+    views = replicas(8, load=6)
+    policy = policy_with_total_rate(100.0)
+    for rate in (20.0, 17.0, 12.0, 9.0, 17.0, 12.0):  # need 1.23 .. 0.55, all above 0.5
+        policy.rank_replicas(AdapterDemand(KEY, rate=rate), views, 0.0)
+        assert policy.home_count(KEY) == 2
+    policy.rank_replicas(AdapterDemand(KEY, rate=7.0), views, 0.0)  # need 0.43 < 0.5
+    assert policy.home_count(KEY) == 1
+
+
+def test_idle_cluster_does_not_replicate_a_popular_adapter() -> None:
+    views = replicas(8)
+    policy = policy_with_total_rate(10.0)
+    policy.rank_replicas(AdapterDemand(KEY, rate=10.0), views, 0.0)
+    assert policy.home_count(KEY) == 1  # need = 1.0 * 1 / 4: nothing to spread
+
+
+def test_hot_homes_prefer_a_gpu_copy_unless_it_is_much_busier() -> None:
+    views = replicas(8, load=6)
+    policy = policy_with_total_rate(100.0, cold_penalty=2.0)
+    policy.rank_replicas(AdapterDemand(KEY, rate=25.0), views, 0.0)
+    first, second = policy.homes(KEY, views)
+    first.gpu.add(KEY)
+    first.in_flight = 7
+    assert policy.rank_replicas(AdapterDemand(KEY, rate=25.0), views, 0.0)[0] == [first, second]
+    first.in_flight = 7
+    second.in_flight = 4  # 4 + 2 < 7
+    assert policy.rank_replicas(AdapterDemand(KEY, rate=25.0), views, 0.0)[0] == [second, first]
+
+
+def test_spill_prefers_a_replica_with_a_free_gpu_slot() -> None:
+    views = replicas(6)
+    policy = make_policy("cache_aware")
+    assert isinstance(policy, CacheAwarePolicy)
+    (home,) = policy.homes(KEY, views)
+    home.in_flight = 30  # over the cap: the home is skipped
+    groups = policy.rank_replicas(AdapterDemand(KEY), views, 0.0)
+    spill = groups[-1]
+    assert home not in spill and len(spill) >= 2
+    for view in views:
+        view.gpu.update(f"t/filler{slot}-{view.replica_id}@1" for slot in range(8))
+    spill[1].gpu.clear()
+    assert policy.rank_replicas(AdapterDemand(KEY), views, 0.0)[-1][0] is spill[1]
+
+
+def test_base_model_requests_get_a_pair_by_load() -> None:
+    views = replicas(5)
+    views[2].in_flight = 9
+    for _ in range(20):
+        (pair,) = make_policy("cache_aware").rank_replicas(AdapterDemand(""), views, 0.0)
+        assert len(pair) == 2 and pair[0].load <= pair[1].load
+
+
+def test_own_tracker_counts_placements_and_a_shared_one_is_left_alone() -> None:
+    own = make_policy("cache_aware")
+    assert isinstance(own, CacheAwarePolicy)
+    views = replicas(3)
+    for step in range(10):
+        own.on_placed(AdapterDemand(KEY), views[0], float(step))
+    assert own.demand.rate(KEY, 10.0) > 0
+    shared_tracker = DemandTracker()
+    shared = make_policy("cache_aware", demand=shared_tracker)
+    shared.on_placed(AdapterDemand(KEY), views[0], 0.0)
+    assert len(shared_tracker) == 0

@@ -1,0 +1,68 @@
+"""``loramux sim`` and ``loramux trace``: the commands wire the simulator and the traces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from services.cli import app
+
+runner = CliRunner()
+
+_JSON_KEYS = {
+    "policy", "requests", "gpu_hit_rate", "host_hit_rate", "disk_hit_rate", "cold_loads",
+    "s3_bytes", "ttft_p50_s", "ttft_p99_s", "latency_p50_s", "latency_p99_s",
+    "throughput_rps", "load_imbalance", "bound_gpu_hit_rate",
+}  # fmt: skip
+
+
+def test_synth_then_sim_prints_the_documented_json(tmp_path: Path) -> None:
+    trace = tmp_path / "t.csv"
+    made = runner.invoke(
+        app,
+        ["trace", "synth", "--adapters", "30", "--rate", "20", "--duration", "5",
+         "--rank-mix", "8:1", "--seed", "2", "--out", str(trace)],
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    assert "wrote" in made.output and trace.exists()
+    ran = runner.invoke(
+        app,
+        ["sim", "--trace", str(trace), "--policy", "least_loaded", "--replicas", "2",
+         "--gpu-slots", "2", "--profile", "cpu", "--bound", "--json"],
+    )  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    result = json.loads(ran.output)
+    assert set(result) >= _JSON_KEYS
+    assert result["policy"] == "least_loaded" and result["requests"] > 0
+    assert 0 <= result["gpu_hit_rate"] <= 1
+
+
+def test_sim_reports_bad_input_with_exit_code_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("arrival_s,adapter,prompt_tokens,output_tokens\n0,a,x,1\n")
+    result = runner.invoke(app, ["sim", "--trace", str(bad), "--json"])
+    assert result.exit_code == 2
+    assert "bad.csv:2: column 'prompt_tokens'" in result.output
+    good = tmp_path / "good.csv"
+    good.write_text("arrival_s,adapter,prompt_tokens,output_tokens\n0,a,1,1\n")
+    result = runner.invoke(app, ["sim", "--trace", str(good), "--policy", "nope"])
+    assert result.exit_code == 2 and "known policies" in result.output
+    result = runner.invoke(app, ["sim", "--trace", str(good), "--policy-option", "epsilon"])
+    assert result.exit_code != 0 and "NAME=VALUE" in result.output
+
+
+def test_trace_azure_converts_a_file(tmp_path: Path) -> None:
+    source = tmp_path / "azure.csv"
+    source.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:50.9951690,396,109\n"
+    )
+    out = tmp_path / "out.csv"
+    result = runner.invoke(
+        app, ["trace", "azure", str(source), "--adapters", "5", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "2 real arrivals" in result.output
+    assert out.read_text().startswith("arrival_s,adapter,prompt_tokens,output_tokens,rank,tenant")
