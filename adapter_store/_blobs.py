@@ -51,8 +51,8 @@ _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 # (no '..', no hidden names, which LocalBlobStore uses for its temp files).
 _KEY_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_@=+-][A-Za-z0-9._@=+-]*$")
 _TEMP_PREFIX = ".tmp-"
-_CHUNK = 1 << 20
 _MiB = 1 << 20
+_CHUNK = _MiB  # bytes per read from an HTTP body or a file
 
 ProgressCallback = Callable[[int], None]
 

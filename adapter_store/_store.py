@@ -454,6 +454,17 @@ class AdapterStore:
         self.metadata.add_key(validate_name(tenant, "tenant"), _hash_key(key))
         return key
 
+    def add_key(self, tenant: str, api_key: str) -> None:
+        """Accept an API key the operator chose (``loramux up --dev-key``) for ``tenant``.
+
+        Idempotent; a key that belonged to another tenant now belongs to ``tenant``.
+
+        Raises:
+            AuthenticationError: the key does not start with ``lmx_``.
+            TenantNotFoundError: no such tenant.
+        """
+        self.metadata.add_key(validate_name(tenant, "tenant"), _hash_key(api_key))
+
     def revoke_key(self, api_key: str) -> str:
         """Revoke an API key at once; return its tenant. Raises AuthenticationError."""
         return self.metadata.revoke_key(_hash_key(api_key))

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -91,6 +92,10 @@ def main() -> None:
                 )
                 for fetch in order:
                     fetch()
+                # Both copies go before the next repetition, so that write-back of old
+                # files does not weigh on later ones.
+                shutil.rmtree(work / f"cache-{rep}")
+                (work / f"plain-{rep}").unlink()
     finally:
         server.stop()
 

@@ -1,7 +1,8 @@
 """Helpers shared by the placement policies: argument checks, pow-2 sampling, hashing.
 
-The hashes here must be stable across processes and hosts (every router must agree on
-a cold adapter's home), so they never use Python's salted ``hash()``.
+Key and replica hashes must be the same in every process and host (every router must
+agree on a cold adapter's home), so strings are hashed with seeded blake2b, never with
+Python's per-process salted ``hash()`` of a str.
 """
 
 from __future__ import annotations

@@ -41,7 +41,6 @@ class Membership:
 
     def __init__(self) -> None:
         self.ids: list[str] = []
-        self.generation = 0
 
     def update(self, replicas: Sequence[ReplicaView]) -> bool:
         """Record ``replicas``' ids; True when they differ from the previous call's."""
@@ -49,7 +48,6 @@ class Membership:
         if ids == self.ids:
             return False
         self.ids = ids
-        self.generation += 1
         return True
 
 

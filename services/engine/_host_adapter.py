@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from adapter_store import AdapterStoreError, LoraSpec, parse_lora_config
-from services.engine.exceptions import AdapterIncompatibleError
+from services.engine.exceptions import AdapterIncompatibleError, AdapterLoadError
 
 if TYPE_CHECKING:
     from services.engine._lora_layers import MultiLoraModel
@@ -48,9 +48,10 @@ class HostAdapter:
         """Read a PEFT adapter directory and prepare it for ``model``'s slots.
 
         Raises:
-            AdapterIncompatibleError: the files are missing or unreadable, the config is
-                not a LoRA config this engine supports, or a module, rank or shape does not
-                fit ``model`` (the message names the module and both shapes).
+            AdapterLoadError: the files are missing or unreadable.
+            AdapterIncompatibleError: the config is not a LoRA config this engine
+                supports, or a module, rank or shape does not fit ``model`` (the message
+                names the module and both shapes).
         """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -60,21 +61,21 @@ class HostAdapter:
             config_bytes = (path / CONFIG_FILE).read_bytes()
             tensors = load_file(str(path / WEIGHTS_FILE))
         except (OSError, SafetensorError) as exc:
-            raise AdapterIncompatibleError(f"adapter {key}: cannot read {path}: {exc}") from exc
+            raise AdapterLoadError(f"adapter {key}: cannot read {path}: {exc}") from exc
         try:
             spec = parse_lora_config(config_bytes)
         except AdapterStoreError as exc:
             raise AdapterIncompatibleError(f"adapter {key}: invalid {CONFIG_FILE}: {exc}") from exc
-        return cls.from_tensors(key, tensors, spec, model)
+        return cls._prepare(key, tensors, spec, model)
 
     @classmethod
-    def from_tensors(
+    def _prepare(
         cls, key: str, tensors: Mapping[str, torch.Tensor], spec: LoraSpec, model: MultiLoraModel
     ) -> HostAdapter:
         """Prepare PEFT-named ``tensors`` with parsed config ``spec`` for ``model``.
 
         Raises:
-            AdapterIncompatibleError: as :meth:`from_dir`.
+            AdapterIncompatibleError: a module, rank or shape does not fit ``model``.
         """
         pairs = _pair_tensors(key, tensors)
         shapes = model.module_shapes

@@ -206,6 +206,49 @@ def test_s3_unreachable_endpoint_raises_backend_unavailable_after_bounded_retrie
         store.download("k", tmp_path / "out")
 
 
+class _FlakyClient:
+    """Delegates to a boto3 client; the first GetObject calls get an error answer."""
+
+    def __init__(self, client: Any, code: str, status: int, failures: int) -> None:
+        self._client = client
+        self._error = {"Error": {"Code": code, "Message": "injected"}}
+        self._error["ResponseMetadata"] = {"HTTPStatusCode": status}
+        self.failures = failures
+
+    def get_object(self, **kwargs: Any) -> Any:
+        from botocore.exceptions import ClientError
+
+        if self.failures:
+            self.failures -= 1
+            raise ClientError(self._error, "GetObject")  # type: ignore[arg-type]
+        return self._client.get_object(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_s3_throttling_and_5xx_answers_are_retried(s3_endpoint: str, s3_bucket: str) -> None:
+    import boto3
+
+    sleeps: list[float] = []
+    client = _FlakyClient(boto3.client("s3", endpoint_url=s3_endpoint), "SlowDown", 503, 2)
+    store = S3BlobStore(s3_bucket, client=client, sleep=sleeps.append)
+    store.put_bytes("k", b"v")
+    assert store.get_bytes("k") == b"v"
+    assert len(sleeps) == 2
+
+
+def test_s3_access_denied_is_reported_at_once(s3_endpoint: str, s3_bucket: str) -> None:
+    import boto3
+
+    sleeps: list[float] = []
+    client = _FlakyClient(boto3.client("s3", endpoint_url=s3_endpoint), "AccessDenied", 403, 1)
+    store = S3BlobStore(s3_bucket, client=client, sleep=sleeps.append)
+    with pytest.raises(BackendUnavailableError, match=r"HTTP 403 AccessDenied.*credentials"):
+        store.get_bytes("k")
+    assert sleeps == []
+
+
 def test_s3_missing_bucket_is_reported_not_retried(s3_endpoint: str) -> None:
     sleeps: list[float] = []
     store = S3BlobStore("no-such-bucket-here", endpoint_url=s3_endpoint, sleep=sleeps.append)

@@ -161,9 +161,9 @@ def test_completion_with_adapter_and_base_model(acme: Client) -> None:
         assert len(choice.logprobs["token_logprobs"]) == reply.usage.completion_tokens
         assert all(len(top) <= 2 for top in choice.logprobs["top_logprobs"])
     # The adapter changes the model's distribution at the very first position.
-    assert tuned.choices[0].logprobs["top_logprobs"][0] != base.choices[0].logprobs[
-        "top_logprobs"
-    ][0]
+    assert (
+        tuned.choices[0].logprobs["top_logprobs"][0] != base.choices[0].logprobs["top_logprobs"][0]
+    )
 
 
 def test_streamed_completion_matches_the_plain_one(acme: Client) -> None:
@@ -296,6 +296,8 @@ def test_stats_show_residency_and_counters(admin: Client, acme: Client) -> None:
     assert mine["adapters"]["support"]["requests"] >= 1
     assert mine["tenant"]["adapters"] == 1
     assert all(
-        key.startswith("acme/") for r in mine["replicas"] for keys in r["residency"].values()
+        key.startswith("acme/")
+        for r in mine["replicas"]
+        for keys in r["residency"].values()
         for key in keys
     )

@@ -29,6 +29,7 @@ from services.engine import (
     SamplingParams,
     load_base_model,
 )
+from services.engine._batching import KvBatch
 from services.engine._text import TextStream
 from tests.factories import make_peft_adapter
 
@@ -157,6 +158,40 @@ async def test_greedy_tokens_match_reference_alone_and_in_a_mixed_batch(world, e
     assert [list(r.token_ids) for r in together] == expected
     assert [list(r.token_ids) for r in alone] == expected
     assert len({tuple(e) for e in expected}) == 3, "the adapters must change the output"
+
+
+def test_padded_batch_logits_match_unpadded_reference(world) -> None:
+    """Left padding, joining (merge) and leaving (select) change no row's logits."""
+    tokenizer = world.base.tokenizer
+    rows = [("small", "a long first prompt"), (None, "hi"), ("large", "medium one")]
+    prompts = [tokenizer(p)["input_ids"] for _, p in rows]
+    slots = [world.slots[version(a).key] if a else -1 for a, _ in rows]
+    tokens = [[7, 8, 9], [10, 11, 12], [13, 14, 15]]
+
+    batch, first = KvBatch.prefill(world.model, prompts[:2], slots[:2])
+    got = [[first[0]], [first[1]], []]
+    second = batch.decode([tokens[0][0], tokens[1][0]], slots[:2])
+    got[0].append(second[0])
+    got[1].append(second[1])
+    joining, joined = KvBatch.prefill(world.model, prompts[2:], slots[2:])
+    got[2].append(joined[0])
+    batch.merge(joining)
+    third = batch.decode([tokens[0][1], tokens[1][1], tokens[2][0]], slots)
+    for row in range(3):
+        got[row].append(third[row])
+    batch.select([2, 0])  # the short row leaves
+    fourth = batch.decode([tokens[2][1], tokens[0][2]], [slots[2], slots[0]])
+    got[2].append(fourth[0])
+    got[0].append(fourth[1])
+
+    assert batch.lengths == [len(prompts[2]) + 2, len(prompts[0]) + 3]
+    with torch.no_grad():
+        for row, (adapter, _) in enumerate(rows):
+            model = world.references[adapter]
+            for step, logits in enumerate(got[row]):
+                ids = prompts[row] + tokens[row][:step]
+                expected = model(input_ids=torch.tensor([ids])).logits[0, -1]
+                torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
 
 
 async def test_request_arriving_mid_generation_joins_the_running_batch(world, engine) -> None:

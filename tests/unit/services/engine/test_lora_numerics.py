@@ -17,6 +17,7 @@ import torch
 from services.engine import (
     NO_ADAPTER_SLOT,
     AdapterIncompatibleError,
+    AdapterLoadError,
     HostAdapter,
     MultiLoraModel,
 )
@@ -218,8 +219,40 @@ def test_dora_adapter_is_rejected(llama, multi: MultiLoraModel, tmp_path: Path) 
         HostAdapter.from_dir("dora", adapter_dir, multi)
 
 
-def test_missing_files_are_incompatible(multi: MultiLoraModel, tmp_path: Path) -> None:
-    with pytest.raises(AdapterIncompatibleError, match="cannot read"):
+@pytest.mark.parametrize(
+    ("config_change", "message"),
+    [
+        ({"target_modules": ["q_proj"]}, "v_proj.*which its config does not target"),
+        ({"r": 4}, r"lora_A \(8, 64\).*need \(4, 64\)"),
+    ],
+)
+def test_config_that_disagrees_with_the_weights_is_incompatible(
+    llama, multi: MultiLoraModel, tmp_path: Path, config_change: dict, message: str
+) -> None:
+    import json
+
+    adapter_dir = make_peft_adapter(llama, tmp_path / "edited")
+    config_path = adapter_dir / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **config_change}))
+
+    with pytest.raises(AdapterIncompatibleError, match=message):
+        HostAdapter.from_dir("edited", adapter_dir, multi)
+
+
+def test_extra_tensors_are_rejected(llama, multi: MultiLoraModel, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    adapter_dir = make_peft_adapter(llama, tmp_path / "extra")
+    weights = adapter_dir / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    save_file({**tensors, "base_model.model.lm_head.weight": torch.zeros(256, 64)}, str(weights))
+
+    with pytest.raises(AdapterIncompatibleError, match="unsupported tensors"):
+        HostAdapter.from_dir("extra", adapter_dir, multi)
+
+
+def test_missing_files_are_a_load_error(multi: MultiLoraModel, tmp_path: Path) -> None:
+    with pytest.raises(AdapterLoadError, match="cannot read"):
         HostAdapter.from_dir("gone", tmp_path / "nothing-here", multi)
 
 

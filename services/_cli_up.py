@@ -1,0 +1,242 @@
+"""``loramux up``: the whole service on this machine, with nothing installed but the package.
+
+Starts a local Ray, the embedded redis-server of the data directory (appendonly, so a
+restart keeps every adapter) unless ``--redis-url`` is given, blobs under the data
+directory unless ``--blob-url`` is given, and the application (built-in ``tiny`` base
+model unless ``--base-model``). It makes sure a dev tenant exists with an API key, prints
+the API URL, the Ray dashboard URL, the dev key and the admin key, writes the CLI/SDK
+profile (``~/.loramux/profile.json``), and runs until Ctrl-C or SIGTERM, then shuts
+Serve, Ray and the redis-server it started down in that order.
+
+Keys: ``--dev-key``/``LORAMUX_DEV_KEY`` and ``--admin-key``/``LORAMUX_ADMIN_KEY`` fix
+them; otherwise the dev key of the previous run (read back from the profile) is kept
+while it still works, and a new one is issued when it does not; an admin key is
+generated for each run.
+
+Failure mode: settings that do not validate, or an application that does not become
+healthy within ``--ready-timeout``, print one ``error:`` line, shut down what was
+started and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import secrets
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from adapter_store import AdapterStore
+    from services._settings import ServiceSettings
+
+__all__ = ["register"]
+
+_PROFILE = Path("~/.loramux/profile.json")
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(1)
+
+
+def up(
+    port: Annotated[int, typer.Option(help="HTTP port of the API.")] = 8000,
+    host: Annotated[str, typer.Option(help="Interface the API listens on.")] = "127.0.0.1",
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Embedded state root (default: LORAMUX_DATA_DIR).")
+    ] = None,
+    replicas: Annotated[int, typer.Option(min=1, help="Model replicas.")] = 2,
+    gpu_slots: Annotated[
+        int | None, typer.Option(min=1, help="Adapters resident in GPU per replica.")
+    ] = None,
+    base_model: Annotated[
+        Path | None,
+        typer.Option(help="Local Hugging Face model directory (default: built-in tiny)."),
+    ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="External Redis (default: embedded redis-server).")
+    ] = None,
+    blob_url: Annotated[
+        str | None, typer.Option(help="s3://bucket/prefix?endpoint_url=... (default: files).")
+    ] = None,
+    dev_key: Annotated[
+        str | None, typer.Option(envvar="LORAMUX_DEV_KEY", help="The dev tenant's API key.")
+    ] = None,
+    admin_key: Annotated[
+        str | None, typer.Option(envvar="LORAMUX_ADMIN_KEY", help="The admin API key.")
+    ] = None,
+    num_cpus: Annotated[
+        int | None, typer.Option(min=1, help="CPUs Ray may schedule (default: all).")
+    ] = None,
+    ready_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the replicas to be ready.")
+    ] = 600.0,
+) -> None:
+    """Run loramux locally: Ray, Redis, blob store, base model, API; Ctrl-C stops it."""
+    from pydantic import ValidationError
+
+    from adapter_store import AdapterStoreError, StoreSettings
+    from services._settings import ServiceSettings
+
+    try:
+        overrides = {"data_dir": data_dir, "redis_url": redis_url, "blob_url": blob_url}
+        store_settings = StoreSettings(**{k: v for k, v in overrides.items() if v is not None})
+        if base_model is not None and "LORAMUX_BASE_MODEL" not in os.environ:
+            store_settings = store_settings.model_copy(update={"base_model": base_model.name})
+        options = {"base_model_dir": base_model, "gpu_slots": gpu_slots, "admin_key": admin_key}
+        settings = ServiceSettings(
+            store=store_settings,
+            replicas=replicas,
+            **{k: v for k, v in options.items() if v is not None},
+        )
+    except ValidationError as exc:
+        raise _fail(f"invalid setting: {exc}") from None
+    if settings.admin_key is None:
+        settings = settings.model_copy(update={"admin_key": secrets.token_urlsafe(24)})
+
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    with contextlib.ExitStack() as cleanup:
+        try:
+            settings = _start_redis(settings, cleanup)
+            store = cleanup.enter_context(_open_store(settings))
+            key = _dev_key(store, settings.store.tenant, dev_key)
+            url, dashboard = _start_service(settings, host, port, num_cpus, cleanup)
+        except AdapterStoreError as exc:
+            raise _fail(str(exc)) from None
+        _stop_on_signals(stop)  # again: starting Ray may have replaced the handlers
+        if not _wait_ready(url, ready_timeout, stop):
+            typer.echo("shutting down...")
+            return
+        profile = _write_profile(url, key)
+        assert settings.admin_key is not None
+        typer.echo(f"loramux is up: {url}  (OpenAI base URL: {url}/v1)")
+        typer.echo(f"dashboard:     {dashboard or 'not available'}")
+        typer.echo(f"dev tenant:    {settings.store.tenant}  key: {key}  (profile: {profile})")
+        typer.echo(f"admin key:     {settings.admin_key.get_secret_value()}")
+        typer.echo(f"data:          {settings.store.data_dir}")
+        typer.echo("Ctrl-C stops it.")
+        while not stop.wait(0.5):
+            pass
+        typer.echo("shutting down...")
+    typer.echo("stopped.")
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+
+
+def _start_redis(settings: ServiceSettings, cleanup: contextlib.ExitStack) -> ServiceSettings:
+    """Start (or find) the embedded redis-server; the app gets its URL either way, so
+    replicas connect directly rather than through the data directory's lock."""
+    from adapter_store._embedded import open_embedded_redis
+
+    if settings.store.redis_url:
+        return settings
+    url, server = open_embedded_redis(settings.store.embedded_redis_dir)
+    if server is not None:
+        cleanup.callback(server.stop)
+    store = settings.store.model_copy(update={"redis_url": url})
+    return settings.model_copy(update={"store": store})
+
+
+@contextlib.contextmanager
+def _open_store(settings: ServiceSettings) -> Iterator[AdapterStore]:
+    from adapter_store import AdapterStore
+
+    with AdapterStore.from_settings(settings.store) as store:
+        yield store
+
+
+def _dev_key(store: AdapterStore, tenant: str, chosen: str | None) -> str:
+    """The dev tenant's key: ``chosen``, else the profile's if it still works, else new."""
+    from adapter_store import AuthenticationError
+
+    store.ensure_tenant(tenant)
+    if chosen is not None:
+        store.add_key(tenant, chosen)
+        return chosen
+    with contextlib.suppress(OSError, ValueError, AttributeError, AuthenticationError):
+        previous = json.loads(_PROFILE.expanduser().read_text()).get("api_key")
+        if isinstance(previous, str) and store.tenant_for_key(previous) == tenant:
+            return previous
+    return store.issue_key(tenant)
+
+
+def _start_service(
+    settings: ServiceSettings,
+    host: str,
+    port: int,
+    num_cpus: int | None,
+    cleanup: contextlib.ExitStack,
+) -> tuple[str, str | None]:
+    """Start Ray and Serve and deploy the application (without waiting for it)."""
+    import ray
+    from ray import serve
+
+    from services._app import build_app
+
+    if num_cpus is None:
+        # Ray's CPUs are scheduling units: never fewer than the replicas ask for, so a
+        # small machine runs every replica rather than leaving some pending forever.
+        wanted = settings.replicas * settings.num_cpus + settings.ingress_num_cpus
+        num_cpus = max(os.cpu_count() or 1, math.ceil(wanted))
+    context = ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        log_to_driver=False,
+    )
+    cleanup.callback(ray.shutdown)
+    serve.start(http_options={"host": host, "port": port})
+    cleanup.callback(serve.shutdown)
+    serve.run(build_app(settings), name=settings.app_name, route_prefix="/", blocking=False)
+    dashboard = context.dashboard_url
+    return f"http://{host}:{port}", (f"http://{dashboard}" if dashboard else None)
+
+
+def _wait_ready(url: str, timeout_s: float, stop: threading.Event) -> bool:
+    """Poll ``/healthz`` until a replica is ready (True) or ``stop`` is set (False).
+
+    Raises:
+        typer.Exit: not ready within ``timeout_s``.
+    """
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return True
+        if stop.wait(1.0):
+            return False
+    raise _fail(f"the service did not become ready within {timeout_s:.0f}s; see the Ray logs")
+
+
+def _write_profile(url: str, api_key: str) -> Path:
+    """Write ``{"url", "api_key"}`` where the SDK and CLI look (owner-only)."""
+    path = _PROFILE.expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.part")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"url": url, "api_key": api_key}, f)
+    os.replace(partial, path)
+    return path
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``loramux up`` to ``app``."""
+    app.command("up")(up)

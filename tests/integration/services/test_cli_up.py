@@ -1,0 +1,112 @@
+"""``loramux up`` as a user runs it: a subprocess that serves, keeps adapters across a
+restart, and shuts everything down on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.client import Client
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+DEV_KEY = "lmx_dev-test-key"
+ADMIN_KEY = "admin-test-key"
+# Generous: the machine running the tests may be heavily loaded; never asserted on.
+READY_TIMEOUT_S = 600.0
+STOP_TIMEOUT_S = 240.0
+
+
+def start(home: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "HOME": str(home), "LORAMUX_ADMIN_KEY": ADMIN_KEY}
+    env.pop("LORAMUX_DEV_KEY", None)
+    args = [
+        *(sys.executable, "-c", "from services.cli import main; main()", "up"),
+        *("--port", str(port), "--replicas", "1", "--dev-key", DEV_KEY),
+    ]
+    log = open(home / f"up-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115 (closed by the child's exit)
+    return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_ready(process: subprocess.Popen[bytes], url: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "loramux up exited before it was ready"
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1.0)
+    raise AssertionError("loramux up did not become ready")
+
+
+def stop(process: subprocess.Popen[bytes]) -> int:
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+
+
+def redis_answers(data_dir: Path) -> bool:
+    port = int((data_dir / "redis" / "redis.port").read_text())
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def test_up_serves_keeps_adapters_across_a_restart_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    import copy
+
+    from adapter_store._redis_server import free_port
+    from services.engine import load_base_model
+    from tests.factories import make_peft_adapter
+
+    tiny = load_base_model("tiny", models_dir=tmp_path / "models", device="cpu").model
+    adapter_dir = make_peft_adapter(copy.deepcopy(tiny), tmp_path / "bot", seed=1)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    profile = tmp_path / ".loramux" / "profile.json"
+
+    first = start(tmp_path, port)
+    try:
+        wait_ready(first, url)
+        assert json.loads(profile.read_text()) == {"url": url, "api_key": DEV_KEY}
+        with Client(profile_path=profile, max_retries=0, timeout=120) as client:
+            pushed = client.adapters.push(adapter_dir, "bot")
+            reply = client.completions.create(model="bot", prompt="Hi", max_tokens=2)
+    finally:
+        first_status = stop(first)
+
+    assert first_status == 0
+    assert pushed.key == "default/bot@1" and reply.usage.completion_tokens >= 1
+    assert not redis_answers(tmp_path / ".loramux")
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{url}/healthz", timeout=5)
+
+    second = start(tmp_path, port)
+    try:
+        wait_ready(second, url)
+        with Client(url, DEV_KEY, max_retries=0, timeout=120) as client:
+            kept = [adapter.name for adapter in client.adapters.list()]
+    finally:
+        second_status = stop(second)
+
+    assert second_status == 0
+    assert kept == ["bot"]
