@@ -319,40 +319,15 @@ class DiskCache:
         on_progress: ProgressCallback | None,
     ) -> int:
         """Download one blob to ``dest`` and check its sha256; one retry on mismatch."""
-        blob = blob_key(digest)
-        actual = ""
-        for attempt in (1, 2):
-            started = self._clock()
-            hasher = hashlib.sha256()
-            try:
-                size = self._blobs.download(blob, dest, on_progress, hasher=hasher)
-            except NotFoundError as exc:
-                raise IntegrityError(
-                    f"adapter {key}: file {name} (sha256 {digest}) is missing from the blob "
-                    f"store {self._blobs.url} as {blob}; the metadata names a blob that is "
-                    "gone: restore it from a backup or push the adapter again."
-                ) from exc
+
+        def count(size: int, seconds: float, corrupt: bool) -> None:
             with self._lock:
                 self._stats.bytes_downloaded += size
-                self._stats.download_seconds += self._clock() - started
-            actual = hasher.hexdigest()
-            if actual == digest:
-                return size
-            with self._lock:
-                self._stats.corrupt_downloads += 1
-            _log.warning(
-                "adapter %s: %s from %s has sha256 %s, expected %s (download %d of 2)",
-                key,
-                name,
-                blob,
-                actual,
-                digest,
-                attempt,
-            )
-        raise IntegrityError(
-            f"adapter {key}: file {name} downloaded twice from {self._blobs.url} as {blob} "
-            f"has sha256 {actual}, expected {digest}: the stored blob is corrupt. Delete "
-            "the blob and push the adapter again, or restore the blob from a backup."
+                self._stats.download_seconds += seconds
+                self._stats.corrupt_downloads += int(corrupt)
+
+        return download_verified(
+            self._blobs, key, name, digest, dest, on_progress, clock=self._clock, on_attempt=count
         )
 
     # -- index (callers hold self._lock) ------------------------------------------------
@@ -461,6 +436,61 @@ class DiskCache:
             trash = self._evict_over_budget(keep="")
         for path in trash:
             _remove_tree(path)
+
+
+def download_verified(
+    blobs: BlobStore,
+    key: str,
+    name: str,
+    digest: str,
+    dest: Path,
+    on_progress: ProgressCallback | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    on_attempt: Callable[[int, float, bool], None] | None = None,
+) -> int:
+    """Download the blob of ``digest`` to ``dest``, hashing as it streams; return its size.
+
+    Policy: a sha256 mismatch is downloaded once more (a transfer may have been damaged),
+    then reported; ``dest`` then holds the bad bytes and the caller discards it.
+    ``on_attempt(size, seconds, corrupt)`` is told about every download.
+
+    Raises:
+        IntegrityError: the blob is missing, or failed its sha256 check on both downloads.
+        BackendUnavailableError: the blob store did not answer.
+    """
+    blob = blob_key(digest)
+    actual = ""
+    for attempt in (1, 2):
+        started = clock()
+        hasher = hashlib.sha256()
+        try:
+            size = blobs.download(blob, dest, on_progress, hasher=hasher)
+        except NotFoundError as exc:
+            raise IntegrityError(
+                f"adapter {key}: file {name} (sha256 {digest}) is missing from the blob "
+                f"store {blobs.url} as {blob}; the metadata names a blob that is "
+                "gone: restore it from a backup or push the adapter again."
+            ) from exc
+        actual = hasher.hexdigest()
+        if on_attempt is not None:
+            on_attempt(size, clock() - started, actual != digest)
+        if actual == digest:
+            return size
+        _log.warning(
+            "adapter %s: %s from %s has sha256 %s, expected %s (download %d of 2)",
+            key,
+            name,
+            blob,
+            actual,
+            digest,
+            attempt,
+        )
+    raise IntegrityError(
+        f"adapter {key}: file {name} downloaded twice from {blobs.url} as {blob} "
+        f"has sha256 {actual}, expected {digest}: the stored blob is corrupt. Delete "
+        "the blob and push the adapter again, or restore the blob from a backup."
+    )
 
 
 def _validate_request(key: str, files: Mapping[str, str]) -> dict[str, str]:

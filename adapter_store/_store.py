@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adapter_store._blobs import BLOB_PREFIX, BlobStore, blob_key, open_blob_store
+from adapter_store._disk_cache import DiskCache, download_verified
 from adapter_store._identity import (
     AdapterRef,
     AdapterVersion,
@@ -60,7 +61,6 @@ from adapter_store.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from adapter_store._disk_cache import DiskCache
     from adapter_store._settings import StoreSettings
 
 __all__ = ["AdapterStore"]
@@ -111,7 +111,6 @@ class AdapterStore:
         """Build the store the settings describe; with no ``redis_url``, connect to (or
         start) the embedded redis-server under ``data_dir``. Call :meth:`close` when done.
         """
-        from adapter_store._disk_cache import DiskCache
         from adapter_store._embedded import open_embedded_redis
 
         server = None
@@ -293,26 +292,14 @@ class AdapterStore:
         dest = Path(dest_dir)
         dest.mkdir(parents=True, exist_ok=True)
         for filename, digest in _files_of(version).items():
-            self._download_verified(blob_key(digest), digest, dest / filename, on_progress)
+            target = dest / filename
+            partial = target.with_name(f".{filename}.part")
+            try:
+                download_verified(self.blobs, version.key, filename, digest, partial, on_progress)
+                os.replace(partial, target)
+            finally:
+                partial.unlink(missing_ok=True)
         return version
-
-    def _download_verified(
-        self, key: str, digest: str, target: Path, on_progress: ProgressCallback | None
-    ) -> None:
-        partial = target.with_name(f".{target.name}.part")
-        try:
-            for _ in range(2):
-                self.blobs.download(key, partial, on_progress)
-                if _sha256_of(partial) == digest:
-                    os.replace(partial, target)
-                    return
-                _log.warning("blob %s failed its sha256 check; downloading it again", key)
-        finally:
-            partial.unlink(missing_ok=True)
-        raise IntegrityError(
-            f"blob {key} in {self.blobs.url} failed its sha256 check twice: the stored "
-            "object is corrupt; push the adapter again"
-        )
 
     def record_usage(self, version: AdapterVersion) -> None:
         """Count a request and set last-used: O(1), one round trip, nothing read back."""
@@ -509,14 +496,6 @@ def _hash_key(api_key: str) -> str:
     if not isinstance(api_key, str) or not api_key.startswith(_API_KEY_PREFIX):
         raise AuthenticationError(f"malformed API key: loramux keys start with {_API_KEY_PREFIX!r}")
     return hashlib.sha256(api_key.encode()).hexdigest()
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _page_size(limit: int) -> int:
