@@ -146,17 +146,27 @@ def render_staleness(name: str, runs: list[tuple[float, SimResult]]) -> str:
 
 
 def _goals(results: dict[str, SimResult]) -> list[str]:
-    """The four goals for cache_aware in one scenario, each 'met' or by how much missed."""
+    """The goals for cache_aware in one scenario, each 'met' or by how much missed.
+
+    Five columns: the issue's four, plus occupancy imbalance <= 1.3 as the stricter
+    reading of the load goal. A missed TTFT goal says when half of ray_multiplex's p99
+    is below cache_aware's own p99 over GPU hits (no load to wait for), where no
+    placement of these requests could meet it.
+    """
     ours, ray = results.get("cache_aware"), results.get("ray_multiplex")
     if ours is None or ray is None:
-        return ["n/a"] * 4
+        return ["n/a"] * 5
     bound = ours.bound_gpu_hit_rate or 0.0
     ttft_ratio = ray.ttft_p99_s / ours.ttft_p99_s if ours.ttft_p99_s > 0 else float("inf")
+    ttft_detail = f"{ttft_ratio:.2f}x"
+    if ttft_ratio < 2.0 and ray.ttft_p99_s / 2 < ours.ttft_p99_gpu_hit_s:
+        ttft_detail += f" (target {ray.ttft_p99_s / 2:.2f} s < our GPU-hit p99 {ours.ttft_p99_gpu_hit_s:.2f} s)"
     checks = [
         (ours.gpu_hit_rate > ray.gpu_hit_rate, f"{ours.gpu_hit_rate - ray.gpu_hit_rate:+.3f}"),
-        (ttft_ratio >= 2.0, f"{ttft_ratio:.2f}x"),
+        (ttft_ratio >= 2.0, ttft_detail),
         (ours.load_imbalance <= 1.3, f"{ours.load_imbalance:.2f}"),
         (ours.gpu_hit_rate >= 0.8 * bound, f"{ours.gpu_hit_rate / bound:.2f} of bound"),
+        (ours.occupancy_imbalance <= 1.3, f"{ours.occupancy_imbalance:.2f}"),
     ]
     return [("met " if ok else "**missed** ") + detail for ok, detail in checks]
 
@@ -166,8 +176,9 @@ def render(rows: list[tuple[Scenario, str, list[SimResult], float]]) -> str:
         "### All runs",
         "",
         "| scenario | policy | GPU hit | bound | hit/bound | host hit | cold loads | "
-        "TTFT p50 s | TTFT p99 s | latency p99 s | imbalance | occupancy imb. | deferred |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "TTFT p50 s | TTFT p99 s | GPU-hit TTFT p99 s | latency p99 s | imbalance | "
+        "occupancy imb. | deferred |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for scenario, _, results, _ in rows:
         for r in results:
@@ -176,16 +187,17 @@ def render(rows: list[tuple[Scenario, str, list[SimResult], float]]) -> str:
                 f"| {scenario.name} | {r.policy} | {r.gpu_hit_rate:.3f} | {bound:.3f} | "
                 f"{r.gpu_hit_rate / bound if bound else 0:.2f} | {r.host_hit_rate:.3f} | "
                 f"{r.cold_loads} | {r.ttft_p50_s:.3f} | {r.ttft_p99_s:.2f} | "
-                f"{r.latency_p99_s:.1f} | {r.load_imbalance:.2f} | "
-                f"{r.occupancy_imbalance:.2f} | {r.deferred_loads} |"
+                f"{r.ttft_p99_gpu_hit_s:.2f} | {r.latency_p99_s:.1f} | "
+                f"{r.load_imbalance:.2f} | {r.occupancy_imbalance:.2f} | {r.deferred_loads} |"
             )
     lines += [
         "",
         "### Goals for cache_aware, per scenario",
         "",
         "| scenario | requests | GPU hit vs ray_multiplex | ray p99 TTFT / ours (>= 2x) | "
-        "load_imbalance (<= 1.3) | hit / bound (>= 0.8) |",
-        "|---|---:|---|---|---|---|",
+        "load_imbalance (<= 1.3) | hit / bound (>= 0.8) | occupancy imb. (<= 1.3, "
+        "stricter) |",
+        "|---|---:|---|---|---|---|---|",
     ]
     for scenario, _, results, _ in rows:
         by_name = {r.policy: r for r in results}

@@ -49,7 +49,10 @@ class DemandAwareEviction:
     aging does what LFU-DA's inflation does, letting a once-hot adapter go. With
     ``size_aware`` the priority is ``count / size_bytes`` as in GreedyDual-Size-Frequency
     with unit cost: of equally used adapters the larger goes first, since its bytes buy
-    fewer hits. Ties go to the least recently used, then the smallest key.
+    fewer hits. That suits a tier budgeted in bytes; a tier counted in slots (GPU adapter
+    slots hold one adapter whatever its size) wants ``size_aware=False``, else a large
+    hot adapter loses its slot to a small cold one. Ties go to the least recently used,
+    then the smallest key.
 
     Candidates the policy never saw inserted have no count and go first. Counts outlive
     an eviction (up to the tracker's ``max_keys``), so an adapter that comes back is

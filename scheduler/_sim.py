@@ -9,9 +9,10 @@ a host-memory cache and a local-disk cache of given byte budgets, using the cost
   :class:`~scheduler.DemandTracker`, asks the policy to rank the replica views, takes the
   first replica of the first non-empty group (:func:`~scheduler.select_replica`) and tells
   the policy with ``on_placed``. Views are exact by default (they are the replicas' own
-  sets and counters); with ``view_refresh_s > 0`` they are snapshots refreshed on that
-  period, updated optimistically after each placement (queued + 1, the key marked
-  loading where the view had it nowhere), as a router's cluster view would be.
+  sets and counters, ``pinned`` included); with ``view_refresh_s > 0`` they are
+  snapshots refreshed on that period, updated optimistically after each placement
+  (queued + 1; where the view had the key nowhere, the key marked loading and one more
+  slot pinned), as a router's cluster view would be.
 * **Hits.** A request is classified when it is placed, by where its adapter is on the
   chosen replica: ``GPU`` (a GPU hit), ``LOADING`` (already being loaded or queued for a
   slot there: a miss that starts no new load), ``HOST``, ``DISK`` or ``NONE`` (a miss
@@ -116,12 +117,21 @@ class RequestOutcome:
 class SimResult:
     """Metrics of one run. Hit rates are over requests that name an adapter.
 
-    ``load_imbalance`` is the busiest replica's busy time over the mean busy time;
-    ``mean_utilization`` the mean busy time over the run's span (first arrival to last
-    completion). Under continuous batching a replica is busy whenever one sequence runs,
-    so busy time saturates near 1 at moderate load and hides imbalance;
-    ``occupancy_imbalance`` is the same ratio over the time integral of the running batch
-    size (sequence-seconds), which keeps growing with a replica's share of the work. ``deferred_loads`` counts loads that could not start when their request was placed
+    ``load_imbalance`` is the busiest replica's busy time over the mean busy time, busy
+    meaning at least one sequence running, as the issue defines it ("max over mean
+    replica busy time"); ``mean_utilization`` is the mean busy time over the run's span
+    (first arrival to last completion). Under continuous batching busy time saturates
+    near 1 at moderate load and hides hot spots, so ``occupancy_imbalance`` gives the
+    same ratio over the time integral of the running batch size (sequence-seconds),
+    which grows with a replica's share of the work. Both are kept: the first is the
+    goal's metric as written, the second the stricter reading of it, and the results
+    report both rather than swapping one definition for the other.
+
+    ``ttft_p99_gpu_hit_s`` is the p99 TTFT of the requests that hit the GPU (nan if
+    none): what queueing and prefill cost with no load to wait for, which no placement
+    brings the overall p99 far below.
+
+    ``deferred_loads`` counts loads that could not start when their request was placed
     because every GPU slot of the replica was pinned; when it is not 0 the pooled bound
     is an estimate rather than a strict upper bound (see :mod:`scheduler._bound`).
     """
@@ -142,6 +152,7 @@ class SimResult:
     deferred_loads: int
     ttft_p50_s: float
     ttft_p99_s: float
+    ttft_p99_gpu_hit_s: float
     latency_p50_s: float
     latency_p99_s: float
     throughput_rps: float
@@ -158,7 +169,7 @@ class SimResult:
             "cold_loads", "s3_bytes", "ttft_p50_s", "ttft_p99_s", "latency_p50_s",
             "latency_p99_s", "throughput_rps", "load_imbalance",
             "profile", "replicas", "gpu_slots", "loading_hit_rate", "deferred_loads",
-            "mean_utilization", "occupancy_imbalance",
+            "mean_utilization", "occupancy_imbalance", "ttft_p99_gpu_hit_s",
         )  # fmt: skip
         out: dict[str, object] = {key: getattr(self, key) for key in keys}
         if self.bound_gpu_hit_rate is not None:
@@ -279,6 +290,11 @@ class _Replica:
             view.disk = set(self.disk)
         view.in_flight = self.running
         view.queued = self.waiting
+        view.pinned = self.pinned()
+
+    def pinned(self) -> int:
+        """GPU slots needed by a request here or by a load (in progress or waiting)."""
+        return len(self.gpu) - len(self.evictable) + len(self.loading)
 
     # --- requests ---------------------------------------------------------------------
 
@@ -318,6 +334,7 @@ class _Replica:
                         self.sim.deferred_loads += 1
         if self.view.gpu is self.gpu:
             self.view.queued = self.waiting
+            self.view.pinned = self.pinned()
         self.kick(now)
 
     def start_pending_loads(self, now: float) -> None:
@@ -499,6 +516,7 @@ class _Replica:
         if self.view.gpu is self.gpu:
             self.view.in_flight = self.running
             self.view.queued = self.waiting
+            self.view.pinned = self.pinned()
 
 
 class _Simulation:
@@ -572,6 +590,7 @@ class _Simulation:
                 view.queued += 1
                 if key and view.tier_of(key) is Tier.NONE:
                     view.loading.add(key)
+                    view.pinned += 1
             policy.on_placed(demand, view, now)
             replica.accept(request, now)
             if progress is not None and index % progress_every == 0:
@@ -642,6 +661,7 @@ def simulate(
         return tiers.count(tier) / total if total else 1.0 if tier is Tier.GPU else 0.0
 
     ttft = sorted(o.first_token_s - o.arrival_s for o in outcomes)
+    ttft_gpu_hit = sorted(o.first_token_s - o.arrival_s for o in adapter if o.tier is Tier.GPU)
     latency = sorted(o.finish_s - o.arrival_s for o in outcomes)
     span = max(o.finish_s for o in outcomes) - outcomes[0].arrival_s
     busy = [replica.busy_s for replica in sim.replicas]
@@ -667,6 +687,7 @@ def simulate(
         deferred_loads=sim.deferred_loads,
         ttft_p50_s=_percentile(ttft, 50),
         ttft_p99_s=_percentile(ttft, 99),
+        ttft_p99_gpu_hit_s=_percentile(ttft_gpu_hit, 99),
         latency_p50_s=_percentile(latency, 50),
         latency_p99_s=_percentile(latency, 99),
         throughput_rps=len(outcomes) / span if span > 0 else math.inf,

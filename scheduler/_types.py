@@ -49,8 +49,12 @@ class AdapterDemand:
 class ReplicaView:
     """One replica as a router sees it: residency by tier, load, capacity.
 
-    ``load`` counts requests the replica is running or has queued. The sets are the
-    router's latest knowledge and may be stale by the cluster view's staleness bound.
+    ``load`` counts requests the replica is running or has queued. ``pinned`` counts the
+    GPU slots that cannot be reused now: adapters that a queued or running request needs,
+    plus loads in progress or waiting for a slot; ``gpu_slots - pinned`` is how many
+    adapters a replica can load without waiting (0 pinned is also what a replica that
+    does not report pins looks like). The sets are the router's latest knowledge and may
+    be stale by the cluster view's staleness bound.
     """
 
     replica_id: str
@@ -61,6 +65,7 @@ class ReplicaView:
     in_flight: int = 0
     queued: int = 0
     gpu_slots: int = 8
+    pinned: int = 0
 
     @property
     def load(self) -> int:

@@ -53,7 +53,7 @@ def build_app(settings: ServiceSettings) -> Application:
     ingress = serve.deployment(
         serve.ingress()(IngressServer),
         name="Ingress",
-        num_replicas=1,
+        num_replicas=settings.ingress_replicas,
         max_ongoing_requests=1024,
         ray_actor_options={"num_cpus": settings.ingress_num_cpus},
     )

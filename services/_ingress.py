@@ -23,7 +23,7 @@ import secrets
 import shutil
 import tarfile
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
@@ -35,7 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from adapter_store import AdapterInfo as StoredAdapter
-from adapter_store import AdapterStore, AdapterVersion, read_adapter_upload
+from adapter_store import AdapterStore, AdapterTooLargeError, AdapterVersion, read_adapter_upload
 from services._api_models import (
     AdapterInfo,
     AdapterPage,
@@ -72,12 +72,14 @@ __all__ = ["IngressServer", "ModelGateway", "ServeGateway", "create_api"]
 
 _UPLOAD_PARTS = ("files", "archive")
 _LIST_PAGE = 1000
+# Multipart boundaries and part headers on top of the files' bytes.
+_MULTIPART_SLACK = 1 << 20
 
 
 class ModelGateway(Protocol):
     """How the ingress reaches the model replicas."""
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         """Stream the request's chunks from a replica; closing the iterator cancels it."""
         ...
 
@@ -93,7 +95,7 @@ class ServeGateway:
         self._model = model
         self._board = board
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         key = request.adapter.key if request.adapter is not None else ""
         response = self._model.options(stream=True, multiplexed_model_id=key).generate.remote(
             request
@@ -200,30 +202,26 @@ def _aliases_of(adapter: StoredAdapter, version: int) -> list[str]:
     return sorted(alias for alias, v in adapter.aliases.items() if v == version)
 
 
-def _sse(events: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
+async def _sse(events: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
     """Server-sent events: one ``data:`` per model, ``[DONE]`` at the end; an error
     after the stream started becomes one ``data: {"error": ...}`` event instead."""
-
-    async def stream() -> AsyncIterator[str]:
-        try:
-            async for event in events:
-                yield f"data: {event.model_dump_json(exclude_none=True)}\n\n"
-            yield "data: [DONE]\n\n"
-        except Exception as exc:
-            yield f"data: {error_body(exc)}\n\n"
-
-    return stream()
+    try:
+        async for event in events:
+            yield f"data: {event.model_dump_json(exclude_none=True)}\n\n"
+        yield "data: [DONE]\n\n"
+    except Exception as exc:
+        yield f"data: {error_body(exc)}\n\n"
 
 
 async def _prepend(
-    first: GenerationChunk, rest: AsyncIterator[GenerationChunk]
-) -> AsyncIterator[GenerationChunk]:
+    first: GenerationChunk, rest: AsyncGenerator[GenerationChunk, None]
+) -> AsyncGenerator[GenerationChunk, None]:
     try:
         yield first
         async for chunk in rest:
             yield chunk
     finally:
-        await rest.aclose()  # type: ignore[attr-defined]
+        await rest.aclose()
 
 
 def create_api(store: AdapterStore, gateway: ModelGateway, settings: ServiceSettings) -> FastAPI:
@@ -252,7 +250,7 @@ def create_api(store: AdapterStore, gateway: ModelGateway, settings: ServiceSett
 
     async def start(
         key: str, body: CompletionRequest | ChatCompletionRequest
-    ) -> tuple[GenerationChunk, AsyncIterator[GenerationChunk]]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Resolve, validate and send; wait for the first chunk so that an error before
         any output still answers with its status."""
         adapter = await run_in_threadpool(resolve_model, key, body.model)
@@ -261,14 +259,14 @@ def create_api(store: AdapterStore, gateway: ModelGateway, settings: ServiceSett
         try:
             first = await anext(chunks)
         except BaseException:
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await chunks.aclose()
             raise
-        return first, _prepend(first, chunks)
+        return _prepend(first, chunks)
 
     @api.post("/v1/completions", response_model=None)
     async def completions(key: ApiKey, body: CompletionRequest) -> Any:
         ids = ResponseIds("cmpl", body.model)
-        _, chunks = await start(key, body)
+        chunks = await start(key, body)
         if not body.stream:
             result = GenerationResult.from_chunks([chunk async for chunk in chunks])
             return completion(ids, result).model_dump(exclude_none=True)
@@ -284,7 +282,7 @@ def create_api(store: AdapterStore, gateway: ModelGateway, settings: ServiceSett
     @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(key: ApiKey, body: ChatCompletionRequest) -> Any:
         ids = ResponseIds("chatcmpl", body.model)
-        _, chunks = await start(key, body)
+        chunks = await start(key, body)
         if not body.stream:
             result = GenerationResult.from_chunks([chunk async for chunk in chunks])
             return chat_completion(ids, result).model_dump(exclude_none=True)
@@ -407,11 +405,12 @@ def create_api(store: AdapterStore, gateway: ModelGateway, settings: ServiceSett
     @api.get("/v1/stats")
     async def stats(key: ApiKey) -> dict[str, Any]:
         """Per replica: residency by tier, hit rates, load, loads. The admin key sees
-        everything; a tenant sees the replicas with only its own adapters, and its own
-        usage and per-adapter request counts."""
+        all of it and every tenant's usage; a tenant sees the replicas with only its own
+        adapters, and its own usage and per-adapter request counts."""
         replicas = await gateway.replica_stats()
         if _is_admin(settings, key):
-            return {"replicas": replicas}
+            tenants = await run_in_threadpool(_all_usage, store)
+            return {"replicas": replicas, "tenants": tenants}
         tenant = await run_in_threadpool(store.tenant_for_key, key)
         own = await run_in_threadpool(_tenant_counters, store, tenant)
         return {"replicas": [_only_tenant(r, tenant) for r in replicas], **own}
@@ -424,8 +423,14 @@ async def _read_upload(request: Request, max_bytes: int) -> tuple[str, dict[str,
 
     Raises:
         BadRequestError: no name, or not one ``archive`` part or ``files`` parts.
-        AdapterTooLargeError (via the store's reader): a part above ``max_bytes``.
+        AdapterTooLargeError: the declared body, or a part, is above ``max_bytes``.
     """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes + _MULTIPART_SLACK:
+        # Refused before Starlette spools the parts to disk.
+        raise AdapterTooLargeError(
+            f"the upload is {int(declared)} bytes, above the {max_bytes}-byte adapter cap"
+        )
     form = await request.form(max_files=4, max_fields=8)
     try:
         name = form.get("name")
@@ -471,6 +476,10 @@ def _usage(store: AdapterStore, tenant: str) -> dict[str, Any]:
         "max_adapters": usage.max_adapters,
         "max_bytes": usage.max_bytes,
     }
+
+
+def _all_usage(store: AdapterStore) -> dict[str, dict[str, Any]]:
+    return {tenant: _usage(store, tenant) for tenant in store.list_tenants()}
 
 
 def _tenant_counters(store: AdapterStore, tenant: str) -> dict[str, Any]:

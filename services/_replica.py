@@ -130,6 +130,10 @@ class ModelReplica:
     def _view(self) -> ReplicaView:
         residency = self._cache.residency()
         running = self._engine.num_running
+        # Slots that cannot be reused now: adapters held or awaited by a request, and
+        # loads in progress (each will take a slot).
+        busy = {key for key, count in residency.pinned.items() if count > 0}
+        busy |= residency.loading.keys()
         return ReplicaView(
             self._replica_id,
             gpu=set(residency.gpu.values()),
@@ -139,6 +143,7 @@ class ModelReplica:
             in_flight=running,
             queued=max(0, self._active - running),
             gpu_slots=self._settings.gpu_slots,
+            pinned=min(len(busy), self._settings.gpu_slots),
         )
 
     def stats(self) -> dict[str, Any]:
@@ -152,6 +157,7 @@ class ModelReplica:
                 "host": sorted(residency.host),
                 "disk": sorted(residency.disk),
                 "loading": sorted(residency.loading),
+                "pinned": sorted(key for key, count in residency.pinned.items() if count > 0),
             },
             "gpu_slots": self._settings.gpu_slots,
             "in_flight": self._engine.num_running,

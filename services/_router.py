@@ -75,7 +75,12 @@ def routing_stats(view: ReplicaView) -> dict[str, Any]:
     controller only re-broadcasts stats that changed.
     """
     stats: dict[str, Any] = {tier: sorted(getattr(view, tier)) for tier in _TIERS}
-    stats.update(in_flight=view.in_flight, queued=view.queued, gpu_slots=view.gpu_slots)
+    stats.update(
+        in_flight=view.in_flight,
+        queued=view.queued,
+        gpu_slots=view.gpu_slots,
+        pinned=view.pinned,
+    )
     return stats
 
 
@@ -102,6 +107,7 @@ def replica_view_from_stats(
         in_flight=int(stats.get("in_flight", 0)),
         queued=int(stats.get("queued", 0)),
         gpu_slots=int(stats.get("gpu_slots", _DEFAULT_GPU_SLOTS)),
+        pinned=int(stats.get("pinned", 0)),
     )
     if queue_len is not None:
         # Ray counts every request the replica holds, queued or running.

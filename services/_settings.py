@@ -40,6 +40,7 @@ class ServiceSettings(BaseSettings):
     replicas: int = Field(default=2, ge=1, description="model deployment replicas")
     num_gpus: float | None = Field(default=None, ge=0, description="per model replica")
     num_cpus: float = Field(default=1.0, ge=0, description="per model replica")
+    ingress_replicas: int = Field(default=1, ge=1)
     ingress_num_cpus: float = Field(default=0.5, ge=0)
     torch_threads: int = Field(default=0, ge=0, description="0: torch's default")
     gpu_slots: int = Field(default=8, ge=1, description="adapters resident in GPU per replica")

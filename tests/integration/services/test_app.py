@@ -176,6 +176,21 @@ def test_streamed_completion_matches_the_plain_one(acme: Client) -> None:
     assert chunks[-1].usage == plain.usage
 
 
+def test_stop_strings_and_seeds(acme: Client) -> None:
+    params = {"model": "support", "prompt": PROMPT, "max_tokens": 4}
+    plain = acme.completions.create(temperature=0, **params).choices[0].text
+    stop = plain[1]
+    stopped = acme.completions.create(temperature=0, stop=[stop], **params).choices[0]
+    sampled = [
+        acme.completions.create(temperature=1.0, seed=11, **params).choices[0].text
+        for _ in range(2)
+    ]
+
+    assert stopped.text == plain[: plain.index(stop)]
+    assert stopped.finish_reason == "stop"
+    assert sampled[0] == sampled[1]
+
+
 def test_chat_through_the_official_openai_client(service: Service, acme: Client) -> None:
     import openai
 
@@ -227,12 +242,18 @@ def test_tenants_see_only_their_own_adapters(acme: Client, globex: Client) -> No
 def test_error_statuses(service: Service, admin: Client, acme: Client) -> None:
     with pytest.raises(AuthenticationError):
         Client(service.url, "lmx_not-a-key", max_retries=0).models()
-    with pytest.raises(AuthenticationError):
-        Client(service.url, "", max_retries=0).models()
+    missing = httpx.get(f"{service.url}/v1/models")
+    assert missing.status_code == 401
+    assert missing.json()["error"]["type"] == "authentication_error"
     with pytest.raises(PermissionDeniedError):
         acme.tenants.create("intruder")
     with pytest.raises(NotFoundError):
         acme.completions.create(model="no-such-adapter", prompt=PROMPT)
+    # Refused by the replica's engine: the error crosses Ray and keeps its status.
+    with pytest.raises(BadRequestError, match="max_tokens"):
+        acme.completions.create(model="support", prompt=PROMPT, max_tokens=5000)
+    with pytest.raises(BadRequestError, match="max_tokens"):
+        acme.completions.create(model="support", prompt=PROMPT, max_tokens=5000, stream=True)
     with pytest.raises(BadRequestError, match="n=1"):
         acme.completions.create(model="support", prompt=PROMPT, n=2)
     response = httpx.post(
@@ -292,6 +313,7 @@ def test_stats_show_residency_and_counters(admin: Client, acme: Client) -> None:
     everything = admin.stats()
 
     assert len(mine["replicas"]) == 2 == len(everything["replicas"])
+    assert set(everything["tenants"]) == {"acme", "globex"}
     assert sum(r["tiers"]["gpu"]["hits"] + r["tiers"]["gpu"]["misses"] for r in mine["replicas"])
     assert mine["adapters"]["support"]["requests"] >= 1
     assert mine["tenant"]["adapters"] == 1

@@ -37,12 +37,14 @@ def start(home: Path, port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_ready(process: subprocess.Popen[bytes], url: str) -> None:
+def wait_ready(process: subprocess.Popen[bytes], url: str, profile: Path) -> None:
+    """Until the API is healthy and ``up`` has written the profile (it does, once it saw
+    the API healthy itself)."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         assert process.poll() is None, "loramux up exited before it was ready"
         try:
-            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200 and profile.exists():
                 return
         except httpx.HTTPError:
             pass
@@ -86,7 +88,7 @@ def test_up_serves_keeps_adapters_across_a_restart_and_stops_on_sigterm(
 
     first = start(tmp_path, port)
     try:
-        wait_ready(first, url)
+        wait_ready(first, url, profile)
         assert json.loads(profile.read_text()) == {"url": url, "api_key": DEV_KEY}
         with Client(profile_path=profile, max_retries=0, timeout=120) as client:
             pushed = client.adapters.push(adapter_dir, "bot")
@@ -102,7 +104,7 @@ def test_up_serves_keeps_adapters_across_a_restart_and_stops_on_sigterm(
 
     second = start(tmp_path, port)
     try:
-        wait_ready(second, url)
+        wait_ready(second, url, profile)
         with Client(url, DEV_KEY, max_retries=0, timeout=120) as client:
             kept = [adapter.name for adapter in client.adapters.list()]
     finally:

@@ -8,6 +8,7 @@ import pytest
 
 from scheduler import AdapterDemand, DemandTracker, ReplicaView, make_policy, select_replica
 from scheduler._policies import CacheAwarePolicy
+from scheduler.exceptions import PolicyOptionError
 
 KEY = "tenant/adapter@1"
 
@@ -30,7 +31,7 @@ def policy_with_total_rate(total_rate: float, **options: float) -> CacheAwarePol
     return policy
 
 
-def test_holders_are_ranked_by_tier_then_non_holders() -> None:
+def test_holders_are_ranked_gpu_loading_host_disk_then_non_holders() -> None:
     views = replicas(5)
     views[3].gpu.add(KEY)
     views[0].host.add(KEY)
@@ -38,7 +39,8 @@ def test_holders_are_ranked_by_tier_then_non_holders() -> None:
     views[1].loading.add(KEY)
     groups = ids(make_policy("cache_aware").rank_replicas(AdapterDemand(KEY), views, 0.0))
     flat = [replica_id for group in groups for replica_id in group]
-    assert flat[:4] == ["r3", "r0", "r4", "r1"]
+    # A replica loading it beats a host copy: joining the load makes no second copy.
+    assert flat[:4] == ["r3", "r1", "r0", "r4"]
     assert flat[4:] == ["r2"]
     assert groups[0] == ["r3"]
 
@@ -58,7 +60,7 @@ def test_within_a_tier_the_less_loaded_holder_comes_first() -> None:
 def test_an_overloaded_holder_is_skipped() -> None:
     views = replicas(4)
     views[0].gpu.add(KEY)
-    views[0].in_flight = 20  # cap = max(4, ceil(1.25 * 21 / 4)) = 7
+    views[0].in_flight = 40  # holder cap = max(cap, 32, ceil(1.5 * 41 / 4)) = 32
     views[1].host.add(KEY)
     groups = make_policy("cache_aware").rank_replicas(AdapterDemand(KEY), views, 0.0)
     assert groups[0] == [views[1]]
@@ -146,8 +148,9 @@ def test_hot_adapter_gains_homes_as_its_rate_rises_and_shrinks_when_it_cools() -
     first_group(5.0)
     assert policy.home_count(KEY) == 1
     groups = policy.rank_replicas(AdapterDemand(KEY, rate=5.0), views, 0.0)
-    assert groups[0] == [first_home]
-    assert len(groups[1]) == 6  # the other copies: still usable, after the home
+    # The other copies are still usable: every GPU copy in one group, least loaded
+    # first, the home winning the tie.
+    assert groups[0][0] is first_home and len(groups[0]) == 7
 
 
 def test_replication_band_stops_flapping_at_the_boundary() -> None:
@@ -180,19 +183,19 @@ def test_hot_homes_prefer_a_gpu_copy_unless_it_is_much_busier() -> None:
     assert policy.rank_replicas(AdapterDemand(KEY, rate=25.0), views, 0.0)[0] == [second, first]
 
 
-def test_spill_prefers_a_replica_with_a_free_gpu_slot() -> None:
+def test_spill_prefers_a_replica_that_can_start_the_load_now() -> None:
     views = replicas(6)
     policy = make_policy("cache_aware")
     assert isinstance(policy, CacheAwarePolicy)
     (home,) = policy.homes(KEY, views)
-    home.in_flight = 30  # over the cap: the home is skipped
+    home.in_flight = 40  # over the holder cap: the home is skipped
     groups = policy.rank_replicas(AdapterDemand(KEY), views, 0.0)
     spill = groups[-1]
     assert home not in spill and len(spill) >= 2
     for view in views:
-        view.gpu.update(f"t/filler{slot}-{view.replica_id}@1" for slot in range(8))
-    spill[1].gpu.clear()
-    assert policy.rank_replicas(AdapterDemand(KEY), views, 0.0)[-1][0] is spill[1]
+        view.pinned = view.gpu_slots  # every slot in use by a request: loads would wait
+    spill[1].pinned = view.gpu_slots - 1
+    assert select_replica(policy.rank_replicas(AdapterDemand(KEY), views, 0.0)) is spill[1]
 
 
 def test_base_model_requests_get_a_pair_by_load() -> None:
@@ -214,3 +217,59 @@ def test_own_tracker_counts_placements_and_a_shared_one_is_left_alone() -> None:
     shared = make_policy("cache_aware", demand=shared_tracker)
     shared.on_placed(AdapterDemand(KEY), views[0], 0.0)
     assert len(shared_tracker) == 0
+
+
+def test_a_gpu_holder_takes_load_past_the_cap_up_to_the_holder_cap() -> None:
+    views = replicas(4)
+    views[1].gpu.add(KEY)
+    views[1].in_flight = 20  # cap = max(4, ceil(1.25 * 21 / 4)) = 7, holder cap 32
+    views[2].host.add(KEY)
+    groups = make_policy("cache_aware").rank_replicas(AdapterDemand(KEY), views, 0.0)
+    assert groups[0] == [views[1]]  # no second copy while the holder has batch room
+    small = make_policy("cache_aware", holder_floor=8).rank_replicas(AdapterDemand(KEY), views, 0.0)
+    assert views[1] not in [view for group in small for view in group]
+
+
+def test_a_load_goes_where_a_gpu_slot_is_free_or_unpinned() -> None:
+    views = replicas(8)
+    policy = make_policy("cache_aware")
+    assert isinstance(policy, CacheAwarePolicy)
+    (home,) = policy.homes(KEY, views)
+    home.host.add(KEY)
+    assert select_replica(policy.rank_replicas(AdapterDemand(KEY), views, 0.0)) is home
+    home.pinned = home.gpu_slots  # every slot needed by a request there: a load waits
+    groups = policy.rank_replicas(AdapterDemand(KEY), views, 0.0)
+    assert select_replica(groups) is not home
+    assert groups[-1] == [home]  # still ranked, last, in case every replica is pinned
+    for view in views:
+        view.pinned = view.gpu_slots
+    assert select_replica(policy.rank_replicas(AdapterDemand(KEY), views, 0.0)) is home
+
+
+def test_cold_adapters_take_the_less_loaded_of_their_first_homes() -> None:
+    views = replicas(8)
+    policy = make_policy("cache_aware", cold_choices=2)
+    assert isinstance(policy, CacheAwarePolicy)
+    first, second, *_ = [views[p] for p in policy._rendezvous.order(KEY, views)]
+    assert select_replica(policy.rank_replicas(AdapterDemand(KEY), views, 0.0)) is first
+    first.in_flight = 3
+    assert select_replica(policy.rank_replicas(AdapterDemand(KEY), views, 0.0)) is second
+    second.loading.update({"t/x@1", "t/y@1"})  # two loads on its link: 0 + 2 * 4 > 3
+    assert select_replica(policy.rank_replicas(AdapterDemand(KEY), views, 0.0)) is first
+
+
+@pytest.mark.parametrize(
+    "option", ["holder_epsilon", "holder_floor", "cold_choices", "load_weight"]
+)
+def test_new_options_are_checked(option: str) -> None:
+    with pytest.raises(PolicyOptionError, match=option):
+        make_policy("cache_aware", **{option: -1})
+
+
+def test_eviction_counts_uses_not_bytes() -> None:
+    eviction = make_policy("cache_aware").new_eviction_policy()
+    eviction.on_insert("big", 64 * 2**20, 0.0)
+    eviction.on_access("big", 1.0)
+    eviction.on_insert("small", 2**20, 2.0)
+    # A GPU slot holds one adapter whatever its size: the more used one stays.
+    assert eviction.victim(["big", "small"], 3.0) == "small"

@@ -250,3 +250,34 @@ def test_the_a100_profile_matches_its_documented_figures() -> None:
     )
     assert 0.05 < cold < 0.2  # about 0.1 s, far below the 4.4 s production p50 reference
     assert profile.step_seconds(1) == pytest.approx(0.0155)
+
+
+class PinnedRecordingPolicy(FirstReplicaPolicy):
+    """FirstReplicaPolicy that records the first replica's ``pinned`` at each decision."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pinned: list[int] = []
+
+    def rank_replicas(
+        self, adapter: AdapterDemand, replicas: Sequence[ReplicaView], now: float
+    ) -> list[list[ReplicaView]]:
+        self.pinned.append(replicas[0].pinned)
+        return super().rank_replicas(adapter, replicas, now)
+
+
+@pytest.mark.parametrize("refresh", [0.0, 0.001])
+def test_views_report_pinned_slots(refresh: float) -> None:
+    trace = [
+        TraceRequest(0.0, "a", 100, 3),  # nothing pinned yet
+        TraceRequest(1.0, "a", 0, 1),  # a loading: 1
+        TraceRequest(2.0, "b", 0, 2),  # a still loading: 1
+        TraceRequest(2.5, "", 0, 1),  # a loading, b waiting for the slot: 2
+        TraceRequest(8.0, "a", 0, 1),  # a on the GPU with a request running, b waiting: 2
+    ]
+    policy = PinnedRecordingPolicy()
+    config = SimConfig(replicas=1, gpu_slots=1, profile=HAND, view_refresh_s=refresh)
+    result = simulate(trace, policy, config)
+    assert policy.pinned == [0, 1, 1, 2, 2]
+    # Only r4 hit the GPU (TTFT 3.0); r3, the base-model request, is not counted.
+    assert result.ttft_p99_gpu_hit_s == pytest.approx(3.0)

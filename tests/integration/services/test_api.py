@@ -1,0 +1,253 @@
+"""The HTTP API over a real store (redis-server, file:// blobs) and a scripted gateway.
+
+The gateway stands in for the model replicas, so these tests pin what the API does with
+what replicas answer (errors before and after the first token, stats) without Ray; the
+whole service with Ray is ``test_app.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from adapter_store import AdapterStore, StoreSettings, manifest_from_model
+from services._ingress import create_api
+from services._settings import ServiceSettings
+from services.client import AsyncClient
+from services.engine import (
+    EngineOverloadedError,
+    GenerationChunk,
+    GenerationRequest,
+    InvalidRequestError,
+    Usage,
+)
+from services.exceptions import (
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    QuotaExceededError,
+    ServiceUnavailableError,
+)
+from tests.factories import make_peft_adapter, tiny_llama
+
+ADMIN_KEY = "admin-key"
+DONE = GenerationChunk("r", "!", (33,), finish_reason="stop", usage=Usage(2, 2))
+
+
+class ScriptedGateway:
+    """Answers every request with ``script``: chunks, then possibly an exception."""
+
+    def __init__(self) -> None:
+        self.script: list[GenerationChunk | Exception] = []
+        self.requests: list[GenerationRequest] = []
+        self.replicas: list[dict[str, Any]] = []
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        self.requests.append(request)
+        for item in self.script:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    async def replica_stats(self) -> list[dict[str, Any]]:
+        return self.replicas
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_peft_adapter(tiny_llama(), tmp_path_factory.mktemp("adapter") / "a", seed=1)
+
+
+@pytest.fixture
+def store(redis_url: str, tmp_path: Path) -> Iterator[AdapterStore]:
+    settings = StoreSettings(
+        redis_url=redis_url, blob_url=(tmp_path / "blobs").as_uri(), data_dir=tmp_path
+    )
+    with AdapterStore.from_settings(settings) as store:
+        store.register_manifest(manifest_from_model("tiny", tiny_llama()))
+        yield store
+
+
+@pytest.fixture
+def gateway() -> ScriptedGateway:
+    return ScriptedGateway()
+
+
+@pytest.fixture
+def api(store: AdapterStore, gateway: ScriptedGateway, tmp_path: Path) -> Any:
+    settings = ServiceSettings(
+        store=StoreSettings(data_dir=tmp_path), admin_key=ADMIN_KEY, replicas=2
+    )
+    return create_api(store, gateway, settings)
+
+
+def client(api: Any, key: str | None) -> AsyncClient:
+    return AsyncClient(
+        "http://loramux.test", key, transport=httpx.ASGITransport(app=api), max_retries=0
+    )
+
+
+@pytest.fixture
+async def acme(api: Any, store: AdapterStore) -> AsyncIterator[AsyncClient]:
+    _, key = store.create_tenant("acme")
+    async with client(api, key) as acme:
+        yield acme
+
+
+async def test_an_error_before_the_first_token_answers_with_its_status(
+    acme: AsyncClient, gateway: ScriptedGateway
+) -> None:
+    gateway.script = [InvalidRequestError("max_tokens: the prompt has 900 tokens")]
+
+    with pytest.raises(BadRequestError, match="900 tokens"):
+        await acme.completions.create(model="tiny", prompt="x", stream=True)
+
+
+async def test_an_error_after_the_first_token_ends_the_stream_with_an_error_event(
+    acme: AsyncClient, gateway: ScriptedGateway
+) -> None:
+    gateway.script = [GenerationChunk("r", "A", (65,)), EngineOverloadedError("queue full")]
+    stream = await acme.chat.create(
+        model="tiny", messages=[{"role": "user", "content": "x"}], stream=True
+    )
+    received = []
+
+    with pytest.raises(ServiceUnavailableError, match="queue full"):
+        async for chunk in stream:
+            received.append(chunk.choices[0].delta)
+
+    assert [delta.content for delta in received] == ["", "A"]
+    assert received[0].role == "assistant"
+
+
+async def test_the_base_model_runs_without_an_adapter(
+    acme: AsyncClient, gateway: ScriptedGateway
+) -> None:
+    gateway.script = [GenerationChunk("r", "Hi", (72, 105)), DONE]
+
+    reply = await acme.completions.create(model="tiny", prompt="x")
+    chat = await acme.chat.create(model="tiny", messages=[{"role": "user", "content": "x"}])
+
+    assert reply.choices[0].text == "Hi!" and reply.choices[0].finish_reason == "stop"
+    assert chat.choices[0].message.content == "Hi!"
+    assert (reply.usage.prompt_tokens, reply.usage.total_tokens) == (2, 4)
+    assert [r.adapter for r in gateway.requests] == [None, None]
+    # OpenAI's defaults: 16 tokens for completions; chat has none, so the service's.
+    assert [r.sampling.max_tokens for r in gateway.requests] == [16, 128]
+
+
+async def test_requests_carry_the_exact_version_and_count_usage(
+    acme: AsyncClient, gateway: ScriptedGateway, store: AdapterStore, adapter_dir: Path
+) -> None:
+    await acme.adapters.push(adapter_dir, "bot")
+    await acme.adapters.push(adapter_dir, "bot")
+    await acme.adapters.alias("bot", "prod", 1)
+    gateway.script = [DONE]
+
+    await acme.completions.create(model="bot:prod", prompt="x")
+    await acme.completions.create(model="bot", prompt="x")
+
+    assert [r.adapter.key for r in gateway.requests] == ["acme/bot@1", "acme/bot@2"]
+    assert store.get_adapter("acme", "bot").request_count == 2
+
+
+async def test_tenant_admin_keys_and_quotas(
+    api: Any, acme: AsyncClient, store: AdapterStore, adapter_dir: Path
+) -> None:
+    async with client(api, ADMIN_KEY) as admin:
+        created = await admin.tenants.create("globex")
+        with pytest.raises(ConflictError):
+            await admin.tenants.create("globex")
+        http = admin._http
+        second = (await http.post("/v1/tenants/globex/keys")).json()["api_key"]
+        revoked = await http.post("/v1/keys/revoke", json={"api_key": created.api_key})
+        quota = await http.put("/v1/tenants/globex/quota", json={"max_adapters": 1})
+
+    assert revoked.json() == {"tenant": "globex", "revoked": True}
+    assert quota.json()["max_adapters"] == 1
+    async with client(api, created.api_key) as old, client(api, second) as globex:
+        with pytest.raises(AuthenticationError):
+            await old.models()
+        await globex.adapters.push(adapter_dir, "one")
+        with pytest.raises(QuotaExceededError):
+            await globex.adapters.push(adapter_dir, "two")
+    with pytest.raises(PermissionDeniedError):
+        await acme.tenants.create("intruder")
+
+
+async def test_adapter_listing_is_paged(acme: AsyncClient, adapter_dir: Path) -> None:
+    for name in ("a1", "a2", "a3"):
+        await acme.adapters.push(adapter_dir, name)
+
+    first = await acme.adapters.list_page(limit=2)
+    rest = await acme.adapters.list_page(cursor=first.next_cursor, limit=2)
+
+    assert [a.name for a in first.data] == ["a1", "a2"] and first.next_cursor
+    assert [a.name for a in rest.data] == ["a3"] and rest.next_cursor is None
+
+
+async def test_an_upload_without_the_adapter_parts_is_refused(acme: AsyncClient) -> None:
+    response = await acme._http.post(
+        "/v1/adapters", data={"name": "x"}, files=[("other", ("a.txt", b"hi"))]
+    )
+
+    assert response.status_code == 400
+    assert "'archive' part" in response.json()["error"]["message"]
+
+
+async def test_health_needs_a_live_replica_and_stats_hide_other_tenants(
+    acme: AsyncClient, gateway: ScriptedGateway
+) -> None:
+    with pytest.raises(ServiceUnavailableError, match="0 of 2"):
+        await acme.health()
+    gateway.replicas = [
+        {"replica_id": "r1", "residency": {"gpu": ["acme/bot@1", "globex/x@1"], "host": []}}
+    ]
+
+    health = await acme.health()
+    stats = await acme.stats()
+
+    assert health.status == "ok"
+    assert stats["replicas"][0]["residency"] == {"gpu": ["acme/bot@1"], "host": []}
+    assert stats["tenant"]["tenant"] == "acme"
+
+
+async def test_an_upload_above_the_size_cap_is_413(
+    redis_url: str, tmp_path: Path, gateway: ScriptedGateway, adapter_dir: Path
+) -> None:
+    settings = StoreSettings(
+        redis_url=redis_url,
+        blob_url=(tmp_path / "blobs").as_uri(),
+        data_dir=tmp_path,
+        max_adapter_bytes=1000,
+    )
+    with AdapterStore.from_settings(settings) as store:
+        _, key = store.create_tenant("acme")
+        api = create_api(store, gateway, ServiceSettings(store=settings))
+        async with client(api, key) as acme:
+            with pytest.raises(PayloadTooLargeError, match="1000"):
+                await acme.adapters.push(adapter_dir, "big")
+
+        assert store.list_adapters("acme").items == ()
+
+
+async def test_deleting_an_adapter_removes_every_version(
+    acme: AsyncClient, adapter_dir: Path
+) -> None:
+    await acme.adapters.push(adapter_dir, "gone")
+    await acme.adapters.push(adapter_dir, "gone")
+
+    deleted = await acme.adapters.delete("gone")
+
+    assert (deleted.name, deleted.version, deleted.deleted) == ("gone", None, True)
+    with pytest.raises(NotFoundError):
+        await acme.adapters.get("gone")
+    with pytest.raises(NotFoundError):
+        await acme.completions.create(model="gone@1", prompt="x")

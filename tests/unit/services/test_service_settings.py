@@ -1,0 +1,40 @@
+"""ServiceSettings composes the store's settings from the same LORAMUX_ environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from services._settings import ServiceSettings
+
+
+def test_service_and_store_fields_come_from_one_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LORAMUX_REPLICAS", "3")
+    monkeypatch.setenv("LORAMUX_ADMIN_KEY", "secret")
+    monkeypatch.setenv("LORAMUX_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("LORAMUX_DATA_DIR", str(tmp_path))
+
+    settings = ServiceSettings()
+
+    assert settings.replicas == 3
+    assert settings.admin_key is not None and settings.admin_key.get_secret_value() == "secret"
+    assert settings.store.redis_url == "redis://127.0.0.1:1/0"
+    assert settings.store.data_dir == tmp_path
+    assert settings.base_model_id == "tiny"
+    assert "secret" not in repr(settings)
+
+
+def test_bad_values_name_the_field() -> None:
+    with pytest.raises(ValidationError, match="replicas"):
+        ServiceSettings(replicas=0)
+    with pytest.raises(ValidationError, match="unknown_option"):
+        ServiceSettings(unknown_option=1)
+
+
+def test_explicit_gpus_win_over_detection() -> None:
+    assert ServiceSettings(num_gpus=0).replica_num_gpus() == 0
+    assert ServiceSettings(num_gpus=2).replica_num_gpus() == 2
