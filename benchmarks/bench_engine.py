@@ -11,9 +11,14 @@ Prints one JSON object (keys are stable; the simulator's ``cpu`` cost profile re
 - ``decode_step_ms``: time of one decode step vs batch size (1-32), with every row on a
   distinct adapter (``lora_mixed``) and with no adapter (``no_adapter``); the fastest of
   ``--repeats`` rounds of the median of ``--steps`` steps.
-- ``adapter_load_ms``: per rank 8/16/32/64, disk -> host (:meth:`HostAdapter.from_dir`)
-  and host -> slot (:meth:`MultiLoraModel.load_slot`), on ``tiny`` and on a ~100M
-  parameter Llama built locally with random weights.
+- ``prefill_ms``: time of one prompt's prefill (one forward through
+  :class:`MultiLoraModel` with an adapter, KV cache built) vs prompt length (16-256
+  tokens); fastest of ``--repeats`` rounds of the median of ``--steps`` runs.
+- ``adapter_load_ms``: per rank 8/16/32/64, blob store -> disk (``blob_fetch_ms``: a
+  cold :meth:`DiskCache.ensure` from a ``file://`` blob store, i.e. copy plus sha256
+  check), disk -> host (:meth:`HostAdapter.from_dir`) and host -> slot
+  (:meth:`MultiLoraModel.load_slot`), on ``tiny`` and on a ~100M parameter Llama built
+  locally with random weights.
 
 Run: ``python -m benchmarks.bench_engine`` (``--quick`` for a smoke run). Nothing is
 downloaded. Everything runs in one process on one machine, so the ratios compare like
@@ -25,6 +30,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import hashlib
+import itertools
 import json
 import platform
 import statistics
@@ -38,7 +45,7 @@ from typing import Any
 
 import torch
 
-from adapter_store import AdapterVersion
+from adapter_store import AdapterVersion, DiskCache, LocalBlobStore, blob_key
 from services.engine import (
     NO_ADAPTER_SLOT,
     Engine,
@@ -49,10 +56,12 @@ from services.engine import (
     load_base_model,
 )
 from services.engine._batching import KvBatch
+from services.engine._host_adapter import CONFIG_FILE, WEIGHTS_FILE
 from tests.factories import make_peft_adapter
 
 RANKS = (8, 16, 32, 64)
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+PREFILL_LENGTHS = (16, 64, 128, 256)
 ATTENTION_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 LLAMA_100M = {
     "vocab_size": 16000,
@@ -97,13 +106,32 @@ class _PreloadedSlots:
         return _Lease(self._slots[version.key])
 
 
-def _median_ms(action: Callable[[], object], repeats: int) -> float:
+def median_ms(action: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         action()
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
+
+
+def load_distinct_adapters(model: MultiLoraModel, plain, work: Path) -> dict[str, int]:
+    """Fill every slot of ``model`` with its own PEFT adapter (ranks cycling through
+    :data:`RANKS`, attention projections); return adapter key -> slot."""
+    slots = {}
+    for index in range(model.max_slots):
+        rank = RANKS[index % len(RANKS)]
+        adapter_dir = make_peft_adapter(
+            plain,
+            work / f"adapter-{index}",
+            seed=index,
+            r=rank,
+            lora_alpha=2 * rank,
+            target_modules=ATTENTION_TARGETS,
+        )
+        model.load_slot(index, HostAdapter.from_dir(_version(index).key, adapter_dir, model))
+        slots[_version(index).key] = index
+    return slots
 
 
 async def _tokens_per_second(
@@ -181,7 +209,7 @@ def bench_step_time(model: MultiLoraModel, tokenizer, args) -> dict[str, dict[st
                 tokens = [1] * batch
                 rows.decode(tokens, slots)  # warm-up
                 rounds[label].setdefault(str(batch), []).append(
-                    _median_ms(lambda r=rows, s=slots, t=tokens: r.decode(t, s), args.steps)
+                    median_ms(lambda r=rows, s=slots, t=tokens: r.decode(t, s), args.steps)
                 )
     return {
         label: {batch: round(min(times), 3) for batch, times in points.items()}
@@ -189,11 +217,36 @@ def bench_step_time(model: MultiLoraModel, tokenizer, args) -> dict[str, dict[st
     }
 
 
+def bench_prefill(model: MultiLoraModel, args) -> dict[str, float]:
+    """Prefill time of one prompt per length, the row on slot 0 (whatever adapter the
+    caller loaded there; :func:`load_distinct_adapters` puts a rank-8 one).
+
+    Each point is the fastest of ``args.repeats`` rounds of the median of ``args.steps``
+    runs, like :func:`bench_step_time`.
+    """
+    rounds: dict[str, list[float]] = {}
+    for _ in range(args.repeats):
+        for length in PREFILL_LENGTHS:
+            prompt = [[token % 256 for token in range(length)]]
+            KvBatch.prefill(model, prompt, [0])  # warm-up
+            rounds.setdefault(str(length), []).append(
+                median_ms(lambda p=prompt: KvBatch.prefill(model, p, [0]), args.steps)
+            )
+    return {length: round(min(times), 3) for length, times in rounds.items()}
+
+
 def bench_loads(
     model: MultiLoraModel, plain, work: Path, repeats: int
 ) -> dict[str, dict[str, float]]:
-    """Disk -> host and host -> slot latency per rank (attention projections targeted)."""
+    """Blob store -> disk, disk -> host and host -> slot latency per rank (attention
+    projections targeted).
+
+    The blob fetch is a cold :meth:`DiskCache.ensure` of the adapter's two files from a
+    ``file://`` blob store: each repeat asks for a new version key, so each one copies
+    and sha256-checks both files; the budget is large enough that nothing is evicted.
+    """
     result = {}
+    blobs = LocalBlobStore(work / "blobs")
     for rank in RANKS:
         adapter_dir = make_peft_adapter(
             plain,
@@ -202,13 +255,23 @@ def bench_loads(
             lora_alpha=2 * rank,
             target_modules=ATTENTION_TARGETS,
         )
+        files = {}
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            data = (adapter_dir / name).read_bytes()
+            files[name] = hashlib.sha256(data).hexdigest()
+            blobs.put_bytes(blob_key(files[name]), data)
+        disk = DiskCache(work / f"disk-cache-r{rank}", blobs, max_bytes=1 << 40)
+        new_keys = (f"bench/r{rank}@{version}" for version in itertools.count(1))
         host = HostAdapter.from_dir(f"r{rank}", adapter_dir, model)
         result[str(rank)] = {
             "size_bytes": host.size_bytes,
-            "disk_to_host_ms": round(
-                _median_ms(lambda d=adapter_dir: HostAdapter.from_dir("x", d, model), repeats), 3
+            "blob_fetch_ms": round(
+                median_ms(lambda c=disk, k=new_keys, f=files: c.ensure(next(k), f), repeats), 3
             ),
-            "host_to_slot_ms": round(_median_ms(lambda h=host: model.load_slot(0, h), repeats), 3),
+            "disk_to_host_ms": round(
+                median_ms(lambda d=adapter_dir: HostAdapter.from_dir("x", d, model), repeats), 3
+            ),
+            "host_to_slot_ms": round(median_ms(lambda h=host: model.load_slot(0, h), repeats), 3),
         }
     return result
 
@@ -239,19 +302,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = load_base_model("tiny", models_dir=work / "models")
     plain = copy.deepcopy(base.model)
     model = MultiLoraModel(base.model, max_slots=args.batch, max_rank=max(RANKS))
-    slots = {}
-    for index in range(args.batch):
-        rank = RANKS[index % len(RANKS)]
-        adapter_dir = make_peft_adapter(
-            plain,
-            work / f"adapter-{index}",
-            seed=index,
-            r=rank,
-            lora_alpha=2 * rank,
-            target_modules=ATTENTION_TARGETS,
-        )
-        model.load_slot(index, HostAdapter.from_dir(_version(index).key, adapter_dir, model))
-        slots[_version(index).key] = index
+    slots = load_distinct_adapters(model, plain, work)
 
     report: dict[str, Any] = {
         "machine": {
@@ -265,6 +316,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         "model": base.name,
         "decode": await bench_decode(base, model, slots, args),
         "decode_step_ms": bench_step_time(model, base.tokenizer, args),
+        "prefill_ms": bench_prefill(model, args),
     }
     loads = {"tiny": bench_loads(MultiLoraModel(copy.deepcopy(plain), max_slots=1), plain, work, 5)}
     if not args.skip_100m:
