@@ -13,6 +13,8 @@ ingress for ``ingress_num_cpus``; the board for none.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 from ray.serve.deployment import Application
@@ -21,7 +23,7 @@ from services._ingress import IngressServer
 from services._replica import ModelReplica, StatsBoard, stale_after_s
 from services._settings import ServiceSettings
 
-__all__ = ["MODEL_DEPLOYMENT", "build_app"]
+__all__ = ["MODEL_DEPLOYMENT", "app_builder", "build_app"]
 
 MODEL_DEPLOYMENT = "Model"
 _ROUTER_CLASS = "services._router:CacheAwareRequestRouter"
@@ -58,3 +60,18 @@ def build_app(settings: ServiceSettings) -> Application:
         ray_actor_options={"num_cpus": settings.ingress_num_cpus},
     )
     return ingress.bind(settings, model, board)
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """The application builder of a Serve config (``import_path:
+    services._app:app_builder``), for ``serve deploy`` and ``serve run``.
+
+    ``args`` are :class:`ServiceSettings` fields (``replicas``, ``gpu_slots``...); the
+    fields it leaves out, and the store's settings, come from the ``LORAMUX_*``
+    environment (in a Serve config, ``runtime_env.env_vars``). The config's
+    ``deployments`` options then override what the settings made of each deployment.
+
+    Raises:
+        pydantic.ValidationError: an unknown field or a bad value, named.
+    """
+    return build_app(ServiceSettings(**args))

@@ -4,7 +4,7 @@ Starts a local Ray, the embedded redis-server of the data directory (appendonly,
 restart keeps every adapter) unless ``--redis-url`` is given, blobs under the data
 directory unless ``--blob-url`` is given, and the application (built-in ``tiny`` base
 model unless ``--base-model``). It makes sure a dev tenant exists with an API key, prints
-the API URL, the Ray dashboard URL, the dev key and the admin key, writes the CLI/SDK
+the API, dashboard and Ray dashboard URLs, the dev key and the admin key, writes the CLI/SDK
 profile (``~/.loramux/profile.json``), and runs until Ctrl-C or SIGTERM, then shuts
 Serve, Ray and the redis-server it started down in that order.
 
@@ -83,7 +83,7 @@ def up(
     ] = 600.0,
 ) -> None:
     """Run loramux locally: Ray, Redis, blob store, base model, API; Ctrl-C stops it."""
-    from pydantic import ValidationError
+    from pydantic import SecretStr, ValidationError
 
     from adapter_store import AdapterStoreError, StoreSettings
     from services._settings import ServiceSettings
@@ -102,7 +102,7 @@ def up(
     except ValidationError as exc:
         raise _fail(f"invalid setting: {exc}") from None
     if settings.admin_key is None:
-        settings = settings.model_copy(update={"admin_key": secrets.token_urlsafe(24)})
+        settings = settings.model_copy(update={"admin_key": SecretStr(secrets.token_urlsafe(24))})
 
     stop = threading.Event()
     _stop_on_signals(stop)
@@ -121,7 +121,8 @@ def up(
         profile = _write_profile(url, key)
         assert settings.admin_key is not None
         typer.echo(f"loramux is up: {url}  (OpenAI base URL: {url}/v1)")
-        typer.echo(f"dashboard:     {dashboard or 'not available'}")
+        typer.echo(f"dashboard:     {url}/dashboard  (sign in with the admin key)")
+        typer.echo(f"Ray dashboard: {dashboard or 'not available'}")
         typer.echo(f"dev tenant:    {settings.store.tenant}  key: {key}  (profile: {profile})")
         typer.echo(f"admin key:     {settings.admin_key.get_secret_value()}")
         typer.echo(f"data:          {settings.store.data_dir}")

@@ -28,7 +28,7 @@ import services.engine.exceptions as engine_errors
 import services.exceptions as api_errors
 from services._api_models import ErrorBody, ErrorDetail
 
-__all__ = ["ERROR_TABLE", "error_body", "install_error_handlers", "status_and_body"]
+__all__ = ["ERROR_TABLE", "error_body", "install_error_handlers", "status_and_body", "status_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +80,21 @@ ERROR_TABLE: dict[type[BaseException], tuple[int, str]] = {
 }
 
 
-def status_and_body(exc: BaseException) -> tuple[int, ErrorBody]:
-    """The status and ``{"error": {"type", "message"}}`` body for ``exc``."""
+def _answer(exc: BaseException) -> tuple[int, str]:
     for cls in type(exc).__mro__:
         if cls in ERROR_TABLE:
-            status, kind = ERROR_TABLE[cls]
-            break
-    else:
-        status, kind = _INTERNAL
+            return ERROR_TABLE[cls]
+    return _INTERNAL
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status the API answers ``exc`` with (500 for anything unlisted)."""
+    return _answer(exc)[0]
+
+
+def status_and_body(exc: BaseException) -> tuple[int, ErrorBody]:
+    """The status and ``{"error": {"type", "message"}}`` body for ``exc``."""
+    status, kind = _answer(exc)
     if status >= 500 and status != 503:
         logger.error("request failed", exc_info=exc)
     message = _message(exc) if (status, kind) != _INTERNAL else "internal error; see the logs"

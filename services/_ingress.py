@@ -50,6 +50,7 @@ from services._api_models import (
     TenantCreated,
 )
 from services._errors import error_body, install_error_handlers
+from services._metrics import IngressMetrics
 from services._openai import (
     ResponseIds,
     chat_chunk,
@@ -231,14 +232,16 @@ def create_api(store: AdapterStore, gateway: ModelGateway, settings: ServiceSett
     api.state.settings = settings
     install_error_handlers(api)
     base_model = settings.base_model_id
+    meter = IngressMetrics(tenant_label=settings.metrics_tenant_label)
 
     # --- generation ---------------------------------------------------------------
 
-    def resolve_model(key: str, model: str) -> AdapterVersion | None:
-        """Authenticate and resolve ``model`` (blocking: three Redis round trips)."""
+    def resolve_model(key: str, model: str) -> tuple[str, AdapterVersion | None]:
+        """Authenticate and resolve ``model`` to the tenant and the version (blocking:
+        three Redis round trips)."""
         tenant = store.tenant_for_key(key)
         if model == base_model:
-            return None
+            return tenant, None
         version = store.resolve(tenant, model)
         if version.base_model != base_model:
             raise BadRequestError(
@@ -246,27 +249,30 @@ def create_api(store: AdapterStore, gateway: ModelGateway, settings: ServiceSett
                 f"this service serves {base_model!r}"
             )
         store.record_usage(version)
-        return version
+        return tenant, version
 
     async def start(
-        key: str, body: CompletionRequest | ChatCompletionRequest
+        endpoint: str, key: str, body: CompletionRequest | ChatCompletionRequest
     ) -> AsyncGenerator[GenerationChunk, None]:
         """Resolve, validate and send; wait for the first chunk so that an error before
-        any output still answers with its status."""
-        adapter = await run_in_threadpool(resolve_model, key, body.model)
-        request = generation_request(body, adapter, default_max_tokens=settings.default_max_tokens)
-        chunks = gateway.generate(request)
-        try:
-            first = await anext(chunks)
-        except BaseException:
-            await chunks.aclose()
-            raise
-        return _prepend(first, chunks)
+        any output still answers with its status. The request is metered as ``endpoint``."""
+        with meter.failures(endpoint):
+            tenant, adapter = await run_in_threadpool(resolve_model, key, body.model)
+            request = generation_request(
+                body, adapter, default_max_tokens=settings.default_max_tokens
+            )
+            chunks = gateway.generate(request)
+            try:
+                first = await anext(chunks)
+            except BaseException:
+                await chunks.aclose()
+                raise
+        return meter.metered(endpoint, tenant, _prepend(first, chunks))
 
     @api.post("/v1/completions", response_model=None)
     async def completions(key: ApiKey, body: CompletionRequest) -> Any:
         ids = ResponseIds("cmpl", body.model)
-        chunks = await start(key, body)
+        chunks = await start("completions", key, body)
         if not body.stream:
             result = GenerationResult.from_chunks([chunk async for chunk in chunks])
             return completion(ids, result).model_dump(exclude_none=True)
@@ -282,7 +288,7 @@ def create_api(store: AdapterStore, gateway: ModelGateway, settings: ServiceSett
     @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(key: ApiKey, body: ChatCompletionRequest) -> Any:
         ids = ResponseIds("chatcmpl", body.model)
-        chunks = await start(key, body)
+        chunks = await start("chat_completions", key, body)
         if not body.stream:
             result = GenerationResult.from_chunks([chunk async for chunk in chunks])
             return chat_completion(ids, result).model_dump(exclude_none=True)
@@ -307,8 +313,10 @@ def create_api(store: AdapterStore, gateway: ModelGateway, settings: ServiceSett
 
     @api.post("/v1/adapters", status_code=201)
     async def push_adapter(request: Request, tenant: Tenant) -> AdapterVersionInfo:
-        name, files = await _read_upload(request, store.limits.max_bytes)
-        version = await run_in_threadpool(push_files, tenant, name, files)
+        with meter.failures("push"):
+            name, files = await _read_upload(request, store.limits.max_bytes)
+            version = await run_in_threadpool(push_files, tenant, name, files)
+        meter.pushed(version.size_bytes)
         return version_info(version, ["latest"])
 
     def push_files(tenant: str, name: str, files: dict[str, bytes]) -> AdapterVersion:
@@ -415,6 +423,10 @@ def create_api(store: AdapterStore, gateway: ModelGateway, settings: ServiceSett
         own = await run_in_threadpool(_tenant_counters, store, tenant)
         return {"replicas": [_only_tenant(r, tenant) for r in replicas], **own}
 
+    # Imported here, not at the top: the dashboard reuses this module's access rules.
+    from services._dashboard import dashboard_router
+
+    api.include_router(dashboard_router(store, gateway, settings))
     return api
 
 

@@ -9,7 +9,9 @@ its residency reaches the router through :meth:`ModelReplica.record_routing_stat
 
 Statistics: every ``stats_period_s`` the replica sends its residency, hit rates, load
 latencies and load to the :class:`StatsBoard` deployment, which ``/v1/stats`` and
-``/healthz`` read. A replica is live on the board while its reports keep coming.
+``/healthz`` read. A replica is live on the board while its reports keep coming. In the
+same period it records its metrics (:class:`services._metrics.ReplicaMetrics`); load
+latencies are timed from the cache's residency events as they happen.
 
 Failure modes: a replica whose base model does not load fails its constructor, and Ray
 Serve retries it. A crashed engine loop fails the requests it held, and the next request
@@ -30,6 +32,7 @@ from ray.serve.handle import DeploymentHandle
 
 from adapter_store import AdapterStore
 from scheduler import ReplicaView, make_policy
+from services._metrics import ReplicaMetrics
 from services._router import routing_stats
 from services._settings import ServiceSettings
 from services.engine import (
@@ -72,10 +75,14 @@ class ModelReplica:
             models_dir=settings.models_dir,
             name=settings.base_model_id,
         )
+        # One full fine-tuned copy's size, for the dashboard's storage comparison;
+        # counted before the LoRA layers are added.
+        self._base_model_bytes = sum(p.numel() * p.element_size() for p in base.model.parameters())
         model = MultiLoraModel(
             base.model, max_slots=settings.gpu_slots, max_rank=settings.max_lora_rank
         )
         disk_cache = self._store.disk_cache
+        self._metrics = ReplicaMetrics()
         self._cache = AdapterCache(
             gpu_slots=settings.gpu_slots,
             host_budget_bytes=settings.host_budget_bytes,
@@ -85,6 +92,7 @@ class ModelReplica:
             deactivate_slot=model.clear_slot,
             disk_keys=disk_cache.keys if disk_cache is not None else None,
             eviction_policy=make_policy(settings.routing_policy).new_eviction_policy,
+            on_change=self._metrics.on_residency_change,
         )
         self._engine = Engine(
             base,
@@ -160,6 +168,7 @@ class ModelReplica:
                 "pinned": sorted(key for key, count in residency.pinned.items() if count > 0),
             },
             "gpu_slots": self._settings.gpu_slots,
+            "base_model_bytes": self._base_model_bytes,
             "in_flight": self._engine.num_running,
             "queued": max(0, self._active - self._engine.num_running),
             "requests_served": self._served,
@@ -187,14 +196,22 @@ class ModelReplica:
         }
 
     async def _report_forever(self) -> None:
-        """Send :meth:`stats` to the board every period; a failed send is retried next."""
-        if self._board is None:
-            return
+        """Every period: record the metrics, and send :meth:`stats` to the board (a
+        failed send is retried next period)."""
         while True:
-            try:
-                await self._board.report.remote(self._replica_id, self.stats())
-            except Exception:
-                logger.warning("stats report to the board failed", exc_info=True)
+            running = self._engine.num_running
+            self._metrics.record(
+                self._cache.stats(),
+                self._cache.residency(),
+                gpu_slots=self._settings.gpu_slots,
+                running=running,
+                queued=max(0, self._active - running),
+            )
+            if self._board is not None:
+                try:
+                    await self._board.report.remote(self._replica_id, self.stats())
+                except Exception:
+                    logger.warning("stats report to the board failed", exc_info=True)
             await asyncio.sleep(self._settings.stats_period_s)
 
     async def __del__(self) -> None:

@@ -20,6 +20,10 @@ What the router knows about each replica, merged into one :class:`ReplicaView`:
   ``placement_ttl_s`` passes, so a burst for a cold adapter is not scattered while the
   replica's next report is on its way.
 
+Each accepted placement is counted by kind (resident, warm, cold, spilled, replicated,
+base) in ``loramux_routing_decisions`` (:mod:`services._metrics`); the router runs in the
+process holding the handle (the ingress replicas), whose Serve labels the count carries.
+
 Failure modes: a replica that never reports routing stats is seen with empty tiers
 (and placed by load only). A policy that raises would kill Ray's routing task, which Ray
 restarts at once, in a tight loop that never routes the request; so the router catches
@@ -49,6 +53,7 @@ from scheduler import (
     Tier,
     make_policy,
 )
+from services._metrics import RoutingMetrics, classify_routing
 
 __all__ = [
     "DEFAULT_PLACEMENT_TTL_S",
@@ -166,6 +171,7 @@ class CacheAwareRequestRouter(RequestRouter):
         # replica unique id -> adapter key -> when this router last sent it there.
         self._placements: dict[str, dict[str, float]] = {}
         self._policy_error_logged_at = float("-inf")
+        self._metrics = RoutingMetrics()
 
     def create_policy(self, name: str, *, seed: int, **options: Any) -> PlacementPolicy:
         """The placement policy to route with; a subclass may supply its own."""
@@ -241,9 +247,22 @@ class CacheAwareRequestRouter(RequestRouter):
         if key:
             self._demand.observe(key, now)
         view = self.replica_view(replica, now)
+        self._count_decision(key, view, now)
         self._policy.on_placed(self.demand(key, now), view, now)
         if key and view.tier_of(key) is Tier.NONE:
             self._placements.setdefault(view.replica_id, {})[key] = now
+
+    def _count_decision(self, key: str, chosen: ReplicaView, now: float) -> None:
+        """Count the placement by kind (see :func:`classify_routing`); the home count is
+        the policy's when it replicates hot adapters (``home_count``), else 1."""
+        others = [
+            self.replica_view(replica, now)
+            for replica_id, replica in self.curr_replicas.items()
+            if replica_id.unique_id != chosen.replica_id
+        ]
+        home_count = getattr(self._policy, "home_count", None)
+        homes = home_count(key) if key and home_count is not None else 1
+        self._metrics.routed(classify_routing(key, chosen, others, home_count=homes))
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         """Forget the placements on replicas that left, then let Ray update its sets."""

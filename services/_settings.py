@@ -55,6 +55,9 @@ class ServiceSettings(BaseSettings):
     routing_stats_period_s: float = Field(default=1.0, gt=0)
     stats_period_s: float = Field(default=2.0, gt=0, description="replica -> /v1/stats")
     admin_key: SecretStr | None = None
+    metrics_tenant_label: bool = Field(
+        default=True, description="label token metrics by tenant; False: one tenant='*'"
+    )
 
     @field_validator("base_model_dir", "models_dir")
     @classmethod

@@ -25,6 +25,14 @@ ADMIN_KEY = "admin-test-key"
 READY_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 240.0
 
+LOGS: dict[int, Path] = {}
+"""Each started process's output file, by pid."""
+
+
+def log_tail(process: subprocess.Popen[bytes]) -> str:
+    """The end of the process's output, for assertion messages."""
+    return LOGS[process.pid].read_text(errors="replace")[-3000:]
+
 
 def start(home: Path, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "HOME": str(home), "LORAMUX_ADMIN_KEY": ADMIN_KEY}
@@ -33,8 +41,11 @@ def start(home: Path, port: int) -> subprocess.Popen[bytes]:
         *(sys.executable, "-c", "from services.cli import main; main()", "up"),
         *("--port", str(port), "--replicas", "1", "--dev-key", DEV_KEY),
     ]
-    log = open(home / f"up-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115 (closed by the child's exit)
-    return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log = home / f"up-{time.monotonic_ns()}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+    LOGS[process.pid] = log
+    return process
 
 
 def wait_ready(process: subprocess.Popen[bytes], url: str, profile: Path) -> None:
@@ -42,14 +53,14 @@ def wait_ready(process: subprocess.Popen[bytes], url: str, profile: Path) -> Non
     the API healthy itself)."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
-        assert process.poll() is None, "loramux up exited before it was ready"
+        assert process.poll() is None, f"loramux up exited early:\n{log_tail(process)}"
         try:
             if httpx.get(f"{url}/healthz", timeout=5).status_code == 200 and profile.exists():
                 return
         except httpx.HTTPError:
             pass
         time.sleep(1.0)
-    raise AssertionError("loramux up did not become ready")
+    raise AssertionError(f"loramux up did not become ready:\n{log_tail(process)}")
 
 
 def stop(process: subprocess.Popen[bytes]) -> int:
@@ -96,7 +107,7 @@ def test_up_serves_keeps_adapters_across_a_restart_and_stops_on_sigterm(
     finally:
         first_status = stop(first)
 
-    assert first_status == 0
+    assert first_status == 0, log_tail(first)
     assert pushed.key == "default/bot@1" and reply.usage.completion_tokens >= 1
     assert not redis_answers(tmp_path / ".loramux")
     with pytest.raises(httpx.HTTPError):
@@ -110,5 +121,5 @@ def test_up_serves_keeps_adapters_across_a_restart_and_stops_on_sigterm(
     finally:
         second_status = stop(second)
 
-    assert second_status == 0
+    assert second_status == 0, log_tail(second)
     assert kept == ["bot"]
