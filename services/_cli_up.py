@@ -13,6 +13,10 @@ them; otherwise the dev key of the previous run (read back from the profile) is 
 while it still works, and a new one is issued when it does not; an admin key is
 generated for each run.
 
+Signals: Ctrl-C or SIGTERM during start-up interrupts it and stops what was started
+(exit status 0); once serving, they end the serving loop and the shutdown then runs to
+completion, undisturbed by further signals.
+
 Failure mode: settings that do not validate, or an application that does not become
 healthy within ``--ready-timeout``, print one ``error:`` line, shut down what was
 started and exit with status 1.
@@ -28,8 +32,9 @@ import secrets
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -105,19 +110,21 @@ def up(
         settings = settings.model_copy(update={"admin_key": SecretStr(secrets.token_urlsafe(24))})
 
     stop = threading.Event()
-    _stop_on_signals(stop)
     with contextlib.ExitStack() as cleanup:
         try:
+            _on_signals(_interrupt)
             settings = _start_redis(settings, cleanup)
             store = cleanup.enter_context(_open_store(settings))
             key = _dev_key(store, settings.store.tenant, dev_key)
             url, dashboard = _start_service(settings, host, port, num_cpus, cleanup)
+            _wait_ready(url, ready_timeout)
+        except _Interrupted as exc:
+            typer.echo(f"{exc} during start-up: shutting down...")
+            return
         except AdapterStoreError as exc:
             raise _fail(str(exc)) from None
-        _stop_on_signals(stop)  # again: starting Ray may have replaced the handlers
-        if not _wait_ready(url, ready_timeout, stop):
-            typer.echo("shutting down...")
-            return
+        # Serving: a signal only asks the loop below to end, so shutdown is never cut.
+        _on_signals(lambda *_: stop.set())
         profile = _write_profile(url, key)
         assert settings.admin_key is not None
         typer.echo(f"loramux is up: {url}  (OpenAI base URL: {url}/v1)")
@@ -133,9 +140,17 @@ def up(
     typer.echo("stopped.")
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
+class _Interrupted(Exception):
+    """Ctrl-C or SIGTERM arrived while starting: unwind and stop what was started."""
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise _Interrupted(signal.Signals(signum).name)
+
+
+def _on_signals(handler: Callable[[int, Any], None]) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, handler)
 
 
 def _start_redis(settings: ServiceSettings, cleanup: contextlib.ExitStack) -> ServiceSettings:
@@ -201,6 +216,8 @@ def _start_service(
         log_to_driver=False,
     )
     cleanup.callback(ray.shutdown)
+    # ray.init installs its own SIGTERM handler; start-up must stay interruptible.
+    _on_signals(_interrupt)
     serve.start(http_options={"host": host, "port": port})
     cleanup.callback(serve.shutdown)
     serve.run(build_app(settings), name=settings.app_name, route_prefix="/", blocking=False)
@@ -208,8 +225,8 @@ def _start_service(
     return f"http://{host}:{port}", (f"http://{dashboard}" if dashboard else None)
 
 
-def _wait_ready(url: str, timeout_s: float, stop: threading.Event) -> bool:
-    """Poll ``/healthz`` until a replica is ready (True) or ``stop`` is set (False).
+def _wait_ready(url: str, timeout_s: float) -> None:
+    """Poll ``/healthz`` until a replica is ready.
 
     Raises:
         typer.Exit: not ready within ``timeout_s``.
@@ -220,9 +237,8 @@ def _wait_ready(url: str, timeout_s: float, stop: threading.Event) -> bool:
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                return True
-        if stop.wait(1.0):
-            return False
+                return
+        time.sleep(1.0)
     raise _fail(f"the service did not become ready within {timeout_s:.0f}s; see the Ray logs")
 
 
