@@ -36,10 +36,14 @@ __all__ = [
     "ErrorDetail",
     "FinishReason",
     "Health",
+    "KeyRevoke",
+    "KeyRevoked",
     "Model",
     "ModelList",
+    "QuotaUpdate",
     "TenantCreate",
     "TenantCreated",
+    "TenantUsage",
     "Usage",
 ]
 
@@ -265,6 +269,36 @@ class TenantCreated(_Response):
 
     name: str
     api_key: str
+
+
+class KeyRevoke(_Request):
+    """``POST /v1/keys/revoke`` (admin key)."""
+
+    api_key: str = Field(min_length=1)
+
+
+class KeyRevoked(_Response):
+    """The tenant whose key ``POST /v1/keys/revoke`` revoked; it fails at once."""
+
+    tenant: str
+    revoked: bool = True
+
+
+class QuotaUpdate(_Request):
+    """``PUT /v1/tenants/{name}/quota`` (admin key); ``null`` is unlimited."""
+
+    max_adapters: int | None = Field(default=None, ge=0)
+    max_bytes: int | None = Field(default=None, ge=0)
+
+
+class TenantUsage(_Response):
+    """A tenant's adapter count and stored bytes against its quotas (None: unlimited)."""
+
+    tenant: str
+    adapters: int
+    bytes: int
+    max_adapters: int | None = None
+    max_bytes: int | None = None
 
 
 class Health(_Response):

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -44,8 +44,10 @@ from services._api_models import (
     ChatCompletionRequest,
     CompletionRequest,
     Deleted,
+    KeyRevoke,
     Model,
     ModelList,
+    QuotaUpdate,
     TenantCreate,
     TenantCreated,
 )
@@ -112,21 +114,6 @@ class ServeGateway:
 
     async def replica_stats(self) -> list[dict[str, Any]]:
         return await self._board.snapshot.remote()
-
-
-class KeyRevoke(BaseModel):
-    """``POST /v1/keys/revoke`` (admin key)."""
-
-    model_config = ConfigDict(extra="forbid")
-    api_key: str = Field(min_length=1)
-
-
-class QuotaUpdate(BaseModel):
-    """``PUT /v1/tenants/{name}/quota`` (admin key); ``null`` is unlimited."""
-
-    model_config = ConfigDict(extra="forbid")
-    max_adapters: int | None = Field(default=None, ge=0)
-    max_bytes: int | None = Field(default=None, ge=0)
 
 
 def _bearer(authorization: str | None) -> str:

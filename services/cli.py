@@ -20,7 +20,13 @@ app = typer.Typer(
 )
 
 # Each module adds its commands to the app; heavy imports stay inside the commands.
-_COMMAND_MODULES = ("services._cli_store", "services._cli_sim", "services._cli_up")
+_COMMAND_MODULES = (
+    "services._cli_adapters",
+    "services._cli_generate",
+    "services._cli_store",
+    "services._cli_sim",
+    "services._cli_up",
+)
 
 for _module in _COMMAND_MODULES:
     try:

@@ -54,9 +54,13 @@ from services._api_models import (
     Deleted,
     ErrorBody,
     Health,
+    KeyRevoke,
+    KeyRevoked,
     ModelList,
+    QuotaUpdate,
     TenantCreate,
     TenantCreated,
+    TenantUsage,
 )
 from services.exceptions import (
     APIConnectionError,
@@ -80,7 +84,8 @@ PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 """The files of a PEFT LoRA adapter that a push uploads and a download returns."""
 
 ProgressCallback = Callable[[int, int], None]
-"""``on_progress(bytes_sent, bytes_total)``, called as an upload reads its files."""
+"""``on_progress(bytes_done, bytes_total)``, called as an upload reads its files or a
+download receives its bytes (``bytes_total`` 0 when the server did not say)."""
 
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
@@ -336,6 +341,21 @@ def _extract_adapter(archive: Path, dest: Path) -> None:
         raise APIError(
             f"the downloaded adapter is not a valid tar archive: {exc}", type="invalid_response"
         ) from exc
+
+
+class _DownloadProgress:
+    """Counts a download's bytes against the answer's Content-Length."""
+
+    def __init__(self, response: httpx.Response, callback: ProgressCallback | None) -> None:
+        declared = response.headers.get("content-length", "")
+        self._total = int(declared) if declared.isdigit() else 0
+        self._received = 0
+        self._callback = callback
+
+    def received(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._callback is not None:
+            self._callback(self._received, self._total)
 
 
 def _segment(text: str) -> str:
@@ -723,18 +743,27 @@ class Adapters(_AdapterCalls):
         """Delete one version, or (``version=None``) the adapter with all its versions."""
         return self._client._run(self._delete(name, version))
 
-    def download(self, ref: str, dest: str | os.PathLike[str]) -> Path:
+    def download(
+        self,
+        ref: str,
+        dest: str | os.PathLike[str],
+        *,
+        on_progress: ProgressCallback | None = None,
+    ) -> Path:
         """Fetch the PEFT files of ``ref`` (``name``, ``name@3``, ``name:prod``) into ``dest``.
 
         Returns the directory, which then loads with PEFT's ``PeftModel.from_pretrained``.
+        ``on_progress(bytes_received, bytes_total)`` is called as the archive arrives.
         """
         directory = Path(dest)
         directory.mkdir(parents=True, exist_ok=True)
         response = self._client._send(self._download_request(ref), stream=True)
+        progress = _DownloadProgress(response, on_progress)
         with tempfile.NamedTemporaryFile(dir=directory, suffix=".tar.gz") as archive:
             try:
                 for chunk in response.iter_bytes():
                     archive.write(chunk)
+                    progress.received(chunk)
             except httpx.TransportError as exc:
                 raise _connection_error(response.request, exc) from exc
             finally:
@@ -784,14 +813,22 @@ class AsyncAdapters(_AdapterCalls):
     async def delete(self, name: str, *, version: int | None = None) -> Deleted:
         return await self._client._run(self._delete(name, version))
 
-    async def download(self, ref: str, dest: str | os.PathLike[str]) -> Path:
+    async def download(
+        self,
+        ref: str,
+        dest: str | os.PathLike[str],
+        *,
+        on_progress: ProgressCallback | None = None,
+    ) -> Path:
         directory = Path(dest)
         directory.mkdir(parents=True, exist_ok=True)
         response = await self._client._send(self._download_request(ref), stream=True)
+        progress = _DownloadProgress(response, on_progress)
         with tempfile.NamedTemporaryFile(dir=directory, suffix=".tar.gz") as archive:
             try:
                 async for chunk in response.aiter_bytes():
                     archive.write(chunk)
+                    progress.received(chunk)
             except httpx.TransportError as exc:
                 raise _connection_error(response.request, exc) from exc
             finally:
@@ -975,6 +1012,8 @@ class AsyncChat(_ChatCalls):
 
 
 class _TenantCalls:
+    """The admin endpoints as :class:`_Call` builders (no I/O)."""
+
     def __init__(self, client: _BaseClient) -> None:
         self._client = client
 
@@ -982,21 +1021,81 @@ class _TenantCalls:
         body = TenantCreate(name=name)
         return self._client._call("POST", "/v1/tenants", TenantCreated, body=body)
 
+    def _add_key(self, name: str) -> _Call[TenantCreated]:
+        path = f"/v1/tenants/{_segment(name)}/keys"
+        return self._client._call("POST", path, TenantCreated)
+
+    def _revoke_key(self, api_key: str) -> _Call[KeyRevoked]:
+        body = KeyRevoke(api_key=api_key)
+        return self._client._call("POST", "/v1/keys/revoke", KeyRevoked, body=body)
+
+    def _set_quota(
+        self, name: str, max_adapters: int | None, max_bytes: int | None
+    ) -> _Call[TenantUsage]:
+        # Both fields are sent, null included: an omitted quota becomes unlimited.
+        body = QuotaUpdate(max_adapters=max_adapters, max_bytes=max_bytes)
+        path = f"/v1/tenants/{_segment(name)}/quota"
+        return self._client._call("PUT", path, TenantUsage, body=body)
+
+    def _usage(self, name: str) -> _Call[TenantUsage]:
+        path = f"/v1/tenants/{_segment(name)}/usage"
+        return self._client._call("GET", path, TenantUsage)
+
 
 class Tenants(_TenantCalls):
-    """``client.tenants`` (admin key only)."""
+    """``client.tenants``: tenants, their API keys and quotas (admin key only).
+
+    Raises (every method): PermissionDeniedError when the client's key is not the
+    admin key; NotFoundError for an unknown tenant (or key, for ``revoke_key``).
+    """
 
     _client: Client
 
     def create(self, name: str) -> TenantCreated:
-        """Create tenant ``name``; the answer holds its API key, shown only this once."""
+        """Create tenant ``name``; the answer holds its API key, shown only this once.
+
+        Raises:
+            ConflictError: the tenant exists already.
+        """
         return self._client._run(self._create(name))
+
+    def add_key(self, name: str) -> str:
+        """Issue another API key for tenant ``name`` and return it (shown only this once)."""
+        return self._client._run(self._add_key(name)).api_key
+
+    def revoke_key(self, api_key: str) -> KeyRevoked:
+        """Revoke ``api_key`` at once; the answer names the tenant it belonged to."""
+        return self._client._run(self._revoke_key(api_key))
+
+    def set_quota(
+        self, name: str, *, max_adapters: int | None = None, max_bytes: int | None = None
+    ) -> TenantUsage:
+        """Set both quotas of tenant ``name`` (None: unlimited); returns its usage."""
+        return self._client._run(self._set_quota(name, max_adapters, max_bytes))
+
+    def usage(self, name: str) -> TenantUsage:
+        """Tenant ``name``'s adapter count and stored bytes, with its quotas."""
+        return self._client._run(self._usage(name))
 
 
 class AsyncTenants(_TenantCalls):
-    """``client.tenants`` of :class:`AsyncClient` (admin key only)."""
+    """``client.tenants`` of :class:`AsyncClient`; see :class:`Tenants`."""
 
     _client: AsyncClient
 
     async def create(self, name: str) -> TenantCreated:
         return await self._client._run(self._create(name))
+
+    async def add_key(self, name: str) -> str:
+        return (await self._client._run(self._add_key(name))).api_key
+
+    async def revoke_key(self, api_key: str) -> KeyRevoked:
+        return await self._client._run(self._revoke_key(api_key))
+
+    async def set_quota(
+        self, name: str, *, max_adapters: int | None = None, max_bytes: int | None = None
+    ) -> TenantUsage:
+        return await self._client._run(self._set_quota(name, max_adapters, max_bytes))
+
+    async def usage(self, name: str) -> TenantUsage:
+        return await self._client._run(self._usage(name))

@@ -1,4 +1,5 @@
-"""The store commands of the ``loramux`` CLI, on real Redis and file:// blobs."""
+"""The ``loramux`` commands in direct mode (``--direct`` / ``LORAMUX_DIRECT=1``): on the
+store itself, real Redis and file:// blobs, no service running."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def test_store_commands_end_to_end(
     base_dir, adapter0, adapter1 = model_dirs
     cli = _cli(
         {
+            "LORAMUX_DIRECT": "1",
             "LORAMUX_REDIS_URL": redis_url,
             "LORAMUX_DATA_DIR": str(tmp_path / "data"),
             "LORAMUX_BASE_MODEL": "tiny-llama",
@@ -77,15 +79,22 @@ def test_store_commands_end_to_end(
 
 
 def test_tenant_commands(redis_url: str, tmp_path: Path) -> None:
+    # No LORAMUX_ADMIN_KEY and no service: --direct is what makes these work.
     cli = _cli({"LORAMUX_REDIS_URL": redis_url, "LORAMUX_DATA_DIR": str(tmp_path)})
-    key = cli("tenant", "create", "beta", "--max-adapters", "2").stdout.strip().splitlines()[-1]
+    assert "LORAMUX_ADMIN_KEY" in cli("tenant", "create", "beta", ok=False).output
+    created = cli("tenant", "create", "beta", "--max-adapters", "2", "--direct")
+    key = created.stdout.strip().splitlines()[-1]
     assert key.startswith("lmx_")
-    assert "0/2 adapters" in cli("tenant", "quota", "beta", "--max-adapters", "2").output
-    assert "beta" in cli("tenant", "ls").output
-    assert cli("tenant", "key", "beta").output.strip().startswith("lmx_")
-    assert "revoked a key of tenant beta" in cli("tenant", "revoke", key).output
-    assert "unknown or revoked API key" in cli("tenant", "revoke", key, ok=False).output
-    assert "exists already" in cli("tenant", "create", "beta", ok=False).output
+    assert (
+        "0/2 adapters" in cli("tenant", "quota", "beta", "--max-adapters", "2", "--direct").output
+    )
+    assert "beta: 0/2 adapters, 0/∞ bytes" in cli("tenant", "usage", "beta", "--direct").output
+    assert "beta" in cli("tenant", "ls", "--direct").output
+    assert cli("tenant", "key", "beta", "--direct").output.strip().startswith("lmx_")
+    assert "revoked a key of tenant beta" in cli("tenant", "revoke", key, "--direct").output
+    revoked_again = cli("tenant", "revoke", key, "--direct", ok=False)
+    assert "unknown or revoked API key" in revoked_again.output
+    assert "exists already" in cli("tenant", "create", "beta", "--direct", ok=False).output
 
 
 def test_embedded_store_persists_between_commands(
@@ -94,7 +103,9 @@ def test_embedded_store_persists_between_commands(
     """With no LORAMUX_REDIS_URL each command runs the private appendonly redis-server."""
     base_dir, adapter0, _ = model_dirs
     data = tmp_path / "data"
-    cli = _cli({"LORAMUX_DATA_DIR": str(data), "LORAMUX_BASE_MODEL": "tiny-llama"})
+    cli = _cli(
+        {"LORAMUX_DIRECT": "1", "LORAMUX_DATA_DIR": str(data), "LORAMUX_BASE_MODEL": "tiny-llama"}
+    )
     cli("base", "register", base_dir, "--id", "tiny-llama")
     cli("push", adapter0, "--name", "chat")
     # Each command started and stopped its own server: what `show` sees was persisted.

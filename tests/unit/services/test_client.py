@@ -648,3 +648,90 @@ async def test_async_client_pushes_and_downloads(
 
     assert [part[2] for part in multipart_parts(server.requests[0])[1:]] == list(files.values())
     assert {path.name: path.read_bytes() for path in dest.iterdir()} == files
+
+
+# --- tenant administration ----------------------------------------------------------
+
+USAGE = {"tenant": "acme", "adapters": 2, "bytes": 99, "max_adapters": 5, "max_bytes": None}
+
+
+def test_tenant_keys_and_quotas_call_the_admin_endpoints(sleeps: list[float]) -> None:
+    server = Server(
+        httpx.Response(201, json={"name": "acme", "api_key": "sk-second"}),
+        httpx.Response(200, json={"tenant": "acme", "revoked": True}),
+        httpx.Response(200, json=USAGE),
+        httpx.Response(200, json=USAGE),
+    )
+    tenants = make_client(server, sleeps, api_key="admin").tenants
+
+    key = tenants.add_key("acme")
+    revoked = tenants.revoke_key("sk-first")
+    quota = tenants.set_quota("acme", max_adapters=5)
+    usage = tenants.usage("acme")
+
+    sent = [(r.method, r.url.path, r.content) for r in server.requests]
+    assert sent == [
+        ("POST", "/v1/tenants/acme/keys", b""),
+        ("POST", "/v1/keys/revoke", b'{"api_key":"sk-first"}'),
+        # The quota left out is sent as null: it becomes unlimited, as documented.
+        ("PUT", "/v1/tenants/acme/quota", b'{"max_adapters":5,"max_bytes":null}'),
+        ("GET", "/v1/tenants/acme/usage", b""),
+    ]
+    assert all(r.headers["authorization"] == "Bearer admin" for r in server.requests)
+    assert key == "sk-second" and revoked.tenant == "acme"
+    assert quota == usage
+    assert (usage.adapters, usage.max_adapters, usage.max_bytes) == (2, 5, None)
+
+
+def test_a_negative_quota_fails_before_sending(sleeps: list[float]) -> None:
+    server = Server(httpx.Response(200, json=USAGE))
+
+    with pytest.raises(pydantic.ValidationError, match="max_bytes"):
+        make_client(server, sleeps).tenants.set_quota("acme", max_bytes=-1)
+
+    assert server.requests == []
+
+
+def test_tenant_admin_without_the_admin_key_is_permission_denied(sleeps: list[float]) -> None:
+    server = Server(error(403, "permission_denied", "this endpoint needs the admin key"))
+
+    with pytest.raises(PermissionDeniedError, match="admin key"):
+        make_client(server, sleeps).tenants.usage("acme")
+
+
+async def test_async_client_manages_keys_and_quotas(sleeps: list[float]) -> None:
+    server = Server(
+        httpx.Response(201, json={"name": "acme", "api_key": "sk-second"}),
+        httpx.Response(200, json={"tenant": "acme", "revoked": True}),
+        httpx.Response(200, json=USAGE),
+        httpx.Response(200, json=USAGE),
+    )
+
+    async with make_async_client(server, sleeps) as client:
+        key = await client.tenants.add_key("acme")
+        revoked = await client.tenants.revoke_key(key)
+        quota = await client.tenants.set_quota("acme", max_adapters=5, max_bytes=None)
+        usage = await client.tenants.usage("acme")
+
+    assert (key, revoked.revoked, quota.max_adapters, usage.bytes) == ("sk-second", True, 5, 99)
+    assert [r.url.path for r in server.requests] == [
+        "/v1/tenants/acme/keys",
+        "/v1/keys/revoke",
+        "/v1/tenants/acme/quota",
+        "/v1/tenants/acme/usage",
+    ]
+
+
+def test_download_reports_progress_against_the_content_length(
+    sleeps: list[float], tmp_path: Path
+) -> None:
+    archive = tar_gz({"adapter_config.json": b"{}", "adapter_model.safetensors": b"w"})
+    server = Server(httpx.Response(200, content=archive))
+    seen: list[tuple[int, int]] = []
+
+    make_client(server, sleeps).adapters.download(
+        "bot", tmp_path, on_progress=lambda done, total: seen.append((done, total))
+    )
+
+    assert seen and seen[-1] == (len(archive), len(archive))
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)

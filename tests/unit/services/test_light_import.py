@@ -14,7 +14,7 @@ HEAVY = ("torch", "ray", "redis", "boto3", "transformers", "peft")
 def test_importing_the_sdk_imports_no_server_dependency() -> None:
     probe = (
         "import json, sys\n"
-        "import services, services.client, services.exceptions\n"
+        "import services, services.client, services.exceptions, services.cli\n"
         f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
     )
 
@@ -57,6 +57,8 @@ def test_the_package_exports_exactly_the_sdk_models_and_errors() -> None:
             "Health",
             "InternalServerError",
             "InvalidAdapterPathError",
+            "KeyRevoke",
+            "KeyRevoked",
             "LoramuxError",
             "Model",
             "ModelList",
@@ -65,10 +67,12 @@ def test_the_package_exports_exactly_the_sdk_models_and_errors() -> None:
             "PermissionDeniedError",
             "ProgressCallback",
             "QuotaExceededError",
+            "QuotaUpdate",
             "RateLimitError",
             "ServiceUnavailableError",
             "TenantCreate",
             "TenantCreated",
+            "TenantUsage",
             "Usage",
         ]
     )
