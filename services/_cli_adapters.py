@@ -198,7 +198,7 @@ def alias(
     ref: Annotated[str, typer.Argument(help="The version to point at: name@3, name:prod.")],
     alias_name: Annotated[str, typer.Argument(metavar="ALIAS")],
     remove: Annotated[
-        bool, typer.Option("--remove", help="Remove ALIAS of REF's adapter (--direct).")
+        bool, typer.Option("--remove", help="Remove ALIAS of REF's adapter.")
     ] = False,
     tenant: _TenantOption = None,
     direct: DirectOption = False,

@@ -150,7 +150,7 @@ class ServiceBackend:
         return _view(resolved)
 
     def remove_alias(self, name: str, alias: str) -> None:
-        raise fail("removing an alias needs --direct: the HTTP API cannot remove one yet")
+        self._client.adapters.remove_alias(name, alias)
 
     def pull(self, ref: str, directory: Path, bar: TransferBar) -> VersionView:
         resolved = self._resolve(ref)

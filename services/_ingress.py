@@ -333,6 +333,11 @@ def create_api(store: AdapterStore, gateway: ModelGateway, settings: ServiceSett
         store.set_alias(tenant, f"{name}@{body.version}", alias)
         return adapter_info(store.get_adapter(tenant, name))
 
+    @api.delete("/v1/adapters/{name}/aliases/{alias}")
+    def remove_alias(name: str, alias: str, tenant: Tenant) -> AdapterInfo:
+        store.remove_alias(tenant, name, alias)
+        return adapter_info(store.get_adapter(tenant, name))
+
     @api.delete("/v1/adapters/{name}")
     def delete_adapter(name: str, tenant: Tenant) -> Deleted:
         store.delete(tenant, name)

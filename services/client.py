@@ -670,6 +670,10 @@ class _AdapterCalls:
         path = f"/v1/adapters/{_segment(name)}/aliases/{_segment(alias)}"
         return self._client._call("PUT", path, AdapterInfo, body=AliasUpdate(version=version))
 
+    def _remove_alias(self, name: str, alias: str) -> _Call[AdapterInfo]:
+        path = f"/v1/adapters/{_segment(name)}/aliases/{_segment(alias)}"
+        return self._client._call("DELETE", path, AdapterInfo)
+
     def _delete(self, name: str, version: int | None) -> _Call[Deleted]:
         path = f"/v1/adapters/{_segment(name)}"
         if version is not None:
@@ -738,6 +742,10 @@ class Adapters(_AdapterCalls):
     def alias(self, name: str, alias: str, version: int) -> AdapterInfo:
         """Point ``alias`` (for example ``prod``) of adapter ``name`` at ``version``."""
         return self._client._run(self._alias(name, alias, version))
+
+    def remove_alias(self, name: str, alias: str) -> AdapterInfo:
+        """Remove ``alias`` of adapter ``name``; its version stays."""
+        return self._client._run(self._remove_alias(name, alias))
 
     def delete(self, name: str, *, version: int | None = None) -> Deleted:
         """Delete one version, or (``version=None``) the adapter with all its versions."""
@@ -809,6 +817,9 @@ class AsyncAdapters(_AdapterCalls):
 
     async def alias(self, name: str, alias: str, version: int) -> AdapterInfo:
         return await self._client._run(self._alias(name, alias, version))
+
+    async def remove_alias(self, name: str, alias: str) -> AdapterInfo:
+        return await self._client._run(self._remove_alias(name, alias))
 
     async def delete(self, name: str, *, version: int | None = None) -> Deleted:
         return await self._client._run(self._delete(name, version))

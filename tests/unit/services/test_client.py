@@ -226,6 +226,7 @@ def test_alias_delete_and_get_version_call_their_endpoints(sleeps: list[float]) 
         httpx.Response(200, json={"name": "bot", "version": 2, "deleted": True}),
         httpx.Response(200, json={"name": "bot", "version": None, "deleted": True}),
         httpx.Response(200, json=VERSION),
+        httpx.Response(200, json=ADAPTER),
     )
     client = make_client(server, sleeps)
 
@@ -233,6 +234,7 @@ def test_alias_delete_and_get_version_call_their_endpoints(sleeps: list[float]) 
     deleted_version = client.adapters.delete("bot", version=2)
     deleted_all = client.adapters.delete("bot")
     version = client.adapters.get_version("bot", 3)
+    client.adapters.remove_alias("bot", "prod")
 
     calls = [(request.method, request.url.path) for request in server.requests]
     assert calls == [
@@ -240,6 +242,7 @@ def test_alias_delete_and_get_version_call_their_endpoints(sleeps: list[float]) 
         ("DELETE", "/v1/adapters/bot/versions/2"),
         ("DELETE", "/v1/adapters/bot"),
         ("GET", "/v1/adapters/bot/versions/3"),
+        ("DELETE", "/v1/adapters/bot/aliases/prod"),
     ]
     assert json.loads(server.requests[0].content) == {"version": 3}
     assert (deleted_version.version, deleted_all.version) == (2, None)
