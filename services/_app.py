@@ -6,7 +6,9 @@
              CacheAwareRequestRouter ──► ModelReplica × replicas ──reports──► StatsBoard
 
 The model deployment routes with :class:`services._router.CacheAwareRequestRouter`,
-which reads each replica's ``record_routing_stats`` every ``routing_stats_period_s``.
+which reads each replica's ``record_routing_stats`` every ``routing_stats_period_s``
+and, when the store has a ``redis_url``, follows the replicas' residency events on
+Redis (``services._residency``).
 Each model replica asks for ``num_gpus`` and ``num_cpus`` of Ray's resources; the
 ingress for ``ingress_num_cpus``; the board for none.
 """
@@ -37,7 +39,7 @@ def build_app(settings: ServiceSettings) -> Application:
     model = serve.deployment(
         ModelReplica,
         name=MODEL_DEPLOYMENT,
-        num_replicas=settings.replicas,
+        **settings.model_scaling(),
         max_ongoing_requests=settings.max_ongoing_requests,
         ray_actor_options={
             "num_cpus": settings.num_cpus,
@@ -45,7 +47,12 @@ def build_app(settings: ServiceSettings) -> Application:
         },
         request_router_config=RequestRouterConfig(
             request_router_class=_ROUTER_CLASS,
-            request_router_kwargs={"policy": settings.routing_policy},
+            request_router_kwargs={
+                "policy": settings.routing_policy,
+                "redis_url": settings.store.redis_url,
+                "key_prefix": settings.store.key_prefix,
+                "staleness_bound_s": settings.view_staleness_bound_s,
+            },
             request_routing_stats_period_s=settings.routing_stats_period_s,
         ),
         # Loading the base model (and building ``tiny`` on first use) takes a while.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adapter_store import StoreSettings
@@ -38,6 +38,14 @@ class ServiceSettings(BaseSettings):
     )
     app_name: str = Field(default="loramux", min_length=1)
     replicas: int = Field(default=2, ge=1, description="model deployment replicas")
+    max_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="autoscale the model deployment between replicas and this; None: fixed",
+    )
+    target_ongoing_requests: float = Field(
+        default=32.0, gt=0, description="per model replica, when autoscaling"
+    )
     num_gpus: float | None = Field(default=None, ge=0, description="per model replica")
     num_cpus: float = Field(default=1.0, ge=0, description="per model replica")
     ingress_replicas: int = Field(default=1, ge=1)
@@ -54,6 +62,9 @@ class ServiceSettings(BaseSettings):
     routing_policy: str = Field(default="cache_aware")
     routing_stats_period_s: float = Field(default=1.0, gt=0)
     stats_period_s: float = Field(default=2.0, gt=0, description="replica -> /v1/stats")
+    view_staleness_bound_s: float = Field(
+        default=2.0, gt=0, description="replicas republish their Redis snapshot every half"
+    )
     admin_key: SecretStr | None = None
     metrics_tenant_label: bool = Field(
         default=True, description="label token metrics by tenant; False: one tenant='*'"
@@ -63,6 +74,29 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser()
+
+    @model_validator(mode="after")
+    def _check_autoscaling(self) -> ServiceSettings:
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) is below replicas ({self.replicas}): "
+                "set max_replicas >= replicas, or leave it unset for a fixed count"
+            )
+        return self
+
+    def model_scaling(self) -> dict[str, object]:
+        """Ray Serve deployment options for the model replicas' count."""
+        if self.max_replicas is None:
+            return {"num_replicas": self.replicas}
+        return {
+            "num_replicas": "auto",
+            "autoscaling_config": {
+                "min_replicas": self.replicas,
+                "initial_replicas": self.replicas,
+                "max_replicas": self.max_replicas,
+                "target_ongoing_requests": self.target_ongoing_requests,
+            },
+        }
 
     @property
     def base_model_id(self) -> str:

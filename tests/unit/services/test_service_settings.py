@@ -38,3 +38,22 @@ def test_bad_values_name_the_field() -> None:
 def test_explicit_gpus_win_over_detection() -> None:
     assert ServiceSettings(num_gpus=0).replica_num_gpus() == 0
     assert ServiceSettings(num_gpus=2).replica_num_gpus() == 2
+
+
+def test_a_fixed_replica_count_unless_max_replicas_asks_for_autoscaling() -> None:
+    assert ServiceSettings(replicas=3).model_scaling() == {"num_replicas": 3}
+
+    scaling = ServiceSettings(replicas=2, max_replicas=6, target_ongoing_requests=8).model_scaling()
+
+    assert scaling["num_replicas"] == "auto"
+    assert scaling["autoscaling_config"] == {
+        "min_replicas": 2,
+        "initial_replicas": 2,
+        "max_replicas": 6,
+        "target_ongoing_requests": 8,
+    }
+
+
+def test_max_replicas_below_replicas_is_rejected_with_the_fix() -> None:
+    with pytest.raises(ValidationError, match="max_replicas \\(1\\) is below replicas \\(2\\)"):
+        ServiceSettings(replicas=2, max_replicas=1)
