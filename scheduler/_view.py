@@ -11,7 +11,8 @@ and a per-replica sequence number ``seq`` that the replica increments for every 
 it publishes. A view applies an event only if it is newer than the last one applied
 for that replica; duplicates and reordered events are dropped and counted. A delta that
 skips sequence numbers is applied but marks the replica as needing a snapshot (an event
-was lost), as does a delta from an epoch the view has no snapshot of.
+was lost), as does a delta from an epoch the view has no snapshot of; for such a
+replica a snapshot at the last applied ``seq`` is applied too (it is the repair).
 """
 
 from __future__ import annotations
@@ -297,6 +298,12 @@ class ClusterView:
         """Seconds since each replica's last applied event, by replica id."""
         return {rid: now - state.updated_at for rid, state in self._states.items()}
 
+    def updated_at(self, replica_id: str) -> float | None:
+        """When (the ``now`` passed) the view last applied an event of the replica;
+        None if it is not in view."""
+        state = self._states.get(replica_id)
+        return None if state is None else state.updated_at
+
     def max_staleness(self, now: float) -> float:
         """The oldest replica's age in seconds (0.0 with no replicas)."""
         return max((now - s.updated_at for s in self._states.values()), default=0.0)
@@ -321,7 +328,16 @@ class ClusterView:
 
     def _apply_snapshot(self, snapshot: ReplicaSnapshot, now: float) -> bool:
         state = self._states.get(snapshot.replica_id)
-        if state is not None and state.epoch == snapshot.epoch and snapshot.seq <= state.seq:
+        # After a lost event, a snapshot at the last applied seq is what repairs the
+        # replica: publishers write the hash with the deltas it covers, so it is often
+        # exactly that recent.
+        if (
+            state is not None
+            and state.epoch == snapshot.epoch
+            and (
+                snapshot.seq < state.seq or (snapshot.seq == state.seq and not state.needs_snapshot)
+            )
+        ):
             self.stats.dropped_stale += 1
             return False
         if state is None:

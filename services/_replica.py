@@ -5,7 +5,9 @@ as the multiplexed model id (Ray Serve's routing hint, read by the cache-aware r
 The replica checks that the hint and the request agree, then streams the engine's
 chunks back. Ray's own ``@serve.multiplexed`` LRU is not used: the engine's
 :class:`AdapterCache` is the cache (GPU slots <- host <- disk <- the store's blobs), and
-its residency reaches the router through :meth:`ModelReplica.record_routing_stats`.
+its residency reaches the routers two ways: published to Redis on every change
+(:class:`services._residency.ResidencyPublisher`, with load changes coalesced), and
+through :meth:`ModelReplica.record_routing_stats`, which Ray polls.
 
 Statistics: every ``stats_period_s`` the replica sends its residency, hit rates, load
 latencies and load to the :class:`StatsBoard` deployment, which ``/v1/stats`` and
@@ -33,6 +35,7 @@ from ray.serve.handle import DeploymentHandle
 from adapter_store import AdapterStore
 from scheduler import ReplicaView, make_policy
 from services._metrics import ReplicaMetrics
+from services._residency import ResidencyPublisher
 from services._router import routing_stats
 from services._settings import ServiceSettings
 from services.engine import (
@@ -43,6 +46,7 @@ from services.engine import (
     HostAdapter,
     InvalidRequestError,
     MultiLoraModel,
+    ResidencyEvent,
     load_base_model,
 )
 
@@ -83,6 +87,7 @@ class ModelReplica:
         )
         disk_cache = self._store.disk_cache
         self._metrics = ReplicaMetrics()
+        self._publisher = self._residency_publisher()
         self._cache = AdapterCache(
             gpu_slots=settings.gpu_slots,
             host_budget_bytes=settings.host_budget_bytes,
@@ -92,7 +97,7 @@ class ModelReplica:
             deactivate_slot=model.clear_slot,
             disk_keys=disk_cache.keys if disk_cache is not None else None,
             eviction_policy=make_policy(settings.routing_policy).new_eviction_policy,
-            on_change=self._metrics.on_residency_change,
+            on_change=self._on_residency_change,
         )
         self._engine = Engine(
             base,
@@ -106,6 +111,7 @@ class ModelReplica:
         await self._engine.start()
         self._active = 0
         self._served = 0
+        self._publisher.start()
         self._report_task = asyncio.create_task(self._report_forever())
         logger.info("replica %s serves %s", self._replica_id, base.name)
 
@@ -124,16 +130,37 @@ class ModelReplica:
                 "handle.options(multiplexed_model_id=request.adapter.key)"
             )
         self._active += 1
+        self._publisher.load_changed()
         try:
             async for chunk in self._engine.generate(request):
                 yield chunk
             self._served += 1
         finally:
             self._active -= 1
+            self._publisher.load_changed()
 
     async def record_routing_stats(self) -> dict[str, Any]:
         """Residency and load for the request router (polled by Ray's controller)."""
-        return routing_stats(self._view())
+        return routing_stats(self._view(), at=time.time())
+
+    def _residency_publisher(self) -> ResidencyPublisher:
+        """The publisher to the store's Redis (the metadata store's URL when the
+        settings name none: the embedded server)."""
+        import redis.asyncio
+
+        store = self._settings.store
+        self._redis = redis.asyncio.Redis.from_url(store.redis_url or self._store.metadata.url)
+        return ResidencyPublisher(
+            self._redis,
+            key_prefix=store.key_prefix,
+            replica_id=self._replica_id,
+            view=self._view,
+            staleness_bound_s=self._settings.view_staleness_bound_s,
+        )
+
+    def _on_residency_change(self, event: ResidencyEvent) -> None:
+        self._metrics.on_residency_change(event)
+        self._publisher.residency_changed()
 
     def _view(self) -> ReplicaView:
         residency = self._cache.residency()
@@ -218,6 +245,8 @@ class ModelReplica:
         self._report_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._report_task
+        await self._publisher.aclose()
+        await self._redis.aclose()
         await self._engine.aclose()
         await self._cache.aclose()
         self._store.close()

@@ -6,11 +6,15 @@ version key (``tenant/name@version``) with
 
 What the router knows about each replica, merged into one :class:`ReplicaView`:
 
-* the replica's own report, returned by its ``record_routing_stats`` method (build it
-  with :func:`routing_stats`). Ray's controller polls it every
+* the replica's residency and load, from the fresher of two sources, compared by
+  timestamp: the :class:`ClusterView` this router keeps from the replicas' Redis events
+  (when ``redis_url`` is given; :class:`services._residency.ResidencySubscriber`,
+  updated as events arrive, at most ``staleness_bound_s`` old while Redis works), and
+  the replica's own report, returned by its ``record_routing_stats`` method (build it
+  with :func:`routing_stats`, stamped ``at``). Ray's controller polls that every
   ``RequestRouterConfig.request_routing_stats_period_s`` and broadcasts it to every
   router as ``RunningReplica.routing_stats``, so it lags by up to that period plus a
-  controller round;
+  controller round. ``pinned`` always comes from the report;
 * Ray's multiplexed model ids (loaded or loading under ``@serve.multiplexed``), pushed by
   the replica every 0.1 s; counted as GPU-resident;
 * Ray's queue length cache (updated on every send, rejection reply and completion),
@@ -33,6 +37,7 @@ which Ray serves least-loaded first.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -47,6 +52,7 @@ from ray.serve.request_router import (
 
 from scheduler import (
     AdapterDemand,
+    ClusterView,
     DemandTracker,
     PlacementPolicy,
     ReplicaView,
@@ -69,15 +75,18 @@ DEFAULT_PLACEMENT_TTL_S = 10.0
 
 _TIERS = ("gpu", "host", "disk", "loading")
 _POLICY_ERROR_LOG_INTERVAL_S = 60.0
+_VIEW_LOG_INTERVAL_S = 60.0
 _DEFAULT_GPU_SLOTS = ReplicaView("").gpu_slots
 
 
-def routing_stats(view: ReplicaView) -> dict[str, Any]:
+def routing_stats(view: ReplicaView, *, at: float | None = None) -> dict[str, Any]:
     """What a replica's ``record_routing_stats`` returns: its residency and load.
 
     The inverse of :func:`replica_view_from_stats` (less the replica id, which the router
-    knows). Lists are sorted so an unchanged residency gives an equal dict, and Ray's
-    controller only re-broadcasts stats that changed.
+    knows). Lists are sorted so an unchanged residency gives an equal dict. ``at`` (Unix
+    seconds, when the replica took these stats) lets a router that also follows Redis
+    tell which source is fresher; a replica that sets it makes every poll a change that
+    Ray's controller re-broadcasts.
     """
     stats: dict[str, Any] = {tier: sorted(getattr(view, tier)) for tier in _TIERS}
     stats.update(
@@ -86,6 +95,8 @@ def routing_stats(view: ReplicaView) -> dict[str, Any]:
         gpu_slots=view.gpu_slots,
         pinned=view.pinned,
     )
+    if at is not None:
+        stats["at"] = at
     return stats
 
 
@@ -95,23 +106,38 @@ def replica_view_from_stats(
     *,
     multiplexed_ids: Iterable[str] = (),
     queue_len: int | None = None,
+    published: ReplicaView | None = None,
 ) -> ReplicaView:
     """One replica's view from its reported ``stats`` and Ray's fresher facts.
 
-    ``multiplexed_ids`` join the GPU tier; ``queue_len`` (Ray's cached count of the
-    replica's ongoing requests, None when it has no fresh entry) replaces the reported
-    load. Missing keys read as empty tiers and zero load, which is what a replica that
-    has not reported yet looks like.
+    ``published`` (the replica as the Redis cluster view has it, when the caller found
+    that fresher than ``stats``) replaces the reported tiers, load and GPU slots; the
+    ``pinned`` count only travels in ``stats``. ``multiplexed_ids`` join the GPU tier;
+    ``queue_len`` (Ray's cached count of the replica's ongoing requests, None when it
+    has no fresh entry) replaces the reported load. Missing keys read as empty tiers and
+    zero load, which is what a replica that has not reported yet looks like. The result
+    is a new view: the caller may change it.
     """
+    source: Mapping[str, Any] = stats
+    if published is not None:
+        source = {
+            "gpu": published.gpu,
+            "host": published.host,
+            "disk": published.disk,
+            "loading": published.loading,
+            "in_flight": published.in_flight,
+            "queued": published.queued,
+            "gpu_slots": published.gpu_slots,
+        }
     view = ReplicaView(
         replica_id=replica_id,
-        gpu=set(stats.get("gpu", ())) | set(multiplexed_ids),
-        host=set(stats.get("host", ())),
-        disk=set(stats.get("disk", ())),
-        loading=set(stats.get("loading", ())),
-        in_flight=int(stats.get("in_flight", 0)),
-        queued=int(stats.get("queued", 0)),
-        gpu_slots=int(stats.get("gpu_slots", _DEFAULT_GPU_SLOTS)),
+        gpu=set(source.get("gpu", ())) | set(multiplexed_ids),
+        host=set(source.get("host", ())),
+        disk=set(source.get("disk", ())),
+        loading=set(source.get("loading", ())),
+        in_flight=int(source.get("in_flight", 0)),
+        queued=int(source.get("queued", 0)),
+        gpu_slots=int(source.get("gpu_slots", _DEFAULT_GPU_SLOTS)),
         pinned=int(stats.get("pinned", 0)),
     )
     if queue_len is not None:
@@ -133,8 +159,9 @@ class CacheAwareRequestRouter(RequestRouter):
 
     ``request_router_kwargs`` reach :meth:`initialize_state`: ``policy`` and ``seed``
     pick the policy from the scheduler's registry, ``placement_ttl_s`` bounds the
-    optimistic placements, ``demand_half_life_s`` smooths the request rates, every other
-    key is an option of the policy.
+    optimistic placements, ``demand_half_life_s`` smooths the request rates,
+    ``redis_url``, ``key_prefix`` and ``staleness_bound_s`` configure the Redis cluster
+    view (none without ``redis_url``), every other key is an option of the policy.
 
     Each routing attempt ranks the candidates with ``policy.rank_replicas``; Ray then
     takes the replica with the shortest queue in the first group that accepts the
@@ -150,18 +177,24 @@ class CacheAwareRequestRouter(RequestRouter):
         seed: int = 0,
         placement_ttl_s: float = DEFAULT_PLACEMENT_TTL_S,
         demand_half_life_s: float = 30.0,
+        redis_url: str | None = None,
+        key_prefix: str = "loramux:",
+        staleness_bound_s: float = 2.0,
         **options: Any,
     ) -> None:
         """Create the policy and the demand tracker (Ray calls this once, with the kwargs).
 
         ``demand_half_life_s`` is the half-life of the request rates passed to the policy
-        (as ``AdapterDemand.rate``), the simulator's setting of the same name.
+        (as ``AdapterDemand.rate``), the simulator's setting of the same name. With a
+        ``redis_url`` the router follows the replicas' residency events under
+        ``key_prefix`` (the store's) in a task started on the first routing call, on the
+        router's event loop (Ray may call this method outside it).
 
         Raises:
             UnknownPolicyError: ``policy`` is not registered (the message lists the names).
             PolicyOptionError: an option the policy does not take, or a bad value
                 (``demand_half_life_s`` not positive).
-            ValueError: ``placement_ttl_s`` is not positive.
+            ValueError: ``placement_ttl_s`` or ``staleness_bound_s`` is not positive.
         """
         if not placement_ttl_s > 0:
             raise ValueError(f"placement_ttl_s must be > 0 seconds, got {placement_ttl_s!r}")
@@ -172,6 +205,13 @@ class CacheAwareRequestRouter(RequestRouter):
         self._placements: dict[str, dict[str, float]] = {}
         self._policy_error_logged_at = float("-inf")
         self._metrics = RoutingMetrics()
+        self._redis_url = redis_url
+        self._key_prefix = key_prefix
+        self.cluster_view = (
+            ClusterView(staleness_bound_s=staleness_bound_s) if redis_url is not None else None
+        )
+        self._follow_task: asyncio.Task[None] | None = None
+        self._view_logged_at = float("-inf")
 
     def create_policy(self, name: str, *, seed: int, **options: Any) -> PlacementPolicy:
         """The placement policy to route with; a subclass may supply its own."""
@@ -184,11 +224,13 @@ class CacheAwareRequestRouter(RequestRouter):
     def replica_view(self, replica: RunningReplica, now: float) -> ReplicaView:
         """What this router currently knows about ``replica`` (see the module docstring)."""
         replica_id = replica.replica_id.unique_id
+        stats = replica.routing_stats or {}
         view = replica_view_from_stats(
             replica_id,
-            replica.routing_stats or {},
+            stats,
             multiplexed_ids=replica.multiplexed_model_ids,
             queue_len=self.replica_queue_len_cache.get(replica.replica_id),
+            published=self._published_view(replica_id, stats),
         )
         placements = self._placements.get(replica_id)
         if placements:
@@ -198,6 +240,51 @@ class CacheAwareRequestRouter(RequestRouter):
                 else:
                     view.loading.add(key)
         return view
+
+    def _published_view(self, replica_id: str, stats: Mapping[str, Any]) -> ReplicaView | None:
+        """The Redis view of the replica, if it has one no older than ``stats``.
+
+        Both times are Unix seconds: when this router applied the replica's last event,
+        and when the replica took its stats (a report without ``at`` counts as older).
+        """
+        cluster = self.cluster_view
+        updated_at = cluster.updated_at(replica_id) if cluster is not None else None
+        if updated_at is None:
+            return None
+        stats_at = stats.get("at")
+        if isinstance(stats_at, int | float) and stats_at > updated_at:
+            return None
+        return cluster.get(replica_id)  # type: ignore[union-attr]
+
+    def _follow_cluster_view(self, now: float) -> None:
+        """Start following Redis on this (the router's) loop, once; log the view's
+        staleness at most once a minute."""
+        cluster = self.cluster_view
+        if cluster is None:
+            return
+        if self._follow_task is None:
+            import redis.asyncio
+
+            from services._residency import ResidencySubscriber
+
+            client = redis.asyncio.Redis.from_url(self._redis_url)
+            subscriber = ResidencySubscriber(client, key_prefix=self._key_prefix, view=cluster)
+            self._follow_task = asyncio.get_running_loop().create_task(subscriber.run())
+        if now - self._view_logged_at >= _VIEW_LOG_INTERVAL_S:
+            self._view_logged_at = now
+            stats = cluster.stats
+            logger.info(
+                "cluster view: %d replicas, max staleness %.3f s (bound %.1f s), max event "
+                "lag %.3f s, %d events applied, %d stale, %d unknown, %d gaps",
+                len(cluster),
+                cluster.max_staleness(now),
+                cluster.staleness_bound_s,
+                stats.max_lag_s,
+                stats.applied,
+                stats.dropped_stale,
+                stats.dropped_unknown,
+                stats.gaps,
+            )
 
     def demand(self, key: str, now: float) -> AdapterDemand:
         """The request's adapter demand; ``key`` is ``""`` for the base model alone."""
@@ -212,6 +299,7 @@ class CacheAwareRequestRouter(RequestRouter):
         if not candidate_replicas:
             return []
         now = self._get_curr_time_s()
+        self._follow_cluster_view(now)
         key = pending_request.metadata.multiplexed_model_id if pending_request else ""
         by_id = {replica.replica_id.unique_id: replica for replica in candidate_replicas}
         views = [self.replica_view(replica, now) for replica in candidate_replicas]
@@ -251,6 +339,8 @@ class CacheAwareRequestRouter(RequestRouter):
         self._policy.on_placed(self.demand(key, now), view, now)
         if key and view.tier_of(key) is Tier.NONE:
             self._placements.setdefault(view.replica_id, {})[key] = now
+        if self.cluster_view is not None and view.replica_id in self.cluster_view:
+            self.cluster_view.on_placed(view.replica_id, key, now)
 
     def _count_decision(self, key: str, chosen: ReplicaView, now: float) -> None:
         """Count the placement by kind (see :func:`classify_routing`); the home count is

@@ -39,6 +39,7 @@ class Service:
     store_root: Path
     adapter_dir: Path
     other_adapter_dir: Path
+    redis_url: str
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         serve.run(build_app(settings), name=settings.app_name, route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         _wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200)
-        yield Service(url, root, adapter_dir, other_dir)
+        yield Service(url, root, adapter_dir, other_dir, redis.url)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -323,3 +324,24 @@ def test_stats_show_residency_and_counters(admin: Client, acme: Client) -> None:
         for keys in r["residency"].values()
         for key in keys
     )
+
+
+def test_replicas_publish_their_residency_to_redis(service: Service, acme: Client) -> None:
+    import redis
+
+    from scheduler import ReplicaSnapshot, replica_key, snapshot_from_hash
+
+    acme.completions.create(model="support@1", prompt=PROMPT, max_tokens=1)
+    client = redis.Redis.from_url(service.redis_url)
+
+    def snapshots() -> list[ReplicaSnapshot]:
+        keys = client.keys(replica_key("loramux:", "*"))
+        return [snapshot_from_hash(client.hgetall(key)) for key in keys]
+
+    try:
+        _wait_until(lambda: any("acme/support@1" in s.gpu for s in snapshots()), timeout_s=60)
+        published = snapshots()
+        assert len(published) == 2  # one hash per replica, kept alive by its refresh
+        assert all(client.pttl(replica_key("loramux:", s.replica_id)) > 0 for s in published)
+    finally:
+        client.close()

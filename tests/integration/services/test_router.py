@@ -3,7 +3,9 @@
 One Ray start for the module: three replicas of a tiny multiplexed deployment that
 answer with their replica id and report residency through ``record_routing_stats``.
 The placement policy is the deterministic ProbePolicy, so every assertion is about
-what the router fed it and whether Ray delivered where it ranked.
+what the router fed it and whether Ray delivered where it ranked. A second application
+reports residency only through Redis (the session's redis-server), to show the router
+follows the replicas' events.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from typing import Any
 
 import pytest
 import ray
+import redis.asyncio
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
 from scheduler import PlacementPolicy, ReplicaView, Tier
+from services._residency import ResidencyPublisher
 from services._router import CacheAwareRequestRouter, routing_stats
 from tests.integration.services import _router_probe
 
@@ -75,6 +79,32 @@ class Echo:
             self.replica_id, host={host_key(self.replica_id)}, disk={SHARED_DISK_KEY}, gpu_slots=2
         )
         return routing_stats(view)
+
+
+class Publishing:
+    """Answers with its replica id and puts each request's key on its disk tier, which it
+    publishes to Redis only: it has no ``record_routing_stats``."""
+
+    async def __init__(self, redis_url: str) -> None:
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
+        self.view = ReplicaView(self.replica_id)
+        self.redis = redis.asyncio.Redis.from_url(redis_url)
+        self.publisher = ResidencyPublisher(
+            self.redis, key_prefix=REDIS_PREFIX, replica_id=self.replica_id, view=lambda: self.view
+        )
+        self.publisher.start()
+
+    async def __call__(self) -> str:
+        self.view.disk.add(serve.get_multiplexed_model_id())
+        self.publisher.residency_changed()
+        return self.replica_id
+
+    async def __del__(self) -> None:
+        await self.publisher.aclose()
+        await self.redis.aclose()
+
+
+REDIS_PREFIX = "router-test:"
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +201,38 @@ def test_a_hot_adapter_is_spread_when_the_policy_spreads_it(
     served = [ask(handle, HOT_KEY) for _ in range(REPLICAS)]
 
     assert served == replica_ids
+
+
+@pytest.fixture(scope="module")
+def publishing(handle: DeploymentHandle, redis_server: Any) -> Iterator[DeploymentHandle]:
+    """The Redis-only application, with a routing-stats period no test waits for."""
+    deployment = serve.deployment(
+        Publishing,
+        num_replicas=2,
+        ray_actor_options={"num_cpus": 0},
+        request_router_config=RequestRouterConfig(
+            request_router_class=ProbeRouter,
+            request_router_kwargs={
+                "policy": "probe",
+                "hot_keys": [],
+                "redis_url": redis_server.url,
+                "key_prefix": REDIS_PREFIX,
+                "staleness_bound_s": 2.0,
+            },
+            request_routing_stats_period_s=3600,
+        ),
+    )
+    yield serve.run(deployment.bind(redis_server.url), name="residency-test", route_prefix=None)
+    serve.delete("residency-test")
+
+
+def test_views_follow_the_replicas_redis_events(publishing: DeploymentHandle) -> None:
+    key = "acme/published@1"
+
+    home = ask(publishing, key)  # that replica now holds the key on disk, said on Redis only
+    views = wait_for_views(
+        publishing, key, lambda views: key in views.get(home, ReplicaView("")).disk
+    )
+
+    # No routing stats and no multiplexing here: only the Redis events carried the key.
+    assert key in views[home].disk

@@ -76,6 +76,18 @@ def test_a_gap_applies_the_delta_but_asks_for_a_snapshot() -> None:
     assert view.needs_snapshot(now=0.2) == []
 
 
+def test_after_a_gap_a_snapshot_at_the_same_seq_repairs_the_replica() -> None:
+    view = ClusterView(staleness_bound_s=10.0)
+    view.apply(snapshot(seq=1), now=0.0)
+    view.apply(residency(5), now=0.1)  # 2..4 were lost; the hash holds the state at 5
+
+    assert view.apply(snapshot(seq=5, host=frozenset({"t/lost@1"})), now=0.2)
+
+    assert view.get("r0").tier_of("t/lost@1") is Tier.HOST
+    assert view.needs_snapshot(now=0.2) == []
+    assert not view.apply(snapshot(seq=5), now=0.3)  # once repaired, a duplicate again
+
+
 def test_a_new_epoch_needs_its_snapshot_before_deltas() -> None:
     view = ClusterView()
     view.apply(snapshot(seq=40, gpu=frozenset({KEY})), now=0.0)

@@ -25,6 +25,7 @@ from scheduler import (
     LRUEviction,
     PlacementPolicy,
     PolicyOptionError,
+    ReplicaSnapshot,
     ReplicaView,
     Tier,
     UnknownPolicyError,
@@ -132,6 +133,20 @@ def test_a_replica_that_never_reported_is_empty() -> None:
     assert replica_view_from_stats("r1", {}) == ReplicaView("r1")
 
 
+def test_a_fresher_published_view_replaces_the_reported_residency_and_load() -> None:
+    stats = routing_stats(ReplicaView("r1", gpu={"old"}, in_flight=5, pinned=2), at=10.0)
+    published = ReplicaView("r1", gpu={"new"}, host={"h"}, queued=1, gpu_slots=4)
+
+    view = replica_view_from_stats("r1", stats, multiplexed_ids={"m"}, published=published)
+
+    assert stats["at"] == 10.0
+    assert view == ReplicaView(
+        "r1", gpu={"new", "m"}, host={"h"}, queued=1, gpu_slots=4, pinned=2
+    )  # pinned only travels in the report
+    view.gpu.add("x")
+    assert published.gpu == {"new"}  # a copy: the router's marks stay off the view
+
+
 # --- the router ---------------------------------------------------------------------
 
 
@@ -191,6 +206,39 @@ async def test_a_placement_counts_as_loading_until_the_replica_reports_it() -> N
     assert after_placement["b"].tier_of(KEY) is Tier.NONE
     assert after_report["a"].tier_of(KEY) is Tier.GPU and KEY not in after_report["a"].loading
     assert after_eviction["a"].tier_of(KEY) is Tier.NONE
+
+
+async def test_the_fresher_of_the_redis_view_and_the_routing_stats_wins() -> None:
+    clock = Clock()
+    # The URL is never dialled: the subscriber starts on the first routing call only.
+    router = make_router(clock, redis_url="redis://127.0.0.1:1/0", staleness_bound_s=2.0)
+    replica = FakeReplica("a", routing_stats={"host": ["reported"], "at": 999.0, "pinned": 1})
+    router.update_replicas([replica])
+    assert router.cluster_view is not None
+    snapshot = ReplicaSnapshot("a", "e1", 1, at=999.5, gpu=frozenset({"published"}))
+    router.cluster_view.apply(snapshot, now=1000.0)
+
+    redis_is_fresher = views_of(router, clock)["a"]
+    replica.routing_stats = {"host": ["reported"], "at": 1001.0}
+    stats_are_fresher = views_of(router, clock)["a"]
+
+    assert (redis_is_fresher.gpu, redis_is_fresher.host) == ({"published"}, set())
+    assert redis_is_fresher.pinned == 1  # pinned only travels in the routing stats
+    assert (stats_are_fresher.gpu, stats_are_fresher.host) == (set(), {"reported"})
+
+
+async def test_a_placement_is_applied_to_the_redis_view_too() -> None:
+    clock = Clock()
+    router = make_router(clock, redis_url="redis://127.0.0.1:1/0")
+    replica = FakeReplica("a")
+    router.update_replicas([replica])
+    assert router.cluster_view is not None
+    router.cluster_view.apply(ReplicaSnapshot("a", "e1", 1, at=999.0), now=1000.0)
+
+    router.on_request_routed(request(KEY), replica.replica_id, result=None)
+
+    published = router.cluster_view.get("a")
+    assert published.tier_of(KEY) is Tier.LOADING and published.queued == 1
 
 
 async def test_an_unreported_placement_expires_after_its_ttl() -> None:
