@@ -8,7 +8,8 @@ starting a second server on the same files. Start-up is serialized by an ``flock
 
 Failure mode: a stale ``redis.port`` (the server died) is detected by a PING and replaced
 by a fresh server on the same files; a server that does not start raises ``RuntimeError``
-with its log tail.
+with its log tail; a start that fails or is interrupted (Ctrl-C) stops the server it
+launched before the exception propagates.
 """
 
 from __future__ import annotations
@@ -34,8 +35,13 @@ def open_embedded_redis(directory: Path) -> tuple[str, RedisServerProcess | None
         if port is not None and _answers_ping(port):
             return f"redis://127.0.0.1:{port}/0", None
         server = RedisServerProcess(directory, appendonly=True)
-        server.start()
-        port_file.write_text(str(server.port))
+        try:
+            server.start()
+            port_file.write_text(str(server.port))
+        except BaseException:
+            # Failed or interrupted (Ctrl-C): the caller never gets the server to stop.
+            server.stop()
+            raise
         return server.url, server
 
 

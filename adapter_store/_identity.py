@@ -19,6 +19,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "AdapterRef",
     "AdapterVersion",
+    "is_version_number",
     "validate_alias",
     "validate_base_model_id",
     "validate_name",
@@ -33,6 +34,12 @@ _RULES = (
     f"1-{MAX_NAME_LENGTH} characters from A-Z a-z 0-9 . _ -, starting with a letter or "
     "digit, without '..'"
 )
+
+
+def is_version_number(text: str) -> bool:
+    """Whether ``text`` is a version number written canonically: ASCII digits, no
+    leading zero, at least 1. ``"007"`` and ``"٣"`` are not, so one version has one key."""
+    return text.isascii() and text.isdigit() and text == str(int(text)) and int(text) >= 1
 
 
 def validate_name(name: object, kind: str = "adapter") -> str:
@@ -134,9 +141,15 @@ class AdapterRef:
             )
         if "@" in text:
             name, _, ver = text.partition("@")
-            if not ver.isascii() or not ver.isdigit() or int(ver) < 1:
+            if not is_version_number(ver):
+                hint = (
+                    f"; write {name}@{int(ver)}"
+                    if ver.isascii() and ver.isdigit() and int(ver) >= 1
+                    else ""
+                )
                 raise InvalidReferenceError(
-                    f"reference {text!r}: the version after '@' must be an integer >= 1"
+                    f"reference {text!r}: the version after '@' must be an integer >= 1 "
+                    f"without leading zeros{hint}"
                 )
             return cls(validate_name(name), version=int(ver))
         if ":" in text:
@@ -195,6 +208,6 @@ class AdapterVersion:
         """
         tenant, sep, rest = key.partition("/")
         name, at, ver = rest.partition("@")
-        if not sep or not at or not ver.isdigit():
+        if not sep or not at or not is_version_number(ver):
             raise InvalidReferenceError(f"adapter key {key!r} is not 'tenant/name@version'")
         return validate_name(tenant, "tenant"), validate_name(name), int(ver)

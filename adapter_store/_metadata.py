@@ -5,9 +5,18 @@ checks everything first and only then writes (Redis does not roll back a script 
 fails half-way). The key layout is documented in ``docs/redis-layout.md``.
 
 Failure mode: each call is retried with :func:`call_with_retries` when Redis does not
-answer (connection refused, reset, timeout), then :class:`BackendUnavailableError`. A
-retried publish is idempotent (a per-push token records the version it made); other
-retried writes may report "not found" if the first try did reach Redis.
+answer (connection refused, reset, timeout) or cannot take writes for now (READONLY
+after a failover, MASTERDOWN), then :class:`BackendUnavailableError`; any other error
+reply (OOM, WRONGTYPE...) is a :class:`BackendUnavailableError` at once, naming the
+operation. A retried publish is idempotent (a per-push token records the version it
+made); other retried writes may report "not found" if the first try did reach Redis.
+
+Blobs and gc: a push announces its blobs and learns each one's *generation* (how many
+times gc has claimed it, ``P blobgen``); gc bumps the generation when it claims a blob
+for deletion; publish refuses (:class:`BlobCollectedError`) when a generation moved, so
+a version is never published on a blob gc deleted after the push announced it. A
+per-digest counter, not the announcement itself, is checked because another push may
+announce the same blob again in between.
 
 This is the only module of the package that talks to Redis; ``redis`` is imported when a
 store is built, so importing the package stays light.
@@ -20,12 +29,13 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from adapter_store._identity import LATEST, AdapterVersion
+from adapter_store._identity import LATEST, AdapterVersion, is_version_number
 from adapter_store._records import AdapterInfo, Page, Tenant, TenantUsage, VersionInfo
 from adapter_store._retry import call_with_retries
 from adapter_store.exceptions import (
     AdapterNotFoundError,
     AuthenticationError,
+    BackendUnavailableError,
     ConflictError,
     QuotaExceededError,
     TenantNotFoundError,
@@ -34,7 +44,7 @@ from adapter_store.exceptions import (
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["MetadataStore"]
+__all__ = ["BlobCollectedError", "MetadataStore"]
 
 T = TypeVar("T")
 
@@ -44,9 +54,11 @@ _PUSH_TOKEN_TTL_S = 600
 # A gc claim older than this is treated as abandoned (the collector crashed mid-pass).
 _GC_CLAIM_TTL_S = 300.0
 
-# Checks the tenant and its quotas and, unless ARGV[10] == '1' (check only), allocates
-# the next version and publishes it: version hash, live-version set, latest and user
-# aliases, tenant index, quota counters and blob reference counts, all at once.
+# Checks the tenant and its quotas and, unless ARGV[10] == '1' (check only), checks that
+# gc has not claimed either blob since the push announced it (generations ARGV[11], [12]
+# against KEYS[7]), then allocates the next version and publishes it: version hash,
+# live-version set, latest and user aliases (ARGV[13...]), tenant index, quota counters
+# and blob reference counts, all at once.
 _PUBLISH = """
 local done = redis.call('GET', KEYS[6])
 if done then return tonumber(done) end
@@ -63,6 +75,11 @@ if q[2] and nb + size > tonumber(q[2]) then
   return redis.error_reply('LMX_QUOTA_BYTES ' .. nb .. ' ' .. size .. ' ' .. q[2])
 end
 if ARGV[10] == '1' then return 0 end
+for i, digest in ipairs({ARGV[3], ARGV[4]}) do
+  if tonumber(redis.call('HGET', KEYS[7], digest) or '0') ~= tonumber(ARGV[10 + i]) then
+    return redis.error_reply('LMX_BLOB_COLLECTED ' .. digest)
+  end
+end
 local ver = redis.call('HINCRBY', KEYS[2], 'n', 1)
 redis.call('HSET', ARGV[1] .. ver, 'd', ARGV[3], 'c', ARGV[4], 's', ARGV[5], 'r', ARGV[6],
   'b', ARGV[7], 't', ARGV[8])
@@ -75,7 +92,7 @@ if live == 0 then
 end
 redis.call('HINCRBY', KEYS[1], 'nb', size)
 redis.call('HSET', KEYS[2], '@latest', ver)
-for i = 11, #ARGV do redis.call('HSET', KEYS[2], '@' .. ARGV[i], ver) end
+for i = 13, #ARGV do redis.call('HSET', KEYS[2], '@' .. ARGV[i], ver) end
 redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
 redis.call('HINCRBY', KEYS[5], ARGV[4], 1)
 redis.call('SET', KEYS[6], ver, 'EX', ARGV[9])
@@ -168,8 +185,11 @@ if ARGV[2] == '' then redis.call('HDEL', KEYS[1], 'mb') else redis.call('HSET', 
 return 1
 """
 
+# Maps a key hash to a tenant; a key that belonged to another tenant leaves its key set.
 _ADD_KEY = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('LMX_NO_TENANT') end
+local old = redis.call('GET', KEYS[2])
+if old then redis.call('SREM', ARGV[3] .. old, ARGV[2]) end
 redis.call('SET', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[2])
 return 1
@@ -184,26 +204,31 @@ return tenant
 """
 
 # A push announces the blobs it is about to use (so gc spares them) and learns which of
-# them a gc pass is deleting right now (so it waits, then uploads them again).
+# them a gc pass is deleting right now (so it waits, then uploads them again) and each
+# one's generation (which publish checks).
 _ANNOUNCE_BLOBS = """
-local collecting = {}
+local collecting, generations = {}, {}
 for i = 3, #ARGV do
   redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
   local claimed = redis.call('ZSCORE', KEYS[2], ARGV[i])
   if claimed and tonumber(claimed) >= tonumber(ARGV[2]) then
     table.insert(collecting, ARGV[i])
   end
+  table.insert(generations, redis.call('HGET', KEYS[3], ARGV[i]) or '0')
 end
-return collecting
+return {collecting, generations}
 """
 
-# gc claims an unreferenced blob for deletion unless a push announced it after ARGV[2].
+# gc claims an unreferenced blob for deletion unless a push announced it after ARGV[2];
+# claiming bumps its generation, so a push that announced it earlier cannot publish it.
 _CLAIM_BLOB = """
 local refs = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 if refs > 0 then return 'referenced' end
 local announced = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if announced and tonumber(announced) >= tonumber(ARGV[2]) then return 'recent' end
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[4], ARGV[1], 1)
 return 'claimed'
 """
 
@@ -237,9 +262,12 @@ class MetadataStore:
         self._p = key_prefix
         self._attempts = attempts
         self._sleep = sleep
+        # Not answering, or not taking writes until a failover settles: worth retrying.
         self._retry_on: tuple[type[BaseException], ...] = (
             redis_lib.ConnectionError,
             redis_lib.TimeoutError,
+            redis_lib.exceptions.ReadOnlyError,
+            redis_lib.exceptions.MasterDownError,
         )
         self._response_error = redis_lib.ResponseError
         kwargs = client.get_connection_kwargs()
@@ -290,9 +318,24 @@ class MetadataStore:
     # -- plumbing ------------------------------------------------------------------------
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn()`` with retries; an error reply that is neither retried nor one of the
+        scripts' ``LMX_*`` codes becomes :class:`BackendUnavailableError` at once."""
+        where = f"Redis {self._where}: {what}"
+
+        def attempt() -> T:
+            try:
+                return fn()
+            except self._response_error as exc:
+                if isinstance(exc, self._retry_on) or str(exc).startswith("LMX_"):
+                    raise
+                raise BackendUnavailableError(
+                    f"{where}: {type(exc).__name__}: {exc}; check the Redis server (memory, "
+                    "replication, keys written by something other than loramux)"
+                ) from exc
+
         return call_with_retries(
-            fn,
-            what=f"Redis {self._where}: {what}",
+            attempt,
+            what=where,
             retry_on=self._retry_on,
             attempts=self._attempts,
             sleep=self._sleep,
@@ -384,7 +427,7 @@ class MetadataStore:
             f"add API key to tenant {tenant!r}",
             self._add_key,
             [f"{self._p}t:{tenant}", f"{self._p}key:{key_hash}", f"{self._p}tk:{tenant}"],
-            [tenant, key_hash],
+            [tenant, key_hash, f"{self._p}tk:"],
         )
 
     def revoke_key(self, key_hash: str) -> str:
@@ -403,14 +446,19 @@ class MetadataStore:
 
     # -- push ----------------------------------------------------------------------------
 
-    def announce_blobs(self, digests: Iterable[str], *, now: float) -> list[str]:
-        """Record that a push is about to use these blobs; return those gc is deleting."""
-        return self._script(
+    def announce_blobs(
+        self, digests: Iterable[str], *, now: float
+    ) -> tuple[list[str], dict[str, int]]:
+        """Record that a push is about to use these blobs; return those gc is deleting,
+        and every blob's generation, to pass to :meth:`publish`."""
+        digests = list(digests)
+        collecting, generations = self._script(
             "announce blobs",
             self._announce_blobs,
-            [f"{self._p}intents", f"{self._p}gc"],
+            [f"{self._p}intents", f"{self._p}gc", f"{self._p}blobgen"],
             [repr(now), repr(now - _GC_CLAIM_TTL_S), *digests],
         )
+        return collecting, {d: int(g) for d, g in zip(digests, generations, strict=True)}
 
     def check_publish(self, tenant: str, name: str, size_bytes: int) -> None:
         """Run the publish checks without publishing: tenant exists, quotas allow it.
@@ -431,13 +479,17 @@ class MetadataStore:
         rank: int,
         base_model: str,
         now: float,
+        generations: tuple[int, int],
         aliases: Sequence[str] = (),
     ) -> AdapterVersion:
         """Atomically allocate the next version and make it visible; move ``latest`` and
-        ``aliases`` to it.
+        ``aliases`` to it. ``generations`` are those :meth:`announce_blobs` returned for
+        ``digest`` and ``config_digest``.
 
         Raises:
             TenantNotFoundError, QuotaExceededError: nothing was written.
+            BlobCollectedError: gc claimed a blob since it was announced; nothing was
+                written; announce and upload it again.
         """
         token = uuid.uuid4().hex
         number = self._run_publish(
@@ -448,6 +500,7 @@ class MetadataStore:
             aliases,
             token,
             check_only=False,
+            generations=generations,
         )
         return AdapterVersion(
             tenant, name, number, digest, config_digest, size_bytes, rank, base_model, now
@@ -463,9 +516,17 @@ class MetadataStore:
         token: str,
         *,
         check_only: bool,
+        generations: tuple[int, int] = (0, 0),
     ) -> int:
         keys, args = self._publish_call(
-            tenant, name, size_bytes, fields, aliases, token, check_only=check_only
+            tenant,
+            name,
+            size_bytes,
+            fields,
+            aliases,
+            token,
+            check_only=check_only,
+            generations=generations,
         )
         try:
             return int(self._script(f"publish {tenant}/{name}", self._publish, keys, args))
@@ -484,8 +545,12 @@ class MetadataStore:
         token: str,
         *,
         check_only: bool,
+        generations: tuple[int, int] = (0, 0),
     ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of the publish script (the benchmark pipelines them)."""
+        """KEYS and ARGV of the publish script (the benchmark pipelines them).
+
+        ``generations`` of (0, 0) say the blobs were never collected (check-only calls
+        and the benchmark, which publishes without uploading)."""
         a_key, vs_key, v_base = self._adapter_keys(tenant, name)
         digest, config_digest, rank, base_model, now = fields
         keys = [
@@ -495,6 +560,7 @@ class MetadataStore:
             f"{self._p}ix:{tenant}",
             f"{self._p}refs",
             f"{self._p}push:{token}",
+            f"{self._p}blobgen",
         ]
         args = [
             v_base,
@@ -507,6 +573,7 @@ class MetadataStore:
             repr(now),
             _PUSH_TOKEN_TTL_S,
             "1" if check_only else "0",
+            *generations,
             *aliases,
         ]
         return keys, args
@@ -520,7 +587,7 @@ class MetadataStore:
             AdapterNotFoundError: naming what is missing: the adapter, alias or version.
         """
         a_key, vs_key, v_base = self._adapter_keys(tenant, name)
-        kind = "v" if selector.isdigit() else "a"
+        kind = "v" if is_version_number(selector) else "a"
         reply = self._script(
             f"resolve {tenant}/{name}", self._resolve, [a_key, vs_key], [v_base, kind, selector]
         )
@@ -717,7 +784,7 @@ class MetadataStore:
         return self._script(
             f"claim blob {digest} for gc",
             self._claim_blob,
-            [f"{self._p}refs", f"{self._p}intents", f"{self._p}gc"],
+            [f"{self._p}refs", f"{self._p}intents", f"{self._p}gc", f"{self._p}blobgen"],
             [digest, repr(announced_before), repr(now)],
         )
 
@@ -741,6 +808,10 @@ class MetadataStore:
 
 
 # -- reply decoding and error mapping ---------------------------------------------------
+
+
+class BlobCollectedError(BackendUnavailableError):
+    """gc claimed a blob after the push announced it; publish wrote nothing."""
 
 
 class _QuotaError(Exception):
@@ -774,12 +845,28 @@ def _script_error(message: str, what: str) -> Exception:
     if code == "LMX_NO_TENANT":
         return TenantNotFoundError(f"{what}: no such tenant")
     if code == "LMX_TENANT_EXISTS":
-        return ConflictError(f"{what}: the tenant exists already")
+        return ConflictError(
+            f"{what}: the tenant exists already; pick another name, or use the existing "
+            "tenant (loramux tenant key TENANT issues it a key)"
+        )
     if code == "LMX_NO_KEY":
-        return AuthenticationError("unknown or revoked API key")
+        return AuthenticationError(
+            f"{what}: unknown or already revoked API key; nothing to revoke (check that "
+            "the key was copied whole)"
+        )
     if code in ("LMX_NO_VERSION", "LMX_NO_ADAPTER"):
-        return AdapterNotFoundError(f"{what}: not found")
-    return RuntimeError(f"{what}: unexpected Redis error: {message}")
+        return AdapterNotFoundError(
+            f"{what}: no such live adapter or version (see them with: loramux ls)"
+        )
+    if code == "LMX_BLOB_COLLECTED":
+        return BlobCollectedError(
+            f"{what}: gc deleted blob {rest} while this push was uploading it; nothing was "
+            "published; upload the blob again and retry"
+        )
+    return BackendUnavailableError(
+        f"{what}: the Redis script answered an unknown error {message!r}; check that "
+        "every loramux process runs the same version"
+    )
 
 
 def _no_tenant(name: str) -> TenantNotFoundError:

@@ -4,8 +4,9 @@ Push order, and why: (1) read and validate everything (format, shapes against th
 model's manifest, size and rank caps) before touching any backend, so a bad upload
 writes nothing; (2) check the tenant and its quotas, so a push that will be refused does
 not upload; (3) announce the blobs (so gc spares them), write them content-addressed and
-read back their sizes; (4) publish in one Lua script that re-checks the quotas and
-allocates the version. A failure before (4) leaves no visible trace (at most a blob no
+read back their sizes; (4) publish in one Lua script that re-checks the quotas, checks
+that gc did not claim a blob since (3) and allocates the version; if gc did, (3) and (4)
+run once more, then the push fails with nothing published. A failure before (4) leaves no visible trace (at most a blob no
 version references, which :meth:`AdapterStore.gc` collects after the grace period); (4)
 is all-or-nothing.
 
@@ -36,12 +37,13 @@ from adapter_store._disk_cache import DiskCache, download_verified
 from adapter_store._identity import (
     AdapterRef,
     AdapterVersion,
+    is_version_number,
     validate_alias,
     validate_base_model_id,
     validate_name,
 )
 from adapter_store._manifest import BaseModelManifest
-from adapter_store._metadata import MetadataStore
+from adapter_store._metadata import BlobCollectedError, MetadataStore
 from adapter_store._records import AdapterInfo, GcReport, Page, Tenant, TenantUsage, VersionInfo
 from adapter_store._source import (
     CONFIG_NAME,
@@ -72,6 +74,10 @@ _API_KEY_PREFIX = "lmx_"
 _MAX_PAGE = 1000
 # How long a push waits for a gc pass that is deleting a blob the push needs.
 _GC_WAIT_S = 30.0
+# Uploads per push when gc keeps deleting its blobs before the publish (a push slower
+# than gc's grace period): the second try usually wins; more would hide a grace period
+# set far too short.
+_UPLOAD_ATTEMPTS = 2
 
 
 class AdapterStore:
@@ -189,6 +195,8 @@ class AdapterStore:
             TenantNotFoundError, QuotaExceededError: the tenant cannot take it.
             BackendUnavailableError: Redis or the blob store did not answer.
             IntegrityError: a blob did not read back with the size written.
+            BackendUnavailableError: also when gc deleted the blobs during each of
+                ``_UPLOAD_ATTEMPTS`` uploads (its grace period is shorter than the push).
         """
         validate_name(tenant, "tenant")
         validate_name(name)
@@ -198,33 +206,53 @@ class AdapterStore:
         )
         adapter = validate_adapter(files, self.get_manifest(base_model), self.limits)
         self.metadata.check_publish(tenant, name, adapter.size_bytes)
-        self._upload(
-            {adapter.config_digest: files.config_bytes, adapter.digest: files.weights_bytes},
-            on_progress,
-        )
-        version = self.metadata.publish(
-            tenant,
-            name,
-            digest=adapter.digest,
-            config_digest=adapter.config_digest,
-            size_bytes=adapter.size_bytes,
-            rank=adapter.max_rank,
-            base_model=base_model,
-            now=self._clock(),
-            aliases=aliases,
-        )
+        blobs = {adapter.config_digest: files.config_bytes, adapter.digest: files.weights_bytes}
+        for attempt in range(1, _UPLOAD_ATTEMPTS + 1):
+            try:
+                generations = self._upload(blobs, on_progress)
+                version = self.metadata.publish(
+                    tenant,
+                    name,
+                    digest=adapter.digest,
+                    config_digest=adapter.config_digest,
+                    size_bytes=adapter.size_bytes,
+                    rank=adapter.max_rank,
+                    base_model=base_model,
+                    now=self._clock(),
+                    generations=(generations[adapter.digest], generations[adapter.config_digest]),
+                    aliases=aliases,
+                )
+                break
+            except BlobCollectedError as exc:
+                if attempt == _UPLOAD_ATTEMPTS:
+                    raise BackendUnavailableError(
+                        f"push of {tenant}/{name}: garbage collection deleted its blobs "
+                        f"during each of {attempt} uploads; nothing was published. Retry "
+                        "the push, and run gc with a grace period longer than a push takes "
+                        "(loramux gc --grace-s)"
+                    ) from exc
+                _log.warning("%s; uploading again", exc)
         _log.info("published %s (%d bytes, rank %d)", version.key, version.size_bytes, version.rank)
         return version
 
-    def _upload(self, blobs: dict[str, bytes], on_progress: ProgressCallback | None) -> None:
+    def _upload(
+        self, blobs: dict[str, bytes], on_progress: ProgressCallback | None
+    ) -> dict[str, int]:
         """Write content-addressed blobs (skipped by the backend when present) and check
-        that each reads back with its size."""
-        collecting = self.metadata.announce_blobs(blobs, now=self._clock())
+        that each reads back with its size; return their generations for the publish."""
+        collecting, generations = self.metadata.announce_blobs(blobs, now=self._clock())
         self._wait_for_gc(collecting)
         for digest, data in blobs.items():
             key = blob_key(digest)
             self.blobs.put_bytes(key, data)
             stored = self.blobs.head(key)
+            if stored is None:
+                # Gone right after the write: a gc pass with a grace period shorter than
+                # this push deleted it; the caller uploads again.
+                raise BlobCollectedError(
+                    f"blob {key} in {self.blobs.url} is missing right after it was written "
+                    "(a gc pass deleted it); nothing was published"
+                )
             if stored != len(data):
                 raise IntegrityError(
                     f"blob {key} in {self.blobs.url} reads back as {stored} bytes after "
@@ -232,6 +260,7 @@ class AdapterStore:
                 )
             if on_progress is not None:
                 on_progress(len(data))
+        return generations
 
     def _wait_for_gc(self, digests: Sequence[str]) -> None:
         """Wait until no gc pass is deleting ``digests``, so they are uploaded afresh."""
@@ -320,8 +349,11 @@ class AdapterStore:
         """An adapter's live versions, oldest first. Raises AdapterNotFoundError."""
         validate_name(tenant, "tenant")
         validate_name(name)
-        if cursor is not None and not cursor.isdigit():
-            raise InvalidReferenceError(f"invalid version cursor {cursor!r}")
+        if cursor is not None and not is_version_number(cursor):
+            raise InvalidReferenceError(
+                f"invalid version cursor {cursor!r}: pass the previous page's next_cursor "
+                "(or None for the first page)"
+            )
         return self.metadata.list_versions(tenant, name, cursor=cursor, limit=_page_size(limit))
 
     def get_adapter(self, tenant: str, name: str) -> AdapterInfo:
@@ -371,9 +403,10 @@ class AdapterStore:
         """Remove blobs no live version references, and metadata of versions deleted
         more than ``grace_s`` ago.
 
-        A blob a push announced less than ``grace_s`` ago is spared, so an in-progress
-        push's blob is never collected (a push must publish within ``grace_s``). A push
-        that needs a blob while gc deletes it waits, then uploads it again.
+        A blob a push announced less than ``grace_s`` ago is spared. A push slower than
+        ``grace_s`` may lose its blobs to gc; its publish then notices and uploads them
+        again (once), so no version is ever published on a deleted blob. A push that
+        needs a blob while gc deletes it waits, then uploads it again.
 
         Raises:
             BackendUnavailableError: Redis or the blob store did not answer; a pass that

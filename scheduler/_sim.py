@@ -5,14 +5,15 @@ It replays a trace (:class:`~scheduler.TraceRequest` rows, in arrival order) aga
 a host-memory cache and a local-disk cache of given byte budgets, using the costs of a
 :class:`~scheduler.CostProfile`. What it models, and the rules it follows:
 
-* **Placement.** At each arrival the router counts the request in a
-  :class:`~scheduler.DemandTracker`, asks the policy to rank the replica views, takes the
-  first replica of the first non-empty group (:func:`~scheduler.select_replica`) and tells
-  the policy with ``on_placed``. Views are exact by default (they are the replicas' own
-  sets and counters, ``pinned`` included); with ``view_refresh_s > 0`` they are
-  snapshots refreshed on that period, updated optimistically after each placement
-  (queued + 1; where the view had the key nowhere, the key marked loading and one more
-  slot pinned), as a router's cluster view would be.
+* **Placement.** At each arrival the router asks the policy to rank the replica views
+  with the adapter's rate from a :class:`~scheduler.DemandTracker`, takes the first
+  replica of the first non-empty group (:func:`~scheduler.select_replica`), then counts
+  the request in the tracker and tells the policy with ``on_placed``: the order of the
+  services router, whose rate excludes the request being placed. Views are exact by
+  default (they are the replicas' own sets and counters, ``pinned`` included); with
+  ``view_refresh_s > 0`` they are snapshots refreshed on that period, updated
+  optimistically after each placement by :meth:`~scheduler.ReplicaView.mark_placed`,
+  as a router's cluster view is.
 * **Hits.** A request is classified when it is placed, by where its adapter is on the
   chosen replica: ``GPU`` (a GPU hit), ``LOADING`` (already being loaded or queued for a
   slot there: a miss that starts no new load), ``HOST``, ``DISK`` or ``NONE`` (a miss
@@ -576,8 +577,8 @@ class _Simulation:
             request = RequestOutcome(index, now, key, row.prompt_tokens, row.output_tokens)
             outcomes.append(request)
             if key:
-                rate = tracker.observe(key, now)
-                demand = AdapterDemand(key, sizes[key], ranks[key], rate)
+                # As the router does: the rate excludes this request, counted once placed.
+                demand = AdapterDemand(key, sizes[key], ranks[key], tracker.rate(key, now))
             else:
                 demand = AdapterDemand("")
             if refresh and now >= next_refresh:
@@ -586,11 +587,10 @@ class _Simulation:
                 next_refresh = now + refresh
             view = select_replica(policy.rank_replicas(demand, views, now))
             replica = by_view[id(view)]
+            if key:
+                tracker.observe(key, now)
             if refresh:
-                view.queued += 1
-                if key and view.tier_of(key) is Tier.NONE:
-                    view.loading.add(key)
-                    view.pinned += 1
+                view.mark_placed(key)
             policy.on_placed(demand, view, now)
             replica.accept(request, now)
             if progress is not None and index % progress_every == 0:

@@ -8,8 +8,10 @@ never decreases from one row to the next; ``adapter`` is an adapter version key,
 for the base model alone; ``output_tokens`` is at least 1; ``rank`` 0 or absent means the
 cost profile's default rank.
 
-Bad input raises :class:`~scheduler.exceptions.TraceFormatError` naming the file, the
-line and the column, and saying what a valid value looks like.
+A bad trace file raises :class:`~scheduler.exceptions.TraceFormatError` naming the file,
+the line and the column, and saying what a valid value looks like; a generator or
+converter parameter out of range raises :class:`~scheduler.exceptions.SynthSpecError`
+naming the parameter.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from datetime import datetime
 from itertools import accumulate
 from pathlib import Path
 
-from scheduler.exceptions import TraceFormatError
+from scheduler.exceptions import SynthSpecError, TraceFormatError
 
 __all__ = [
     "SynthSpec",
@@ -192,12 +194,12 @@ def _lognormal_sampler(rng: random.Random, mean: float, cv: float, maximum: int,
 
 def _rank_choices(rank_mix: Mapping[int, float]) -> tuple[list[int], list[float]]:
     if not rank_mix or any(rank <= 0 or weight < 0 for rank, weight in rank_mix.items()):
-        raise TraceFormatError(
+        raise SynthSpecError(
             f"rank mix {dict(rank_mix)!r} is invalid; give positive ranks with non-negative "
             "weights, for example {8: 0.5, 16: 0.3, 64: 0.2}"
         )
     if sum(rank_mix.values()) <= 0:
-        raise TraceFormatError(f"rank mix {dict(rank_mix)!r} has no positive weight")
+        raise SynthSpecError(f"rank mix {dict(rank_mix)!r} has no positive weight")
     ranks = sorted(rank_mix)
     return ranks, list(accumulate(rank_mix[rank] for rank in ranks))
 
@@ -221,11 +223,11 @@ class _Population:
         rank_mix: Mapping[int, float],
     ) -> _Population:
         if adapters < 1 or tenants < 1:
-            raise TraceFormatError(
+            raise SynthSpecError(
                 f"adapters={adapters} and tenants={tenants} must both be at least 1"
             )
         if alpha < 0:
-            raise TraceFormatError(f"zipf alpha={alpha} must be >= 0 (0 is uniform)")
+            raise SynthSpecError(f"zipf alpha={alpha} must be >= 0 (0 is uniform)")
         rank_values, rank_cumulative = _rank_choices(rank_mix)
         tenant_names = [f"tenant{i % tenants:04d}" for i in range(adapters)]
         return cls(
@@ -273,13 +275,13 @@ def synthesize(spec: SynthSpec) -> list[TraceRequest]:
     """Generate the requests of ``spec``; deterministic under ``spec.seed``.
 
     Raises:
-        TraceFormatError: a parameter out of range (the message names it).
+        SynthSpecError: a parameter out of range (the message names it).
     """
     for name in ("rate_rps", "duration_s", "arrival_cv", "prompt_mean", "output_mean"):
         if not getattr(spec, name) > 0:
-            raise TraceFormatError(f"synthetic trace: {name}={getattr(spec, name)!r} must be > 0")
+            raise SynthSpecError(f"synthetic trace: {name}={getattr(spec, name)!r} must be > 0")
     if not 0 <= spec.base_model_fraction <= 1:
-        raise TraceFormatError(
+        raise SynthSpecError(
             f"synthetic trace: base_model_fraction={spec.base_model_fraction!r} must be in [0, 1]"
         )
     rng = random.Random(spec.seed)
@@ -332,9 +334,11 @@ def convert_azure(
 
     Raises:
         TraceFormatError: a missing column or a value that does not parse.
+        SynthSpecError: ``speedup`` not positive, or a population parameter (adapters,
+            tenants, ``zipf_alpha``, ``rank_mix``) out of range.
     """
     if not speedup > 0:
-        raise TraceFormatError(f"speedup={speedup!r} must be > 0")
+        raise SynthSpecError(f"speedup={speedup!r} must be > 0")
     rng = random.Random(seed)
     population = _Population.build(
         rng, adapters, tenants, zipf_alpha, rank_mix or {8: 0.5, 16: 0.3, 64: 0.2}
@@ -403,9 +407,10 @@ def convert_alibaba(
 
     Raises:
         TraceFormatError: a missing column, a bad value, or fewer than two distinct seconds.
+        SynthSpecError: ``target_rps`` not positive.
     """
     if not target_rps > 0:
-        raise TraceFormatError(f"target_rps={target_rps!r} must be > 0")
+        raise SynthSpecError(f"target_rps={target_rps!r} must be > 0")
     rows: list[tuple[float, str, int, int]] = []
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)

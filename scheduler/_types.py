@@ -83,6 +83,29 @@ class ReplicaView:
             return Tier.LOADING
         return Tier.NONE
 
+    def mark_placed(self, key: str) -> bool:
+        """Count a request just placed here, before the replica reports it (the router's
+        optimistic update); True if ``key`` was newly marked loading.
+
+        The request is counted as queued. An adapter this view has in no tier is marked
+        loading, so the next decision joins that load instead of starting another copy
+        (a host or disk copy is left as it is: it already ranks as a cheap load). Pins:
+        an adapter neither on the GPU nor loading will take a GPU slot to load into, so
+        ``pinned`` grows by one; one already loading is already pinned; one on the GPU
+        is left uncounted, since the view cannot tell whether a request already pins it
+        and over-counting would rank the replica as if it had no free slot. ``key`` is
+        ``""`` for the base model: load only. Only the owner of the view (a cluster view
+        or the simulator) calls this, between decisions.
+        """
+        self.queued += 1
+        if not key or key in self.gpu or key in self.loading:
+            return False
+        self.pinned += 1
+        if key in self.host or key in self.disk:
+            return False
+        self.loading.add(key)
+        return True
+
 
 class PlacementPolicy(Protocol):
     """Ranks replicas for one request. Pure: no I/O, deterministic under its seed.

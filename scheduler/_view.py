@@ -177,6 +177,10 @@ class ClusterView:
       decision sees the placement before the replica reports it. :meth:`on_finished`
       takes a request off. A :class:`LoadChanged` or snapshot from the replica replaces
       the optimistic load; a snapshot also replaces the optimistic loading marks.
+    * ``pinned``: the wire format carries no pin count (routers read it from the
+      replicas' routing stats), so a view's ``pinned`` counts only the slots this
+      router's own placements will need since the replica's last load report or
+      snapshot, which resets it to 0.
     * Staleness: each replica's age is the time since the view last applied an event of
       it. A replica older than ``staleness_bound_s`` (or with a lost event) is listed by
       :meth:`needs_snapshot` so the caller fetches its hash; :meth:`staleness` measures
@@ -250,6 +254,7 @@ class ClusterView:
         elif isinstance(event, LoadChanged):
             state.view.in_flight = event.in_flight
             state.view.queued = event.queued
+            state.view.pinned = 0
         else:
             self._apply_residency(state, event)
         return True
@@ -268,16 +273,14 @@ class ClusterView:
             self._remove(replica_id)
 
     def on_placed(self, replica_id: str, key: str, now: float) -> None:
-        """Count a request this router just sent: +1 queued, the adapter loading if absent.
+        """Count a request this router just sent (:meth:`ReplicaView.mark_placed`): +1
+        queued, the adapter loading if absent, one more slot pinned if it must load.
 
         Raises:
             UnknownReplicaError: no such replica in view.
         """
         state = self._state(replica_id)
-        view = state.view
-        view.queued += 1
-        if key and view.tier_of(key) is Tier.NONE:
-            view.loading.add(key)
+        if state.view.mark_placed(key):
             state.assumed_loading.add(key)
 
     def on_finished(self, replica_id: str, now: float) -> None:
@@ -360,6 +363,7 @@ class ClusterView:
             current.update(reported)
         view.in_flight = snapshot.in_flight
         view.queued = snapshot.queued
+        view.pinned = 0
         view.gpu_slots = snapshot.gpu_slots
         state.epoch = snapshot.epoch
         state.seq = snapshot.seq

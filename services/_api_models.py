@@ -302,6 +302,9 @@ class TenantUsage(_Response):
 
 
 class Health(_Response):
-    """``GET /healthz``."""
+    """``GET /healthz``: ``replicas`` model replicas are live of ``expected_replicas``
+    (the deployment's configured count); None from a server that does not say."""
 
     status: str
+    replicas: int | None = None
+    expected_replicas: int | None = None

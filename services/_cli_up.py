@@ -14,8 +14,8 @@ while it still works, and a new one is issued when it does not; an admin key is
 generated for each run.
 
 Signals: Ctrl-C or SIGTERM during start-up interrupts it and stops what was started
-(exit status 0); once serving, they end the serving loop and the shutdown then runs to
-completion, undisturbed by further signals.
+(exit status 0); once serving, they end the serving loop. Whatever ends it (a signal, a
+failure), the shutdown then runs to completion, undisturbed by further signals.
 
 Failure mode: settings that do not validate, or an application that does not become
 healthy within ``--ready-timeout``, print one ``error:`` line, shut down what was
@@ -118,13 +118,17 @@ def up(
             key = _dev_key(store, settings.store.tenant, dev_key)
             url, dashboard = _start_service(settings, host, port, num_cpus, cleanup)
             _wait_ready(url, ready_timeout)
-        except _Interrupted as exc:
-            typer.echo(f"{exc} during start-up: shutting down...")
-            return
-        except AdapterStoreError as exc:
-            raise _fail(str(exc)) from None
-        # Serving: a signal only asks the loop below to end, so shutdown is never cut.
-        _on_signals(lambda *_: stop.set())
+            # Serving: a signal only asks the loop below to end, so shutdown is never cut.
+            _on_signals(lambda *_: stop.set())
+        except BaseException as exc:
+            # However start-up ends, the shutdown (the cleanup's exit) runs to completion.
+            _on_signals(signal.SIG_IGN)
+            if isinstance(exc, _Interrupted):
+                typer.echo(f"{exc} during start-up: shutting down...")
+                return
+            if isinstance(exc, AdapterStoreError):
+                raise _fail(str(exc)) from None
+            raise
         profile = _write_profile(url, key)
         assert settings.admin_key is not None
         typer.echo(f"loramux is up: {url}  (OpenAI base URL: {url}/v1)")
@@ -140,8 +144,11 @@ def up(
     typer.echo("stopped.")
 
 
-class _Interrupted(Exception):
-    """Ctrl-C or SIGTERM arrived while starting: unwind and stop what was started."""
+class _Interrupted(BaseException):
+    """Ctrl-C or SIGTERM arrived while starting: unwind and stop what was started.
+
+    A ``BaseException``, as ``KeyboardInterrupt`` is, so that the ``except Exception``
+    of code it interrupts (Ray's start-up has many) does not swallow it."""
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -161,7 +168,7 @@ def _start_redis(settings: ServiceSettings, cleanup: contextlib.ExitStack) -> Se
     if settings.store.redis_url:
         return settings
     url, server = open_embedded_redis(settings.store.embedded_redis_dir)
-    if server is not None:
+    if server is not None:  # the opener stops it itself if interrupted before this
         cleanup.callback(server.stop)
     store = settings.store.model_copy(update={"redis_url": url})
     return settings.model_copy(update={"store": store})
@@ -197,7 +204,10 @@ def _start_service(
     num_cpus: int | None,
     cleanup: contextlib.ExitStack,
 ) -> tuple[str, str | None]:
-    """Start Ray and Serve and deploy the application (without waiting for it)."""
+    """Start Ray and Serve and deploy the application (without waiting for it).
+
+    Each stop is registered before its start (both are no-ops if nothing was started),
+    so a signal that interrupts a start still stops what it had started."""
     import ray
     from ray import serve
 
@@ -208,18 +218,25 @@ def _start_service(
         # small machine runs every replica rather than leaving some pending forever.
         wanted = settings.replicas * settings.num_cpus + settings.ingress_num_cpus
         num_cpus = max(os.cpu_count() or 1, math.ceil(wanted))
-    context = ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        log_to_driver=False,
-    )
     cleanup.callback(ray.shutdown)
-    # ray.init installs its own SIGTERM handler; start-up must stay interruptible.
+    try:
+        context = ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            log_to_driver=False,
+        )
+    except SystemExit as exc:
+        # ray.init first installs a SIGTERM handler that exits: still our interrupt.
+        if exc.code != signal.SIGTERM:
+            raise
+        raise _Interrupted(signal.SIGTERM.name) from None
+    # Take SIGTERM back from Ray's handler; start-up stays interruptible.
     _on_signals(_interrupt)
-    serve.start(http_options={"host": host, "port": port})
+    # Registered once Ray is up: serve.shutdown would otherwise start a Ray to look in.
     cleanup.callback(serve.shutdown)
+    serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(settings), name=settings.app_name, route_prefix="/", blocking=False)
     dashboard = context.dashboard_url
     return f"http://{host}:{port}", (f"http://{dashboard}" if dashboard else None)

@@ -33,6 +33,7 @@ from pydantic import BaseModel
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from adapter_store import AdapterInfo as StoredAdapter
 from adapter_store import AdapterStore, AdapterTooLargeError, AdapterVersion, read_adapter_upload
@@ -44,12 +45,15 @@ from services._api_models import (
     ChatCompletionRequest,
     CompletionRequest,
     Deleted,
+    Health,
     KeyRevoke,
+    KeyRevoked,
     Model,
     ModelList,
     QuotaUpdate,
     TenantCreate,
     TenantCreated,
+    TenantUsage,
 )
 from services._errors import error_body, install_error_handlers
 from services._metrics import IngressMetrics
@@ -77,6 +81,10 @@ _UPLOAD_PARTS = ("files", "archive")
 _LIST_PAGE = 1000
 # Multipart boundaries and part headers on top of the files' bytes.
 _MULTIPART_SLACK = 1 << 20
+# A replica's stats fields a tenant key sees (besides its own residency): configuration,
+# no counter. An allow-list, so a counter added to the replica's report later stays
+# hidden from tenants: counters (requests, queue, hits, loads) sum every tenant's traffic.
+_TENANT_REPLICA_FIELDS = ("replica_id", "gpu_slots", "base_model_bytes")
 
 
 class ModelGateway(Protocol):
@@ -379,40 +387,48 @@ def create_api(store: AdapterStore, gateway: ModelGateway, settings: ServiceSett
         return TenantCreated(name=name, api_key=store.issue_key(name))
 
     @api.post("/v1/keys/revoke", dependencies=[Admin])
-    def revoke_key(body: KeyRevoke) -> dict[str, Any]:
-        return {"tenant": store.revoke_key(body.api_key), "revoked": True}
+    def revoke_key(body: KeyRevoke) -> KeyRevoked:
+        return KeyRevoked(tenant=store.revoke_key(body.api_key))
 
     @api.put("/v1/tenants/{name}/quota", dependencies=[Admin])
-    def set_quota(name: str, body: QuotaUpdate) -> dict[str, Any]:
+    def set_quota(name: str, body: QuotaUpdate) -> TenantUsage:
         store.set_quota(name, max_adapters=body.max_adapters, max_bytes=body.max_bytes)
         return _usage(store, name)
 
     @api.get("/v1/tenants/{name}/usage", dependencies=[Admin])
-    def tenant_usage(name: str) -> dict[str, Any]:
+    def tenant_usage(name: str) -> TenantUsage:
         return _usage(store, name)
 
     # --- health and stats ---------------------------------------------------------
 
     @api.get("/healthz")
-    async def healthz() -> dict[str, Any]:
+    async def healthz() -> Health:
         live = len(await gateway.replica_stats())
         if live == 0:
             raise ServiceUnavailableError(
                 f"no model replica is ready yet (0 of {settings.replicas}); retry shortly"
             )
-        return {"status": "ok", "replicas": live, "expected_replicas": settings.replicas}
+        return Health(status="ok", replicas=live, expected_replicas=settings.replicas)
 
     @api.get("/v1/stats")
     async def stats(key: ApiKey) -> dict[str, Any]:
         """Per replica: residency by tier, hit rates, load, loads. The admin key sees
-        all of it and every tenant's usage; a tenant sees the replicas with only its own
-        adapters, and its own usage and per-adapter request counts."""
-        replicas = await gateway.replica_stats()
+        all of it and every tenant's usage. A tenant key sees, per replica, only its id,
+        its GPU slots, the base model's size and the residency of the tenant's own
+        adapters: the request, queue, hit/miss, load and load-error counters are shared
+        by all tenants and would reveal the others' traffic, so they are left out. It
+        also sees its own usage and per-adapter request counts.
+
+        Raises:
+            AuthenticationError (401): no key, or an unknown or revoked one; checked
+                before the replicas are asked.
+        """
         if _is_admin(settings, key):
             tenants = await run_in_threadpool(_all_usage, store)
-            return {"replicas": replicas, "tenants": tenants}
+            return {"replicas": await gateway.replica_stats(), "tenants": tenants}
         tenant = await run_in_threadpool(store.tenant_for_key, key)
         own = await run_in_threadpool(_tenant_counters, store, tenant)
+        replicas = await gateway.replica_stats()
         return {"replicas": [_only_tenant(r, tenant) for r in replicas], **own}
 
     # Imported here, not at the top: the dashboard reuses this module's access rules.
@@ -425,12 +441,23 @@ def create_api(store: AdapterStore, gateway: ModelGateway, settings: ServiceSett
 async def _read_upload(request: Request, max_bytes: int) -> tuple[str, dict[str, bytes]]:
     """The ``name`` field and the uploaded files (by file name), each read up to the cap.
 
+    The body must declare its size (``Content-Length``): the cap is checked on it
+    before Starlette spools the file parts to disk, which it would otherwise do without
+    limit for a chunked body.
+
     Raises:
+        HTTPException (411): no ``Content-Length`` (a chunked upload).
         BadRequestError: no name, or not one ``archive`` part or ``files`` parts.
         AdapterTooLargeError: the declared body, or a part, is above ``max_bytes``.
     """
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes + _MULTIPART_SLACK:
+    if not declared.isdigit():
+        raise HTTPException(
+            411,
+            "an adapter upload needs a Content-Length header: send the multipart body "
+            "with its size, not chunked (the loramux SDK and curl -F do)",
+        )
+    if int(declared) > max_bytes + _MULTIPART_SLACK:
         # Refused before Starlette spools the parts to disk.
         raise AdapterTooLargeError(
             f"the upload is {int(declared)} bytes, above the {max_bytes}-byte adapter cap"
@@ -471,24 +498,24 @@ def _all_adapters(store: AdapterStore, tenant: str) -> list[StoredAdapter]:
             return adapters
 
 
-def _usage(store: AdapterStore, tenant: str) -> dict[str, Any]:
+def _usage(store: AdapterStore, tenant: str) -> TenantUsage:
     usage = store.get_usage(tenant)
-    return {
-        "tenant": usage.tenant,
-        "adapters": usage.adapters,
-        "bytes": usage.bytes,
-        "max_adapters": usage.max_adapters,
-        "max_bytes": usage.max_bytes,
-    }
+    return TenantUsage(
+        tenant=usage.tenant,
+        adapters=usage.adapters,
+        bytes=usage.bytes,
+        max_adapters=usage.max_adapters,
+        max_bytes=usage.max_bytes,
+    )
 
 
 def _all_usage(store: AdapterStore) -> dict[str, dict[str, Any]]:
-    return {tenant: _usage(store, tenant) for tenant in store.list_tenants()}
+    return {tenant: _usage(store, tenant).model_dump() for tenant in store.list_tenants()}
 
 
 def _tenant_counters(store: AdapterStore, tenant: str) -> dict[str, Any]:
     return {
-        "tenant": _usage(store, tenant),
+        "tenant": _usage(store, tenant).model_dump(),
         "adapters": {
             adapter.name: {
                 "requests": adapter.request_count,
@@ -500,13 +527,15 @@ def _tenant_counters(store: AdapterStore, tenant: str) -> dict[str, Any]:
 
 
 def _only_tenant(replica: dict[str, Any], tenant: str) -> dict[str, Any]:
-    """A replica's stats with residency cut down to ``tenant``'s adapters."""
+    """What ``tenant`` may see of a replica's stats: the fields in
+    :data:`_TENANT_REPLICA_FIELDS`, and residency cut down to its own adapters."""
     prefix = f"{tenant}/"
     residency = {
         tier: [key for key in keys if key.startswith(prefix)]
         for tier, keys in replica["residency"].items()
     }
-    return {**replica, "residency": residency}
+    shared = {field: replica[field] for field in _TENANT_REPLICA_FIELDS if field in replica}
+    return {**shared, "residency": residency}
 
 
 class IngressServer:

@@ -4,8 +4,10 @@ Pure functions, no I/O: the ingress validates a request here before anything is 
 and renders the engine's chunks as OpenAI responses and stream events.
 
 Policy: parameters loramux does not implement are refused with a 400 naming them
-(``n`` above 1, several prompts, ``echo``) rather than silently ignored. ``max_tokens``
-unset means the service's ``default_max_tokens``. Logprobs are the model's
+(``n`` above 1, several prompts, ``echo``) rather than silently ignored. Completions
+default ``max_tokens`` to 16, as OpenAI does; chat has no such default, so a chat request
+without ``max_completion_tokens`` or ``max_tokens`` (or a completion with an explicit
+``null``) gets the service's ``default_max_tokens``. Logprobs are the model's
 distribution's (before temperature), as OpenAI and vLLM report them.
 """
 

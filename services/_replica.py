@@ -25,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from ray import serve
@@ -41,10 +42,10 @@ from services._settings import ServiceSettings
 from services.engine import (
     AdapterCache,
     Engine,
+    EngineError,
     GenerationChunk,
     GenerationRequest,
     HostAdapter,
-    InvalidRequestError,
     MultiLoraModel,
     ResidencyEvent,
     load_base_model,
@@ -56,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 # A replica that has not reported for this many periods is no longer counted live.
 _STALE_PERIODS = 3.0
+# A stats step that keeps failing is logged with its traceback at most this often.
+_FAILURE_LOG_INTERVAL_S = 60.0
 
 
 class ModelReplica:
@@ -109,7 +112,6 @@ class ModelReplica:
             on_manifest=lambda manifest: asyncio.to_thread(self._store.register_manifest, manifest),
         )
         await self._engine.start()
-        self._active = 0
         self._served = 0
         self._publisher.start()
         self._report_task = asyncio.create_task(self._report_forever())
@@ -119,24 +121,23 @@ class ModelReplica:
         """Stream ``request``'s chunks (call with ``handle.options(stream=True)``).
 
         Raises:
-            InvalidRequestError: the routing hint is not the request's adapter key.
+            EngineError (500): the routing hint is not the request's adapter key, a
+                bug in the caller (the ingress), not in the client's request.
             The engine's errors, as :meth:`Engine.generate` documents them.
         """
         expected = request.adapter.key if request.adapter is not None else ""
         routed = serve.get_multiplexed_model_id()
         if routed != expected:
-            raise InvalidRequestError(
+            raise EngineError(
                 f"routed as {routed!r} but the request is for {expected!r}: call with "
                 "handle.options(multiplexed_model_id=request.adapter.key)"
             )
-        self._active += 1
         self._publisher.load_changed()
         try:
             async for chunk in self._engine.generate(request):
                 yield chunk
             self._served += 1
         finally:
-            self._active -= 1
             self._publisher.load_changed()
 
     async def record_routing_stats(self) -> dict[str, Any]:
@@ -164,7 +165,6 @@ class ModelReplica:
 
     def _view(self) -> ReplicaView:
         residency = self._cache.residency()
-        running = self._engine.num_running
         # Slots that cannot be reused now: adapters held or awaited by a request, and
         # loads in progress (each will take a slot).
         busy = {key for key, count in residency.pinned.items() if count > 0}
@@ -175,8 +175,8 @@ class ModelReplica:
             host=set(residency.host),
             disk=set(residency.disk),
             loading=set(residency.loading),
-            in_flight=running,
-            queued=max(0, self._active - running),
+            in_flight=self._engine.num_running,
+            queued=self._engine.num_waiting,
             gpu_slots=self._settings.gpu_slots,
             pinned=min(len(busy), self._settings.gpu_slots),
         )
@@ -197,7 +197,7 @@ class ModelReplica:
             "gpu_slots": self._settings.gpu_slots,
             "base_model_bytes": self._base_model_bytes,
             "in_flight": self._engine.num_running,
-            "queued": max(0, self._active - self._engine.num_running),
+            "queued": self._engine.num_waiting,
             "requests_served": self._served,
             "tiers": {
                 tier.name.lower(): {
@@ -223,22 +223,25 @@ class ModelReplica:
         }
 
     async def _report_forever(self) -> None:
-        """Every period: record the metrics, and send :meth:`stats` to the board (a
-        failed send is retried next period)."""
+        """Every period: record the metrics, and send :meth:`stats` to the board.
+
+        Each step that fails (a bug, an unreachable board) is logged and tried again
+        next period; neither stops the other or the loop, since a replica whose loop
+        died would drop off the board (``/healthz`` 503) while still serving.
+        """
+        failures = _FailureLog(_FAILURE_LOG_INTERVAL_S)
         while True:
-            running = self._engine.num_running
-            self._metrics.record(
-                self._cache.stats(),
-                self._cache.residency(),
-                gpu_slots=self._settings.gpu_slots,
-                running=running,
-                queued=max(0, self._active - running),
-            )
+            with failures.suppressed("recording the replica metrics"):
+                self._metrics.record(
+                    self._cache.stats(),
+                    self._cache.residency(),
+                    gpu_slots=self._settings.gpu_slots,
+                    running=self._engine.num_running,
+                    queued=self._engine.num_waiting,
+                )
             if self._board is not None:
-                try:
+                with failures.suppressed("reporting stats to the board"):
                     await self._board.report.remote(self._replica_id, self.stats())
-                except Exception:
-                    logger.warning("stats report to the board failed", exc_info=True)
             await asyncio.sleep(self._settings.stats_period_s)
 
     async def __del__(self) -> None:
@@ -250,6 +253,32 @@ class ModelReplica:
         await self._engine.aclose()
         await self._cache.aclose()
         self._store.close()
+
+
+class _FailureLog:
+    """Suppresses and logs a periodic step's failures, each kind at most once per
+    ``interval_s`` (a failure that repeats every period would flood the log)."""
+
+    def __init__(self, interval_s: float) -> None:
+        self._interval_s = interval_s
+        self._last_logged: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def suppressed(self, step: str) -> Iterator[None]:
+        """Run the block; an ``Exception`` from it is logged, not raised (cancellation
+        still propagates)."""
+        try:
+            yield
+        except Exception:
+            now = time.monotonic()
+            if now - self._last_logged.get(step, -math.inf) >= self._interval_s:
+                self._last_logged[step] = now
+                logger.warning(
+                    "%s failed; retried every period, logged at most every %.0f s",
+                    step,
+                    self._interval_s,
+                    exc_info=True,
+                )
 
 
 class StatsBoard:

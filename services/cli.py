@@ -6,9 +6,9 @@ install (client only) imports nothing heavy until a server-side command runs.
 
 from __future__ import annotations
 
-import importlib
-
 import typer
+
+from services import _cli_adapters, _cli_generate, _cli_sim, _cli_store, _cli_up
 
 __all__ = ["app", "main"]
 
@@ -20,20 +20,8 @@ app = typer.Typer(
 )
 
 # Each module adds its commands to the app; heavy imports stay inside the commands.
-_COMMAND_MODULES = (
-    "services._cli_adapters",
-    "services._cli_generate",
-    "services._cli_store",
-    "services._cli_sim",
-    "services._cli_up",
-)
-
-for _module in _COMMAND_MODULES:
-    try:
-        importlib.import_module(_module).register(app)
-    except ModuleNotFoundError as exc:  # a command group not built yet
-        if exc.name != _module:
-            raise
+for _module in (_cli_adapters, _cli_generate, _cli_store, _cli_sim, _cli_up):
+    _module.register(app)
 
 
 def main() -> None:

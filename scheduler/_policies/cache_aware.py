@@ -99,8 +99,11 @@ class CacheAwarePolicy:
     new home pays one cold load, and a burst faster than the rate estimate rises (one
     half-life) fills its holder to ``holder_cap`` before spreading. A replica that does
     not report ``pinned`` (0) looks as if every slot were free, and its loads may wait.
-    ``holder_floor`` is in sequences: set it to about half the engine's batch size
-    (``max_num_seqs``); much higher and a holder's batch fills while others idle.
+    At most ``max_hot_keys`` adapters keep more than one home; a new one past that
+    forgets the adapter ranked least recently, which falls back to one home (its other
+    copies stay usable as GPU holders). ``holder_floor`` is in sequences: set it to
+    about half the engine's batch size (``max_num_seqs``); much higher and a holder's
+    batch fills while others idle.
     Residency read from a stale view can send a request to a copy that is gone (a cold
     load, not an error).
 
@@ -252,8 +255,10 @@ class CacheAwarePolicy:
         if updated == 1:
             self._homes.pop(key, None)
         else:
-            if key not in self._homes and len(self._homes) >= self._max_hot_keys:
-                # A key that stops being requested never shrinks; forget the oldest.
+            # Re-inserting moves the key to the end, so the dict runs from the least
+            # recently updated key to the most (assigning in place would keep its slot).
+            if self._homes.pop(key, None) is None and len(self._homes) >= self._max_hot_keys:
+                # A key that stops being requested never shrinks; forget the stalest.
                 del self._homes[next(iter(self._homes))]
             self._homes[key] = updated
         return updated

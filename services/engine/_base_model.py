@@ -77,9 +77,10 @@ def load_base_model(
 
     Raises:
         BaseModelLoadError: the directory is missing, lacks ``config.json`` or a
-            tokenizer, or transformers cannot load it (the message says which).
+            tokenizer, transformers cannot load it, or the model has attention layers
+            other than full attention (the message says which).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if str(name_or_path) == TINY_MODEL_NAME:
         path = ensure_tiny_model(models_dir or default_models_dir())
@@ -95,9 +96,12 @@ def load_base_model(
     target_device = torch.device(device) if device is not None else _default_device()
     target_dtype = dtype or _default_dtype(target_device)
     try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        # Checked before the weights are read: a refused model costs no load time.
+        _check_full_attention(config, path)
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=target_dtype, local_files_only=True
+            str(path), config=config, dtype=target_dtype, local_files_only=True
         )
     except (OSError, ValueError, KeyError) as exc:
         raise BaseModelLoadError(f"cannot load base model from {path}: {exc}") from exc
@@ -115,6 +119,35 @@ def load_base_model(
         eos_token_ids=_eos_token_ids(tokenizer, getattr(model, "generation_config", None)),
         max_context=int(max_context),
     )
+
+
+def _check_full_attention(config: Any, path: Path) -> None:
+    """Refuse models whose KV cache is not one full-attention layer per decoder layer.
+
+    The engine's ``KvBatch`` left-pads rows in a ``DynamicCache`` built from the config
+    with a full-width attention mask. For sliding-window or chunked layers (Mistral with
+    ``sliding_window``, Gemma2/3, Phi-3) that cache crops old columns and the mask no
+    longer lines up, so such a model would load and then answer wrongly. The layer
+    types are read the way ``DynamicCache`` reads them: an explicit ``layer_types`` wins
+    (Qwen2 lists full attention when ``use_sliding_window`` is off, even with
+    ``sliding_window`` set), else ``sliding_window`` or ``attention_chunk_size`` being
+    set makes every layer windowed.
+
+    Raises:
+        BaseModelLoadError: naming the unsupported layer types and the fix.
+    """
+    from transformers.cache_utils import get_layer_types_and_kwargs
+
+    layer_types, _ = get_layer_types_and_kwargs(config.get_text_config(decoder=True))
+    unsupported = sorted({kind for kind in layer_types if kind != "full_attention"})
+    if unsupported:
+        raise BaseModelLoadError(
+            f"base model {path} ({config.model_type}) has {', '.join(unsupported)} layers; "
+            "the engine's batched KV cache supports only full attention, because a "
+            "windowed cache drops the columns its left-padded rows still need and would "
+            "give wrong outputs; use a full-attention model (Llama, Qwen2, Mistral "
+            "without sliding_window, ...)"
+        )
 
 
 def _eos_token_ids(tokenizer: Any, generation_config: Any) -> frozenset[int]:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from adapter_store import AdapterVersion
+from adapter_store.exceptions import AdapterStoreError
 from scheduler import EvictionPolicy, LRUEviction, Tier
 from services.engine._tiered import RoomQueue, TierCache, TierCounters
 from services.engine.exceptions import AdapterLoadError, EngineError
@@ -61,6 +62,11 @@ logger = logging.getLogger(__name__)
 
 # Latency summaries cover this many recent loads per source tier.
 _LATENCY_WINDOW = 1024
+# Errors a load step raises already classified, which pass through unwrapped: the engine's
+# own (AdapterIncompatibleError) and the store's, whose HTTP statuses matter to the client
+# (a blob gone after GC is a 404 and a corrupt one a 502, neither worth retrying as a 503).
+_CLASSIFIED_ERRORS: tuple[type[Exception], ...] = (EngineError, AdapterStoreError)
+
 # ERRORED states are remembered for this many adapters, oldest forgotten first, so a
 # stream of distinct failing adapters cannot grow the cache's bookkeeping without bound.
 _MAX_ERRORED = 1024
@@ -294,8 +300,9 @@ class AdapterCache:
 
     Failure mode: a failed load step raises :class:`AdapterLoadError` (naming the
     adapter, the tier and the cause) to every request waiting for that adapter, and to
-    no other; an :class:`EngineError` a step raises itself (such as
-    :class:`AdapterIncompatibleError`) passes through unchanged. The next
+    no other; an :class:`EngineError` or ``AdapterStoreError`` a step raises itself
+    (such as :class:`AdapterIncompatibleError`, or the store's ``NotFoundError`` and
+    ``IntegrityError`` from ``fetch_to_disk``) passes through unchanged. The next
     :meth:`acquire` tries again: there is no negative cache, so concurrent requests
     share one attempt and later ones make a new one. An adapter larger than the whole
     host budget fails at once. Requests wait for room without a time
@@ -390,6 +397,8 @@ class AdapterCache:
             AdapterLoadError: the load failed (message names adapter, tier, cause), the
                 adapter is larger than the host budget, or the cache closed meanwhile.
             AdapterIncompatibleError: raised by ``load_host`` or ``activate_slot``.
+            AdapterStoreError: raised by ``fetch_to_disk`` (such as ``NotFoundError``
+                or ``IntegrityError``).
             EngineError: the cache is closed.
         """
         self._check_open()
@@ -530,7 +539,7 @@ class AdapterCache:
         except asyncio.CancelledError:
             self._set_state(key, self._resident_state(key))
             raise
-        except EngineError as error:
+        except _CLASSIFIED_ERRORS as error:
             self._errors[load.into] += 1
             state = self._resident_state(key) if key in self._host else AdapterState.ERRORED
             self._set_state(key, state, error=str(error))
@@ -610,8 +619,8 @@ class AdapterCache:
         """Run a blocking load step on the executor, wrapping its failure with context."""
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, step, *args)
-        except EngineError:
-            raise  # already classified by the engine (AdapterIncompatibleError), with the key
+        except _CLASSIFIED_ERRORS:
+            raise
         except Exception as error:
             raise AdapterLoadError(
                 f"adapter {load.version.key}: loading into the {load.into.name.lower()} tier "

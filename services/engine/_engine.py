@@ -14,10 +14,14 @@ iteration
 4. streams each row's new token to its client.
 
 Reserving the worst case up front means a running request never has to be preempted.
-A request's adapter is acquired (pinned in a GPU slot, loading it if needed) before it
+A request's prompt is rendered and tokenized on a tokenizer thread (a long prompt would
+otherwise stall every stream on the event loop), one request at a time in arrival order;
+then its adapter is acquired (pinned in a GPU slot, loading it if needed) before it
 queues, so a cold load delays only the requests for that adapter.
 
-Failure modes: a full waiting queue raises :class:`EngineOverloadedError` at once; a
+Failure modes: a full waiting queue raises :class:`EngineOverloadedError` at once (a
+request counts as waiting from then until it runs: while tokenized, while its adapter
+loads, in the queue); a
 failed forward pass fails the requests in that batch with :class:`EngineError` and the
 engine keeps serving; :meth:`Engine.aclose` ends pending requests with
 :class:`RequestCancelledError`.
@@ -127,6 +131,7 @@ class Engine:
         self.max_waiting = max_waiting
         self._on_manifest = on_manifest
         self._waiting: deque[_Sequence] = deque()
+        self._preparing = 0  # requests being tokenized; they count as queued
         self._acquiring = 0  # requests waiting for their adapter; they count as queued
         self._running: list[_Sequence] = []
         self._batch: KvBatch | None = None
@@ -134,6 +139,9 @@ class Engine:
         self._loop_task: asyncio.Task[None] | None = None
         self._closing = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loramux-model")
+        # One thread: prompts are prepared in arrival order, and the tokenizer is never
+        # used by two preparations at once.
+        self._tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loramux-tokenize")
 
     @property
     def num_running(self) -> int:
@@ -142,8 +150,9 @@ class Engine:
 
     @property
     def num_waiting(self) -> int:
-        """Requests queued for the batch, including those waiting for their adapter."""
-        return len(self._waiting) + self._acquiring
+        """Requests queued for the batch, including those being tokenized or waiting
+        for their adapter."""
+        return len(self._waiting) + self._preparing + self._acquiring
 
     async def start(self) -> None:
         """Register the base model manifest and start the scheduling loop."""
@@ -162,6 +171,8 @@ class Engine:
             self._loop_task = None
         self._fail_all(RequestCancelledError("the engine shut down"))
         self._executor.shutdown(wait=True)
+        # Not waited for: a preparation still running ends in RequestCancelledError.
+        self._tokenizing.shutdown(wait=False)
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -194,12 +205,23 @@ class Engine:
         """
         if self._closing:
             raise RequestCancelledError("the engine is shutting down")
-        sequence = self._new_sequence(request)
-        queued = len(self._waiting) + self._acquiring
+        queued = self.num_waiting
         if queued >= self.max_waiting:
             raise EngineOverloadedError(
                 f"{queued} requests are waiting (max_waiting={self.max_waiting}); retry later"
             )
+        # From here to the queue the request is counted in exactly one of _preparing,
+        # _acquiring and _waiting, so the max_waiting check above stays exact.
+        self._preparing += 1
+        try:
+            prompt_ids = await asyncio.get_running_loop().run_in_executor(
+                self._tokenizing, self._prompt_ids, request
+            )
+        finally:
+            self._preparing -= 1
+        if self._closing:
+            raise RequestCancelledError("the engine shut down while the prompt was tokenized")
+        sequence = self._new_sequence(request, prompt_ids)
         self._ensure_loop()
         try:
             if request.adapter is not None:
@@ -222,7 +244,8 @@ class Engine:
         finally:
             self._abandon(sequence)
 
-    def _new_sequence(self, request: GenerationRequest) -> _Sequence:
+    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
+        """On the tokenizer thread: render and tokenize the prompt, and check it fits."""
         tokenizer = self.base.tokenizer
         if request.messages is not None:
             text = chat_prompt(tokenizer, list(request.messages))
@@ -231,18 +254,22 @@ class Engine:
             prompt_ids = tokenizer(request.prompt)["input_ids"]
         if not prompt_ids:
             raise InvalidRequestError("prompt encodes to zero tokens; send a non-empty prompt")
-        sampling = request.sampling
+        max_tokens = request.sampling.max_tokens
         limit = min(self.base.max_context, self.max_batch_tokens)
-        if len(prompt_ids) + sampling.max_tokens > limit:
+        if len(prompt_ids) + max_tokens > limit:
             raise InvalidRequestError(
                 f"max_tokens: the prompt has {len(prompt_ids)} tokens and max_tokens is "
-                f"{sampling.max_tokens}, more than the {limit} this engine allows in total; "
+                f"{max_tokens}, more than the {limit} this engine allows in total; "
                 "lower max_tokens or shorten the prompt"
             )
+        return list(prompt_ids)
+
+    def _new_sequence(self, request: GenerationRequest, prompt_ids: list[int]) -> _Sequence:
+        sampling = request.sampling
         return _Sequence(
             request=request,
-            prompt_ids=list(prompt_ids),
-            text=TextStream(tokenizer, sampling.stop),
+            prompt_ids=prompt_ids,
+            text=TextStream(self.base.tokenizer, sampling.stop),
             generator=sampling.make_generator(),
         )
 

@@ -1,15 +1,22 @@
 """Errors raised by the replica engine.
 
-::
+The HTTP layer answers each class with the status on the right (the table is
+:data:`services._errors.ERROR_TABLE`; a subclass not listed there gets its nearest
+listed ancestor's)::
 
-    EngineError                          base class
+    EngineError                          500  base class; a failed forward pass, a
+    │                                         crashed loop, a closed adapter cache
     ├── InvalidRequestError              400  bad sampling parameters, empty prompt, ...
-    ├── AdapterLoadError                 a cold load failed (fetch, read or slot copy);
-    │                                    only the requests for that adapter fail
-    ├── AdapterIncompatibleError         the adapter does not fit the loaded base model
+    ├── AdapterLoadError                 503  a cold load failed (fetch, read or slot copy);
+    │                                         only the requests for that adapter fail
+    ├── AdapterIncompatibleError         400  the adapter does not fit the loaded base model
     ├── EngineOverloadedError            503  the request queue is full
-    ├── BaseModelLoadError               the base model directory is missing or unloadable
-    └── RequestCancelledError            the client went away; the request left the batch
+    ├── BaseModelLoadError               503  the base model directory is missing,
+    │                                         unloadable or unsupported
+    └── RequestCancelledError            503  the engine shut down before the request ended
+
+The adapter store's errors from a fetch (``NotFoundError`` 404, ``IntegrityError`` 502,
+...) pass through the adapter cache unwrapped, with the store's statuses.
 """
 
 from __future__ import annotations

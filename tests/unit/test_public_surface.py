@@ -95,6 +95,7 @@ PUBLIC = {
         "SimConfig",
         "SimResult",
         "SynthSpec",
+        "SynthSpecError",
         "Tier",
         "TraceConversion",
         "TraceFormatError",

@@ -7,12 +7,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import redis
 
 from adapter_store._identity import AdapterVersion
-from adapter_store._metadata import MetadataStore
+from adapter_store._metadata import BlobCollectedError, MetadataStore
 from adapter_store.exceptions import (
     AdapterNotFoundError,
     AuthenticationError,
+    BackendUnavailableError,
     ConflictError,
     QuotaExceededError,
     TenantNotFoundError,
@@ -49,6 +51,7 @@ def _publish(
         rank=8,
         base_model="tiny",
         now=10.0,
+        generations=(0, 0),  # no blob here was ever claimed by gc
         aliases=aliases,
     )
 
@@ -219,6 +222,21 @@ def test_tenants_and_keys(meta: MetadataStore) -> None:
         meta.revoke_key("h1")
     with pytest.raises(TenantNotFoundError):
         meta.add_key("ghost", "h2")
+    with pytest.raises(ConflictError, match="pick another name"):
+        meta.create_tenant("beta", now=3.0, max_adapters=None, max_bytes=None)
+
+
+def test_a_key_moved_to_another_tenant_leaves_the_old_tenants_key_set(
+    meta: MetadataStore, redis_client
+) -> None:
+    meta.create_tenant("beta", now=2.0, max_adapters=None, max_bytes=None)
+    meta.add_key("acme", "h1")
+    meta.add_key("beta", "h1")
+    assert meta.tenant_for_key("h1") == "beta"
+    assert redis_client.smembers("t:tk:acme") == set()
+    assert redis_client.smembers("t:tk:beta") == {b"h1"}
+    meta.add_key("beta", "h1")  # idempotent
+    assert redis_client.smembers("t:tk:beta") == {b"h1"}
     with pytest.raises(TenantNotFoundError):
         meta.get_usage("ghost")
 
@@ -227,7 +245,7 @@ def test_gc_claims_spare_referenced_and_recently_announced_blobs(meta: MetadataS
     version = _publish(meta, content="kept")
     announced = _digest("announced")
     orphan = _digest("orphan")
-    assert meta.announce_blobs([announced], now=100.0) == []
+    assert meta.announce_blobs([announced], now=100.0) == ([], {announced: 0})
     claim = meta.claim_blob_for_gc
     assert claim(version.digest, announced_before=50.0, now=101.0) == "referenced"
     assert claim(announced, announced_before=50.0, now=101.0) == "recent"
@@ -235,7 +253,7 @@ def test_gc_claims_spare_referenced_and_recently_announced_blobs(meta: MetadataS
     meta.release_gc_claims([announced], announced_before=50.0)
     assert claim(orphan, announced_before=50.0, now=101.0) == "claimed"
     # A push that announces a blob gc is deleting learns so and must wait, then re-upload.
-    assert meta.announce_blobs([orphan], now=102.0) == [orphan]
+    assert meta.announce_blobs([orphan], now=102.0) == ([orphan], {orphan: 1})
     assert meta.gc_claimed([orphan, announced], now=103.0) == [orphan]
     meta.release_gc_claims([orphan], announced_before=50.0)
     assert meta.gc_claimed([orphan], now=104.0) == []
@@ -249,3 +267,68 @@ def test_a_retried_publish_returns_the_version_the_first_try_made(meta: Metadata
     assert first == again == 1
     assert meta.get_adapter("acme", "chat").versions == (1,)
     assert meta.get_usage("acme").bytes == 100
+
+
+def test_a_publish_on_a_blob_gc_claimed_since_the_announce_is_refused(
+    meta: MetadataStore,
+) -> None:
+    digest, config_digest = _digest("w"), _digest("c")
+    _, generations = meta.announce_blobs([digest, config_digest], now=10.0)
+    assert meta.claim_blob_for_gc(digest, announced_before=20.0, now=21.0) == "claimed"
+    # Another push announcing the same blob again must not make the first one's pass.
+    assert meta.announce_blobs([digest], now=22.0) == ([digest], {digest: 1})
+    with pytest.raises(BlobCollectedError, match=f"gc deleted blob {digest}"):
+        meta.publish(
+            "acme",
+            "chat",
+            digest=digest,
+            config_digest=config_digest,
+            size_bytes=100,
+            rank=8,
+            base_model="tiny",
+            now=23.0,
+            generations=(generations[digest], generations[config_digest]),
+        )
+    with pytest.raises(AdapterNotFoundError):
+        meta.get_adapter("acme", "chat")
+    assert meta.get_usage("acme").bytes == 0
+
+
+def test_an_unexpected_error_reply_names_the_operation(meta: MetadataStore, redis_client) -> None:
+    redis_client.set("t:a:acme/chat", "not a hash")  # WRONGTYPE for every hash command
+    with pytest.raises(BackendUnavailableError, match=r"load adapters of acme.*WRONGTYPE"):
+        meta.get_adapter("acme", "chat")
+    with pytest.raises(BackendUnavailableError, match=r"publish acme/chat.*WRONGTYPE"):
+        _publish(meta)
+    with pytest.raises(BackendUnavailableError, match=r"resolve acme/chat.*check the Redis"):
+        meta.resolve("acme", "chat", "latest")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
+        redis.exceptions.MasterDownError("Link with MASTER is down"),
+    ],
+    ids=["READONLY", "MASTERDOWN"],
+)
+def test_failover_errors_are_retried_then_reported(redis_url: str, error: Exception) -> None:
+    sleeps: list[float] = []
+    meta = MetadataStore.from_url(redis_url, key_prefix="t:", sleep=sleeps.append)
+    replies = iter([error, "ok"])
+
+    def flaky() -> str:
+        reply = next(replies)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    assert meta._call("SET x", flaky) == "ok"
+    assert len(sleeps) == 1
+
+    def always() -> str:
+        raise error
+
+    with pytest.raises(BackendUnavailableError, match="SET x failed after 4 attempts"):
+        meta._call("SET x", always)
+    meta.close()

@@ -5,17 +5,22 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from adapter_store._blobs import blob_key
+from adapter_store._identity import AdapterVersion
+from adapter_store._metadata import MetadataStore
 from adapter_store._source import AdapterFiles, read_adapter_source
 from adapter_store._store import AdapterStore
 from adapter_store.exceptions import (
     AdapterNotFoundError,
     AuthenticationError,
+    BackendUnavailableError,
     ConflictError,
     InvalidNameError,
     InvalidReferenceError,
@@ -281,3 +286,63 @@ def test_a_push_waits_for_gc_to_finish_deleting_a_blob_it_needs(
         (tiny_base.adapters[0] / "adapter_config.json").read_bytes()
     )
     assert store.pull("acme", "chat", tmp_path / "out") == again
+
+
+def _blobs_of(files: AdapterFiles) -> dict[str, int]:
+    """Blob key -> size of an adapter's two files."""
+    return {
+        blob_key(hashlib.sha256(data).hexdigest()): len(data)
+        for data in (files.config_bytes, files.weights_bytes)
+    }
+
+
+class _GcBeforePublish:
+    """Metadata that runs ``gc`` just before a publish, once."""
+
+    def __init__(self, inner: MetadataStore, gc: Callable[[], None]) -> None:
+        self._inner = inner
+        self._gc = gc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def publish(self, *args: Any, **kwargs: Any) -> AdapterVersion:
+        self._gc()
+        return self._inner.publish(*args, **kwargs)
+
+
+@pytest.mark.parametrize("moment", ["after-first-write", "before-publish"])
+def test_a_push_whose_blob_gc_deleted_uploads_it_again_before_publishing(
+    moment: str, store: AdapterStore, tiny_base: TinyBase, tmp_path: Path
+) -> None:
+    """gc with no grace period runs in the middle of a push and deletes its blobs; the
+    push must notice (read-back or publish) and upload them again."""
+    reports = []
+
+    def gc_once() -> None:
+        if not reports:
+            reports.append(store.gc(grace_s=0))
+
+    files = read_adapter_source(tiny_base.adapters[0])
+    if moment == "after-first-write":
+        pushing = AdapterStore(store.metadata, HookedBlobs(store.blobs, gc_once))
+    else:
+        hooked = cast(MetadataStore, _GcBeforePublish(store.metadata, gc_once))
+        pushing = AdapterStore(hooked, store.blobs)
+    version = pushing.push("acme", "chat", files, base_model=BASE)
+    assert reports[0].blobs_deleted == (1 if moment == "after-first-write" else 2)
+    for key, size in _blobs_of(files).items():
+        assert store.blobs.head(key) == size
+    assert store.pull("acme", "chat", tmp_path / "out") == version
+    assert store.gc(grace_s=0).blobs_deleted == 0
+
+
+def test_a_push_whose_blobs_gc_keeps_deleting_publishes_nothing(
+    store: AdapterStore, tiny_base: TinyBase
+) -> None:
+    pushing = AdapterStore(store.metadata, HookedBlobs(store.blobs, lambda: store.gc(grace_s=0)))
+    with pytest.raises(BackendUnavailableError, match=r"nothing was published.*--grace-s"):
+        pushing.push("acme", "chat", tiny_base.adapters[0], base_model=BASE)
+    with pytest.raises(AdapterNotFoundError):
+        store.get_adapter("acme", "chat")
+    assert store.get_usage("acme").bytes == 0

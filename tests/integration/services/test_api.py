@@ -7,17 +7,18 @@ whole service with Ray is ``test_app.py``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from adapter_store import AdapterStore, StoreSettings, manifest_from_model
+from adapter_store import AdapterStore, StoreSettings
 from services._ingress import create_api
 from services._settings import ServiceSettings
-from services.client import AsyncClient
+from services.client import PEFT_FILES, AsyncClient
 from services.engine import (
     EngineOverloadedError,
     GenerationChunk,
@@ -48,6 +49,7 @@ class ScriptedGateway:
         self.script: list[GenerationChunk | Exception] = []
         self.requests: list[GenerationRequest] = []
         self.replicas: list[dict[str, Any]] = []
+        self.stats_calls = 0
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         self.requests.append(request)
@@ -57,22 +59,13 @@ class ScriptedGateway:
             yield item
 
     async def replica_stats(self) -> list[dict[str, Any]]:
+        self.stats_calls += 1
         return self.replicas
 
 
 @pytest.fixture(scope="module")
 def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_peft_adapter(tiny_llama(), tmp_path_factory.mktemp("adapter") / "a", seed=1)
-
-
-@pytest.fixture
-def store(redis_url: str, tmp_path: Path) -> Iterator[AdapterStore]:
-    settings = StoreSettings(
-        redis_url=redis_url, blob_url=(tmp_path / "blobs").as_uri(), data_dir=tmp_path
-    )
-    with AdapterStore.from_settings(settings) as store:
-        store.register_manifest(manifest_from_model("tiny", tiny_llama()))
-        yield store
 
 
 @pytest.fixture
@@ -202,21 +195,79 @@ async def test_an_upload_without_the_adapter_parts_is_refused(acme: AsyncClient)
     assert "'archive' part" in response.json()["error"]["message"]
 
 
+REPLICA_REPORT = {
+    "replica_id": "r1",
+    "residency": {"gpu": ["acme/bot@1", "globex/x@1"], "host": []},
+    "gpu_slots": 4,
+    "base_model_bytes": 1000,
+    "in_flight": 2,
+    "queued": 1,
+    "requests_served": 40,
+    "tiers": {"gpu": {"hits": 30, "misses": 10, "hit_ratio": 0.75, "evictions": 3}},
+    "loads": {"from_none": {"count": 10, "mean_s": 0.1, "p50_s": 0.1, "p99_s": 0.2}},
+    "load_errors": {"gpu": 1},
+    "coalesced_loads": 2,
+}
+
+
 async def test_health_needs_a_live_replica_and_stats_hide_other_tenants(
-    acme: AsyncClient, gateway: ScriptedGateway
+    api: Any, acme: AsyncClient, gateway: ScriptedGateway
 ) -> None:
     with pytest.raises(ServiceUnavailableError, match="0 of 2"):
         await acme.health()
-    gateway.replicas = [
-        {"replica_id": "r1", "residency": {"gpu": ["acme/bot@1", "globex/x@1"], "host": []}}
-    ]
+    gateway.replicas = [REPLICA_REPORT]
 
     health = await acme.health()
     stats = await acme.stats()
+    async with client(api, ADMIN_KEY) as admin:
+        everything = await admin.stats()
 
-    assert health.status == "ok"
-    assert stats["replicas"][0]["residency"] == {"gpu": ["acme/bot@1"], "host": []}
+    assert (health.status, health.replicas, health.expected_replicas) == ("ok", 1, 2)
+    # Only configuration and the tenant's own residency: every counter sums all
+    # tenants' traffic.
+    assert stats["replicas"] == [
+        {
+            "replica_id": "r1",
+            "gpu_slots": 4,
+            "base_model_bytes": 1000,
+            "residency": {"gpu": ["acme/bot@1"], "host": []},
+        }
+    ]
     assert stats["tenant"]["tenant"] == "acme"
+    assert everything["replicas"] == [REPLICA_REPORT]
+    assert list(everything["tenants"]) == ["acme"]
+
+
+async def test_stats_authenticate_the_key_before_asking_the_replicas(
+    api: Any, gateway: ScriptedGateway
+) -> None:
+    async with client(api, "not-a-key") as stranger:
+        with pytest.raises(AuthenticationError):
+            await stranger.stats()
+
+    assert gateway.stats_calls == 0
+
+
+async def test_a_chunked_upload_without_content_length_is_411(
+    acme: AsyncClient, store: AdapterStore, adapter_dir: Path
+) -> None:
+    files = [("files", (name, (adapter_dir / name).read_bytes())) for name in PEFT_FILES]
+    sized = acme._http.build_request("POST", "/v1/adapters", data={"name": "bot"}, files=files)
+    body = sized.read()
+
+    async def chunked() -> AsyncIterator[bytes]:
+        yield body
+
+    refused = await acme._http.post(
+        "/v1/adapters", content=chunked(), headers={"Content-Type": sized.headers["Content-Type"]}
+    )
+
+    assert "content-length" not in refused.request.headers
+    assert refused.status_code == 411
+    assert "Content-Length" in refused.json()["error"]["message"]
+    assert store.list_adapters("acme").items == ()
+    # The same body with its size is accepted.
+    assert (await acme._http.send(sized)).status_code == 201
 
 
 async def test_an_upload_above_the_size_cap_is_413(
@@ -251,3 +302,48 @@ async def test_deleting_an_adapter_removes_every_version(
         await acme.adapters.get("gone")
     with pytest.raises(NotFoundError):
         await acme.completions.create(model="gone@1", prompt="x")
+
+
+async def test_another_tenants_adapter_is_not_found_on_every_route(
+    api: Any,
+    acme: AsyncClient,
+    gateway: ScriptedGateway,
+    store: AdapterStore,
+    adapter_dir: Path,
+    tmp_path: Path,
+) -> None:
+    await acme.adapters.push(adapter_dir, "bot")
+    await acme.adapters.push(adapter_dir, "bot")
+    await acme.adapters.alias("bot", "prod", 1)
+    before = await acme.adapters.get("bot")
+    _, key = store.create_tenant("globex")
+    gateway.script = [DONE]
+    chat = [{"role": "user", "content": "x"}]
+
+    async with client(api, key) as globex:
+        attempts: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("get", lambda: globex.adapters.get("bot")),
+            ("get_version", lambda: globex.adapters.get_version("bot", 1)),
+            ("download", lambda: globex.adapters.download("bot@1", tmp_path / "stolen")),
+            ("set alias", lambda: globex.adapters.alias("bot", "mine", 1)),
+            ("remove alias", lambda: globex.adapters.remove_alias("bot", "prod")),
+            ("delete version", lambda: globex.adapters.delete("bot", version=1)),
+            ("delete", lambda: globex.adapters.delete("bot")),
+        ]
+        for ref in ("bot", "bot@1", "bot:prod"):
+            attempts += [
+                (f"completions {ref}", partial(globex.completions.create, model=ref, prompt="x")),
+                (f"chat {ref}", partial(globex.chat.create, model=ref, messages=chat)),
+            ]
+        refused = []
+        for route, attempt in attempts:
+            try:
+                await attempt()
+            except NotFoundError:
+                refused.append(route)
+
+    assert refused == [route for route, _ in attempts]
+    assert await acme.adapters.get("bot") == before
+    assert gateway.requests == []
+    assert store.get_adapter("acme", "bot").request_count == 0
+    assert list((tmp_path / "stolen").iterdir()) == []

@@ -1,5 +1,5 @@
 """``loramux up`` as a user runs it: a subprocess that serves, keeps adapters across a
-restart, and shuts everything down on SIGTERM."""
+restart, and shuts everything down on SIGTERM, or on Ctrl-C in the middle of start-up."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -35,7 +36,12 @@ def log_tail(process: subprocess.Popen[bytes]) -> str:
 
 
 def start(home: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "HOME": str(home), "LORAMUX_ADMIN_KEY": ADMIN_KEY}
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "LORAMUX_ADMIN_KEY": ADMIN_KEY,
+        "PYTHONUNBUFFERED": "1",  # its lines reach the log as they are printed
+    }
     env.pop("LORAMUX_DEV_KEY", None)
     args = [
         *(sys.executable, "-c", "from services.cli import main; main()", "up"),
@@ -43,7 +49,10 @@ def start(home: Path, port: int) -> subprocess.Popen[bytes]:
     ]
     log = home / f"up-{time.monotonic_ns()}.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # Its own process group, which everything it starts joins: see group_processes.
+        process = subprocess.Popen(
+            args, env=env, stdout=out, stderr=subprocess.STDOUT, process_group=0
+        )
     LOGS[process.pid] = log
     return process
 
@@ -80,6 +89,68 @@ def redis_answers(data_dir: Path) -> bool:
             return conn.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+def group_processes(pgid: int) -> list[str]:
+    """Names of the live (not zombie) processes of process group ``pgid``."""
+    names = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # it exited meanwhile
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        state, _ppid, pgrp = text[text.rindex(")") + 2 :].split()[:3]
+        if int(pgrp) == pgid and state != "Z":
+            names.append(text[text.index("(") + 1 : text.rindex(")")])
+    return names
+
+
+def eventually(condition: Callable[[], bool], timeout_s: float) -> bool:
+    """Whether ``condition`` holds within ``timeout_s`` (polled)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_during_start_up_stops_everything_started_despite_a_second_one(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    from adapter_store._redis_server import free_port
+
+    process = start(tmp_path, free_port())
+    log = LOGS[process.pid]
+    try:
+        # Interrupt inside ray.init (which installs a SIGTERM handler of its own): Redis is up and Ray has started its first process.
+        assert eventually(
+            lambda: "gcs_server" in group_processes(process.pid) or process.poll() is not None,
+            READY_TIMEOUT_S,
+        ), log_tail(process)
+        assert process.poll() is None, log_tail(process)
+        assert redis_answers(tmp_path / ".loramux"), log_tail(process)
+        process.send_signal(signum)
+        assert eventually(
+            lambda: "shutting down" in log.read_text() or process.poll() is not None,
+            STOP_TIMEOUT_S,
+        ), log_tail(process)
+        process.send_signal(signum)  # an impatient second one
+        status = process.wait(STOP_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    assert status == 0, log_tail(process)
+    assert f"{signum.name} during start-up: shutting down..." in log.read_text(), log_tail(process)
+    assert "Traceback" not in log.read_text(), log_tail(process)
+    assert not redis_answers(tmp_path / ".loramux")
+    # Ray stops its processes without waiting for them to exit.
+    assert eventually(lambda: not group_processes(process.pid), STOP_TIMEOUT_S), group_processes(
+        process.pid
+    )
 
 
 def test_up_serves_keeps_adapters_across_a_restart_and_stops_on_sigterm(

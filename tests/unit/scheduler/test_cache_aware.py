@@ -163,6 +163,19 @@ def test_replication_band_stops_flapping_at_the_boundary() -> None:
     assert policy.home_count(KEY) == 1
 
 
+def test_the_hot_key_cap_forgets_the_key_ranked_least_recently() -> None:
+    views = replicas(8, load=6)
+    policy = policy_with_total_rate(100.0, max_hot_keys=2)
+    first, second, third = "t/first@1", "t/second@1", "t/third@1"
+    for key in (first, second, first):  # first was hot first but ranked again last
+        policy.rank_replicas(AdapterDemand(key, rate=50.0), views, 0.0)
+    assert policy.home_count(first) == policy.home_count(second) == 4
+    policy.rank_replicas(AdapterDemand(third, rate=50.0), views, 0.0)
+    assert policy.home_count(third) == 4
+    assert policy.home_count(first) == 4  # kept its homes (and its hysteresis band)
+    assert policy.home_count(second) == 1  # the stale one was forgotten
+
+
 def test_idle_cluster_does_not_replicate_a_popular_adapter() -> None:
     views = replicas(8)
     policy = policy_with_total_rate(10.0)

@@ -53,6 +53,9 @@ def test_unknown_policy_error_lists_the_known_names() -> None:
         make_policy("fastest")
     for name in POLICY_NAMES:
         assert name in str(caught.value)
+    # Still a KeyError (a failed lookup), but printed as the sentence, not its repr.
+    assert isinstance(caught.value, KeyError)
+    assert str(caught.value) == caught.value.args[0]
 
 
 def test_options_are_checked() -> None:

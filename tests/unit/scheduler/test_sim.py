@@ -252,6 +252,29 @@ def test_the_a100_profile_matches_its_documented_figures() -> None:
     assert profile.step_seconds(1) == pytest.approx(0.0155)
 
 
+class RateRecordingPolicy(FirstReplicaPolicy):
+    """FirstReplicaPolicy that records the adapter rate it is given at each decision."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rates: list[float] = []
+
+    def rank_replicas(
+        self, adapter: AdapterDemand, replicas: Sequence[ReplicaView], now: float
+    ) -> list[list[ReplicaView]]:
+        self.rates.append(adapter.rate)
+        return super().rank_replicas(adapter, replicas, now)
+
+
+def test_the_rate_a_policy_ranks_with_excludes_the_request_being_placed() -> None:
+    # As in the services router: demand is counted once the request is placed.
+    trace = [TraceRequest(0.0, "a", 0, 1), TraceRequest(0.0, "a", 0, 1)]
+    policy = RateRecordingPolicy()
+    simulate(trace, policy, SimConfig(replicas=1, gpu_slots=1, profile=HAND))
+    tau = 30.0 / math.log(2)  # SimConfig's default demand half-life
+    assert policy.rates == [0.0, pytest.approx(1.0 / tau)]
+
+
 class PinnedRecordingPolicy(FirstReplicaPolicy):
     """FirstReplicaPolicy that records the first replica's ``pinned`` at each decision."""
 
@@ -281,3 +304,16 @@ def test_views_report_pinned_slots(refresh: float) -> None:
     assert policy.pinned == [0, 1, 1, 2, 2]
     # Only r4 hit the GPU (TTFT 3.0); r3, the base-model request, is not counted.
     assert result.ttft_p99_gpu_hit_s == pytest.approx(3.0)
+
+
+def test_stale_views_take_the_routers_optimistic_update_between_refreshes() -> None:
+    trace = [
+        TraceRequest(0.0, "a", 0, 1),
+        TraceRequest(0.1, "a", 0, 1),  # the view still has the first refresh: 0 pins
+        TraceRequest(0.2, "b", 0, 1),
+    ]
+    policy = PinnedRecordingPolicy()
+    config = SimConfig(replicas=1, gpu_slots=2, profile=HAND, view_refresh_s=100.0)
+    simulate(trace, policy, config)
+    # a marked loading (one slot) on its first placement; its second joins that load.
+    assert policy.pinned == [0, 1, 1]

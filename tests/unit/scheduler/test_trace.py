@@ -11,6 +11,7 @@ import pytest
 
 from scheduler import (
     SynthSpec,
+    SynthSpecError,
     TraceFormatError,
     TraceRequest,
     convert_alibaba,
@@ -101,10 +102,20 @@ def test_synthesize_can_mix_in_base_model_requests() -> None:
 
 
 def test_synthesize_rejects_bad_parameters() -> None:
-    with pytest.raises(TraceFormatError, match="rate_rps"):
+    with pytest.raises(SynthSpecError, match="rate_rps"):
         synthesize(SynthSpec(rate_rps=0))
-    with pytest.raises(TraceFormatError, match="rank mix"):
+    with pytest.raises(SynthSpecError, match="rank mix"):
         synthesize(SynthSpec(rank_mix={0: 1.0}))
+    with pytest.raises(ValueError, match="zipf alpha"):  # SynthSpecError is a ValueError
+        synthesize(SynthSpec(zipf_alpha=-1.0))
+
+
+def test_converters_reject_bad_parameters_before_reading(tmp_path: Path) -> None:
+    missing = tmp_path / "never-read.csv"
+    with pytest.raises(SynthSpecError, match="speedup"):
+        convert_azure(missing, speedup=0.0)
+    with pytest.raises(SynthSpecError, match="target_rps"):
+        convert_alibaba(missing, target_rps=0.0)
 
 
 def test_convert_azure_keeps_real_arrivals_and_tokens(tmp_path: Path) -> None:

@@ -121,6 +121,43 @@ def test_placement_is_optimistic_until_the_replica_reports() -> None:
     assert (replica.in_flight, replica.queued) == (3, 0)
 
 
+@pytest.mark.parametrize(
+    ("tier", "loading", "pinned"),
+    [
+        ("", {KEY}, 1),  # nowhere: a load from S3 starts, marked loading, takes a slot
+        ("host", set(), 1),  # a cheap load: not marked, but it will take a slot
+        ("disk", set(), 1),
+        ("loading", {KEY}, 0),  # the load in progress already holds its slot
+        ("gpu", set(), 0),  # whether a request already pins it is unknown: not counted
+    ],
+)
+def test_mark_placed_counts_the_request_and_the_slot_its_load_needs(
+    tier: str, loading: set[str], pinned: int
+) -> None:
+    replica = ReplicaView("r0", queued=2)
+    if tier:
+        getattr(replica, tier).add(KEY)
+    assert replica.mark_placed(KEY) is (tier == "")
+    assert replica.queued == 3
+    assert replica.loading == loading and replica.pinned == pinned
+    assert replica.mark_placed("") is False  # the base model: load only
+    assert (replica.queued, replica.pinned) == (4, pinned)
+
+
+def test_optimistic_pins_last_until_the_next_load_report_or_snapshot() -> None:
+    view = ClusterView()
+    view.apply(snapshot(), now=0.0)
+    view.on_placed("r0", KEY, now=0.1)
+    view.on_placed("r0", KEY, now=0.1)  # joins the load it marked: no second slot
+    replica = view.get("r0")
+    assert replica.pinned == 1
+    view.apply(LoadChanged("r0", "e1", 2, 0.0, in_flight=2, queued=0), now=0.2)
+    assert replica.pinned == 0  # the wire carries no pins: the report replaces the guess
+    view.on_placed("r0", "t/other@1", now=0.3)
+    view.apply(snapshot(seq=3), now=0.4)
+    assert replica.pinned == 0
+
+
 def test_snapshot_reconciles_optimistic_marks() -> None:
     view = ClusterView()
     view.apply(snapshot(), now=0.0)

@@ -82,3 +82,28 @@ def test_an_error_a_replica_raised_maps_like_the_original() -> None:
     assert status == 503
     assert body.error.message == "1024 requests are waiting"
     assert body.error.code == "EngineOverloadedError"
+
+
+def test_a_server_side_validation_error_is_a_logged_500_not_the_clients_fault(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from fastapi.exceptions import RequestValidationError
+    from pydantic import ValidationError
+
+    from services._api_models import Health
+
+    with pytest.raises(ValidationError) as server_bug:
+        Health.model_validate({"status": None})
+    request = RequestValidationError(
+        [{"loc": ("body", "max_tokens"), "msg": "must be >= 1", "type": "greater_than_equal"}]
+    )
+
+    with caplog.at_level("ERROR", logger="services._errors"):
+        server_status, server_body = status_and_body(server_bug.value)
+    client_status, client_body = status_and_body(request)
+
+    assert (server_status, server_body.error.type) == (500, "internal_error")
+    assert "status" not in server_body.error.message
+    assert [r.levelname for r in caplog.records] == ["ERROR"]
+    assert client_status == 400
+    assert client_body.error.message == "max_tokens: must be >= 1"

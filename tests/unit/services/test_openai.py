@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 
 from adapter_store import AdapterVersion
+from services import _api_models, engine
 from services._api_models import ChatCompletionRequest, CompletionRequest
 from services._openai import (
     ResponseIds,
@@ -118,3 +121,8 @@ def test_chat_logprobs_use_the_content_list() -> None:
     assert content[0]["top_logprobs"][1] == {"token": "B", "logprob": -1.5, "bytes": [66]}
     assert event.choices[0].delta.content == "A" and event.usage is None
     assert reply.id == event.id and reply.created == event.created
+
+
+def test_the_wire_and_the_engine_agree_on_finish_reasons() -> None:
+    # Two declarations, so that the wire models import without torch; they must not drift.
+    assert set(get_args(_api_models.FinishReason)) == set(get_args(engine.FinishReason))

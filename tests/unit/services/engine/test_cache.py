@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import pytest
 
-from adapter_store import AdapterVersion
+from adapter_store import AdapterNotFoundError, AdapterVersion, IntegrityError
 from scheduler import LRUEviction, Tier
 from services.engine import (
     AdapterCache,
@@ -465,6 +465,30 @@ async def test_failed_fetch_fails_only_that_adapters_waiters_and_is_retried(make
     assert cache.lifecycle(A.key) is AdapterState.IN_GPU
     lease_a.release()
     lease_b.release()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        IntegrityError("blob acme/a@1 failed its sha256 check twice"),
+        AdapterNotFoundError("blob acme/a@1 is gone; it was garbage-collected"),
+    ],
+    ids=["integrity", "not-found"],
+)
+async def test_store_errors_reach_the_waiters_unwrapped(make_cache, tiers, error):
+    # Their statuses (502, 404) tell the client not to retry; AdapterLoadError (503) would.
+    events: list[ResidencyEvent] = []
+    cache = make_cache(on_change=events.append)
+    tiers.fail("fetch", A.key, error)
+
+    results = await asyncio.gather(cache.acquire(A), cache.acquire(A), return_exceptions=True)
+
+    assert results == [error, error]
+    assert cache.lifecycle(A.key) is AdapterState.ERRORED
+    assert any(e.key == A.key and e.state is AdapterState.ERRORED and e.error for e in events)
+    assert cache.stats().errors == {Tier.GPU: 0, Tier.HOST: 0, Tier.DISK: 1}
+    assert cache.residency().pinned == {}
+    assert tiers.count("fetch", A.key) == 1
 
 
 async def test_failed_activation_gives_the_slot_back_and_keeps_the_host_copy(make_cache, tiers):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -126,6 +127,17 @@ async def engine(world: World, slots: PreloadedSlots):
         yield engine
 
 
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait for ``condition``; a bug that keeps it false (a leaked pin, a row that never
+    leaves) fails the test with TimeoutError instead of hanging it."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(poll(), timeout_s)
+
+
 def reference(world: World, adapter: str | None, prompt: str, n: int) -> tuple[list[int], list]:
     """Greedy tokens and per-step log-softmax rows, recomputed from scratch each step."""
     model = world.references[adapter]
@@ -205,8 +217,7 @@ async def test_request_arriving_mid_generation_joins_the_running_batch(world, en
         return tokens
 
     long_task = asyncio.create_task(consume("long", greedy("first request", "small", n=40)))
-    while len(events) < 5:
-        await asyncio.sleep(0.001)
+    await until(lambda: len(events) >= 5)
     short_tokens = await consume("short", greedy("second", "large", n=6))
     long_tokens = await long_task
 
@@ -226,8 +237,7 @@ async def test_cancelled_request_leaves_the_batch_and_releases_its_pin(
     received = [await anext(stream), await anext(stream)]
     await stream.aclose()
     result = await other
-    while engine.num_running:  # the dropped row leaves at the next iteration
-        await asyncio.sleep(0.001)
+    await until(lambda: not engine.num_running)  # the dropped row leaves next iteration
 
     assert len(received) == 2 and received[-1].finish_reason is None
     assert list(result.token_ids) == reference(world, "large", "survivor", 12)[0]
@@ -241,14 +251,12 @@ async def test_cancelling_the_consumer_task_releases_the_pin(engine, slots) -> N
             pass
 
     task = asyncio.create_task(consume())
-    while not slots.acquired:
-        await asyncio.sleep(0.001)
+    await until(lambda: bool(slots.acquired))
     await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    while engine.num_running:
-        await asyncio.sleep(0.001)
+    await until(lambda: not engine.num_running)
 
     assert slots.pinned == 0
 
@@ -400,8 +408,7 @@ async def test_requests_waiting_for_their_adapter_count_as_queued(world) -> None
     slots = SlowLoads(world.slots)
     async with Engine(world.base, world.model, slots, max_waiting=1) as engine:
         loading = asyncio.create_task(engine.complete(greedy("cold", "small", n=3)))
-        while engine.num_waiting == 0:
-            await asyncio.sleep(0.001)
+        await until(lambda: engine.num_waiting > 0)
         with pytest.raises(EngineOverloadedError):
             await engine.complete(greedy("no room while loading"))
         release_loads.set()

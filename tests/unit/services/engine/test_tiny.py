@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,58 @@ def test_missing_model_directory_is_a_clear_error(tmp_path: Path) -> None:
         load_base_model(tmp_path / "no-such-model")
     with pytest.raises(BaseModelLoadError, match="nothing is downloaded"):
         load_base_model("meta-llama/Llama-3-8B")
+
+
+def _tiny_tokenizer_with_model(path: Path, config_class: type, config_json: dict) -> Path:
+    """A local directory with the tiny tokenizer and a small, freshly initialised
+    ``config_class`` model whose config.json is then updated with ``config_json`` (as a
+    published checkpoint's reads); nothing is downloaded."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    build_tiny_model(path)
+    config = config_class(
+        vocab_size=AutoConfig.from_pretrained(path).vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    written = json.loads((path / "config.json").read_text())
+    written.pop("layer_types", None)  # published Mistral and Qwen2 configs have none
+    (path / "config.json").write_text(json.dumps(written | config_json))
+    return path
+
+
+def test_sliding_window_model_is_refused_naming_the_layer_type(tmp_path: Path) -> None:
+    from transformers import MistralConfig
+
+    path = _tiny_tokenizer_with_model(tmp_path / "mistral", MistralConfig, {"sliding_window": 16})
+
+    with pytest.raises(BaseModelLoadError, match=r"sliding_attention layers.*full attention"):
+        load_base_model(path)
+
+
+@pytest.mark.parametrize(
+    ("config_class", "config_json"),
+    [
+        # As Qwen2.5's config.json: a window size that use_sliding_window switches off.
+        ("Qwen2Config", {"sliding_window": 16, "use_sliding_window": False}),
+        ("MistralConfig", {"sliding_window": None}),
+    ],
+)
+def test_full_attention_models_with_window_settings_load(
+    tmp_path: Path, config_class: str, config_json: dict[str, object]
+) -> None:
+    import transformers
+
+    path = _tiny_tokenizer_with_model(
+        tmp_path / "model", getattr(transformers, config_class), config_json
+    )
+
+    loaded = load_base_model(path)
+
+    assert type(loaded.model.config).__name__ == config_class
+    assert loaded.max_context == 256
