@@ -66,7 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapter_store._blobs import BlobStore, ProgressCallback, blob_key
-from adapter_store._identity import AdapterVersion
+from adapter_store._identity import AdapterVersion, validate_name
 from adapter_store.exceptions import IntegrityError, NotFoundError
 
 __all__ = ["DiskCache", "DiskCacheStats"]
@@ -75,7 +75,6 @@ _log = logging.getLogger(__name__)
 
 MANIFEST_NAME = ".loramux-entry.json"
 _EVICTED_PREFIX = "evicted-"
-_FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(slots=True)
@@ -498,11 +497,8 @@ def _validate_request(key: str, files: Mapping[str, str]) -> dict[str, str]:
     if not files:
         raise ValueError(f"adapter {key}: no files to fetch")
     for name, digest in files.items():
-        if not isinstance(name, str) or not _FILE_NAME_RE.match(name):
-            raise ValueError(
-                f"adapter {key}: invalid file name {name!r}: use A-Z a-z 0-9 . _ -, "
-                "starting with a letter or digit"
-            )
+        # The adapter name rules keep a file name inside the entry's directory.
+        validate_name(name, f"adapter {key}: file")
         blob_key(digest)
     return dict(files)
 

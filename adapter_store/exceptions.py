@@ -11,14 +11,15 @@ one status code (shown on the right)::
     │   ├── UnsupportedFeatureError        400  DoRA, modules_to_save, bias, non-LoRA PEFT
     │   ├── IncompatibleAdapterError       400  shapes or modules do not fit the base model
     │   └── AdapterTooLargeError           413  size or rank above the configured caps
-    ├── InvalidNameError                   400  a tenant, adapter or alias name is not allowed
+    ├── InvalidNameError                   400  a tenant, adapter or alias name is not
+    │                                           allowed, or the alias is reserved (latest)
     ├── InvalidReferenceError              400  "name", "name@3" or "name:alias" did not parse
     ├── InvalidManifestError               400  a base model manifest is malformed
     ├── NotFoundError                      404
     │   ├── AdapterNotFoundError           404  no such adapter, version or alias
     │   ├── TenantNotFoundError            404  no such tenant
     │   └── ManifestNotFoundError          404  base model manifest not registered
-    ├── ConflictError                      409  tenant exists, alias is reserved, ...
+    ├── ConflictError                      409  the tenant exists already
     ├── AuthenticationError                401  unknown or revoked API key
     ├── QuotaExceededError                 429  tenant adapter count or byte quota
     ├── IntegrityError                     502  a blob failed its sha256 check twice
@@ -113,7 +114,7 @@ class ManifestNotFoundError(NotFoundError):
 
 
 class ConflictError(AdapterStoreError):
-    """The request conflicts with the current state (exists already, reserved alias)."""
+    """The request conflicts with the current state (the tenant exists already)."""
 
 
 class AuthenticationError(AdapterStoreError):

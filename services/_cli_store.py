@@ -179,7 +179,13 @@ class StoreBackend:
 
 def gc(
     grace_s: Annotated[
-        float, typer.Option(min=0, help="Spare blobs a push announced this recently.")
+        float,
+        typer.Option(
+            min=0,
+            help="Spare blobs a push announced this recently. Keep it longer than a push "
+            "takes: a push whose blobs gc deletes uploads them again once, then fails "
+            "(nothing is published on a deleted blob).",
+        ),
     ] = 3600.0,
 ) -> None:
     """Remove blobs no live version references, and old deleted versions' metadata."""

@@ -182,11 +182,34 @@ def test_concurrent_ensures_of_one_key_make_one_download(
 def test_followers_get_the_leaders_error(counting: CountingBlobStore, tmp_path: Path) -> None:
     counting.corrupt_first = 100
     files = push(counting, adapter_files("bad"))
+    # How many downloads one failing ensure makes on its own.
+    with pytest.raises(IntegrityError):
+        DiskCache(tmp_path / "alone", counting, max_bytes=1 << 20).ensure("acme/bad@1", files)
+    one_leader = len(counting.downloads)
+    counting.downloads.clear()
+
     cache = DiskCache(tmp_path / "cache", counting, max_bytes=1 << 20)
-    with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(cache.ensure, "acme/bad@1", files) for _ in range(4)]
+    threads = 4
+
+    def wait_for_followers() -> None:
+        # Hold the leader's first download until the 3 others wait on it.
+        deadline = time.monotonic() + 10
+        while cache.stats.coalesced < threads - 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    counting.before_download = wait_for_followers
+    barrier = threading.Barrier(threads)
+
+    def ensure() -> Path:
+        barrier.wait()
+        return cache.ensure("acme/bad@1", files)
+
+    with ThreadPoolExecutor(threads) as pool:
+        futures = [pool.submit(ensure) for _ in range(threads)]
     for future in futures:
         assert isinstance(future.exception(), IntegrityError)
+    assert cache.stats.coalesced == threads - 1
+    assert len(counting.downloads) == one_leader
 
 
 def test_lru_budget_evicts_least_recently_ensured(

@@ -12,6 +12,7 @@ from adapter_store._identity import (
     MAX_NAME_LENGTH,
     AdapterRef,
     AdapterVersion,
+    is_version_number,
     validate_alias,
     validate_base_model_id,
     validate_name,
@@ -71,6 +72,8 @@ def test_names_breaking_the_rules_are_rejected(name: str) -> None:
         ("a:12", InvalidNameError),
         ("../a", InvalidNameError),
         ("a@١", InvalidReferenceError),  # a non-ASCII digit
+        ("a@03", InvalidReferenceError),
+        ("a@00", InvalidReferenceError),
     ],
 )
 def test_malformed_references_are_rejected(text: str, error: type[Exception]) -> None:
@@ -108,3 +111,29 @@ def test_version_identity_is_tenant_name_number() -> None:
     assert a == b and hash(a) == hash(b)
     assert a.key == "t/n@3"
     assert AdapterVersion.parse_key(a.key) == ("t", "n", 3)
+
+
+def test_a_version_with_leading_zeros_says_how_to_write_it() -> None:
+    with pytest.raises(InvalidReferenceError, match="write chat@3"):
+        AdapterRef.parse("chat@03")
+
+
+@given(st.integers(1, 10**12))
+def test_a_canonical_version_key_parses(version: int) -> None:
+    assert AdapterVersion.parse_key(f"t/n@{version}") == ("t", "n", version)
+    assert is_version_number(str(version))
+
+
+@given(
+    st.one_of(
+        st.integers(0, 10**6).map(lambda n: "0" + str(n)),  # leading zero, or "0"
+        st.text(st.characters(categories=["Nd"]), min_size=1, max_size=4).filter(
+            lambda s: not s.isascii()
+        ),
+        st.text(min_size=0, max_size=6).filter(lambda s: not (s.isascii() and s.isdigit())),
+    )
+)
+def test_non_canonical_version_keys_are_rejected(ver: str) -> None:
+    assert not is_version_number(ver)
+    with pytest.raises(InvalidReferenceError):
+        AdapterVersion.parse_key(f"t/n@{ver}")

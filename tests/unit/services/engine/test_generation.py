@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -416,6 +418,39 @@ async def test_requests_waiting_for_their_adapter_count_as_queued(world) -> None
 
     assert list(result.token_ids) == reference(world, "small", "cold", 3)[0]
     assert slots.pinned == 0
+
+
+async def test_tokenizing_runs_off_the_event_loop_and_counts_as_queued(world, slots) -> None:
+    gate = threading.Event()
+    encoded_on: list[int] = []  # thread ids
+
+    class GatedTokenizer:
+        """The tiny tokenizer, whose encoding blocks its thread until the gate opens."""
+
+        def __init__(self, tokenizer) -> None:
+            self._tokenizer = tokenizer
+
+        def __call__(self, *args, **kwargs):
+            encoded_on.append(threading.get_ident())
+            gate.wait(timeout=10)
+            return self._tokenizer(*args, **kwargs)
+
+        def __getattr__(self, name: str):
+            return getattr(self._tokenizer, name)
+
+    base = dataclasses.replace(world.base, tokenizer=GatedTokenizer(world.base.tokenizer))
+    async with Engine(base, world.model, slots, max_waiting=1) as engine:
+        tokenizing = asyncio.create_task(engine.complete(greedy("slow", n=3)))
+        # The loop keeps running while the encode blocks, and sees the request queued.
+        await until(lambda: engine.num_waiting == 1)
+        with pytest.raises(EngineOverloadedError):
+            await engine.complete(greedy("no room while tokenizing"))
+        assert not gate.is_set() and engine.num_running == 0
+        gate.set()
+        result = await tokenizing
+
+    assert list(result.token_ids) == reference(world, None, "slow", 3)[0]
+    assert len(encoded_on) == 1 and encoded_on[0] != threading.get_ident()
 
 
 async def test_failed_forward_fails_its_batch_and_the_engine_keeps_serving(world) -> None:
