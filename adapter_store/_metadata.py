@@ -77,7 +77,7 @@ end
 if ARGV[10] == '1' then return 0 end
 for i, digest in ipairs({ARGV[3], ARGV[4]}) do
   if tonumber(redis.call('HGET', KEYS[7], digest) or '0') ~= tonumber(ARGV[10 + i]) then
-    -- disabled
+    return redis.error_reply('LMX_BLOB_COLLECTED ' .. digest)
   end
 end
 local ver = redis.call('HINCRBY', KEYS[2], 'n', 1)

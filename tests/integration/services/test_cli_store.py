@@ -93,7 +93,7 @@ def test_tenant_commands(redis_url: str, tmp_path: Path) -> None:
     assert cli("tenant", "key", "beta", "--direct").output.strip().startswith("lmx_")
     assert "revoked a key of tenant beta" in cli("tenant", "revoke", key, "--direct").output
     revoked_again = cli("tenant", "revoke", key, "--direct", ok=False)
-    assert "unknown or revoked API key" in revoked_again.output
+    assert "unknown or already revoked API key" in revoked_again.output
     assert "exists already" in cli("tenant", "create", "beta", "--direct", ok=False).output
 
 
