@@ -36,6 +36,7 @@ from adapter_store.exceptions import (
     AdapterNotFoundError,
     AuthenticationError,
     BackendUnavailableError,
+    BlobCollectedError,
     ConflictError,
     QuotaExceededError,
     TenantNotFoundError,
@@ -44,7 +45,7 @@ from adapter_store.exceptions import (
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["BlobCollectedError", "MetadataStore"]
+__all__ = ["MetadataStore"]
 
 T = TypeVar("T")
 
@@ -808,10 +809,6 @@ class MetadataStore:
 
 
 # -- reply decoding and error mapping ---------------------------------------------------
-
-
-class BlobCollectedError(BackendUnavailableError):
-    """gc claimed a blob after the push announced it; publish wrote nothing."""
 
 
 class _QuotaError(Exception):

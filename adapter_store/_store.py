@@ -43,7 +43,7 @@ from adapter_store._identity import (
     validate_name,
 )
 from adapter_store._manifest import BaseModelManifest
-from adapter_store._metadata import BlobCollectedError, MetadataStore
+from adapter_store._metadata import MetadataStore
 from adapter_store._records import AdapterInfo, GcReport, Page, Tenant, TenantUsage, VersionInfo
 from adapter_store._source import (
     CONFIG_NAME,
@@ -56,6 +56,7 @@ from adapter_store._validate import validate_adapter
 from adapter_store.exceptions import (
     AuthenticationError,
     BackendUnavailableError,
+    BlobCollectedError,
     ConflictError,
     IntegrityError,
     InvalidReferenceError,

@@ -24,7 +24,9 @@ one status code (shown on the right)::
     ├── QuotaExceededError                 429  tenant adapter count or byte quota
     ├── IntegrityError                     502  a blob failed its sha256 check twice
     └── BackendUnavailableError            503  Redis or the blob store did not answer
-                                                after bounded retries
+        │                                       after bounded retries
+        └── BlobCollectedError             503  gc collected a blob a slow push uploaded;
+                                                nothing was published, push again
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "AdapterTooLargeError",
     "AuthenticationError",
     "BackendUnavailableError",
+    "BlobCollectedError",
     "ConflictError",
     "IncompatibleAdapterError",
     "IntegrityError",
@@ -131,3 +134,7 @@ class IntegrityError(AdapterStoreError):
 
 class BackendUnavailableError(AdapterStoreError):
     """Redis or the blob store did not answer after bounded retries."""
+
+
+class BlobCollectedError(BackendUnavailableError):
+    """gc claimed a blob after the push announced it; publish wrote nothing."""

@@ -10,11 +10,12 @@ import pytest
 import redis
 
 from adapter_store._identity import AdapterVersion
-from adapter_store._metadata import BlobCollectedError, MetadataStore
+from adapter_store._metadata import MetadataStore
 from adapter_store.exceptions import (
     AdapterNotFoundError,
     AuthenticationError,
     BackendUnavailableError,
+    BlobCollectedError,
     ConflictError,
     QuotaExceededError,
     TenantNotFoundError,
