@@ -46,10 +46,10 @@ __all__ = [
 ]
 
 BLOB_PREFIX = "blobs/sha256/"
-_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 # A key is '/'-separated segments of safe characters; a segment may not start with '.'
 # (no '..', no hidden names, which LocalBlobStore uses for its temp files).
-_KEY_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_@=+-][A-Za-z0-9._@=+-]*$")
+_KEY_SEGMENT_RE = re.compile(r"[A-Za-z0-9_@=+-][A-Za-z0-9._@=+-]*")
 _TEMP_PREFIX = ".tmp-"
 _MiB = 1 << 20
 _CHUNK = _MiB  # bytes per read from an HTTP body or a file
@@ -69,7 +69,7 @@ def blob_key(digest: str) -> str:
     Raises:
         ValueError: ``digest`` is not 64 lowercase hex characters.
     """
-    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
         raise ValueError(f"invalid sha256 digest {digest!r}: expected 64 lowercase hex characters")
     return f"{BLOB_PREFIX}{digest[:2]}/{digest}"
 
@@ -79,7 +79,7 @@ def _check_key(key: str) -> str:
     if (
         not isinstance(key, str)
         or not key
-        or not all(_KEY_SEGMENT_RE.match(part) for part in key.split("/"))
+        or not all(_KEY_SEGMENT_RE.fullmatch(part) for part in key.split("/"))
     ):
         raise ValueError(
             f"invalid blob key {key!r}: use '/'-separated segments of A-Z a-z 0-9 . _ @ = + -, "

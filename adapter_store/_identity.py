@@ -29,7 +29,7 @@ MAX_NAME_LENGTH = 64
 LATEST = "latest"
 # A leading alphanumeric and no slash, backslash or ".." keep a name from escaping a
 # directory or an S3 prefix, and from being confused with a version number or alias.
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _RULES = (
     f"1-{MAX_NAME_LENGTH} characters from A-Z a-z 0-9 . _ -, starting with a letter or "
     "digit, without '..'"
@@ -50,7 +50,7 @@ def validate_name(name: object, kind: str = "adapter") -> str:
     """
     if not isinstance(name, str):
         raise InvalidNameError(f"{kind} name must be a string, got {type(name).__name__}")
-    if not name or len(name) > MAX_NAME_LENGTH or not _NAME_RE.match(name) or ".." in name:
+    if not name or len(name) > MAX_NAME_LENGTH or not _NAME_RE.fullmatch(name) or ".." in name:
         raise InvalidNameError(f"invalid {kind} name {name!r}: use {_RULES}")
     return name
 

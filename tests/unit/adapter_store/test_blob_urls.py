@@ -57,3 +57,8 @@ def test_file_url_needs_an_absolute_path() -> None:
 def test_s3_url_needs_a_bucket() -> None:
     with pytest.raises(ValueError, match="bucket name is empty"):
         open_blob_store("s3:///prefix")
+
+
+def test_a_digest_with_a_trailing_newline_is_refused() -> None:
+    with pytest.raises(ValueError):
+        blob_key("a" * 64 + "\n")

@@ -137,3 +137,10 @@ def test_non_canonical_version_keys_are_rejected(ver: str) -> None:
     assert not is_version_number(ver)
     with pytest.raises(InvalidReferenceError):
         AdapterVersion.parse_key(f"t/n@{ver}")
+
+
+@pytest.mark.parametrize("name", ["bot\n", "0\n", "bot\nother"])
+def test_a_trailing_or_embedded_newline_is_not_a_name(name: str) -> None:
+    # ``$`` in a regex also matches before a final newline: names must match whole.
+    with pytest.raises(InvalidNameError):
+        validate_name(name)

@@ -28,6 +28,7 @@ STORE_STATUS = {
     store_errors.QuotaExceededError: 429,
     store_errors.IntegrityError: 502,
     store_errors.BackendUnavailableError: 503,
+    store_errors.BlobCollectedError: 503,
 }
 ENGINE_STATUS = {
     engine_errors.InvalidRequestError: 400,
