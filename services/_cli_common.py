@@ -9,10 +9,11 @@ views, so each verb is printed by one function whichever backend answered.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -49,6 +50,9 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
+_View = TypeVar("_View", "VersionView", "UsageView")
+
+
 @dataclass(frozen=True)
 class VersionView:
     """One adapter version as the commands print it."""
@@ -61,6 +65,12 @@ class VersionView:
     digest: str
     base_model: str
     created_at: float
+
+    @classmethod
+    def of(cls, version: object) -> VersionView:
+        """From anything with these attributes: the store's ``AdapterVersion`` or the
+        API's ``AdapterVersionInfo``."""
+        return _from_attributes(cls, version)
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,15 @@ class UsageView:
     bytes: int
     max_adapters: int | None
     max_bytes: int | None
+
+    @classmethod
+    def of(cls, usage: object) -> UsageView:
+        """From the store's or the API's ``TenantUsage``."""
+        return _from_attributes(cls, usage)
+
+
+def _from_attributes(cls: type[_View], source: object) -> _View:
+    return cls(**{field.name: getattr(source, field.name) for field in dataclasses.fields(cls)})
 
 
 class TransferBar:

@@ -65,23 +65,6 @@ def service_errors(client: Client) -> Iterator[Client]:
         raise fail(f"invalid parameter: {exc}") from None
 
 
-def _view(info: AdapterVersionInfo) -> VersionView:
-    return VersionView(
-        key=info.key,
-        name=info.name,
-        version=info.version,
-        size_bytes=info.size_bytes,
-        rank=info.rank,
-        digest=info.digest,
-        base_model=info.base_model,
-        created_at=info.created_at,
-    )
-
-
-def _usage(usage: TenantUsage) -> UsageView:
-    return UsageView(usage.tenant, usage.adapters, usage.bytes, usage.max_adapters, usage.max_bytes)
-
-
 class ServiceBackend:
     """The adapter and tenant verbs over HTTP, for the tenant of the client's key.
 
@@ -104,7 +87,7 @@ class ServiceBackend:
         pushed = self._client.adapters.push(path, name, on_progress=bar.report)
         for alias in aliases:
             self._client.adapters.alias(name, alias, pushed.version)
-        return _view(pushed)
+        return VersionView.of(pushed)
 
     def list_page(self, cursor: str | None, limit: int) -> tuple[list[AdapterRow], str | None]:
         page = self._client.adapters.list_page(cursor=cursor, limit=limit)
@@ -112,7 +95,7 @@ class ServiceBackend:
         rows = [
             AdapterRow(
                 name=info.name,
-                latest=_view(info.latest),
+                latest=VersionView.of(info.latest),
                 version_count=len(info.versions),
                 aliases=info.aliases,
                 requests=counters.get(info.name, {}).get("requests"),
@@ -127,14 +110,16 @@ class ServiceBackend:
         adapter = self._client.adapters.get(resolved.name)
         rows = [
             VersionRow(
-                version=_view(info := self._client.adapters.get_version(adapter.name, number)),
+                version=VersionView.of(
+                    info := self._client.adapters.get_version(adapter.name, number)
+                ),
                 aliases=tuple(info.aliases),
                 requests=None,  # the API counts requests per adapter, not per version
                 last_used_at=None,
             )
             for number in adapter.versions
         ]
-        return _view(resolved), rows
+        return VersionView.of(resolved), rows
 
     def delete(self, ref: str) -> int:
         name, version = self._split(ref)
@@ -147,7 +132,7 @@ class ServiceBackend:
     def set_alias(self, ref: str, alias: str) -> VersionView:
         resolved = self._resolve(ref)
         self._client.adapters.alias(resolved.name, alias, resolved.version)
-        return _view(resolved)
+        return VersionView.of(resolved)
 
     def remove_alias(self, name: str, alias: str) -> None:
         self._client.adapters.remove_alias(name, alias)
@@ -156,7 +141,7 @@ class ServiceBackend:
         resolved = self._resolve(ref)
         exact = f"{resolved.name}@{resolved.version}"  # what was resolved is what is pulled
         self._client.adapters.download(exact, directory, on_progress=bar.report)
-        return _view(resolved)
+        return VersionView.of(resolved)
 
     @staticmethod
     def _split(ref: str) -> tuple[str, int | str | None]:
@@ -199,12 +184,12 @@ class ServiceBackend:
 
     def set_quota(self, name: str, max_adapters: int | None, max_bytes: int | None) -> UsageView:
         usage = self._client.tenants.set_quota(name, max_adapters=max_adapters, max_bytes=max_bytes)
-        return _usage(usage)
+        return UsageView.of(usage)
 
     def usage(self, name: str) -> UsageView:
-        return _usage(self._client.tenants.usage(name))
+        return UsageView.of(self._client.tenants.usage(name))
 
     def list_tenants(self) -> list[UsageView]:
         # The admin key's /v1/stats carries every tenant's usage.
         tenants = self._client.stats().get("tenants", {})
-        return [_usage(TenantUsage.model_validate(tenants[name])) for name in sorted(tenants)]
+        return [UsageView.of(TenantUsage.model_validate(tenants[name])) for name in sorted(tenants)]

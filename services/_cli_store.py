@@ -32,7 +32,7 @@ from services._cli_common import (
 )
 
 if TYPE_CHECKING:
-    from adapter_store import AdapterStore, AdapterVersion, StoreSettings, TenantUsage
+    from adapter_store import AdapterStore, StoreSettings
 
 __all__ = ["StoreBackend", "open_store_backend", "register"]
 
@@ -59,23 +59,6 @@ def open_store_backend(tenant: str | None) -> Iterator[StoreBackend]:
     """A :class:`StoreBackend` for ``tenant`` (default ``LORAMUX_TENANT``)."""
     with _open_store() as (store, settings):
         yield StoreBackend(store, settings, tenant or settings.tenant)
-
-
-def _view(version: AdapterVersion) -> VersionView:
-    return VersionView(
-        key=version.key,
-        name=version.name,
-        version=version.version,
-        size_bytes=version.size_bytes,
-        rank=version.rank,
-        digest=version.digest,
-        base_model=version.base_model,
-        created_at=version.created_at,
-    )
-
-
-def _usage(usage: TenantUsage) -> UsageView:
-    return UsageView(usage.tenant, usage.adapters, usage.bytes, usage.max_adapters, usage.max_bytes)
 
 
 class StoreBackend:
@@ -105,14 +88,14 @@ class StoreBackend:
             aliases=aliases,
             on_progress=bar.advance,
         )
-        return _view(version)
+        return VersionView.of(version)
 
     def list_page(self, cursor: str | None, limit: int) -> tuple[list[AdapterRow], str | None]:
         page = self._store.list_adapters(self._tenant, cursor=cursor, limit=limit)
         rows = [
             AdapterRow(
                 name=info.name,
-                latest=_view(info.latest),
+                latest=VersionView.of(info.latest),
                 version_count=len(info.versions),
                 aliases=dict(info.aliases),
                 requests=info.request_count,
@@ -132,17 +115,19 @@ class StoreBackend:
         while True:
             page = self._store.list_versions(self._tenant, name, cursor=cursor, limit=1000)
             rows += [
-                VersionRow(_view(row.version), row.aliases, row.request_count, row.last_used_at)
+                VersionRow(
+                    VersionView.of(row.version), row.aliases, row.request_count, row.last_used_at
+                )
                 for row in page.items
             ]
             if (cursor := page.next_cursor) is None:
-                return _view(version), rows
+                return VersionView.of(version), rows
 
     def delete(self, ref: str) -> int:
         return self._store.delete(self._tenant, ref)
 
     def set_alias(self, ref: str, alias: str) -> VersionView:
-        return _view(self._store.set_alias(self._tenant, ref, alias))
+        return VersionView.of(self._store.set_alias(self._tenant, ref, alias))
 
     def remove_alias(self, name: str, alias: str) -> None:
         self._store.remove_alias(self._tenant, name, alias)
@@ -152,7 +137,7 @@ class StoreBackend:
         bar.start(version.size_bytes)
         exact = f"{version.name}@{version.version}"  # what was resolved is what is pulled
         self._store.pull(self._tenant, exact, directory, bar.advance)
-        return _view(version)
+        return VersionView.of(version)
 
     # --- tenants ------------------------------------------------------------------
 
@@ -171,7 +156,7 @@ class StoreBackend:
         return self.usage(name)
 
     def usage(self, name: str) -> UsageView:
-        return _usage(self._store.get_usage(name))
+        return UsageView.of(self._store.get_usage(name))
 
     def list_tenants(self) -> list[UsageView]:
         return [self.usage(name) for name in self._store.list_tenants()]
