@@ -7,7 +7,7 @@ what a CPU test machine needs changed: the endpoints and keys in its
 ``runtime_env.env_vars`` (as an operator's environment would set them), the built-in
 ``tiny`` model instead of a mounted one, no GPUs and one small replica per deployment.
 It is validated as Ray's ``ServeDeploySchema`` and applied through Serve's controller,
-the path ``serve run CONFIG`` takes.
+the path ``serve run CONFIG`` takes; test_serve_run_cli.py runs the CLI itself.
 """
 
 from __future__ import annotations
