@@ -13,7 +13,7 @@ import pytest
 from adapter_store._blobs import BlobStore, open_blob_store
 from adapter_store._disk_cache import DiskCache
 from adapter_store._manifest import BaseModelManifest, manifest_from_model
-from adapter_store._metadata import MetadataStore
+from adapter_store._metadata import RedisMetadataStore
 from adapter_store._store import AdapterStore
 from tests.factories import make_peft_adapter, tiny_llama
 
@@ -57,7 +57,7 @@ def build_store(
     redis_url: str, blobs: BlobStore, cache_dir: Path, manifest: BaseModelManifest
 ) -> AdapterStore:
     store = AdapterStore(
-        MetadataStore.from_url(redis_url, key_prefix="t:"),
+        RedisMetadataStore.from_url(redis_url, key_prefix="t:"),
         blobs,
         disk_cache=DiskCache(cache_dir, blobs, 1 << 30),
     )

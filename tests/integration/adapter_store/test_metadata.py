@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from adapter_store._identity import AdapterVersion
-from adapter_store._metadata import MetadataStore
+from adapter_store._metadata import RedisMetadataStore, _Publication
 from adapter_store.exceptions import (
     AdapterNotFoundError,
     AuthenticationError,
@@ -27,15 +27,15 @@ def _digest(text: str) -> str:
 
 
 @pytest.fixture
-def meta(redis_url: str) -> Iterator[MetadataStore]:
-    store = MetadataStore.from_url(redis_url, key_prefix="t:")
+def meta(redis_url: str) -> Iterator[RedisMetadataStore]:
+    store = RedisMetadataStore.from_url(redis_url, key_prefix="t:")
     store.create_tenant("acme", now=1.0, max_adapters=None, max_bytes=None)
     yield store
     store.close()
 
 
 def _publish(
-    meta: MetadataStore,
+    meta: RedisMetadataStore,
     name: str = "chat",
     *,
     tenant: str = "acme",
@@ -57,7 +57,7 @@ def _publish(
     )
 
 
-def test_publish_allocates_consecutive_versions_and_moves_latest(meta: MetadataStore) -> None:
+def test_publish_allocates_consecutive_versions_and_moves_latest(meta: RedisMetadataStore) -> None:
     v1 = _publish(meta, content="a")
     v2 = _publish(meta, content="b", aliases=("prod",))
     assert (v1.version, v2.version) == (1, 2)
@@ -74,7 +74,7 @@ def test_publish_allocates_consecutive_versions_and_moves_latest(meta: MetadataS
 
 
 def test_concurrent_pushes_of_one_name_get_distinct_consecutive_versions(
-    meta: MetadataStore,
+    meta: RedisMetadataStore,
 ) -> None:
     with ThreadPoolExecutor(16) as pool:
         versions = list(pool.map(lambda i: _publish(meta, content=str(i)).version, range(16)))
@@ -83,7 +83,7 @@ def test_concurrent_pushes_of_one_name_get_distinct_consecutive_versions(
     assert meta.get_usage("acme").bytes == 1600
 
 
-def test_resolve_names_what_is_missing(meta: MetadataStore) -> None:
+def test_resolve_names_what_is_missing(meta: RedisMetadataStore) -> None:
     _publish(meta)
     with pytest.raises(AdapterNotFoundError, match="no adapter 'nope'"):
         meta.resolve("acme", "nope", "latest")
@@ -94,7 +94,7 @@ def test_resolve_names_what_is_missing(meta: MetadataStore) -> None:
 
 
 def test_publish_to_unknown_tenant_is_rejected_and_writes_nothing(
-    meta: MetadataStore, redis_client
+    meta: RedisMetadataStore, redis_client
 ) -> None:
     before = sorted(redis_client.keys("*"))
     with pytest.raises(TenantNotFoundError, match="loramux tenant create ghost"):
@@ -102,7 +102,7 @@ def test_publish_to_unknown_tenant_is_rejected_and_writes_nothing(
     assert sorted(redis_client.keys("*")) == before
 
 
-def test_count_quota_counts_adapter_names_not_versions(meta: MetadataStore, redis_client) -> None:
+def test_count_quota_counts_adapter_names_not_versions(meta: RedisMetadataStore, redis_client) -> None:
     meta.set_quota("acme", max_adapters=1, max_bytes=None)
     _publish(meta, "one", content="a")
     _publish(meta, "one", content="b")  # a new version of a held adapter is not a new one
@@ -114,7 +114,7 @@ def test_count_quota_counts_adapter_names_not_versions(meta: MetadataStore, redi
     assert _publish(meta, "two").version == 1
 
 
-def test_byte_quota_charges_every_version_its_full_size(meta: MetadataStore) -> None:
+def test_byte_quota_charges_every_version_its_full_size(meta: RedisMetadataStore) -> None:
     meta.set_quota("acme", max_adapters=None, max_bytes=250)
     _publish(meta, content="same", size=100)
     _publish(meta, content="same", size=100)  # same blobs, charged again
@@ -127,7 +127,7 @@ def test_byte_quota_charges_every_version_its_full_size(meta: MetadataStore) -> 
     assert (usage.adapters, usage.bytes, usage.max_bytes) == (1, 200, 250)
 
 
-def test_delete_version_drops_its_aliases_and_moves_latest_back(meta: MetadataStore) -> None:
+def test_delete_version_drops_its_aliases_and_moves_latest_back(meta: RedisMetadataStore) -> None:
     _publish(meta, content="a", aliases=("stable",))
     _publish(meta, content="b", aliases=("prod",))
     meta.delete("acme", "chat", 2, now=11.0)
@@ -142,7 +142,7 @@ def test_delete_version_drops_its_aliases_and_moves_latest_back(meta: MetadataSt
     assert meta.get_usage("acme").bytes == 100
 
 
-def test_deleted_adapter_keeps_its_version_counter(meta: MetadataStore) -> None:
+def test_deleted_adapter_keeps_its_version_counter(meta: RedisMetadataStore) -> None:
     _publish(meta)
     _publish(meta)
     assert meta.delete("acme", "chat", None, now=11.0) == 2
@@ -153,7 +153,7 @@ def test_deleted_adapter_keeps_its_version_counter(meta: MetadataStore) -> None:
     assert _publish(meta).version == 3
 
 
-def test_set_alias_needs_a_live_version(meta: MetadataStore) -> None:
+def test_set_alias_needs_a_live_version(meta: RedisMetadataStore) -> None:
     v1 = _publish(meta)
     _publish(meta)
     meta.set_alias(v1, "prod")
@@ -165,7 +165,7 @@ def test_set_alias_needs_a_live_version(meta: MetadataStore) -> None:
         meta.remove_alias("acme", "chat", "prod")
 
 
-def test_list_adapters_pages_in_name_order(meta: MetadataStore) -> None:
+def test_list_adapters_pages_in_name_order(meta: RedisMetadataStore) -> None:
     names = [f"a{i:02d}" for i in range(7)]
     for name in reversed(names):
         _publish(meta, name)
@@ -181,7 +181,7 @@ def test_list_adapters_pages_in_name_order(meta: MetadataStore) -> None:
     assert meta.list_adapters("acme", cursor=None, limit=10).next_cursor is None
 
 
-def test_list_versions_pages_with_aliases_and_usage(meta: MetadataStore) -> None:
+def test_list_versions_pages_with_aliases_and_usage(meta: RedisMetadataStore) -> None:
     versions = [_publish(meta, content=str(i)) for i in range(5)]
     meta.set_alias(versions[1], "prod")
     meta.record_usage(versions[1], now=50.0)
@@ -199,7 +199,7 @@ def test_list_versions_pages_with_aliases_and_usage(meta: MetadataStore) -> None
     assert info.aliases == {"latest": 5, "prod": 2}
 
 
-def test_record_usage_never_recreates_a_purged_version(meta: MetadataStore) -> None:
+def test_record_usage_never_recreates_a_purged_version(meta: RedisMetadataStore) -> None:
     v1 = _publish(meta)
     _publish(meta)
     meta.delete("acme", "chat", 1, now=11.0)
@@ -209,7 +209,7 @@ def test_record_usage_never_recreates_a_purged_version(meta: MetadataStore) -> N
     assert meta._redis.exists(meta._version_key(v1)) == 0
 
 
-def test_tenants_and_keys(meta: MetadataStore) -> None:
+def test_tenants_and_keys(meta: RedisMetadataStore) -> None:
     with pytest.raises(ConflictError):
         meta.create_tenant("acme", now=2.0, max_adapters=None, max_bytes=None)
     meta.create_tenant("beta", now=2.0, max_adapters=3, max_bytes=1000)
@@ -228,7 +228,7 @@ def test_tenants_and_keys(meta: MetadataStore) -> None:
 
 
 def test_a_key_moved_to_another_tenant_leaves_the_old_tenants_key_set(
-    meta: MetadataStore, redis_client
+    meta: RedisMetadataStore, redis_client
 ) -> None:
     meta.create_tenant("beta", now=2.0, max_adapters=None, max_bytes=None)
     meta.add_key("acme", "h1")
@@ -242,7 +242,7 @@ def test_a_key_moved_to_another_tenant_leaves_the_old_tenants_key_set(
         meta.get_usage("ghost")
 
 
-def test_gc_claims_spare_referenced_and_recently_announced_blobs(meta: MetadataStore) -> None:
+def test_gc_claims_spare_referenced_and_recently_announced_blobs(meta: RedisMetadataStore) -> None:
     version = _publish(meta, content="kept")
     announced = _digest("announced")
     orphan = _digest("orphan")
@@ -260,18 +260,20 @@ def test_gc_claims_spare_referenced_and_recently_announced_blobs(meta: MetadataS
     assert meta.gc_claimed([orphan], now=104.0) == []
 
 
-def test_a_retried_publish_returns_the_version_the_first_try_made(meta: MetadataStore) -> None:
+def test_a_retried_publish_returns_the_version_the_first_try_made(meta: RedisMetadataStore) -> None:
     # A publish whose reply was lost is retried with the same push token.
-    fields = (_digest("w"), _digest("c"), 8, "tiny", 10.0)
-    first = meta._run_publish("acme", "chat", 100, fields, (), "token-1", check_only=False)
-    again = meta._run_publish("acme", "chat", 100, fields, (), "token-1", check_only=False)
+    publication = _Publication(
+        "acme", "chat", _digest("w"), _digest("c"), 100, 8, "tiny", 10.0, token="token-1"
+    )
+    first = meta._run_publish(publication)
+    again = meta._run_publish(publication)
     assert first == again == 1
     assert meta.get_adapter("acme", "chat").versions == (1,)
     assert meta.get_usage("acme").bytes == 100
 
 
 def test_a_publish_on_a_blob_gc_claimed_since_the_announce_is_refused(
-    meta: MetadataStore,
+    meta: RedisMetadataStore,
 ) -> None:
     digest, config_digest = _digest("w"), _digest("c")
     _, generations = meta.announce_blobs([digest, config_digest], now=10.0)
@@ -295,7 +297,7 @@ def test_a_publish_on_a_blob_gc_claimed_since_the_announce_is_refused(
     assert meta.get_usage("acme").bytes == 0
 
 
-def test_an_unexpected_error_reply_names_the_operation(meta: MetadataStore, redis_client) -> None:
+def test_an_unexpected_error_reply_names_the_operation(meta: RedisMetadataStore, redis_client) -> None:
     redis_client.set("t:a:acme/chat", "not a hash")  # WRONGTYPE for every hash command
     with pytest.raises(BackendUnavailableError, match=r"load adapters of acme.*WRONGTYPE"):
         meta.get_adapter("acme", "chat")
@@ -315,7 +317,7 @@ def test_an_unexpected_error_reply_names_the_operation(meta: MetadataStore, redi
 )
 def test_failover_errors_are_retried_then_reported(redis_url: str, error: Exception) -> None:
     sleeps: list[float] = []
-    meta = MetadataStore.from_url(redis_url, key_prefix="t:", sleep=sleeps.append)
+    meta = RedisMetadataStore.from_url(redis_url, key_prefix="t:", sleep=sleeps.append)
     replies = iter([error, "ok"])
 
     def flaky() -> str:

@@ -14,7 +14,7 @@ import pytest
 
 from adapter_store._blobs import blob_key
 from adapter_store._identity import AdapterVersion
-from adapter_store._metadata import MetadataStore
+from adapter_store._metadata import RedisMetadataStore
 from adapter_store._source import AdapterFiles, read_adapter_source
 from adapter_store._store import AdapterStore
 from adapter_store.exceptions import (
@@ -299,7 +299,7 @@ def _blobs_of(files: AdapterFiles) -> dict[str, int]:
 class _GcBeforePublish:
     """Metadata that runs ``gc`` just before a publish, once."""
 
-    def __init__(self, inner: MetadataStore, gc: Callable[[], None]) -> None:
+    def __init__(self, inner: RedisMetadataStore, gc: Callable[[], None]) -> None:
         self._inner = inner
         self._gc = gc
 
@@ -327,7 +327,7 @@ def test_a_push_whose_blob_gc_deleted_uploads_it_again_before_publishing(
     if moment == "after-first-write":
         pushing = AdapterStore(store.metadata, HookedBlobs(store.blobs, gc_once))
     else:
-        hooked = cast(MetadataStore, _GcBeforePublish(store.metadata, gc_once))
+        hooked = cast(RedisMetadataStore, _GcBeforePublish(store.metadata, gc_once))
         pushing = AdapterStore(hooked, store.blobs)
     version = pushing.push("acme", "chat", files, base_model=BASE)
     assert reports[0].blobs_deleted == (1 if moment == "after-first-write" else 2)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from adapter_store._blobs import BlobStore, open_blob_store
-from adapter_store._metadata import MetadataStore
+from adapter_store._metadata import RedisMetadataStore
 from adapter_store._redis_server import RedisServerProcess
 from adapter_store._store import AdapterStore
 from adapter_store.exceptions import AdapterNotFoundError, BackendUnavailableError
@@ -28,7 +28,7 @@ def server(tmp_path: Path) -> Iterator[RedisServerProcess]:
 
 
 def _store(server: RedisServerProcess, blobs: BlobStore, manifest, **kwargs) -> AdapterStore:
-    metadata = MetadataStore.from_url(
+    metadata = RedisMetadataStore.from_url(
         server.url, key_prefix="t:", attempts=2, timeout_s=2.0, **kwargs
     )
     store = AdapterStore(metadata, blobs)
@@ -109,7 +109,7 @@ def test_resolve_with_redis_down_raises_backend_unavailable_then_recovers(
         if not restarted:
             restarted.append(_restart(server))
 
-    metadata = MetadataStore.from_url(
+    metadata = RedisMetadataStore.from_url(
         server.url, key_prefix="t:", attempts=3, sleep=restart_during_backoff
     )
     try:
