@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from adapter_store._identity import LATEST, AdapterVersion, is_version_number
 from adapter_store._metadata_store import (
+    GC_CLAIM_TTL_S,
     GcClaim,
     Missing,
     adapter_bytes_exceeded,
@@ -63,8 +64,6 @@ T = TypeVar("T")
 # How long a publish remembers its push token, so a retry after a lost reply returns the
 # version the first try made instead of making a second one.
 _PUSH_TOKEN_TTL_S = 600
-# A gc claim older than this is treated as abandoned (the collector crashed mid-pass).
-_GC_CLAIM_TTL_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -588,7 +587,7 @@ class RedisMetadataStore:
             },
             {
                 "now": repr(now),
-                "claims_live_since": repr(now - _GC_CLAIM_TTL_S),
+                "claims_live_since": repr(now - GC_CLAIM_TTL_S),
                 "digests": digests,
             },
         )
@@ -909,7 +908,7 @@ class RedisMetadataStore:
         """Those of ``digests`` that a live (not abandoned) gc claim holds."""
         gc = f"{self._p}gc"
         scores = self._call(f"ZMSCORE {gc}", lambda: self._redis.zmscore(gc, list(digests)))
-        cutoff = now - _GC_CLAIM_TTL_S
+        cutoff = now - GC_CLAIM_TTL_S
         return [d for d, s in zip(digests, scores, strict=True) if s is not None and s >= cutoff]
 
 

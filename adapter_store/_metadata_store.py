@@ -25,6 +25,8 @@ from adapter_store.exceptions import (
 __all__ = ["MetadataStore"]
 
 GcClaim = Literal["claimed", "referenced", "recent"]
+# A gc claim older than this is treated as abandoned (the collector crashed mid-pass).
+GC_CLAIM_TTL_S = 300.0
 Missing = Literal["adapter", "alias", "version"]
 
 
@@ -39,7 +41,8 @@ class MetadataStore(Protocol):
     """
 
     url: str
-    """Where other processes reach this metadata (a ``redis://`` URL)."""
+    """Where other processes reach this metadata: a ``redis://`` URL (``memory://`` for
+    a store no other process can reach)."""
 
     def close(self) -> None: ...
 

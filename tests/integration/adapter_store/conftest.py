@@ -76,10 +76,9 @@ def store(
         yield built
 
 
-def snapshot(store: AdapterStore) -> tuple[dict[str, dict[str, str] | str | list], list[str]]:
-    """Everything the store holds: every Redis key with its value, every blob key."""
-    client = store.metadata._redis
-    values: dict[str, dict[str, str] | str | list] = {}
+def redis_state(client: Any) -> dict[str, Any]:
+    """Every key of a ``decode_responses`` Redis client with its value."""
+    values: dict[str, Any] = {}
     for key in sorted(client.keys("*")):
         kind = client.type(key)
         if kind == "hash":
@@ -90,4 +89,9 @@ def snapshot(store: AdapterStore) -> tuple[dict[str, dict[str, str] | str | list
             values[key] = client.zrange(key, 0, -1, withscores=True)
         else:
             values[key] = sorted(client.smembers(key))
-    return values, list(store.blobs.list())
+    return values
+
+
+def snapshot(store: AdapterStore) -> tuple[dict[str, Any], list[str]]:
+    """Everything the store holds: every Redis key with its value, every blob key."""
+    return redis_state(store.metadata._redis), list(store.blobs.list())
