@@ -7,11 +7,58 @@ Everything is made locally with seeded weights; nothing is downloaded.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from adapter_store import AdapterVersion, MetadataStore
+    from adapter_store import (
+        AdapterStore,
+        AdapterVersion,
+        BaseModelManifest,
+        BlobStore,
+        MetadataStore,
+    )
+
+
+# The id the tiny Llama's manifest is registered under (the malformed corpus uses it too).
+BASE = "tiny-llama"
+
+
+@dataclass(frozen=True)
+class TinyBase:
+    """The tiny Llama, its manifest and three distinct adapters saved by PEFT."""
+
+    model: Any
+    manifest: BaseModelManifest
+    adapters: tuple[Path, ...]
+
+
+def make_tiny_base(root: Path) -> TinyBase:
+    """The tiny Llama with adapters seeded 0, 1, 2 saved under ``root``."""
+    from adapter_store import manifest_from_model
+
+    model = tiny_llama()
+    adapters = tuple(make_peft_adapter(model, root / f"a{seed}", seed=seed) for seed in range(3))
+    return TinyBase(model, manifest_from_model(BASE, model), adapters)
+
+
+def build_store(
+    metadata: MetadataStore,
+    blobs: BlobStore,
+    manifest: BaseModelManifest,
+    *,
+    cache_dir: Path | None = None,
+) -> AdapterStore:
+    """An AdapterStore over these backends with ``manifest`` registered and the tenant
+    ``acme`` created; with ``cache_dir``, a 1 GiB disk cache there."""
+    from adapter_store import AdapterStore, DiskCache
+
+    cache = None if cache_dir is None else DiskCache(cache_dir, blobs, 1 << 30)
+    store = AdapterStore(metadata, blobs, disk_cache=cache)
+    store.register_manifest(manifest)
+    store.ensure_tenant("acme")
+    return store
 
 
 def sha256_hex(data: bytes | str) -> str:

@@ -1,4 +1,7 @@
-"""An in-memory MetadataStore for the functional tier: the AdapterStore facade, the API
+"""Test doubles: an in-memory MetadataStore for the functional tier, and a blob store
+that acts in the middle of a push.
+
+The in-memory MetadataStore is for the functional tier: the AdapterStore facade, the API
 and the CLI run over it without a redis-server.
 
 It lives with the tests, not in the package: nothing in production should run on it,
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from functools import wraps
 from typing import Any, TypeVar, cast
 
+from adapter_store._blobs import BlobStore
 from adapter_store._identity import LATEST, AdapterVersion, is_version_number
 from adapter_store._metadata_store import (
     GC_CLAIM_TTL_S,
@@ -79,6 +83,22 @@ class _AdapterRow:
 
 
 _VersionId = tuple[str, str, int]
+
+
+class HookedBlobs:
+    """A blob store that runs ``after_put`` after every write, to act in the middle of
+    a push (fail it, kill Redis, run gc)."""
+
+    def __init__(self, inner: BlobStore, after_put: Callable[[], None]) -> None:
+        self._inner = inner
+        self._after_put = after_put
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._inner.put_bytes(key, data)
+        self._after_put()
 
 
 class InMemoryMetadataStore:

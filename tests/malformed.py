@@ -48,6 +48,7 @@ from adapter_store import (
     UnsupportedFeatureError,
     manifest_from_model,
 )
+from tests.factories import BASE
 
 __all__ = [
     "BASE_MODEL_ID",
@@ -58,7 +59,7 @@ __all__ = [
     "write_valid_adapter",
 ]
 
-BASE_MODEL_ID = "tiny-llama"
+BASE_MODEL_ID = BASE
 # The valid adapter every case starts from: rank 8 on q_proj and v_proj of both layers.
 VALID_LORA_KWARGS: dict[str, Any] = {
     "r": 8,

@@ -28,8 +28,9 @@ from adapter_store.exceptions import (
     QuotaExceededError,
     TenantNotFoundError,
 )
-from tests.factories import tiny_llama
-from tests.integration.adapter_store.conftest import BASE, HookedBlobs, TinyBase, snapshot
+from tests.factories import BASE, TinyBase, tiny_llama
+from tests.fakes import HookedBlobs
+from tests.integration.adapter_store.conftest import snapshot
 from tests.malformed import BASE_MODEL_ID, MALFORMED_CASES, MalformedCase
 
 
