@@ -30,7 +30,7 @@ from adapter_store.exceptions import (
 from tests.factories import BASE, TinyBase, blob_key_of, sha256_hex, tiny_llama
 from tests.fakes import HookedBlobs
 from tests.integration.adapter_store.conftest import snapshot
-from tests.malformed import BASE_MODEL_ID, MALFORMED_CASES, MalformedCase
+from tests.malformed import MALFORMED_CASES, MalformedCase
 
 
 def _lora_tensors(model: object) -> dict[str, object]:
@@ -240,7 +240,6 @@ def test_tenants_keys_and_quotas(store: AdapterStore) -> None:
 def test_each_malformed_adapter_is_rejected_and_the_store_is_unchanged(
     case: MalformedCase, store: AdapterStore, tiny_base: TinyBase, tmp_path: Path
 ) -> None:
-    assert BASE == BASE_MODEL_ID
     source = case.write(tiny_base.adapters[0], tmp_path / case.id)
     limited = AdapterStore(store.metadata, store.blobs, limits=case.limits)
     before = snapshot(store)

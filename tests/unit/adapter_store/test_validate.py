@@ -23,14 +23,15 @@ from adapter_store import (
     read_adapter_source,
     validate_adapter,
 )
-from tests.malformed import MALFORMED_CASES, tiny_base, write_valid_adapter
+from tests.factories import TinyBase
+from tests.malformed import MALFORMED_CASES, write_valid_adapter
 
 PEFT_PREFIX = "base_model.model."
 
 
 @pytest.fixture(scope="module")
-def llama() -> tuple[Any, BaseModelManifest]:
-    return tiny_base()
+def llama(tiny_base: TinyBase) -> tuple[Any, BaseModelManifest]:
+    return tiny_base.model, tiny_base.manifest
 
 
 @pytest.fixture(scope="module")
