@@ -2,7 +2,8 @@
 
 Every multi-key change is one Lua script, so it is atomic and all-or-nothing: a script
 checks everything first and only then writes (Redis does not roll back a script that
-fails half-way). The key layout is documented in ``docs/redis-layout.md``.
+fails half-way). Scripts name their keys and arguments (:class:`_Lua`). The key layout
+is documented in ``docs/redis-layout.md``.
 
 Failure mode: each call is retried with :func:`call_with_retries` when Redis does not
 answer (connection refused, reset, timeout) or cannot take writes for now (READONLY
