@@ -10,6 +10,8 @@ from adapter_store._manifest import *  # noqa: F403
 from adapter_store._manifest import __all__ as _manifest_all
 from adapter_store._metadata import *  # noqa: F403
 from adapter_store._metadata import __all__ as _metadata_all
+from adapter_store._metadata_store import *  # noqa: F403
+from adapter_store._metadata_store import __all__ as _metadata_store_all
 from adapter_store._peft_config import *  # noqa: F403
 from adapter_store._peft_config import __all__ as _peft_config_all
 from adapter_store._records import *  # noqa: F403
@@ -31,6 +33,7 @@ __all__ = [
     *_identity_all,
     *_manifest_all,
     *_metadata_all,
+    *_metadata_store_all,
     *_peft_config_all,
     *_records_all,
     *_settings_all,

@@ -43,7 +43,8 @@ from adapter_store._identity import (
     validate_name,
 )
 from adapter_store._manifest import BaseModelManifest
-from adapter_store._metadata import MetadataStore
+from adapter_store._metadata import RedisMetadataStore
+from adapter_store._metadata_store import MetadataStore
 from adapter_store._records import AdapterInfo, GcReport, Page, Tenant, TenantUsage, VersionInfo
 from adapter_store._source import (
     CONFIG_NAME,
@@ -82,12 +83,14 @@ _UPLOAD_ATTEMPTS = 2
 
 
 class AdapterStore:
-    """Every tenant's adapters: blobs in a :class:`BlobStore`, metadata in Redis.
+    """Every tenant's adapters: blobs in a :class:`BlobStore`, metadata in a
+    :class:`MetadataStore` (Redis in production).
 
     Thread-safe: it holds no mutable state of its own beyond its backends'.
 
     Args:
-        metadata: the Redis metadata store.
+        metadata: the metadata store: :class:`RedisMetadataStore`, or any other
+            :class:`MetadataStore` (the tests' functional tier passes an in-memory one).
         blobs: where adapter files are stored, content-addressed by sha256.
         disk_cache: the local cache :meth:`fetch` fills; required by :meth:`fetch` only.
         limits: size and rank caps enforced at push.
@@ -125,7 +128,7 @@ class AdapterStore:
             url = settings.redis_url
         else:
             url, server = open_embedded_redis(settings.embedded_redis_dir)
-        metadata = MetadataStore.from_url(url, key_prefix=settings.key_prefix)
+        metadata = RedisMetadataStore.from_url(url, key_prefix=settings.key_prefix)
         blobs = open_blob_store(settings.resolved_blob_url)
         caps = {"max_bytes": settings.max_adapter_bytes, "max_rank": settings.max_rank}
         store = cls(

@@ -1,22 +1,22 @@
 """A corpus of malformed adapters, as data, for every test that must reject them.
 
 Each :class:`MalformedCase` starts from a valid PEFT adapter directory (made by
-:func:`write_valid_adapter` for the :func:`tiny_base` model) and writes one broken
+:func:`write_valid_adapter` for the tiny Llama, ``tests.factories.make_tiny_base``) and writes one broken
 variant into an empty work directory; ``write`` returns the source to push: a
 directory, an archive path, or a list of two file paths. Rejecting it must raise exactly
 ``case.error`` with ``case.message`` in the text.
 
 Usage (validation layer)::
 
-    model, manifest = tiny_base()
-    valid = write_valid_adapter(model, tmp / "valid")
+    base = make_tiny_base(tmp)               # or the session fixture tiny_base
+    valid = write_valid_adapter(base.model, tmp / "valid")
     for case in MALFORMED_CASES:
         source = case.write(valid, tmp / case.id)
         files = read_adapter_source(source, case.limits)
-        validate_adapter(files, manifest, case.limits)   # raises case.error
+        validate_adapter(files, base.manifest, case.limits)   # raises case.error
 
-Usage (store): register ``manifest`` under :data:`BASE_MODEL_ID`, configure the store
-with ``case.limits`` (only ``bytes_above_cap`` differs from the defaults), push
+Usage (store): register ``base.manifest`` (its id is ``tests.factories.BASE``), build
+the store with ``case.limits`` (only ``bytes_above_cap`` differs from the defaults), push
 ``source``, and check the store is unchanged. Cases with ``needs_manifest`` are only
 rejected when the manifest is known.
 """
@@ -39,26 +39,21 @@ import numpy as np
 from adapter_store import (
     AdapterLimits,
     AdapterTooLargeError,
-    BaseModelManifest,
     IncompatibleAdapterError,
     InvalidAdapterError,
     InvalidConfigError,
     MalformedWeightsError,
     UnsafeFormatError,
     UnsupportedFeatureError,
-    manifest_from_model,
 )
 
 __all__ = [
-    "BASE_MODEL_ID",
     "MALFORMED_CASES",
     "VALID_LORA_KWARGS",
     "MalformedCase",
-    "tiny_base",
     "write_valid_adapter",
 ]
 
-BASE_MODEL_ID = "tiny-llama"
 # The valid adapter every case starts from: rank 8 on q_proj and v_proj of both layers.
 VALID_LORA_KWARGS: dict[str, Any] = {
     "r": 8,
@@ -69,14 +64,6 @@ CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 Q_A = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
 Q_B = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
-
-
-def tiny_base() -> tuple[Any, BaseModelManifest]:
-    """The tiny Llama base model and its manifest under :data:`BASE_MODEL_ID`."""
-    from tests.factories import tiny_llama
-
-    model = tiny_llama()
-    return model, manifest_from_model(BASE_MODEL_ID, model)
 
 
 def write_valid_adapter(model: Any, out_dir: Path) -> Path:

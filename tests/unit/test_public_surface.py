@@ -50,6 +50,7 @@ PUBLIC = {
         "NotFoundError",
         "Page",
         "QuotaExceededError",
+        "RedisMetadataStore",
         "S3BlobStore",
         "StoreSettings",
         "Tenant",

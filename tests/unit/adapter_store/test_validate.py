@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import re
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,15 @@ from adapter_store import (
     read_adapter_source,
     validate_adapter,
 )
-from tests.malformed import MALFORMED_CASES, tiny_base, write_valid_adapter
+from tests.factories import TinyBase
+from tests.malformed import MALFORMED_CASES, write_valid_adapter
 
 PEFT_PREFIX = "base_model.model."
 
 
 @pytest.fixture(scope="module")
-def llama() -> tuple[Any, BaseModelManifest]:
-    return tiny_base()
+def llama(tiny_base: TinyBase) -> tuple[Any, BaseModelManifest]:
+    return tiny_base.model, tiny_base.manifest
 
 
 @pytest.fixture(scope="module")
@@ -258,9 +260,42 @@ def test_malformed_adapter_is_rejected(case, valid_dir, llama, tmp_path):
     "case", [c for c in MALFORMED_CASES if c.needs_manifest], ids=lambda c: c.id
 )
 def test_base_model_cases_pass_without_a_manifest(case, valid_dir, tmp_path):
+    """Without a manifest the modules come from the weights alone: exactly the ones with
+    LoRA tensors in the file, with the file's shapes and the config's scaling."""
     source = case.write(valid_dir, tmp_path / case.id)
     v = validate_adapter(read_adapter_source(source), None)
-    assert v.modules
+    assert {m: astuple(lora) for m, lora in v.modules.items()} == _modules_in_file(source)
+    # And the case's edit is what the weights now say.
+    valid = {f"model.layers.{i}.self_attn.{p}_proj" for i in (0, 1) for p in ("q", "v")}
+    q0 = "model.layers.0.self_attn.q_proj"
+    edited = {
+        "shape_not_in_base": valid,
+        "unknown_target_module": valid - {q0} | {"model.layers.0.self_attn.qq_proj"},
+        "targeted_module_without_weights": valid - {"model.layers.1.self_attn.q_proj"},
+    }
+    assert set(v.modules) == edited[case.id]
+    assert all(lora.rank == 8 and lora.scaling == 2.0 for lora in v.modules.values())
+    if case.id == "shape_not_in_base":
+        assert (v.modules[q0].in_features, v.modules[q0].out_features) == (32, 64)
+
+
+def _modules_in_file(adapter_dir: Path) -> dict[str, tuple[str, int, int, int, float]]:
+    """{module: (module, rank, in, out, scaling)} read straight from the saved files."""
+    from safetensors import safe_open
+
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    shapes = {}
+    with safe_open(str(adapter_dir / "adapter_model.safetensors"), "np") as f:
+        for name in f.keys():  # noqa: SIM118 (safe_open handles are not iterable)
+            shapes[name.removeprefix(PEFT_PREFIX)] = f.get_slice(name).get_shape()
+    modules = {}
+    for name, (rank, in_features) in shapes.items():
+        if name.endswith(".lora_A.weight"):
+            module = name.removesuffix(".lora_A.weight")
+            out_features = shapes[f"{module}.lora_B.weight"][0]
+            scaling = config["lora_alpha"] / config["r"]
+            modules[module] = (module, rank, in_features, out_features, scaling)
+    return modules
 
 
 def test_all_linear_config_does_not_cover_output_head_weights(llama, tmp_path):
