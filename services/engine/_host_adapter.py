@@ -10,20 +10,33 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-from adapter_store import AdapterStoreError, LoraSpec, parse_lora_config
+from adapter_store import CONFIG_NAME, WEIGHTS_NAME, AdapterStoreError, LoraSpec, parse_lora_config
 from services.engine.exceptions import AdapterIncompatibleError, AdapterLoadError
-
-if TYPE_CHECKING:
-    from services.engine._lora_layers import MultiLoraModel
 
 __all__ = ["HostAdapter"]
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
+
+class SlotModel(Protocol):
+    """What preparing an adapter needs to know of the model whose slots it fills
+    (:class:`~services.engine.MultiLoraModel` is one): a Protocol, so this module does
+    not import the layers that import it."""
+
+    @property
+    def module_shapes(self) -> dict[str, tuple[int, int]]: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def max_rank(self) -> int: ...
+
 # PEFT saves "base_model.model.<module path>.lora_A.weight" (the adapter name removed).
 _PEFT_PREFIX = "base_model.model."
 _A_SUFFIX = ".lora_A.weight"
@@ -44,7 +57,7 @@ class HostAdapter:
     size_bytes: int
 
     @classmethod
-    def from_dir(cls, key: str, path: Path, model: MultiLoraModel) -> HostAdapter:
+    def from_dir(cls, key: str, path: Path, model: SlotModel) -> HostAdapter:
         """Read a PEFT adapter directory and prepare it for ``model``'s slots.
 
         Raises:
@@ -58,19 +71,19 @@ class HostAdapter:
 
         path = Path(path)
         try:
-            config_bytes = (path / CONFIG_FILE).read_bytes()
-            tensors = load_file(str(path / WEIGHTS_FILE))
+            config_bytes = (path / CONFIG_NAME).read_bytes()
+            tensors = load_file(str(path / WEIGHTS_NAME))
         except (OSError, SafetensorError) as exc:
             raise AdapterLoadError(f"adapter {key}: cannot read {path}: {exc}") from exc
         try:
             spec = parse_lora_config(config_bytes)
         except AdapterStoreError as exc:
-            raise AdapterIncompatibleError(f"adapter {key}: invalid {CONFIG_FILE}: {exc}") from exc
+            raise AdapterIncompatibleError(f"adapter {key}: invalid {CONFIG_NAME}: {exc}") from exc
         return cls._prepare(key, tensors, spec, model)
 
     @classmethod
     def _prepare(
-        cls, key: str, tensors: Mapping[str, torch.Tensor], spec: LoraSpec, model: MultiLoraModel
+        cls, key: str, tensors: Mapping[str, torch.Tensor], spec: LoraSpec, model: SlotModel
     ) -> HostAdapter:
         """Prepare PEFT-named ``tensors`` with parsed config ``spec`` for ``model``.
 
@@ -111,7 +124,7 @@ class HostAdapter:
                 a_t, b_t = a_t.pin_memory(), b_t.pin_memory()
             modules[module_path] = (a_t, b_t)
         if not modules:
-            raise AdapterIncompatibleError(f"adapter {key}: {WEIGHTS_FILE} holds no LoRA weights")
+            raise AdapterIncompatibleError(f"adapter {key}: {WEIGHTS_NAME} holds no LoRA weights")
         return cls(
             key=key,
             modules=modules,

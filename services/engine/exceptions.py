@@ -1,7 +1,7 @@
 """Errors raised by the replica engine.
 
 The HTTP layer answers each class with the status on the right (the table is
-:data:`services._errors.ERROR_TABLE`; a subclass not listed there gets its nearest
+:data:`services.api._errors.ERROR_TABLE`; a subclass not listed there gets its nearest
 listed ancestor's)::
 
     EngineError                          500  base class; a failed forward pass, a

@@ -24,7 +24,7 @@ import httpx
 import pytest
 import yaml
 
-from services._metrics import exported_names
+from services.api._metrics import exported_names
 from services.client import Client
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

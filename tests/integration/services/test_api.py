@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from adapter_store import AdapterStore, StoreSettings
-from services._ingress import create_api
 from services._settings import ServiceSettings
+from services.api import create_api
 from services.client import PEFT_FILES, AsyncClient
 from services.engine import (
     EngineOverloadedError,

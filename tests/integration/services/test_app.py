@@ -49,9 +49,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
     from adapter_store import StoreSettings
     from adapter_store._redis_server import RedisServerProcess, free_port
-    from services._app import build_app
     from services._settings import ServiceSettings
     from services.engine import load_base_model
+    from services.serve._app import build_app
     from tests.factories import make_peft_adapter
 
     root = tmp_path_factory.mktemp("service")

@@ -21,8 +21,8 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from adapter_store import AdapterStore, StoreSettings
-from services._ingress import create_api
 from services._settings import ServiceSettings
+from services.api import create_api
 from services.cli import app
 from services.client import PEFT_FILES
 from services.engine import GenerationChunk

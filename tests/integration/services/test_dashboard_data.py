@@ -13,9 +13,9 @@ import pytest
 from fastapi import FastAPI
 
 from adapter_store import AdapterStore, StoreSettings, read_adapter_upload
-from services._dashboard import dashboard_router
-from services._ingress import create_api
 from services._settings import ServiceSettings
+from services.api import create_api
+from services.api._dashboard import dashboard_router
 from tests.factories import make_peft_adapter, tiny_llama
 
 ADMIN_KEY = "admin-key"

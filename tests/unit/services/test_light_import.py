@@ -8,7 +8,17 @@ import sys
 
 import services
 
-HEAVY = ("torch", "ray", "redis", "boto3", "transformers", "peft")
+HEAVY = (
+    "torch",
+    "ray",
+    "redis",
+    "boto3",
+    "botocore",
+    "numpy",
+    "safetensors",
+    "transformers",
+    "peft",
+)
 
 
 def test_importing_the_sdk_imports_no_server_dependency() -> None:

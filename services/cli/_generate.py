@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from services._cli_service import open_client, service_errors
+from services.cli._service import open_client, service_errors
 
 __all__ = ["register"]
 

@@ -26,7 +26,6 @@ status raises at once, as the class :mod:`services.exceptions` maps it to.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import tarfile
 import tempfile
@@ -41,7 +40,8 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from services._api_models import (
+from adapter_store import CONFIG_NAME, WEIGHTS_NAME
+from services.client._models import (
     AdapterInfo,
     AdapterPage,
     AdapterVersionInfo,
@@ -62,10 +62,10 @@ from services._api_models import (
     TenantCreated,
     TenantUsage,
 )
+from services.client._profile import PROFILE_PATH, read_profile
 from services.exceptions import (
     APIConnectionError,
     APIError,
-    ConfigurationError,
     InvalidAdapterPathError,
     error_for,
 )
@@ -79,8 +79,7 @@ __all__ = [
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-PROFILE_PATH = Path("~/.loramux/profile.json")
-PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+PEFT_FILES = (CONFIG_NAME, WEIGHTS_NAME)
 """The files of a PEFT LoRA adapter that a push uploads and a download returns."""
 
 ProgressCallback = Callable[[int, int], None]
@@ -112,31 +111,11 @@ def _resolve_connection(
     url = base_url or os.environ.get("LORAMUX_URL")
     key = api_key or os.environ.get("LORAMUX_API_KEY")
     if url is None or key is None:
-        profile = _read_profile(profile_path.expanduser())
+        profile = read_profile(profile_path)
         url = url or profile.get("url") or DEFAULT_URL
         if key is None and profile.get("url", "").rstrip("/") == url.rstrip("/"):
             key = profile.get("api_key")
     return url.rstrip("/"), key
-
-
-def _read_profile(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        profile = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigurationError(
-            f"cannot read the loramux profile {path}: {exc}; fix it, delete it, or run "
-            "`loramux up` again"
-        ) from exc
-    if not isinstance(profile, dict) or not all(
-        isinstance(profile.get(field, ""), str) for field in ("url", "api_key")
-    ):
-        raise ConfigurationError(
-            f"loramux profile {path} must be a JSON object with string fields 'url' and "
-            "'api_key'; fix it, delete it, or run `loramux up` again"
-        )
-    return profile
 
 
 @dataclass(frozen=True)

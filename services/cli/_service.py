@@ -16,8 +16,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from services._api_models import AdapterVersionInfo, TenantUsage
-from services._cli_common import (
+from services.cli._common import (
     AdapterRow,
     TransferBar,
     UsageView,
@@ -26,6 +25,7 @@ from services._cli_common import (
     fail,
 )
 from services.client import Client
+from services.client._models import AdapterVersionInfo, TenantUsage
 from services.exceptions import APIConnectionError, LoramuxError
 
 __all__ = ["ServiceBackend", "admin_key", "open_client", "service_errors"]

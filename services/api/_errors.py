@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 import adapter_store.exceptions as store_errors
 import services.engine.exceptions as engine_errors
 import services.exceptions as api_errors
-from services._api_models import ErrorBody, ErrorDetail
+from services.client._models import ErrorBody, ErrorDetail
 
 __all__ = ["ERROR_TABLE", "error_body", "install_error_handlers", "status_and_body", "status_of"]
 

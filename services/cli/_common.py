@@ -2,7 +2,7 @@
 and the backend-neutral views the adapter and tenant commands print.
 
 A command that works both through the service and directly on the store gets its data
-from a backend (:mod:`services._cli_service` or :mod:`services._cli_store`) as these
+from a backend (:mod:`services.cli._service` or :mod:`services.cli._store`) as these
 views, so each verb is printed by one function whichever backend answered.
 """
 
