@@ -17,7 +17,7 @@ from adapter_store import AdapterStore
 from services._settings import ServiceSettings
 from services.api._gateway import ModelGateway
 from services.api._metrics import IngressMetrics
-from services.exceptions import AuthenticationError, PermissionDeniedError
+from services.exceptions import PermissionDeniedError, UnauthorizedError
 
 __all__ = [
     "Admin",
@@ -55,12 +55,12 @@ Context = Annotated[ApiContext, Depends(_context)]
 def _bearer(authorization: str | None) -> str:
     scheme, _, key = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        raise AuthenticationError("missing API key: send the header 'Authorization: Bearer KEY'")
+        raise UnauthorizedError("missing API key: send the header 'Authorization: Bearer KEY'")
     return key.strip()
 
 
 async def api_key(authorization: Annotated[str | None, Header()] = None) -> str:
-    """The request's bearer key. Raises AuthenticationError (401) when there is none."""
+    """The request's bearer key. Raises UnauthorizedError (401) when there is none."""
     return _bearer(authorization)
 
 
@@ -71,7 +71,7 @@ def tenant_of(context: Context, key: ApiKey) -> str:
     """The tenant of the request's key (blocking: FastAPI runs it in the threadpool).
 
     Raises:
-        AuthenticationError (401): no key, or an unknown or revoked one.
+        UnauthorizedError (401): no key, or an unknown or revoked one.
     """
     return context.store.tenant_for_key(key)
 

@@ -163,7 +163,7 @@ def _on_signals(handler: Callable[[int, Any], None]) -> None:
 def _start_redis(settings: ServiceSettings, cleanup: contextlib.ExitStack) -> ServiceSettings:
     """Start (or find) the embedded redis-server; the app gets its URL either way, so
     replicas connect directly rather than through the data directory's lock."""
-    from adapter_store._embedded import open_embedded_redis
+    from adapter_store import open_embedded_redis
 
     if settings.store.redis_url:
         return settings

@@ -65,7 +65,7 @@ from services.client._models import (
 from services.client._profile import PROFILE_PATH, read_profile
 from services.exceptions import (
     APIConnectionError,
-    APIError,
+    APIStatusError,
     InvalidAdapterPathError,
     error_for,
 )
@@ -151,7 +151,7 @@ def _retry_after_s(response: httpx.Response) -> float | None:
 # --- responses and streams ----------------------------------------------------------
 
 
-def _error_from_response(response: httpx.Response) -> APIError:
+def _error_from_response(response: httpx.Response) -> APIStatusError:
     """The exception for an error response whose body has been read."""
     try:
         detail = ErrorBody.model_validate_json(response.content).error
@@ -165,7 +165,7 @@ def _parse(model: type[ModelT], payload: str | bytes) -> ModelT:
     try:
         return model.model_validate_json(payload)
     except ValidationError as exc:
-        raise APIError(
+        raise APIStatusError(
             f"the server's answer is not a valid {model.__name__}: {exc}",
             type="invalid_response",
         ) from exc
@@ -298,7 +298,7 @@ def _extract_adapter(archive: Path, dest: Path) -> None:
     """Unpack the PEFT files of a downloaded tar.gz into ``dest``; nothing else.
 
     Raises:
-        APIError: (type ``invalid_response``) not a tar archive, or not the PEFT files.
+        APIStatusError: (type ``invalid_response``) not a tar archive, or not the PEFT files.
     """
     try:
         with tarfile.open(archive, "r:*") as tar:
@@ -311,13 +311,13 @@ def _extract_adapter(archive: Path, dest: Path) -> None:
                 member.name = Path(member.name).name  # flatten: never write outside dest
             found = {member.name for member in members}
             if found != set(PEFT_FILES):
-                raise APIError(
+                raise APIStatusError(
                     f"the downloaded archive holds {sorted(found)}, not {list(PEFT_FILES)}",
                     type="invalid_response",
                 )
             tar.extractall(dest, members=members, filter="data")
     except tarfile.TarError as exc:
-        raise APIError(
+        raise APIStatusError(
             f"the downloaded adapter is not a valid tar archive: {exc}", type="invalid_response"
         ) from exc
 
@@ -416,7 +416,7 @@ class Client(_BaseClient):
     shape the retries. ``transport`` replaces httpx's network transport (tests pass
     ``httpx.MockTransport``); ``sleep`` is the backoff's sleep.
 
-    Raises (every method): :class:`~services.exceptions.APIError` subclasses for error
+    Raises (every method): :class:`~services.exceptions.APIStatusError` subclasses for error
     answers, :class:`~services.exceptions.APIConnectionError` when the server cannot be
     reached, both after the retries described in the module docstring; a
     ``pydantic.ValidationError`` naming the parameter for a bad argument, before sending.
@@ -694,7 +694,7 @@ class Adapters(_AdapterCalls):
         Raises:
             InvalidAdapterPathError: ``path`` is not a PEFT adapter (checked before upload).
             BadRequestError: the server rejected the adapter; the message says why.
-            PayloadTooLargeError, QuotaExceededError, ConflictError: as named.
+            PayloadTooLargeError, OverQuotaError, ResourceConflictError: as named.
         """
         with ExitStack() as stack:
             return self._client._run(self._push(stack, path, name, on_progress))
@@ -1036,7 +1036,7 @@ class Tenants(_TenantCalls):
     """``client.tenants``: tenants, their API keys and quotas (admin key only).
 
     Raises (every method): PermissionDeniedError when the client's key is not the
-    admin key; NotFoundError for an unknown tenant (or key, for ``revoke_key``).
+    admin key; ResourceNotFoundError for an unknown tenant (or key, for ``revoke_key``).
     """
 
     _client: Client
@@ -1045,7 +1045,7 @@ class Tenants(_TenantCalls):
         """Create tenant ``name``; the answer holds its API key, shown only this once.
 
         Raises:
-            ConflictError: the tenant exists already.
+            ResourceConflictError: the tenant exists already.
         """
         return self._client._run(self._create(name))
 

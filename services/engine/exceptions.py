@@ -9,7 +9,7 @@ listed ancestor's)::
     ├── InvalidRequestError              400  bad sampling parameters, empty prompt, ...
     ├── AdapterLoadError                 503  a cold load failed (fetch, read or slot copy);
     │                                         only the requests for that adapter fail
-    ├── AdapterIncompatibleError         400  the adapter does not fit the loaded base model
+    ├── AdapterMismatchError             400  the adapter does not fit the loaded base model
     ├── EngineOverloadedError            503  the request queue is full
     ├── BaseModelLoadError               503  the base model directory is missing,
     │                                         unloadable or unsupported
@@ -22,8 +22,8 @@ The adapter store's errors from a fetch (``NotFoundError`` 404, ``IntegrityError
 from __future__ import annotations
 
 __all__ = [
-    "AdapterIncompatibleError",
     "AdapterLoadError",
+    "AdapterMismatchError",
     "BaseModelLoadError",
     "EngineError",
     "EngineOverloadedError",
@@ -44,7 +44,7 @@ class AdapterLoadError(EngineError):
     """Loading an adapter into a cache tier failed; the message names adapter and tier."""
 
 
-class AdapterIncompatibleError(EngineError):
+class AdapterMismatchError(EngineError):
     """The adapter's modules or shapes do not fit the loaded base model."""
 
 

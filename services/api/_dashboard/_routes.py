@@ -47,7 +47,7 @@ from adapter_store import AdapterStore
 from services._settings import ServiceSettings
 from services.api._auth import ApiKey, is_admin, only_tenant
 from services.api._metrics import routing_decision_counts
-from services.exceptions import NotFoundError
+from services.exceptions import ResourceNotFoundError
 
 __all__ = ["ASSETS", "ReplicaStatsSource", "dashboard_router"]
 
@@ -166,9 +166,9 @@ def dashboard_router(
 
 
 def _asset(name: str) -> FileResponse:
-    """One allow-listed asset. Raises NotFoundError (404) for any other name."""
+    """One allow-listed asset. Raises ResourceNotFoundError (404) for any other name."""
     if name not in ASSETS:
-        raise NotFoundError(f"no dashboard asset {name!r}")
+        raise ResourceNotFoundError(f"no dashboard asset {name!r}")
     filename, media_type = ASSETS[name]
     return FileResponse(STATIC_DIR / filename, media_type=media_type, headers=_SECURITY_HEADERS)
 

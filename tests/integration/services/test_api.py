@@ -27,14 +27,14 @@ from services.engine import (
     Usage,
 )
 from services.exceptions import (
-    AuthenticationError,
     BadRequestError,
-    ConflictError,
-    NotFoundError,
+    OverQuotaError,
     PayloadTooLargeError,
     PermissionDeniedError,
-    QuotaExceededError,
+    ResourceConflictError,
+    ResourceNotFoundError,
     ServiceUnavailableError,
+    UnauthorizedError,
 )
 from tests.factories import make_peft_adapter, tiny_llama
 
@@ -156,7 +156,7 @@ async def test_tenant_admin_keys_and_quotas(
 ) -> None:
     async with client(api, ADMIN_KEY) as admin:
         created = await admin.tenants.create("globex")
-        with pytest.raises(ConflictError):
+        with pytest.raises(ResourceConflictError):
             await admin.tenants.create("globex")
         http = admin._http
         second = (await http.post("/v1/tenants/globex/keys")).json()["api_key"]
@@ -166,10 +166,10 @@ async def test_tenant_admin_keys_and_quotas(
     assert revoked.json() == {"tenant": "globex", "revoked": True}
     assert quota.json()["max_adapters"] == 1
     async with client(api, created.api_key) as old, client(api, second) as globex:
-        with pytest.raises(AuthenticationError):
+        with pytest.raises(UnauthorizedError):
             await old.models()
         await globex.adapters.push(adapter_dir, "one")
-        with pytest.raises(QuotaExceededError):
+        with pytest.raises(OverQuotaError):
             await globex.adapters.push(adapter_dir, "two")
     with pytest.raises(PermissionDeniedError):
         await acme.tenants.create("intruder")
@@ -242,7 +242,7 @@ async def test_stats_authenticate_the_key_before_asking_the_replicas(
     api: Any, gateway: ScriptedGateway
 ) -> None:
     async with client(api, "not-a-key") as stranger:
-        with pytest.raises(AuthenticationError):
+        with pytest.raises(UnauthorizedError):
             await stranger.stats()
 
     assert gateway.stats_calls == 0
@@ -298,9 +298,9 @@ async def test_deleting_an_adapter_removes_every_version(
     deleted = await acme.adapters.delete("gone")
 
     assert (deleted.name, deleted.version, deleted.deleted) == ("gone", None, True)
-    with pytest.raises(NotFoundError):
+    with pytest.raises(ResourceNotFoundError):
         await acme.adapters.get("gone")
-    with pytest.raises(NotFoundError):
+    with pytest.raises(ResourceNotFoundError):
         await acme.completions.create(model="gone@1", prompt="x")
 
 
@@ -339,7 +339,7 @@ async def test_another_tenants_adapter_is_not_found_on_every_route(
         for route, attempt in attempts:
             try:
                 await attempt()
-            except NotFoundError:
+            except ResourceNotFoundError:
                 refused.append(route)
 
     assert refused == [route for route, _ in attempts]

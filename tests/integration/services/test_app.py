@@ -19,10 +19,10 @@ import pytest
 
 from services.client import Client
 from services.exceptions import (
-    AuthenticationError,
     BadRequestError,
-    NotFoundError,
     PermissionDeniedError,
+    ResourceNotFoundError,
+    UnauthorizedError,
 )
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -231,9 +231,9 @@ def test_chat_logprobs_in_openai_shape(service: Service, acme: Client) -> None:
 
 
 def test_tenants_see_only_their_own_adapters(acme: Client, globex: Client) -> None:
-    with pytest.raises(NotFoundError):
+    with pytest.raises(ResourceNotFoundError):
         globex.adapters.get("support")
-    with pytest.raises(NotFoundError):
+    with pytest.raises(ResourceNotFoundError):
         globex.completions.create(model="support", prompt=PROMPT)
 
     assert [a.name for a in globex.adapters.list()] == []
@@ -241,14 +241,14 @@ def test_tenants_see_only_their_own_adapters(acme: Client, globex: Client) -> No
 
 
 def test_error_statuses(service: Service, admin: Client, acme: Client) -> None:
-    with pytest.raises(AuthenticationError):
+    with pytest.raises(UnauthorizedError):
         Client(service.url, "lmx_not-a-key", max_retries=0).models()
     missing = httpx.get(f"{service.url}/v1/models")
     assert missing.status_code == 401
     assert missing.json()["error"]["type"] == "authentication_error"
     with pytest.raises(PermissionDeniedError):
         acme.tenants.create("intruder")
-    with pytest.raises(NotFoundError):
+    with pytest.raises(ResourceNotFoundError):
         acme.completions.create(model="no-such-adapter", prompt=PROMPT)
     # Refused by the replica's engine: the error crosses Ray and keeps its status.
     with pytest.raises(BadRequestError, match="max_tokens"):
@@ -298,7 +298,7 @@ def test_versions_aliases_download_and_delete(service: Service, acme: Client) ->
 
     acme.adapters.delete("support", version=2)
     assert acme.adapters.get("support").versions == [1]
-    with pytest.raises(NotFoundError):
+    with pytest.raises(ResourceNotFoundError):
         acme.completions.create(model="support@2", prompt=PROMPT)
 
 
