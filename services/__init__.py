@@ -14,6 +14,8 @@ Its rooms, each imported on use:
 from services.client import AsyncClient, Client, ProgressCallback
 from services.client._models import *  # noqa: F403
 from services.client._models import __all__ as _api_models_all
+from services.client._stats import *  # noqa: F403
+from services.client._stats import __all__ as _stats_all
 from services.exceptions import *  # noqa: F403
 from services.exceptions import __all__ as _exceptions_all
 
@@ -22,5 +24,6 @@ __all__ = [
     "Client",
     "ProgressCallback",
     *_api_models_all,
+    *_stats_all,
     *_exceptions_all,
 ]

@@ -1,4 +1,4 @@
-"""Who is asking: the bearer key, its tenant, the admin key, and what a tenant may see.
+"""Who is asking: the bearer key, its tenant, and whether it is the admin key.
 
 The API routers and the dashboard both use these, so ``/v1/stats`` and
 ``/dashboard/data`` cannot drift apart. The shared state of the app (store, gateway,
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
@@ -26,13 +26,7 @@ __all__ = [
     "Context",
     "Tenant",
     "is_admin",
-    "only_tenant",
 ]
-
-# A replica's stats fields a tenant key sees (besides its own residency): configuration,
-# no counter. An allow-list, so a counter added to the replica's report later stays
-# hidden from tenants: counters (requests, queue, hits, loads) sum every tenant's traffic.
-_TENANT_REPLICA_FIELDS = ("replica_id", "gpu_slots", "base_model_bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,15 +88,3 @@ async def require_admin(context: Context, key: ApiKey) -> None:
 
 
 Admin = Depends(require_admin)
-
-
-def only_tenant(replica: dict[str, Any], tenant: str) -> dict[str, Any]:
-    """What ``tenant`` may see of a replica's stats: its configuration fields (an
-    allow-list) and residency cut down to its own adapters; every counter is left out."""
-    prefix = f"{tenant}/"
-    residency = {
-        tier: [key for key in keys if key.startswith(prefix)]
-        for tier, keys in replica["residency"].items()
-    }
-    shared = {field: replica[field] for field in _TENANT_REPLICA_FIELDS if field in replica}
-    return {**shared, "residency": residency}

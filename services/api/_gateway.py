@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Any, Protocol
+from typing import Protocol
 
+from services.client import ReplicaStats
 from services.engine import GenerationChunk, GenerationRequest
 
 __all__ = ["ModelGateway"]
@@ -18,6 +19,6 @@ class ModelGateway(Protocol):
         """Stream the request's chunks from a replica; closing the iterator cancels it."""
         ...
 
-    async def replica_stats(self) -> list[dict[str, Any]]:
+    async def replica_stats(self) -> list[ReplicaStats]:
         """The live replicas' latest statistics."""
         ...

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from adapter_store import AdapterStore
-from services.api._auth import ApiKey, Context, is_admin, only_tenant
+from services.api._auth import ApiKey, Context, is_admin
 from services.api._tenants import usage_of
-from services.client import Health
+from services.client import AdapterCounters, Health, ServiceStats, TenantUsage
 from services.exceptions import ServiceUnavailableError
 
 __all__ = ["router"]
@@ -29,8 +27,8 @@ async def healthz(context: Context) -> Health:
     return Health(status="ok", replicas=live, expected_replicas=expected)
 
 
-@router.get("/v1/stats")
-async def stats(context: Context, key: ApiKey) -> dict[str, Any]:
+@router.get("/v1/stats", response_model_exclude_none=True)
+async def stats(context: Context, key: ApiKey) -> ServiceStats:
     """Per replica: residency by tier, hit rates, load, loads. The admin key sees all of
     it and every tenant's usage. A tenant key sees, per replica, only its id, its GPU
     slots, the base model's size and the residency of the tenant's own adapters: the
@@ -45,25 +43,28 @@ async def stats(context: Context, key: ApiKey) -> dict[str, Any]:
     store, gateway = context.store, context.gateway
     if is_admin(context.settings, key):
         tenants = await run_in_threadpool(_all_usage, store)
-        return {"replicas": await gateway.replica_stats(), "tenants": tenants}
+        return ServiceStats(replicas=await gateway.replica_stats(), tenants=tenants)
     tenant = await run_in_threadpool(store.tenant_for_key, key)
-    own = await run_in_threadpool(_tenant_counters, store, tenant)
+    usage, adapters = await run_in_threadpool(_tenant_counters, store, tenant)
     replicas = await gateway.replica_stats()
-    return {"replicas": [only_tenant(r, tenant) for r in replicas], **own}
+    return ServiceStats(
+        replicas=[replica.for_tenant(tenant) for replica in replicas],
+        tenant=usage,
+        adapters=adapters,
+    )
 
 
-def _all_usage(store: AdapterStore) -> dict[str, dict[str, Any]]:
-    return {tenant: usage_of(store, tenant).model_dump() for tenant in store.list_tenants()}
+def _all_usage(store: AdapterStore) -> dict[str, TenantUsage]:
+    return {tenant: usage_of(store, tenant) for tenant in store.list_tenants()}
 
 
-def _tenant_counters(store: AdapterStore, tenant: str) -> dict[str, Any]:
-    return {
-        "tenant": usage_of(store, tenant).model_dump(),
-        "adapters": {
-            adapter.name: {
-                "requests": adapter.request_count,
-                "last_used_at": adapter.last_used_at,
-            }
-            for adapter in store.iter_adapters(tenant)
-        },
+def _tenant_counters(
+    store: AdapterStore, tenant: str
+) -> tuple[TenantUsage, dict[str, AdapterCounters]]:
+    adapters = {
+        adapter.name: AdapterCounters(
+            requests=adapter.request_count, last_used_at=adapter.last_used_at
+        )
+        for adapter in store.iter_adapters(tenant)
     }
+    return usage_of(store, tenant), adapters

@@ -13,5 +13,7 @@ from services.client._models import *  # noqa: F403
 from services.client._models import __all__ as _models_all
 from services.client._profile import *  # noqa: F403
 from services.client._profile import __all__ as _profile_all
+from services.client._stats import *  # noqa: F403
+from services.client._stats import __all__ as _stats_all
 
-__all__ = [*_client_all, *_models_all, *_profile_all]
+__all__ = [*_client_all, *_models_all, *_profile_all, *_stats_all]

@@ -63,6 +63,7 @@ from services.client._models import (
     TenantUsage,
 )
 from services.client._profile import PROFILE_PATH, read_profile
+from services.client._stats import ServiceStats
 from services.exceptions import (
     APIConnectionError,
     APIStatusError,
@@ -466,9 +467,9 @@ class Client(_BaseClient):
     def health(self) -> Health:
         return self._run(self._call("GET", "/healthz", Health))
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> ServiceStats:
         """The service's cache and routing statistics (``GET /v1/stats``)."""
-        return self._send(self._http.build_request("GET", "/v1/stats")).json()
+        return self._run(self._call("GET", "/v1/stats", ServiceStats))
 
     def models(self) -> ModelList:
         """The base model and this tenant's adapters, as ``GET /v1/models`` lists them."""
@@ -569,9 +570,9 @@ class AsyncClient(_BaseClient):
     async def health(self) -> Health:
         return await self._run(self._call("GET", "/healthz", Health))
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self) -> ServiceStats:
         """The service's cache and routing statistics (``GET /v1/stats``)."""
-        return (await self._send(self._http.build_request("GET", "/v1/stats"))).json()
+        return await self._run(self._call("GET", "/v1/stats", ServiceStats))
 
     async def models(self) -> ModelList:
         """The base model and this tenant's adapters, as ``GET /v1/models`` lists them."""

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from adapter_store import AdapterStore
 from services._settings import ServiceSettings
 from services.api import create_api
+from services.client import ReplicaStats
 from services.engine import GenerationChunk, GenerationRequest
 
 __all__ = ["IngressServer", "ServeGateway"]
@@ -42,7 +43,7 @@ class ServeGateway:
             if not finished:
                 response.cancel()  # the client went away: free the batch row
 
-    async def replica_stats(self) -> list[dict[str, Any]]:
+    async def replica_stats(self) -> list[ReplicaStats]:
         return await self._board.snapshot.remote()
 
 

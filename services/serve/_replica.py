@@ -36,6 +36,7 @@ from adapter_store import AdapterStore
 from scheduler import ReplicaView, make_policy
 from services._settings import ServiceSettings
 from services.api._metrics import ReplicaMetrics
+from services.client import LoadLatency, ReplicaStats, ResidentKeys, TierCounters
 from services.engine import (
     AdapterCache,
     Engine,
@@ -182,46 +183,40 @@ class ModelReplica:
             pinned=min(len(busy), self._settings.gpu_slots),
         )
 
-    def stats(self) -> dict[str, Any]:
-        """What ``/v1/stats`` shows of this replica (JSON-ready)."""
+    def stats(self) -> ReplicaStats:
+        """What ``/v1/stats`` shows of this replica."""
         residency = self._cache.residency()
         cache = self._cache.stats()
-        return {
-            "replica_id": self._replica_id,
-            "residency": {
-                "gpu": sorted(residency.gpu.values()),
-                "host": sorted(residency.host),
-                "disk": sorted(residency.disk),
-                "loading": sorted(residency.loading),
-                "pinned": sorted(key for key, count in residency.pinned.items() if count > 0),
-            },
-            "gpu_slots": self._settings.gpu_slots,
-            "base_model_bytes": self._base_model_bytes,
-            "in_flight": self._engine.num_running,
-            "queued": self._engine.num_waiting,
-            "requests_served": self._served,
-            "tiers": {
-                tier.name.lower(): {
-                    "hits": t.hits,
-                    "misses": t.misses,
-                    "hit_ratio": t.hit_ratio,
-                    "evictions": t.evictions,
-                }
+        return ReplicaStats(
+            replica_id=self._replica_id,
+            residency=ResidentKeys(
+                gpu=sorted(residency.gpu.values()),
+                host=sorted(residency.host),
+                disk=sorted(residency.disk),
+                loading=sorted(residency.loading),
+                pinned=sorted(key for key, count in residency.pinned.items() if count > 0),
+            ),
+            gpu_slots=self._settings.gpu_slots,
+            base_model_bytes=self._base_model_bytes,
+            in_flight=self._engine.num_running,
+            queued=self._engine.num_waiting,
+            requests_served=self._served,
+            tiers={
+                tier.name.lower(): TierCounters(
+                    hits=t.hits, misses=t.misses, hit_ratio=t.hit_ratio, evictions=t.evictions
+                )
                 for tier, t in cache.tiers.items()
             },
-            "loads": {
+            loads={
                 # Keyed by where a load step starts: none = object store, disk, host.
-                f"from_{tier.name.lower()}": {
-                    "count": s.count,
-                    "mean_s": s.mean_s,
-                    "p50_s": s.p50_s,
-                    "p99_s": s.p99_s,
-                }
+                f"from_{tier.name.lower()}": LoadLatency(
+                    count=s.count, mean_s=s.mean_s, p50_s=s.p50_s, p99_s=s.p99_s
+                )
                 for tier, s in cache.load_latency.items()
             },
-            "load_errors": {tier.name.lower(): n for tier, n in cache.errors.items()},
-            "coalesced_loads": cache.coalesced,
-        }
+            load_errors={tier.name.lower(): n for tier, n in cache.errors.items()},
+            coalesced_loads=cache.coalesced,
+        )
 
     async def _report_forever(self) -> None:
         """Every period: record the metrics, and send :meth:`stats` to the board.

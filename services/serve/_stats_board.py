@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+
+from services.client import ReplicaStats
 
 __all__ = ["StatsBoard"]
 
@@ -16,12 +17,12 @@ class StatsBoard:
 
     def __init__(self, stale_after_s: float) -> None:
         self._stale_after_s = stale_after_s
-        self._reports: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._reports: dict[str, tuple[float, ReplicaStats]] = {}
 
-    def report(self, replica_id: str, stats: dict[str, Any]) -> None:
+    def report(self, replica_id: str, stats: ReplicaStats) -> None:
         self._reports[replica_id] = (time.monotonic(), stats)
 
-    def snapshot(self) -> list[dict[str, Any]]:
+    def snapshot(self) -> list[ReplicaStats]:
         """The live replicas' latest stats, by replica id."""
         now = time.monotonic()
         self._reports = {

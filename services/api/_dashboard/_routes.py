@@ -45,8 +45,9 @@ from starlette.concurrency import run_in_threadpool
 
 from adapter_store import AdapterStore
 from services._settings import ServiceSettings
-from services.api._auth import ApiKey, is_admin, only_tenant
+from services.api._auth import ApiKey, is_admin
 from services.api._metrics import routing_decision_counts
+from services.client import ReplicaStats
 from services.exceptions import ResourceNotFoundError
 
 __all__ = ["ASSETS", "ReplicaStatsSource", "dashboard_router"]
@@ -75,7 +76,7 @@ _SUMMARY_TTL_S = 5.0
 class ReplicaStatsSource(Protocol):
     """Where the replicas' latest reports come from (the ingress's model gateway)."""
 
-    async def replica_stats(self) -> list[dict[str, Any]]: ...
+    async def replica_stats(self) -> list[ReplicaStats]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,17 +130,15 @@ def dashboard_router(
         )
         part = await run_in_threadpool(summary, tenant)
         if tenant is not None:
-            reports = [only_tenant(report, tenant) for report in reports]
-        base_bytes = next(
-            (r["base_model_bytes"] for r in reports if r.get("base_model_bytes")), None
-        )
+            reports = [report.for_tenant(tenant) for report in reports]
+        base_bytes = next((r.base_model_bytes for r in reports if r.base_model_bytes), None)
         adapters = part.storage["adapters"]
         full_copies = base_bytes * adapters if base_bytes is not None else None
         return {
             "scope": "all" if tenant is None else "tenant",
             "tenant": tenant,
             "base_model": {"id": settings.base_model_id, "bytes": base_bytes},
-            "replicas": reports,
+            "replicas": [report.model_dump(exclude_none=True) for report in reports],
             "storage": {
                 **part.storage,
                 "full_copies_bytes": full_copies,

@@ -18,7 +18,7 @@ import pytest
 from adapter_store import AdapterStore, StoreSettings
 from services._settings import ServiceSettings
 from services.api import create_api
-from services.client import PEFT_FILES, AsyncClient
+from services.client import PEFT_FILES, AsyncClient, ReplicaStats, ResidentKeys
 from services.engine import (
     EngineOverloadedError,
     GenerationChunk,
@@ -58,7 +58,7 @@ class ScriptedGateway:
                 raise item
             yield item
 
-    async def replica_stats(self) -> list[dict[str, Any]]:
+    async def replica_stats(self) -> list[ReplicaStats]:
         self.stats_calls += 1
         return self.replicas
 
@@ -195,19 +195,21 @@ async def test_an_upload_without_the_adapter_parts_is_refused(acme: AsyncClient)
     assert "'archive' part" in response.json()["error"]["message"]
 
 
-REPLICA_REPORT = {
-    "replica_id": "r1",
-    "residency": {"gpu": ["acme/bot@1", "globex/x@1"], "host": []},
-    "gpu_slots": 4,
-    "base_model_bytes": 1000,
-    "in_flight": 2,
-    "queued": 1,
-    "requests_served": 40,
-    "tiers": {"gpu": {"hits": 30, "misses": 10, "hit_ratio": 0.75, "evictions": 3}},
-    "loads": {"from_none": {"count": 10, "mean_s": 0.1, "p50_s": 0.1, "p99_s": 0.2}},
-    "load_errors": {"gpu": 1},
-    "coalesced_loads": 2,
-}
+REPLICA_REPORT = ReplicaStats.model_validate(
+    {
+        "replica_id": "r1",
+        "residency": {"gpu": ["acme/bot@1", "globex/x@1"], "host": ["globex/y@2"]},
+        "gpu_slots": 4,
+        "base_model_bytes": 1000,
+        "in_flight": 2,
+        "queued": 1,
+        "requests_served": 40,
+        "tiers": {"gpu": {"hits": 30, "misses": 10, "hit_ratio": 0.75, "evictions": 3}},
+        "loads": {"from_none": {"count": 10, "mean_s": 0.1, "p50_s": 0.1, "p99_s": 0.2}},
+        "load_errors": {"gpu": 1},
+        "coalesced_loads": 2,
+    }
+)
 
 
 async def test_health_needs_a_live_replica_and_stats_hide_other_tenants(
@@ -225,17 +227,37 @@ async def test_health_needs_a_live_replica_and_stats_hide_other_tenants(
     assert (health.status, health.replicas, health.expected_replicas) == ("ok", 1, 2)
     # Only configuration and the tenant's own residency: every counter sums all
     # tenants' traffic.
-    assert stats["replicas"] == [
-        {
-            "replica_id": "r1",
-            "gpu_slots": 4,
-            "base_model_bytes": 1000,
-            "residency": {"gpu": ["acme/bot@1"], "host": []},
-        }
+    assert stats.replicas == [
+        ReplicaStats(
+            replica_id="r1",
+            gpu_slots=4,
+            base_model_bytes=1000,
+            residency=ResidentKeys(gpu=["acme/bot@1"]),
+        )
     ]
-    assert stats["tenant"]["tenant"] == "acme"
-    assert everything["replicas"] == [REPLICA_REPORT]
-    assert list(everything["tenants"]) == ["acme"]
+    assert stats.tenant is not None and stats.tenant.tenant == "acme"
+    assert stats.tenants is None
+    assert everything.replicas == [REPLICA_REPORT]
+    assert list(everything.tenants or {}) == ["acme"]
+    assert everything.tenant is None and everything.adapters is None
+
+
+async def test_a_tenant_stats_answer_carries_no_counter_field(
+    api: Any, store: AdapterStore, gateway: ScriptedGateway
+) -> None:
+    gateway.replicas = [REPLICA_REPORT]
+    _, key = store.create_tenant("initech")
+    transport = httpx.ASGITransport(app=api)
+    async with httpx.AsyncClient(transport=transport, base_url="http://loramux.test") as raw:
+        answer = (await raw.get("/v1/stats", headers={"Authorization": f"Bearer {key}"})).json()
+
+    assert set(answer["replicas"][0]) == {
+        "replica_id",
+        "gpu_slots",
+        "base_model_bytes",
+        "residency",
+    }
+    assert set(answer) == {"replicas", "tenant", "adapters"}
 
 
 async def test_stats_authenticate_the_key_before_asking_the_replicas(

@@ -306,26 +306,23 @@ def test_stats_show_residency_and_counters(admin: Client, acme: Client) -> None:
     acme.completions.create(model="support@1", prompt=PROMPT, max_tokens=1)
 
     def resident() -> bool:
-        replicas = acme.stats()["replicas"]
-        return any("acme/support@1" in r["residency"]["gpu"] for r in replicas)
+        return any("acme/support@1" in r.residency.gpu for r in acme.stats().replicas)
 
     _wait_until(resident, timeout_s=60)
     mine = acme.stats()
     everything = admin.stats()
 
-    assert len(mine["replicas"]) == 2 == len(everything["replicas"])
-    assert set(everything["tenants"]) == {"acme", "globex"}
+    assert len(mine.replicas) == 2 == len(everything.replicas)
+    assert set(everything.tenants or {}) == {"acme", "globex"}
     # The counters sum every tenant's traffic: the admin key's alone.
-    assert sum(
-        r["tiers"]["gpu"]["hits"] + r["tiers"]["gpu"]["misses"] for r in everything["replicas"]
-    )
-    assert not any("tiers" in r for r in mine["replicas"])
-    assert mine["adapters"]["support"]["requests"] >= 1
-    assert mine["tenant"]["adapters"] == 1
+    assert sum(r.tiers["gpu"].hits + r.tiers["gpu"].misses for r in everything.replicas if r.tiers)
+    assert not any(r.tiers for r in mine.replicas)
+    assert mine.adapters is not None and mine.adapters["support"].requests >= 1
+    assert mine.tenant is not None and mine.tenant.adapters == 1
     assert all(
         key.startswith("acme/")
-        for r in mine["replicas"]
-        for keys in r["residency"].values()
+        for r in mine.replicas
+        for keys in r.residency.model_dump().values()
         for key in keys
     )
 

@@ -40,6 +40,7 @@ def test_the_package_exports_exactly_the_sdk_models_and_errors() -> None:
         [
             "APIConnectionError",
             "APIStatusError",
+            "AdapterCounters",
             "AdapterInfo",
             "AdapterPage",
             "AdapterVersionInfo",
@@ -69,6 +70,7 @@ def test_the_package_exports_exactly_the_sdk_models_and_errors() -> None:
             "InvalidAdapterPathError",
             "KeyRevoke",
             "KeyRevoked",
+            "LoadLatency",
             "LoramuxError",
             "Model",
             "ModelList",
@@ -78,12 +80,25 @@ def test_the_package_exports_exactly_the_sdk_models_and_errors() -> None:
             "ProgressCallback",
             "OverQuotaError",
             "QuotaUpdate",
+            "ReplicaStats",
+            "ResidentKeys",
+            "ServiceStats",
             "RateLimitError",
             "ServiceUnavailableError",
             "TenantCreate",
             "TenantCreated",
             "TenantUsage",
+            "TierCounters",
             "Usage",
         ]
     )
     assert all(hasattr(services, name) for name in services.__all__)
+
+
+def test_the_client_package_exports_the_sdk_and_wire_models_without_errors() -> None:
+    import services.client
+
+    errors = set(services.exceptions.__all__)
+    sdk = {"DEFAULT_URL", "PEFT_FILES", "PROFILE_PATH", "read_profile", "write_profile"}
+
+    assert set(services.client.__all__) == (set(services.__all__) - errors) | sdk
