@@ -70,10 +70,19 @@ class APIStatusError(LoramuxError):
 
     ``status`` is the HTTP status (for an error inside a stream: the class's own),
     ``type`` the error's stable machine name, ``message`` the server's explanation.
+    A subclass names its status and type in its header:
+    ``class BadRequestError(APIStatusError, status=400, type="invalid_request")``.
     """
 
     status: int = 0
     default_type: str = "api_error"
+
+    def __init_subclass__(cls, *, status: int | None = None, type: str | None = None) -> None:
+        super().__init_subclass__()
+        if status is not None:
+            cls.status = status
+        if type is not None:
+            cls.default_type = type
 
     def __init__(self, message: str, *, status: int | None = None, type: str | None = None):
         super().__init__(message)
@@ -85,53 +94,34 @@ class APIStatusError(LoramuxError):
         return f"{self.status} {self.type}: {self.message}"
 
 
-class BadRequestError(APIStatusError):
-    status = 400
-    default_type = "invalid_request"
+class BadRequestError(APIStatusError, status=400, type="invalid_request"): ...
 
 
-class UnauthorizedError(APIStatusError):
-    status = 401
-    default_type = "authentication_error"
+class UnauthorizedError(APIStatusError, status=401, type="authentication_error"): ...
 
 
-class PermissionDeniedError(APIStatusError):
-    status = 403
-    default_type = "permission_denied"
+class PermissionDeniedError(APIStatusError, status=403, type="permission_denied"): ...
 
 
-class ResourceNotFoundError(APIStatusError):
-    status = 404
-    default_type = "not_found"
+class ResourceNotFoundError(APIStatusError, status=404, type="not_found"): ...
 
 
-class ResourceConflictError(APIStatusError):
-    status = 409
-    default_type = "conflict"
+class ResourceConflictError(APIStatusError, status=409, type="conflict"): ...
 
 
-class PayloadTooLargeError(APIStatusError):
-    status = 413
-    default_type = "payload_too_large"
+class PayloadTooLargeError(APIStatusError, status=413, type="payload_too_large"): ...
 
 
-class RateLimitError(APIStatusError):
-    status = 429
-    default_type = "rate_limited"
+class RateLimitError(APIStatusError, status=429, type="rate_limited"): ...
 
 
-class OverQuotaError(RateLimitError):
-    default_type = "quota_exceeded"
+class OverQuotaError(RateLimitError, type="quota_exceeded"): ...
 
 
-class InternalServerError(APIStatusError):
-    status = 500
-    default_type = "internal_error"
+class InternalServerError(APIStatusError, status=500, type="internal_error"): ...
 
 
-class ServiceUnavailableError(APIStatusError):
-    status = 503
-    default_type = "service_unavailable"
+class ServiceUnavailableError(APIStatusError, status=503, type="service_unavailable"): ...
 
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {

@@ -48,19 +48,9 @@ _MULTIPART_SLACK = 1 << 20
 
 
 def version_info(version: AdapterVersion, aliases: list[str]) -> AdapterVersionInfo:
-    return AdapterVersionInfo(
-        tenant=version.tenant,
-        name=version.name,
-        version=version.version,
-        key=version.key,
-        digest=version.digest,
-        config_digest=version.config_digest,
-        size_bytes=version.size_bytes,
-        rank=version.rank,
-        base_model=version.base_model,
-        created_at=version.created_at,
-        aliases=aliases,
-    )
+    """The wire form of a stored version (its fields by name) with its ``aliases``."""
+    info = AdapterVersionInfo.model_validate(version, from_attributes=True)
+    return info.model_copy(update={"aliases": aliases})
 
 
 def adapter_info(adapter: StoredAdapter) -> AdapterInfo:

@@ -11,7 +11,8 @@ becomes one ``data: {"error": ...}`` event of the stream.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+import functools
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter
@@ -83,34 +84,45 @@ async def _start(
 @router.post("/v1/completions", response_model=None)
 async def completions(context: Context, key: ApiKey, body: CompletionRequest) -> Any:
     ids = ResponseIds("cmpl", body.model)
-    chunks = await _start(context, "completions", key, body)
-    if not body.stream:
-        result = GenerationResult.from_chunks([chunk async for chunk in chunks])
-        return completion(ids, result).model_dump(exclude_none=True)
 
-    async def events() -> AsyncIterator[BaseModel]:
+    async def events(chunks: AsyncIterator[GenerationChunk]) -> AsyncIterator[BaseModel]:
         offset = 0
         async for chunk in chunks:
             yield completion_chunk(ids, chunk, offset)
             offset += len(chunk.text)
 
-    return StreamingResponse(_sse(events()), media_type="text/event-stream")
+    whole = functools.partial(completion, ids)
+    return await _answer(context, "completions", key, body, whole, events)
 
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(context: Context, key: ApiKey, body: ChatCompletionRequest) -> Any:
     ids = ResponseIds("chatcmpl", body.model)
-    chunks = await _start(context, "chat_completions", key, body)
-    if not body.stream:
-        result = GenerationResult.from_chunks([chunk async for chunk in chunks])
-        return chat_completion(ids, result).model_dump(exclude_none=True)
 
-    async def events() -> AsyncIterator[BaseModel]:
+    async def events(chunks: AsyncIterator[GenerationChunk]) -> AsyncIterator[BaseModel]:
         yield chat_first_chunk(ids)
         async for chunk in chunks:
             yield chat_chunk(ids, chunk)
 
-    return StreamingResponse(_sse(events()), media_type="text/event-stream")
+    whole = functools.partial(chat_completion, ids)
+    return await _answer(context, "chat_completions", key, body, whole, events)
+
+
+async def _answer(
+    context: ApiContext,
+    endpoint: str,
+    key: str,
+    body: CompletionRequest | ChatCompletionRequest,
+    whole: Callable[[GenerationResult], BaseModel],
+    events: Callable[[AsyncIterator[GenerationChunk]], AsyncIterator[BaseModel]],
+) -> Any:
+    """Start the request; answer one JSON object (``whole`` of the result) or, with
+    ``stream``, server-sent ``events`` of the chunks."""
+    chunks = await _start(context, endpoint, key, body)
+    if not body.stream:
+        result = GenerationResult.from_chunks([chunk async for chunk in chunks])
+        return whole(result).model_dump(exclude_none=True)
+    return StreamingResponse(_sse(events(chunks)), media_type="text/event-stream")
 
 
 @router.get("/v1/models")

@@ -49,11 +49,4 @@ def tenant_usage(context: Context, name: str) -> TenantUsage:
 
 def usage_of(store: AdapterStore, tenant: str) -> TenantUsage:
     """The tenant's usage and quota as the API answers it (blocking: one round trip)."""
-    usage = store.get_usage(tenant)
-    return TenantUsage(
-        tenant=usage.tenant,
-        adapters=usage.adapters,
-        bytes=usage.bytes,
-        max_adapters=usage.max_adapters,
-        max_bytes=usage.max_bytes,
-    )
+    return TenantUsage.model_validate(store.get_usage(tenant), from_attributes=True)

@@ -21,18 +21,8 @@ from typing import Annotated, Protocol
 
 import typer
 
-from services.cli._common import (
-    AdapterRow,
-    DirectOption,
-    TransferBar,
-    UsageView,
-    VersionRow,
-    VersionView,
-    fail,
-    size,
-    transfer_bar,
-    when,
-)
+from services.cli._common import DirectOption, TransferBar, fail, size, transfer_bar, when
+from services.cli._views import AdapterRow, UsageView, VersionRow, VersionView
 
 __all__ = ["Backend", "register"]
 

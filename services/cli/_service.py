@@ -16,14 +16,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from services.cli._common import (
-    AdapterRow,
-    TransferBar,
-    UsageView,
-    VersionRow,
-    VersionView,
-    fail,
-)
+from services.cli._common import TransferBar, fail
+from services.cli._views import AdapterRow, UsageView, VersionRow, VersionView
 from services.client import Client
 from services.client._models import AdapterVersionInfo
 from services.exceptions import APIConnectionError, LoramuxError

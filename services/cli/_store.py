@@ -21,15 +21,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from services.cli._common import (
-    AdapterRow,
-    TransferBar,
-    UsageView,
-    VersionRow,
-    VersionView,
-    fail,
-    size,
-)
+from services.cli._common import TransferBar, fail, size
+from services.cli._views import AdapterRow, UsageView, VersionRow, VersionView
 
 if TYPE_CHECKING:
     from adapter_store import AdapterStore, StoreSettings

@@ -51,9 +51,8 @@ from services.engine import (
 from services.serve._failure_log import FailureLog
 from services.serve._residency import ResidencyPublisher
 from services.serve._router import routing_stats
-from services.serve._stats_board import StatsBoard
 
-__all__ = ["ModelReplica", "StatsBoard", "stale_after_s"]
+__all__ = ["ModelReplica", "stale_after_s"]
 
 logger = logging.getLogger(__name__)
 

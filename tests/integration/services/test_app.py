@@ -9,7 +9,6 @@ the replicas serve. Requests go through the SDK and the official ``openai`` clie
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from services.exceptions import (
     ResourceNotFoundError,
     UnauthorizedError,
 )
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -51,7 +51,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     from adapter_store._redis_server import RedisServerProcess, free_port
     from services._settings import ServiceSettings
     from services.engine import load_base_model
-    from services.serve._app import build_app
+    from services.serve import build_app
     from tests.factories import make_peft_adapter
 
     root = tmp_path_factory.mktemp("service")
@@ -87,25 +87,12 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(settings), name=settings.app_name, route_prefix="/")
         url = f"http://127.0.0.1:{port}"
-        _wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200)
+        wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, READY_TIMEOUT_S)
         yield Service(url, root, adapter_dir, other_dir, redis.url)
     finally:
         serve.shutdown()
         ray.shutdown()
         redis.stop()
-
-
-def _wait_until(condition, timeout_s: float = READY_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if condition():
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the timeout")
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +120,7 @@ def globex(service: Service, keys: dict[str, str]) -> Iterator[Client]:
 
 
 def test_health_counts_both_replicas(service: Service) -> None:
-    _wait_until(lambda: httpx.get(f"{service.url}/healthz").json()["replicas"] == 2)
+    wait_until(lambda: httpx.get(f"{service.url}/healthz").json()["replicas"] == 2, READY_TIMEOUT_S)
     body = httpx.get(f"{service.url}/healthz").json()
 
     assert body == {"status": "ok", "replicas": 2, "expected_replicas": 2}
@@ -308,7 +295,7 @@ def test_stats_show_residency_and_counters(admin: Client, acme: Client) -> None:
     def resident() -> bool:
         return any("acme/support@1" in r.residency.gpu for r in acme.stats().replicas)
 
-    _wait_until(resident, timeout_s=60)
+    wait_until(resident, 60)
     mine = acme.stats()
     everything = admin.stats()
 
@@ -340,7 +327,7 @@ def test_replicas_publish_their_residency_to_redis(service: Service, acme: Clien
         return [snapshot_from_hash(client.hgetall(key)) for key in keys]
 
     try:
-        _wait_until(lambda: any("acme/support@1" in s.gpu for s in snapshots()), timeout_s=60)
+        wait_until(lambda: any("acme/support@1" in s.gpu for s in snapshots()), 60)
         published = snapshots()
         assert len(published) == 2  # one hash per replica, kept alive by its refresh
         assert all(client.pttl(replica_key("loramux:", s.replica_id)) > 0 for s in published)

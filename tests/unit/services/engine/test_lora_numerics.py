@@ -50,16 +50,6 @@ def peft_logits(base: torch.nn.Module, adapter_dir: Path, input_ids: torch.Tenso
         return peft_model(input_ids=input_ids).logits
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny matmuls gain nothing from threads, and on a shared CI box with few cores
-    intra-op threads spin against each other (tens of times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def llama() -> torch.nn.Module:
     return tiny_llama(seed=0)
