@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-import numpy as np
-
 from adapter_store.exceptions import MalformedWeightsError
 
 __all__ = [
@@ -249,6 +247,10 @@ def check_finite(
     Raises:
         MalformedWeightsError: naming the first tensor with a non-finite value.
     """
+    # numpy is a server dependency: imported here so the light client can import the
+    # package's constants (the SDK reads CONFIG_NAME and WEIGHTS_NAME).
+    import numpy as np
+
     for t in tensors:
         spec = _NON_FINITE_MASKS.get(t.dtype)
         if spec is None:

@@ -28,7 +28,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,13 +67,14 @@ from adapter_store.exceptions import (
 if TYPE_CHECKING:
     from adapter_store._settings import StoreSettings
 
-__all__ = ["AdapterStore"]
+__all__ = ["MAX_PAGE_SIZE", "AdapterStore"]
 
 _log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int], None]
 _API_KEY_PREFIX = "lmx_"
-_MAX_PAGE = 1000
+MAX_PAGE_SIZE = 1000
+"""The largest ``limit`` a listing takes (one Redis round trip per page)."""
 # How long a push waits for a gc pass that is deleting a blob the push needs.
 _GC_WAIT_S = 30.0
 # Uploads per push when gc keeps deleting its blobs before the publish (a push slower
@@ -347,6 +348,31 @@ class AdapterStore:
         validate_name(tenant, "tenant")
         return self.metadata.list_adapters(tenant, cursor=cursor, limit=_page_size(limit))
 
+    def iter_adapters(self, tenant: str) -> Iterator[AdapterInfo]:
+        """Every live adapter of ``tenant`` in name order, fetched a page of
+        :data:`MAX_PAGE_SIZE` at a time as the iteration reaches it.
+
+        Not a snapshot: an adapter pushed or deleted while iterating may or may not be
+        seen. Raises what :meth:`list_adapters` raises, when the page is fetched.
+        """
+        cursor: str | None = None
+        while True:
+            page = self.list_adapters(tenant, cursor=cursor, limit=MAX_PAGE_SIZE)
+            yield from page.items
+            if (cursor := page.next_cursor) is None:
+                return
+
+    def iter_versions(self, tenant: str, name: str) -> Iterator[VersionInfo]:
+        """Every live version of one adapter, oldest first, a page of
+        :data:`MAX_PAGE_SIZE` at a time (not a snapshot, as :meth:`iter_adapters`).
+        Raises what :meth:`list_versions` raises."""
+        cursor: str | None = None
+        while True:
+            page = self.list_versions(tenant, name, cursor=cursor, limit=MAX_PAGE_SIZE)
+            yield from page.items
+            if (cursor := page.next_cursor) is None:
+                return
+
     def list_versions(
         self, tenant: str, name: str, *, cursor: str | None = None, limit: int = 50
     ) -> Page[VersionInfo]:
@@ -536,8 +562,8 @@ def _hash_key(api_key: str) -> str:
 
 
 def _page_size(limit: int) -> int:
-    if not 1 <= limit <= _MAX_PAGE:
-        raise ValueError(f"page limit must be between 1 and {_MAX_PAGE}, got {limit}")
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValueError(f"page limit must be between 1 and {MAX_PAGE_SIZE}, got {limit}")
     return limit
 
 

@@ -200,7 +200,7 @@ class Engine:
                 context or the engine's token budget, or the prompt is empty.
             EngineOverloadedError: the waiting queue is full.
             RequestCancelledError: the engine shut down.
-            AdapterLoadError, AdapterIncompatibleError: from the adapter cache.
+            AdapterLoadError, AdapterMismatchError: from the adapter cache.
             EngineError: the forward pass failed.
         """
         if self._closing:

@@ -6,7 +6,7 @@ import pytest
 
 import adapter_store.exceptions as store_errors
 import services.engine.exceptions as engine_errors
-from services._errors import status_and_body
+from services.api._errors import status_and_body
 from services.exceptions import error_for
 
 STORE_STATUS = {
@@ -32,7 +32,7 @@ STORE_STATUS = {
 }
 ENGINE_STATUS = {
     engine_errors.InvalidRequestError: 400,
-    engine_errors.AdapterIncompatibleError: 400,
+    engine_errors.AdapterMismatchError: 400,
     engine_errors.AdapterLoadError: 503,
     engine_errors.EngineOverloadedError: 503,
     engine_errors.RequestCancelledError: 503,
@@ -91,7 +91,7 @@ def test_a_server_side_validation_error_is_a_logged_500_not_the_clients_fault(
     from fastapi.exceptions import RequestValidationError
     from pydantic import ValidationError
 
-    from services._api_models import Health
+    from services.client._models import Health
 
     with pytest.raises(ValidationError) as server_bug:
         Health.model_validate({"status": None})
@@ -99,7 +99,7 @@ def test_a_server_side_validation_error_is_a_logged_500_not_the_clients_fault(
         [{"loc": ("body", "max_tokens"), "msg": "must be >= 1", "type": "greater_than_equal"}]
     )
 
-    with caplog.at_level("ERROR", logger="services._errors"):
+    with caplog.at_level("ERROR", logger="services.api._errors"):
         server_status, server_body = status_and_body(server_bug.value)
     client_status, client_body = status_and_body(request)
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from adapter_store import AdapterVersion
-from services._api_models import (
+from services.client._models import (
     ChatCompletion,
     ChatCompletionChoice,
     ChatCompletionChunk,

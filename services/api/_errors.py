@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 import adapter_store.exceptions as store_errors
 import services.engine.exceptions as engine_errors
 import services.exceptions as api_errors
-from services._api_models import ErrorBody, ErrorDetail
+from services.client._models import ErrorBody, ErrorDetail
 
 __all__ = ["ERROR_TABLE", "error_body", "install_error_handlers", "status_and_body", "status_of"]
 
@@ -43,16 +43,16 @@ ERROR_TABLE: dict[type[BaseException], tuple[int, str]] = {
     store_errors.InvalidNameError: _INVALID,
     store_errors.InvalidReferenceError: _INVALID,
     store_errors.InvalidManifestError: _INVALID,
-    store_errors.NotFoundError: (404, api_errors.NotFoundError.default_type),
-    store_errors.ConflictError: (409, api_errors.ConflictError.default_type),
-    store_errors.AuthenticationError: (401, api_errors.AuthenticationError.default_type),
-    store_errors.QuotaExceededError: (429, api_errors.QuotaExceededError.default_type),
+    store_errors.NotFoundError: (404, api_errors.ResourceNotFoundError.default_type),
+    store_errors.ConflictError: (409, api_errors.ResourceConflictError.default_type),
+    store_errors.AuthenticationError: (401, api_errors.UnauthorizedError.default_type),
+    store_errors.QuotaExceededError: (429, api_errors.OverQuotaError.default_type),
     store_errors.IntegrityError: (502, api_errors.InternalServerError.default_type),
     store_errors.BackendUnavailableError: _UNAVAILABLE,
     # The replica engine.
     engine_errors.EngineError: _INTERNAL,
     engine_errors.InvalidRequestError: _INVALID,
-    engine_errors.AdapterIncompatibleError: _INVALID,
+    engine_errors.AdapterMismatchError: _INVALID,
     engine_errors.AdapterLoadError: _UNAVAILABLE,
     engine_errors.EngineOverloadedError: _UNAVAILABLE,
     engine_errors.BaseModelLoadError: _UNAVAILABLE,
@@ -62,9 +62,9 @@ ERROR_TABLE: dict[type[BaseException], tuple[int, str]] = {
         cls: (cls.status, cls.default_type)
         for cls in (
             api_errors.BadRequestError,
-            api_errors.AuthenticationError,
+            api_errors.UnauthorizedError,
             api_errors.PermissionDeniedError,
-            api_errors.NotFoundError,
+            api_errors.ResourceNotFoundError,
             api_errors.ServiceUnavailableError,
         )
     },
@@ -132,7 +132,7 @@ def _message(exc: BaseException) -> str:
             f"{'.'.join(str(p) for p in err['loc'] if p != 'body') or 'body'}: {err['msg']}"
             for err in exc.errors()
         )
-    if isinstance(exc, api_errors.APIError):
+    if isinstance(exc, api_errors.APIStatusError):
         return exc.message
     cause = _root(exc)
     return str(cause.args[0]) if cause.args else str(cause)

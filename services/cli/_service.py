@@ -16,16 +16,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from services._api_models import AdapterVersionInfo, TenantUsage
-from services._cli_common import (
-    AdapterRow,
-    TransferBar,
-    UsageView,
-    VersionRow,
-    VersionView,
-    fail,
-)
+from services.cli._common import TransferBar, fail
+from services.cli._views import AdapterRow, UsageView, VersionRow, VersionView
 from services.client import Client
+from services.client._models import AdapterVersionInfo
 from services.exceptions import APIConnectionError, LoramuxError
 
 __all__ = ["ServiceBackend", "admin_key", "open_client", "service_errors"]
@@ -91,15 +85,15 @@ class ServiceBackend:
 
     def list_page(self, cursor: str | None, limit: int) -> tuple[list[AdapterRow], str | None]:
         page = self._client.adapters.list_page(cursor=cursor, limit=limit)
-        counters = self._client.stats().get("adapters", {})
+        counters = self._client.stats().adapters or {}
         rows = [
             AdapterRow(
                 name=info.name,
                 latest=VersionView.of(info.latest),
                 version_count=len(info.versions),
                 aliases=info.aliases,
-                requests=counters.get(info.name, {}).get("requests"),
-                last_used_at=counters.get(info.name, {}).get("last_used_at"),
+                requests=counters[info.name].requests if info.name in counters else None,
+                last_used_at=counters[info.name].last_used_at if info.name in counters else None,
             )
             for info in page.data
         ]
@@ -191,5 +185,5 @@ class ServiceBackend:
 
     def list_tenants(self) -> list[UsageView]:
         # The admin key's /v1/stats carries every tenant's usage.
-        tenants = self._client.stats().get("tenants", {})
-        return [UsageView.of(TenantUsage.model_validate(tenants[name])) for name in sorted(tenants)]
+        tenants = self._client.stats().tenants or {}
+        return [UsageView.of(tenants[name]) for name in sorted(tenants)]

@@ -2,10 +2,10 @@
 ``tenant`` group (create, key, revoke, quota, usage, ls).
 
 Each verb is one command over a :class:`Backend`: by default the running service through
-the SDK (:class:`~services._cli_service.ServiceBackend`: ``LORAMUX_URL`` /
+the SDK (:class:`~services.cli._service.ServiceBackend`: ``LORAMUX_URL`` /
 ``LORAMUX_API_KEY`` or the profile of ``loramux up``; tenant commands with
 ``LORAMUX_ADMIN_KEY``), or with ``--direct`` (``LORAMUX_DIRECT=1``) the adapter store
-itself (:class:`~services._cli_store.StoreBackend`), for operators and for working
+itself (:class:`~services.cli._store.StoreBackend`), for operators and for working
 without a running service.
 
 Failure mode: any error, from either backend, is one ``error:`` line on stderr and exit
@@ -21,18 +21,8 @@ from typing import Annotated, Protocol
 
 import typer
 
-from services._cli_common import (
-    AdapterRow,
-    DirectOption,
-    TransferBar,
-    UsageView,
-    VersionRow,
-    VersionView,
-    fail,
-    size,
-    transfer_bar,
-    when,
-)
+from services.cli._common import DirectOption, TransferBar, fail, size, transfer_bar, when
+from services.cli._views import AdapterRow, UsageView, VersionRow, VersionView
 
 __all__ = ["Backend", "register"]
 
@@ -85,18 +75,18 @@ def open_backend(
     the store (the service's tenant is the key's, so it is refused there).
     """
     if direct:
-        from services._cli_store import open_store_backend
+        from services.cli._store import open_store_backend
 
         with open_store_backend(tenant) as backend:
             yield backend
         return
-    from services import _cli_service
+    from services.cli import _service
 
     if tenant is not None:
         raise fail("--tenant needs --direct: through the service the API key picks the tenant")
-    client = _cli_service.open_client(_cli_service.admin_key() if admin else None)
-    with _cli_service.service_errors(client):
-        yield _cli_service.ServiceBackend(client)
+    client = _service.open_client(_service.admin_key() if admin else None)
+    with _service.service_errors(client):
+        yield _service.ServiceBackend(client)
 
 
 # --- adapters -----------------------------------------------------------------------

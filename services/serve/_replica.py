@@ -6,13 +6,13 @@ The replica checks that the hint and the request agree, then streams the engine'
 chunks back. Ray's own ``@serve.multiplexed`` LRU is not used: the engine's
 :class:`AdapterCache` is the cache (GPU slots <- host <- disk <- the store's blobs), and
 its residency reaches the routers two ways: published to Redis on every change
-(:class:`services._residency.ResidencyPublisher`, with load changes coalesced), and
+(:class:`services.serve._residency.ResidencyPublisher`, with load changes coalesced), and
 through :meth:`ModelReplica.record_routing_stats`, which Ray polls.
 
 Statistics: every ``stats_period_s`` the replica sends its residency, hit rates, load
 latencies and load to the :class:`StatsBoard` deployment, which ``/v1/stats`` and
 ``/healthz`` read. A replica is live on the board while its reports keep coming. In the
-same period it records its metrics (:class:`services._metrics.ReplicaMetrics`); load
+same period it records its metrics (:class:`services.api._metrics.ReplicaMetrics`); load
 latencies are timed from the cache's residency events as they happen.
 
 Failure modes: a replica whose base model does not load fails its constructor, and Ray
@@ -25,9 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
@@ -35,10 +34,9 @@ from ray.serve.handle import DeploymentHandle
 
 from adapter_store import AdapterStore
 from scheduler import ReplicaView, make_policy
-from services._metrics import ReplicaMetrics
-from services._residency import ResidencyPublisher
-from services._router import routing_stats
 from services._settings import ServiceSettings
+from services.api._metrics import ReplicaMetrics
+from services.client import LoadLatency, ReplicaStats, ResidentKeys, TierCounters
 from services.engine import (
     AdapterCache,
     Engine,
@@ -50,8 +48,11 @@ from services.engine import (
     ResidencyEvent,
     load_base_model,
 )
+from services.serve._failure_log import FailureLog
+from services.serve._residency import ResidencyPublisher
+from services.serve._router import routing_stats
 
-__all__ = ["ModelReplica", "StatsBoard", "stale_after_s"]
+__all__ = ["ModelReplica", "stale_after_s"]
 
 logger = logging.getLogger(__name__)
 
@@ -181,46 +182,40 @@ class ModelReplica:
             pinned=min(len(busy), self._settings.gpu_slots),
         )
 
-    def stats(self) -> dict[str, Any]:
-        """What ``/v1/stats`` shows of this replica (JSON-ready)."""
+    def stats(self) -> ReplicaStats:
+        """What ``/v1/stats`` shows of this replica."""
         residency = self._cache.residency()
         cache = self._cache.stats()
-        return {
-            "replica_id": self._replica_id,
-            "residency": {
-                "gpu": sorted(residency.gpu.values()),
-                "host": sorted(residency.host),
-                "disk": sorted(residency.disk),
-                "loading": sorted(residency.loading),
-                "pinned": sorted(key for key, count in residency.pinned.items() if count > 0),
-            },
-            "gpu_slots": self._settings.gpu_slots,
-            "base_model_bytes": self._base_model_bytes,
-            "in_flight": self._engine.num_running,
-            "queued": self._engine.num_waiting,
-            "requests_served": self._served,
-            "tiers": {
-                tier.name.lower(): {
-                    "hits": t.hits,
-                    "misses": t.misses,
-                    "hit_ratio": t.hit_ratio,
-                    "evictions": t.evictions,
-                }
+        return ReplicaStats(
+            replica_id=self._replica_id,
+            residency=ResidentKeys(
+                gpu=sorted(residency.gpu.values()),
+                host=sorted(residency.host),
+                disk=sorted(residency.disk),
+                loading=sorted(residency.loading),
+                pinned=sorted(key for key, count in residency.pinned.items() if count > 0),
+            ),
+            gpu_slots=self._settings.gpu_slots,
+            base_model_bytes=self._base_model_bytes,
+            in_flight=self._engine.num_running,
+            queued=self._engine.num_waiting,
+            requests_served=self._served,
+            tiers={
+                tier.name.lower(): TierCounters(
+                    hits=t.hits, misses=t.misses, hit_ratio=t.hit_ratio, evictions=t.evictions
+                )
                 for tier, t in cache.tiers.items()
             },
-            "loads": {
+            loads={
                 # Keyed by where a load step starts: none = object store, disk, host.
-                f"from_{tier.name.lower()}": {
-                    "count": s.count,
-                    "mean_s": s.mean_s,
-                    "p50_s": s.p50_s,
-                    "p99_s": s.p99_s,
-                }
+                f"from_{tier.name.lower()}": LoadLatency(
+                    count=s.count, mean_s=s.mean_s, p50_s=s.p50_s, p99_s=s.p99_s
+                )
                 for tier, s in cache.load_latency.items()
             },
-            "load_errors": {tier.name.lower(): n for tier, n in cache.errors.items()},
-            "coalesced_loads": cache.coalesced,
-        }
+            load_errors={tier.name.lower(): n for tier, n in cache.errors.items()},
+            coalesced_loads=cache.coalesced,
+        )
 
     async def _report_forever(self) -> None:
         """Every period: record the metrics, and send :meth:`stats` to the board.
@@ -229,7 +224,7 @@ class ModelReplica:
         next period; neither stops the other or the loop, since a replica whose loop
         died would drop off the board (``/healthz`` 503) while still serving.
         """
-        failures = _FailureLog(_FAILURE_LOG_INTERVAL_S)
+        failures = FailureLog(logger, _FAILURE_LOG_INTERVAL_S)
         while True:
             with failures.suppressed("recording the replica metrics"):
                 self._metrics.record(
@@ -253,56 +248,6 @@ class ModelReplica:
         await self._engine.aclose()
         await self._cache.aclose()
         self._store.close()
-
-
-class _FailureLog:
-    """Suppresses and logs a periodic step's failures, each kind at most once per
-    ``interval_s`` (a failure that repeats every period would flood the log)."""
-
-    def __init__(self, interval_s: float) -> None:
-        self._interval_s = interval_s
-        self._last_logged: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def suppressed(self, step: str) -> Iterator[None]:
-        """Run the block; an ``Exception`` from it is logged, not raised (cancellation
-        still propagates)."""
-        try:
-            yield
-        except Exception:
-            now = time.monotonic()
-            if now - self._last_logged.get(step, -math.inf) >= self._interval_s:
-                self._last_logged[step] = now
-                logger.warning(
-                    "%s failed; retried every period, logged at most every %.0f s",
-                    step,
-                    self._interval_s,
-                    exc_info=True,
-                )
-
-
-class StatsBoard:
-    """The replicas' latest reports, for ``/v1/stats`` and ``/healthz`` (one replica).
-
-    A report older than ``stale_after_s`` is dropped: that replica is gone or stuck.
-    """
-
-    def __init__(self, stale_after_s: float) -> None:
-        self._stale_after_s = stale_after_s
-        self._reports: dict[str, tuple[float, dict[str, Any]]] = {}
-
-    def report(self, replica_id: str, stats: dict[str, Any]) -> None:
-        self._reports[replica_id] = (time.monotonic(), stats)
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        """The live replicas' latest stats, by replica id."""
-        now = time.monotonic()
-        self._reports = {
-            replica_id: (at, stats)
-            for replica_id, (at, stats) in self._reports.items()
-            if now - at <= self._stale_after_s
-        }
-        return [stats for _, (_, stats) in sorted(self._reports.items())]
 
 
 def stale_after_s(settings: ServiceSettings) -> float:

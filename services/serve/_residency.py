@@ -44,6 +44,7 @@ from scheduler import (
     snapshot_to_hash,
 )
 from scheduler.exceptions import ViewEventError
+from services.serve._failure_log import FailureLog
 
 __all__ = ["PublisherStats", "ResidencyPublisher", "ResidencySubscriber", "SubscriberStats"]
 
@@ -55,20 +56,6 @@ DEFAULT_LOAD_INTERVAL_S = 0.1
 _ERROR_LOG_INTERVAL_S = 60.0
 _TIERS = (Tier.GPU, Tier.HOST, Tier.DISK, Tier.LOADING)
 _TIER_ATTRS = {Tier.GPU: "gpu", Tier.HOST: "host", Tier.DISK: "disk", Tier.LOADING: "loading"}
-
-
-class _RateLimitedLog:
-    """Logs a failure at most once per interval; the rest are only counted by callers."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._logged_at = float("-inf")
-
-    def warning(self, message: str, *args: object) -> None:
-        now = self._clock()
-        if now - self._logged_at >= _ERROR_LOG_INTERVAL_S:
-            self._logged_at = now
-            logger.warning(message + " (logged at most once a minute)", *args, exc_info=True)
 
 
 @dataclass(slots=True)
@@ -126,7 +113,7 @@ class ResidencyPublisher:
         self._load_interval_s = load_interval_s
         self._timeout_s = timeout_s
         self._clock = clock
-        self._log = _RateLimitedLog(clock)
+        self._log = FailureLog(logger, _ERROR_LOG_INTERVAL_S, clock=clock)
         self._seq = 0
         # What the routers were last told; None: the next flush is a snapshot.
         self._published: ReplicaSnapshot | None = None
@@ -293,7 +280,7 @@ class ResidencySubscriber:
         self._check_s = view.staleness_bound_s / 2
         self._retry_s = retry_s
         self._clock = clock
-        self._log = _RateLimitedLog(clock)
+        self._log = FailureLog(logger, _ERROR_LOG_INTERVAL_S, clock=clock)
 
     async def run(self) -> None:
         """Follow the channel until cancelled; never raises anything else."""

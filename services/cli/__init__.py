@@ -1,6 +1,6 @@
 """The ``loramux`` command line.
 
-Commands live in sibling modules, each with a ``register(app)`` function, so the light
+Commands live in the package's private modules, each with a ``register(app)`` function, so the light
 install (client only) imports nothing heavy until a server-side command runs.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from services import _cli_adapters, _cli_generate, _cli_sim, _cli_store, _cli_up
+from services.cli import _adapters, _generate, _sim, _store, _up
 
 __all__ = ["app", "main"]
 
@@ -20,7 +20,7 @@ app = typer.Typer(
 )
 
 # Each module adds its commands to the app; heavy imports stay inside the commands.
-for _module in (_cli_adapters, _cli_generate, _cli_store, _cli_sim, _cli_up):
+for _module in (_adapters, _generate, _store, _sim, _up):
     _module.register(app)
 
 

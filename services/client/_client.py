@@ -26,7 +26,6 @@ status raises at once, as the class :mod:`services.exceptions` maps it to.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import tarfile
 import tempfile
@@ -41,7 +40,8 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from services._api_models import (
+from adapter_store import CONFIG_NAME, WEIGHTS_NAME
+from services.client._models import (
     AdapterInfo,
     AdapterPage,
     AdapterVersionInfo,
@@ -62,10 +62,11 @@ from services._api_models import (
     TenantCreated,
     TenantUsage,
 )
+from services.client._profile import PROFILE_PATH, read_profile
+from services.client._stats import ServiceStats
 from services.exceptions import (
     APIConnectionError,
-    APIError,
-    ConfigurationError,
+    APIStatusError,
     InvalidAdapterPathError,
     error_for,
 )
@@ -79,8 +80,7 @@ __all__ = [
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-PROFILE_PATH = Path("~/.loramux/profile.json")
-PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+PEFT_FILES = (CONFIG_NAME, WEIGHTS_NAME)
 """The files of a PEFT LoRA adapter that a push uploads and a download returns."""
 
 ProgressCallback = Callable[[int, int], None]
@@ -112,31 +112,11 @@ def _resolve_connection(
     url = base_url or os.environ.get("LORAMUX_URL")
     key = api_key or os.environ.get("LORAMUX_API_KEY")
     if url is None or key is None:
-        profile = _read_profile(profile_path.expanduser())
+        profile = read_profile(profile_path)
         url = url or profile.get("url") or DEFAULT_URL
         if key is None and profile.get("url", "").rstrip("/") == url.rstrip("/"):
             key = profile.get("api_key")
     return url.rstrip("/"), key
-
-
-def _read_profile(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        profile = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigurationError(
-            f"cannot read the loramux profile {path}: {exc}; fix it, delete it, or run "
-            "`loramux up` again"
-        ) from exc
-    if not isinstance(profile, dict) or not all(
-        isinstance(profile.get(field, ""), str) for field in ("url", "api_key")
-    ):
-        raise ConfigurationError(
-            f"loramux profile {path} must be a JSON object with string fields 'url' and "
-            "'api_key'; fix it, delete it, or run `loramux up` again"
-        )
-    return profile
 
 
 @dataclass(frozen=True)
@@ -172,7 +152,7 @@ def _retry_after_s(response: httpx.Response) -> float | None:
 # --- responses and streams ----------------------------------------------------------
 
 
-def _error_from_response(response: httpx.Response) -> APIError:
+def _error_from_response(response: httpx.Response) -> APIStatusError:
     """The exception for an error response whose body has been read."""
     try:
         detail = ErrorBody.model_validate_json(response.content).error
@@ -186,7 +166,7 @@ def _parse(model: type[ModelT], payload: str | bytes) -> ModelT:
     try:
         return model.model_validate_json(payload)
     except ValidationError as exc:
-        raise APIError(
+        raise APIStatusError(
             f"the server's answer is not a valid {model.__name__}: {exc}",
             type="invalid_response",
         ) from exc
@@ -319,7 +299,7 @@ def _extract_adapter(archive: Path, dest: Path) -> None:
     """Unpack the PEFT files of a downloaded tar.gz into ``dest``; nothing else.
 
     Raises:
-        APIError: (type ``invalid_response``) not a tar archive, or not the PEFT files.
+        APIStatusError: (type ``invalid_response``) not a tar archive, or not the PEFT files.
     """
     try:
         with tarfile.open(archive, "r:*") as tar:
@@ -332,13 +312,13 @@ def _extract_adapter(archive: Path, dest: Path) -> None:
                 member.name = Path(member.name).name  # flatten: never write outside dest
             found = {member.name for member in members}
             if found != set(PEFT_FILES):
-                raise APIError(
+                raise APIStatusError(
                     f"the downloaded archive holds {sorted(found)}, not {list(PEFT_FILES)}",
                     type="invalid_response",
                 )
             tar.extractall(dest, members=members, filter="data")
     except tarfile.TarError as exc:
-        raise APIError(
+        raise APIStatusError(
             f"the downloaded adapter is not a valid tar archive: {exc}", type="invalid_response"
         ) from exc
 
@@ -437,7 +417,7 @@ class Client(_BaseClient):
     shape the retries. ``transport`` replaces httpx's network transport (tests pass
     ``httpx.MockTransport``); ``sleep`` is the backoff's sleep.
 
-    Raises (every method): :class:`~services.exceptions.APIError` subclasses for error
+    Raises (every method): :class:`~services.exceptions.APIStatusError` subclasses for error
     answers, :class:`~services.exceptions.APIConnectionError` when the server cannot be
     reached, both after the retries described in the module docstring; a
     ``pydantic.ValidationError`` naming the parameter for a bad argument, before sending.
@@ -487,9 +467,9 @@ class Client(_BaseClient):
     def health(self) -> Health:
         return self._run(self._call("GET", "/healthz", Health))
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> ServiceStats:
         """The service's cache and routing statistics (``GET /v1/stats``)."""
-        return self._send(self._http.build_request("GET", "/v1/stats")).json()
+        return self._run(self._call("GET", "/v1/stats", ServiceStats))
 
     def models(self) -> ModelList:
         """The base model and this tenant's adapters, as ``GET /v1/models`` lists them."""
@@ -590,9 +570,9 @@ class AsyncClient(_BaseClient):
     async def health(self) -> Health:
         return await self._run(self._call("GET", "/healthz", Health))
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self) -> ServiceStats:
         """The service's cache and routing statistics (``GET /v1/stats``)."""
-        return (await self._send(self._http.build_request("GET", "/v1/stats"))).json()
+        return await self._run(self._call("GET", "/v1/stats", ServiceStats))
 
     async def models(self) -> ModelList:
         """The base model and this tenant's adapters, as ``GET /v1/models`` lists them."""
@@ -715,7 +695,7 @@ class Adapters(_AdapterCalls):
         Raises:
             InvalidAdapterPathError: ``path`` is not a PEFT adapter (checked before upload).
             BadRequestError: the server rejected the adapter; the message says why.
-            PayloadTooLargeError, QuotaExceededError, ConflictError: as named.
+            PayloadTooLargeError, OverQuotaError, ResourceConflictError: as named.
         """
         with ExitStack() as stack:
             return self._client._run(self._push(stack, path, name, on_progress))
@@ -1057,7 +1037,7 @@ class Tenants(_TenantCalls):
     """``client.tenants``: tenants, their API keys and quotas (admin key only).
 
     Raises (every method): PermissionDeniedError when the client's key is not the
-    admin key; NotFoundError for an unknown tenant (or key, for ``revoke_key``).
+    admin key; ResourceNotFoundError for an unknown tenant (or key, for ``revoke_key``).
     """
 
     _client: Client
@@ -1066,7 +1046,7 @@ class Tenants(_TenantCalls):
         """Create tenant ``name``; the answer holds its API key, shown only this once.
 
         Raises:
-            ConflictError: the tenant exists already.
+            ResourceConflictError: the tenant exists already.
         """
         return self._client._run(self._create(name))
 

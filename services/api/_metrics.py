@@ -41,7 +41,7 @@ from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 from scheduler import ReplicaView, Tier
-from services._errors import status_of
+from services.api._errors import status_of
 from services.engine import (
     AdapterState,
     CacheStats,

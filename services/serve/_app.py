@@ -5,10 +5,10 @@
     HTTP ──► IngressServer (FastAPI)  ──handle(multiplexed_model_id=adapter key)──►
              CacheAwareRequestRouter ──► ModelReplica × replicas ──reports──► StatsBoard
 
-The model deployment routes with :class:`services._router.CacheAwareRequestRouter`,
+The model deployment routes with :class:`services.serve._router.CacheAwareRequestRouter`,
 which reads each replica's ``record_routing_stats`` every ``routing_stats_period_s``
 and, when the store has a ``redis_url``, follows the replicas' residency events on
-Redis (``services._residency``).
+Redis (``services.serve._residency``).
 Each model replica asks for ``num_gpus`` and ``num_cpus`` of Ray's resources; the
 ingress for ``ingress_num_cpus``; the board for none.
 """
@@ -21,14 +21,15 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig
 from ray.serve.deployment import Application
 
-from services._ingress import IngressServer
-from services._replica import ModelReplica, StatsBoard, stale_after_s
 from services._settings import ServiceSettings
+from services.serve._ingress import IngressServer
+from services.serve._replica import ModelReplica, stale_after_s
+from services.serve._stats_board import StatsBoard
 
 __all__ = ["MODEL_DEPLOYMENT", "app_builder", "build_app"]
 
 MODEL_DEPLOYMENT = "Model"
-_ROUTER_CLASS = "services._router:CacheAwareRequestRouter"
+_ROUTER_CLASS = "services.serve:CacheAwareRequestRouter"
 
 
 def build_app(settings: ServiceSettings) -> Application:
@@ -71,7 +72,7 @@ def build_app(settings: ServiceSettings) -> Application:
 
 def app_builder(args: dict[str, Any]) -> Application:
     """The application builder of a Serve config (``import_path:
-    services._app:app_builder``), for ``serve deploy`` and ``serve run``.
+    services.serve:app_builder``), for ``serve deploy`` and ``serve run``.
 
     ``args`` are :class:`ServiceSettings` fields (``replicas``, ``gpu_slots``...); the
     fields it leaves out, and the store's settings, come from the ``LORAMUX_*``

@@ -9,14 +9,14 @@ printed) is one ``error:`` line on stderr and exit status 1.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
 
-from services._cli_service import open_client, service_errors
+from services.cli._service import open_client, service_errors
+from services.client import TierCounters
 
 __all__ = ["register"]
 
@@ -115,7 +115,7 @@ def stats(
     with service_errors(open_client()) as client:
         answer = client.stats()
     if as_json:
-        typer.echo(json.dumps(answer, indent=2, sort_keys=True))
+        typer.echo(answer.model_dump_json(indent=2, exclude_none=True))
         return
     table = Table(
         "replica",
@@ -131,24 +131,21 @@ def stats(
         "disk hit",
         title="replicas",
     )
-    for replica in answer.get("replicas", []):
-        residency = replica.get("residency", {})
-        tiers = replica.get("tiers", {})
-        slots = replica.get("gpu_slots")
-        gpu = str(len(residency.get("gpu", [])))
+    for replica in answer.replicas:
+        resident, tiers = replica.residency, replica.tiers or {}
+        counters = (replica.in_flight, replica.queued, replica.requests_served)
         table.add_row(
-            str(replica.get("replica_id", "?")),
-            f"{gpu}/{slots}" if slots is not None else gpu,
-            *(str(len(residency.get(tier, []))) for tier in ("host", "disk", "loading")),
-            *(str(replica.get(field, "-")) for field in ("in_flight", "queued", "requests_served")),
-            *(_ratio(tiers.get(tier, {})) for tier in ("gpu", "host", "disk")),
+            replica.replica_id,
+            f"{len(resident.gpu)}/{replica.gpu_slots}",
+            *(str(len(keys)) for keys in (resident.host, resident.disk, resident.loading)),
+            *("-" if count is None else str(count) for count in counters),
+            *(_ratio(tiers.get(tier)) for tier in ("gpu", "host", "disk")),
         )
     Console().print(table)
 
 
-def _ratio(tier: dict[str, Any]) -> str:
-    ratio = tier.get("hit_ratio")
-    return "-" if ratio is None else f"{ratio:.0%} of {tier.get('hits', 0) + tier.get('misses', 0)}"
+def _ratio(tier: TierCounters | None) -> str:
+    return "-" if tier is None else f"{tier.hit_ratio:.0%} of {tier.hits + tier.misses}"
 
 
 def register(app: typer.Typer) -> None:

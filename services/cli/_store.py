@@ -2,7 +2,7 @@
 the operator commands that exist only there: ``gc`` and ``base register``.
 
 :class:`StoreBackend` answers the adapter and tenant verbs of
-:mod:`services._cli_adapters` from :class:`AdapterStore`. Settings are
+:mod:`services.cli._adapters` from :class:`AdapterStore`. Settings are
 :class:`StoreSettings` from ``LORAMUX_*`` environment variables; with no
 ``LORAMUX_REDIS_URL`` the embedded store under ``LORAMUX_DATA_DIR`` is used (a private
 redis-server, started for the command when nothing else runs it). Heavy imports (redis,
@@ -21,15 +21,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from services._cli_common import (
-    AdapterRow,
-    TransferBar,
-    UsageView,
-    VersionRow,
-    VersionView,
-    fail,
-    size,
-)
+from services.cli._common import TransferBar, fail, size
+from services.cli._views import AdapterRow, UsageView, VersionRow, VersionView
 
 if TYPE_CHECKING:
     from adapter_store import AdapterStore, StoreSettings
@@ -110,18 +103,13 @@ class StoreBackend:
 
         version = self._store.resolve(self._tenant, ref)
         name = AdapterRef.parse(ref).name
-        rows: list[VersionRow] = []
-        cursor: str | None = None
-        while True:
-            page = self._store.list_versions(self._tenant, name, cursor=cursor, limit=1000)
-            rows += [
-                VersionRow(
-                    VersionView.of(row.version), row.aliases, row.request_count, row.last_used_at
-                )
-                for row in page.items
-            ]
-            if (cursor := page.next_cursor) is None:
-                return VersionView.of(version), rows
+        rows = [
+            VersionRow(
+                VersionView.of(row.version), row.aliases, row.request_count, row.last_used_at
+            )
+            for row in self._store.iter_versions(self._tenant, name)
+        ]
+        return VersionView.of(version), rows
 
     def delete(self, ref: str) -> int:
         return self._store.delete(self._tenant, ref)

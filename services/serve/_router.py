@@ -8,7 +8,7 @@ What the router knows about each replica, merged into one :class:`ReplicaView`:
 
 * the replica's residency and load, from the fresher of two sources, compared by
   timestamp: the :class:`ClusterView` this router keeps from the replicas' Redis events
-  (when ``redis_url`` is given; :class:`services._residency.ResidencySubscriber`,
+  (when ``redis_url`` is given; :class:`services.serve._residency.ResidencySubscriber`,
   updated as events arrive, at most ``staleness_bound_s`` old while Redis works), and
   the replica's own report, returned by its ``record_routing_stats`` method (build it
   with :func:`routing_stats`, stamped ``at``). Ray's controller polls that every
@@ -25,7 +25,7 @@ What the router knows about each replica, merged into one :class:`ReplicaView`:
   replica's next report is on its way.
 
 Each accepted placement is counted by kind (resident, warm, cold, spilled, replicated,
-base) in ``loramux_routing_decisions`` (:mod:`services._metrics`); the router runs in the
+base) in ``loramux_routing_decisions`` (:mod:`services.api._metrics`); the router runs in the
 process holding the handle (the ingress replicas), whose Serve labels the count carries.
 
 Failure modes: a replica that never reports routing stats is seen with empty tiers
@@ -59,7 +59,8 @@ from scheduler import (
     Tier,
     make_policy,
 )
-from services._metrics import RoutingMetrics, classify_routing
+from services.api._metrics import RoutingMetrics, classify_routing
+from services.serve._failure_log import FailureLog
 
 __all__ = [
     "DEFAULT_PLACEMENT_TTL_S",
@@ -152,7 +153,7 @@ class CacheAwareRequestRouter(RequestRouter):
     Configure it on the model deployment::
 
         RequestRouterConfig(
-            request_router_class="services._router:CacheAwareRequestRouter",
+            request_router_class="services.serve:CacheAwareRequestRouter",
             request_router_kwargs={"policy": "cache_aware", "seed": 0, "epsilon": 0.1},
             request_routing_stats_period_s=1.0,
         )
@@ -203,7 +204,9 @@ class CacheAwareRequestRouter(RequestRouter):
         self._placement_ttl_s = placement_ttl_s
         # replica unique id -> adapter key -> when this router last sent it there.
         self._placements: dict[str, dict[str, float]] = {}
-        self._policy_error_logged_at = float("-inf")
+        self._policy_errors = FailureLog(
+            logger, _POLICY_ERROR_LOG_INTERVAL_S, clock=self._get_curr_time_s
+        )
         self._metrics = RoutingMetrics()
         self._redis_url = redis_url
         self._key_prefix = key_prefix
@@ -265,7 +268,7 @@ class CacheAwareRequestRouter(RequestRouter):
         if self._follow_task is None:
             import redis.asyncio
 
-            from services._residency import ResidencySubscriber
+            from services.serve._residency import ResidencySubscriber
 
             client = redis.asyncio.Redis.from_url(self._redis_url)
             subscriber = ResidencySubscriber(client, key_prefix=self._key_prefix, view=cluster)
@@ -306,15 +309,13 @@ class CacheAwareRequestRouter(RequestRouter):
         try:
             ranked = self._policy.rank_replicas(self.demand(key, now), views, now)
         except Exception:
-            if now - self._policy_error_logged_at >= _POLICY_ERROR_LOG_INTERVAL_S:
-                self._policy_error_logged_at = now
-                logger.exception(
-                    "placement policy %r failed to rank %d replicas for %r; routing by "
-                    "load alone (logged at most once a minute)",
-                    self._policy.name,
-                    len(views),
-                    key,
-                )
+            self._policy_errors.warning(
+                "placement policy %r failed to rank %d replicas for %r; routing by load alone",
+                self._policy.name,
+                len(views),
+                key,
+                kind="rank_replicas",
+            )
             return [list(candidate_replicas)]
         return [[by_id[view.replica_id] for view in group] for group in ranked if group]
 

@@ -25,7 +25,6 @@ started and exit with status 1.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import secrets
@@ -38,6 +37,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from services.client import read_profile, write_profile
+from services.exceptions import ConfigurationError
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -45,8 +47,6 @@ if TYPE_CHECKING:
     from services._settings import ServiceSettings
 
 __all__ = ["register"]
-
-_PROFILE = Path("~/.loramux/profile.json")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -129,7 +129,7 @@ def up(
             if isinstance(exc, AdapterStoreError):
                 raise _fail(str(exc)) from None
             raise
-        profile = _write_profile(url, key)
+        profile = write_profile(url, key)
         assert settings.admin_key is not None
         typer.echo(f"loramux is up: {url}  (OpenAI base URL: {url}/v1)")
         typer.echo(f"dashboard:     {url}/dashboard  (sign in with the admin key)")
@@ -163,7 +163,7 @@ def _on_signals(handler: Callable[[int, Any], None]) -> None:
 def _start_redis(settings: ServiceSettings, cleanup: contextlib.ExitStack) -> ServiceSettings:
     """Start (or find) the embedded redis-server; the app gets its URL either way, so
     replicas connect directly rather than through the data directory's lock."""
-    from adapter_store._embedded import open_embedded_redis
+    from adapter_store import open_embedded_redis
 
     if settings.store.redis_url:
         return settings
@@ -190,8 +190,8 @@ def _dev_key(store: AdapterStore, tenant: str, chosen: str | None) -> str:
     if chosen is not None:
         store.add_key(tenant, chosen)
         return chosen
-    with contextlib.suppress(OSError, ValueError, AttributeError, AuthenticationError):
-        previous = json.loads(_PROFILE.expanduser().read_text()).get("api_key")
+    with contextlib.suppress(ConfigurationError, AuthenticationError):
+        previous = read_profile().get("api_key")
         if isinstance(previous, str) and store.tenant_for_key(previous) == tenant:
             return previous
     return store.issue_key(tenant)
@@ -211,7 +211,7 @@ def _start_service(
     import ray
     from ray import serve
 
-    from services._app import build_app
+    from services.serve._app import build_app
 
     if num_cpus is None:
         # Ray's CPUs are scheduling units: never fewer than the replicas ask for, so a
@@ -257,18 +257,6 @@ def _wait_ready(url: str, timeout_s: float) -> None:
                 return
         time.sleep(1.0)
     raise _fail(f"the service did not become ready within {timeout_s:.0f}s; see the Ray logs")
-
-
-def _write_profile(url: str, api_key: str) -> Path:
-    """Write ``{"url", "api_key"}`` where the SDK and CLI look (owner-only)."""
-    path = _PROFILE.expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.part")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"url": url, "api_key": api_key}, f)
-    os.replace(partial, path)
-    return path
 
 
 def register(app: typer.Typer) -> None:

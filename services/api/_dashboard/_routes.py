@@ -19,7 +19,7 @@ The data is one JSON document shaped for the page: the replicas' latest reports 
 with what full fine-tuned copies of the base model would take instead, and the top
 adapters and tenants by requests, and the routing decisions by kind (counted by the
 router of the ingress replica that answers, since it started; see
-:func:`services._metrics.routing_decision_counts`). It is its own endpoint rather than
+:func:`services.api._metrics.routing_decision_counts`). It is its own endpoint rather than
 ``/v1/stats`` because the page needs the store's totals and rankings, which ``/v1/stats``
 does not carry, in one request per refresh. The hit-rate-over-time series are
 accumulated by the page from successive samples (a page reload starts new series).
@@ -27,7 +27,7 @@ accumulated by the page from successive samples (a page reload starts new series
 Cost: the store's part lists every visible tenant's adapters (one Redis round trip per
 page of 1000 adapters, per tenant); it is computed at most once per ``summary_ttl_s``
 per scope, however many pages poll. Failure mode: a store or replica error answers as
-``/v1/stats`` would (see :mod:`services._errors`); the page shows it and keeps polling.
+``/v1/stats`` would (see :mod:`services.api._errors`); the page shows it and keeps polling.
 """
 
 from __future__ import annotations
@@ -44,10 +44,11 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from adapter_store import AdapterStore
-from services._ingress import ApiKey, _is_admin, _only_tenant
-from services._metrics import routing_decision_counts
 from services._settings import ServiceSettings
-from services.exceptions import NotFoundError
+from services.api._auth import ApiKey, is_admin
+from services.api._metrics import routing_decision_counts
+from services.client import ReplicaStats
+from services.exceptions import ResourceNotFoundError
 
 __all__ = ["ASSETS", "ReplicaStatsSource", "dashboard_router"]
 
@@ -69,14 +70,13 @@ _SECURITY_HEADERS = {
     "Cache-Control": "no-cache",
 }
 _TOP = 12
-_LIST_PAGE = 1000
 _SUMMARY_TTL_S = 5.0
 
 
 class ReplicaStatsSource(Protocol):
     """Where the replicas' latest reports come from (the ingress's model gateway)."""
 
-    async def replica_stats(self) -> list[dict[str, Any]]: ...
+    async def replica_stats(self) -> list[ReplicaStats]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,21 +126,19 @@ def dashboard_router(
         """Everything the page draws, scoped by the key as ``/v1/stats`` is."""
         reports = await replicas.replica_stats()
         tenant = (
-            None if _is_admin(settings, key) else await run_in_threadpool(store.tenant_for_key, key)
+            None if is_admin(settings, key) else await run_in_threadpool(store.tenant_for_key, key)
         )
         part = await run_in_threadpool(summary, tenant)
         if tenant is not None:
-            reports = [_only_tenant(report, tenant) for report in reports]
-        base_bytes = next(
-            (r["base_model_bytes"] for r in reports if r.get("base_model_bytes")), None
-        )
+            reports = [report.for_tenant(tenant) for report in reports]
+        base_bytes = next((r.base_model_bytes for r in reports if r.base_model_bytes), None)
         adapters = part.storage["adapters"]
         full_copies = base_bytes * adapters if base_bytes is not None else None
         return {
             "scope": "all" if tenant is None else "tenant",
             "tenant": tenant,
             "base_model": {"id": settings.base_model_id, "bytes": base_bytes},
-            "replicas": reports,
+            "replicas": [report.model_dump(exclude_none=True) for report in reports],
             "storage": {
                 **part.storage,
                 "full_copies_bytes": full_copies,
@@ -167,9 +165,9 @@ def dashboard_router(
 
 
 def _asset(name: str) -> FileResponse:
-    """One allow-listed asset. Raises NotFoundError (404) for any other name."""
+    """One allow-listed asset. Raises ResourceNotFoundError (404) for any other name."""
     if name not in ASSETS:
-        raise NotFoundError(f"no dashboard asset {name!r}")
+        raise ResourceNotFoundError(f"no dashboard asset {name!r}")
     filename, media_type = ASSETS[name]
     return FileResponse(STATIC_DIR / filename, media_type=media_type, headers=_SECURITY_HEADERS)
 
@@ -182,23 +180,17 @@ def _summarize(store: AdapterStore, tenants: list[str]) -> _Summary:
     for tenant in tenants:
         usage = store.get_usage(tenant)
         requests = 0
-        cursor: str | None = None
-        while True:
-            page = store.list_adapters(tenant, cursor=cursor, limit=_LIST_PAGE)
-            for adapter in page.items:
-                versions += len(adapter.versions)
-                requests += adapter.request_count
-                adapters.append(
-                    {
-                        "adapter": f"{tenant}/{adapter.name}",
-                        "tenant": tenant,
-                        "requests": adapter.request_count,
-                        "versions": len(adapter.versions),
-                    }
-                )
-            cursor = page.next_cursor
-            if cursor is None:
-                break
+        for adapter in store.iter_adapters(tenant):
+            versions += len(adapter.versions)
+            requests += adapter.request_count
+            adapters.append(
+                {
+                    "adapter": f"{tenant}/{adapter.name}",
+                    "tenant": tenant,
+                    "requests": adapter.request_count,
+                    "versions": len(adapter.versions),
+                }
+            )
         stored += usage.bytes
         per_tenant.append(
             {
