@@ -59,7 +59,7 @@ def sim(
     trace: Annotated[
         Path, typer.Option(help="Trace CSV: arrival_s,adapter,prompt_tokens,output_tokens.")
     ],
-    policy: Annotated[str, typer.Option(help="Placement policy name.")] = "cache_aware",
+    policy: Annotated[str, typer.Option(help="Placement policy name.")] = "adaptive",
     replicas: Annotated[int, typer.Option(min=1, help="Number of replicas.")] = 8,
     gpu_slots: Annotated[int, typer.Option(min=1, help="GPU adapter slots per replica.")] = 8,
     host_cache_mb: Annotated[float, typer.Option(min=0, help="Host cache per replica.")] = 16384,

@@ -153,7 +153,7 @@ class CacheAwareRequestRouter(RequestRouter):
 
         RequestRouterConfig(
             request_router_class="services._router:CacheAwareRequestRouter",
-            request_router_kwargs={"policy": "cache_aware", "seed": 0, "epsilon": 0.1},
+            request_router_kwargs={"policy": "adaptive", "seed": 0, "epsilon": 0.1},
             request_routing_stats_period_s=1.0,
         )
 
@@ -173,7 +173,7 @@ class CacheAwareRequestRouter(RequestRouter):
 
     def initialize_state(
         self,
-        policy: str = "cache_aware",
+        policy: str = "adaptive",
         seed: int = 0,
         placement_ttl_s: float = DEFAULT_PLACEMENT_TTL_S,
         demand_half_life_s: float = 30.0,

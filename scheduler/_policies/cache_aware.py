@@ -268,9 +268,7 @@ class CacheAwarePolicy:
                         (self._victim_value(replica) if victim_aware else load, rank, replica)
                     )
                 elif len(spill) < _SPILL_WINDOW:
-                    spill.append(
-                        (self._victim_value(replica) if victim_aware else load, rank, replica)
-                    )
+                    spill.append((load, rank, replica))
             else:
                 groups[_OVERFLOW_GROUP].append((load, rank, replica))
             if examined >= k + self.scan_width:
@@ -311,20 +309,21 @@ class CacheAwarePolicy:
         return updated
 
     def on_placed(self, adapter: AdapterDemand, replica: ReplicaView, now: float) -> None:
-        """Counts the request (base-model ones too) in the policy's own demand tracker.
+        """Counts the request (base-model ones too) in the policy's own demand trackers,
+        and (``victim_aware``) updates the adapter's demand score.
 
         A tracker passed in as ``demand`` is not touched: its owner observes requests.
         """
         key = adapter.key
-        if self._owns_demand:
-            self.demand.observe(key, now)
+        rate = self.demand.observe(key, now) if self._owns_demand else None
         if self._fast is not None:
             self._fast.observe(key, now)
         if self.victim_aware and key:
             scores = self._scores
             if len(scores) >= self.demand.max_keys:
                 self._scores = scores = {k: v for k, v in scores.items() if k in self.demand}
-            rate = self.demand.rate(key, now)
+            if rate is None:
+                rate = self.demand.rate(key, now)
             scores[key] = math.log(rate) + now / self._score_tau if rate > 0 else -math.inf
 
     def _victim_value(self, replica: ReplicaView) -> float:
