@@ -42,9 +42,7 @@ def _options_of(policy_class: type) -> set[str]:
         if "__init__" not in vars(cls):
             continue
         parameters = inspect.signature(cls.__init__).parameters.values()
-        accepted |= {
-            p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY
-        }
+        accepted |= {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
             break
     accepted.discard("seed")
