@@ -108,6 +108,17 @@ class CacheAwarePolicy:
     Residency read from a stale view can send a request to a copy that is gone (a cold
     load, not an error).
 
+    **Options for drift and overload** (off by default here, on in :class:`AdaptivePolicy`):
+    ``fast_half_life_s`` adds a second, fast demand estimate (its share wins when larger);
+    ``victim_aware`` ranks the cold homes by what a load there would evict (an empty
+    slot first, else the least demand score among the GPU adapters, from this policy's
+    placements); ``eviction_half_life_s`` sets the replicas' eviction aging apart from
+    the placement demand; ``saturation_load`` (0: off) declares overload when every
+    replica runs at least that many requests or has every GPU slot pinned, and then
+    holders take load up to ``overload_holder_factor`` times the mean, a cold adapter
+    has one home, and a load that must wait for a slot waits at the adapter's first
+    home rather than at the least loaded replica.
+
     Raises:
         PolicyOptionError: an option out of range.
     """
