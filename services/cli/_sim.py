@@ -59,7 +59,7 @@ def sim(
     trace: Annotated[
         Path, typer.Option(help="Trace CSV: arrival_s,adapter,prompt_tokens,output_tokens.")
     ],
-    policy: Annotated[str, typer.Option(help="Placement policy name.")] = "cache_aware",
+    policy: Annotated[str, typer.Option(help="Placement policy name.")] = "adaptive",
     replicas: Annotated[int, typer.Option(min=1, help="Number of replicas.")] = 8,
     gpu_slots: Annotated[int, typer.Option(min=1, help="GPU adapter slots per replica.")] = 8,
     host_cache_mb: Annotated[float, typer.Option(min=0, help="Host cache per replica.")] = 16384,
@@ -127,6 +127,15 @@ def trace_synth(
     zipf_alpha: Annotated[float, typer.Option(min=0, help="P(i) ~ 1/i^alpha.")] = 1.0,
     cv: Annotated[float, typer.Option(help="Inter-arrival CV (Gamma; 1 = Poisson).")] = 1.0,
     rate: Annotated[float, typer.Option(help="Mean requests per second.")] = 50.0,
+    load: Annotated[
+        float | None,
+        typer.Option(
+            help="Instead of --rate: this fraction of the capacity of --replicas replicas "
+            "of --profile with full batches (1.0 = saturated)."
+        ),
+    ] = None,
+    replicas: Annotated[int, typer.Option(min=1, help="Replicas, for --load.")] = 8,
+    profile: Annotated[str, typer.Option(help="Cost profile, for --load.")] = "a100-7b",
     duration: Annotated[float, typer.Option(help="Seconds of trace.")] = 600.0,
     rank_mix: Annotated[str, typer.Option(help="RANK:WEIGHT,...")] = _DEFAULT_RANK_MIX,
     prompt_mean: Annotated[float, typer.Option()] = 512.0,
@@ -135,23 +144,48 @@ def trace_synth(
     output_cv: Annotated[float, typer.Option(min=0)] = 1.0,
     max_tokens: Annotated[int, typer.Option(min=1)] = 4096,
     base_fraction: Annotated[float, typer.Option(help="Share of base-model-only requests.")] = 0.0,
+    drift_period: Annotated[
+        float, typer.Option(help="Re-rank popularity every N seconds (0: never).")
+    ] = 0.0,
+    drift_fraction: Annotated[float, typer.Option(help="Share of ranks re-ranked.")] = 0.2,
+    flash_period: Annotated[
+        float, typer.Option(help="One flash crowd every N seconds (0: none).")
+    ] = 0.0,
+    flash_duration: Annotated[float, typer.Option(help="Seconds a flash crowd lasts.")] = 60.0,
+    flash_intensity: Annotated[
+        float, typer.Option(help="A flash crowd's extra rate, as a multiple of the steady rate.")
+    ] = 0.5,
+    flash_adapters: Annotated[int, typer.Option(help="Adapters in each flash crowd.")] = 1,
+    churn_period: Annotated[
+        float, typer.Option(help="Replace a share of the tenants every N seconds (0: never).")
+    ] = 0.0,
+    churn_fraction: Annotated[float, typer.Option(help="Share of tenants replaced.")] = 0.1,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Write a synthetic trace: Zipf adapter popularity, Gamma arrivals, lognormal lengths."""
-    from scheduler import SchedulerError, SynthSpec, synthesize, write_trace
+    """Write a synthetic trace: Zipf adapter popularity, Gamma arrivals, lognormal lengths,
+    optionally with popularity drift, flash crowds and tenant churn."""
+    from scheduler import SchedulerError, SynthSpec, cost_profile, synthesize, write_trace
 
-    spec = SynthSpec(
-        adapters=adapters, tenants=tenants, zipf_alpha=zipf_alpha, arrival_cv=cv,
-        rate_rps=rate, duration_s=duration, rank_mix=_parse_rank_mix(rank_mix),
-        prompt_mean=prompt_mean, prompt_cv=prompt_cv, output_mean=output_mean,
-        output_cv=output_cv, max_tokens=max_tokens, base_model_fraction=base_fraction,
-        seed=seed,
-    )  # fmt: skip
     try:
+        if load is not None:
+            if not load > 0:
+                raise _fail(f"--load {load!r} must be > 0 (a fraction of capacity, e.g. 0.8)")
+            capacity = cost_profile(profile).replica_capacity_rps(prompt_mean, output_mean)
+            rate = load * capacity * replicas
+        spec = SynthSpec(
+            adapters=adapters, tenants=tenants, zipf_alpha=zipf_alpha, arrival_cv=cv,
+            rate_rps=rate, duration_s=duration, rank_mix=_parse_rank_mix(rank_mix),
+            prompt_mean=prompt_mean, prompt_cv=prompt_cv, output_mean=output_mean,
+            output_cv=output_cv, max_tokens=max_tokens, base_model_fraction=base_fraction,
+            drift_period_s=drift_period, drift_fraction=drift_fraction,
+            flash_period_s=flash_period, flash_duration_s=flash_duration,
+            flash_intensity=flash_intensity, flash_adapters=flash_adapters,
+            churn_period_s=churn_period, churn_fraction=churn_fraction, seed=seed,
+        )  # fmt: skip
         count = write_trace(synthesize(spec), out)
     except SchedulerError as exc:
-        raise _fail(str(exc)) from None
-    typer.echo(f"wrote {count} requests to {out}")
+        raise _fail(str(exc.args[0] if exc.args else exc)) from None
+    typer.echo(f"wrote {count} requests to {out} ({rate:.3g} req/s)")
 
 
 def trace_azure(

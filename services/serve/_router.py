@@ -154,7 +154,7 @@ class CacheAwareRequestRouter(RequestRouter):
 
         RequestRouterConfig(
             request_router_class="services.serve:CacheAwareRequestRouter",
-            request_router_kwargs={"policy": "cache_aware", "seed": 0, "epsilon": 0.1},
+            request_router_kwargs={"policy": "adaptive", "seed": 0, "epsilon": 0.1},
             request_routing_stats_period_s=1.0,
         )
 
@@ -174,7 +174,7 @@ class CacheAwareRequestRouter(RequestRouter):
 
     def initialize_state(
         self,
-        policy: str = "cache_aware",
+        policy: str = "adaptive",
         seed: int = 0,
         placement_ttl_s: float = DEFAULT_PLACEMENT_TTL_S,
         demand_half_life_s: float = 30.0,
