@@ -127,12 +127,11 @@ class AdapterStore:
             url, server = open_embedded_redis(settings.embedded_redis_dir)
         metadata = MetadataStore.from_url(url, key_prefix=settings.key_prefix)
         blobs = open_blob_store(settings.resolved_blob_url)
-        caps = {"max_bytes": settings.max_adapter_bytes, "max_rank": settings.max_rank}
         store = cls(
             metadata,
             blobs,
             disk_cache=DiskCache(settings.resolved_cache_dir, blobs, settings.cache_max_bytes),
-            limits=AdapterLimits(**{k: v for k, v in caps.items() if v is not None}),
+            limits=settings.adapter_limits,
         )
         if server is not None:
             store._on_close.append(server.stop)
