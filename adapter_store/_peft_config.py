@@ -344,7 +344,8 @@ def _require(config: Mapping[str, Any], name: str) -> None:
 
 def _bad(name: str, value: object, expected: str) -> InvalidConfigError:
     return InvalidConfigError(
-        f"adapter_config.json: {name} is {_shown_value(value)}; it must be {expected}"
+        f"adapter_config.json: {name} is {_shown_value(value)}; it must be {expected}: "
+        f"fix it, or {_SAVE_HINT}"
     )
 
 

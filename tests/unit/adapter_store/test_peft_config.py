@@ -141,7 +141,10 @@ def test_required_fields(key):
         ({"r": "8"}, "r is '8'; it must be an integer in [1, 1048576]"),
         ({"r": True}, "r is True"),
         ({"r": 8.0}, "r is 8.0"),
-        ({"lora_alpha": float("nan")}, "lora_alpha is nan; it must be a finite number in [-1e+06, 1e+06]"),
+        (
+            {"lora_alpha": float("nan")},
+            "lora_alpha is nan; it must be a finite number in [-1e+06, 1e+06]",
+        ),
         ({"lora_alpha": "16"}, "lora_alpha is '16'"),
         ({"use_rslora": "yes"}, "use_rslora is 'yes'; it must be true or false"),
         ({"target_modules": []}, "a non-empty list of module names or a regex"),

@@ -8,6 +8,8 @@ import hashlib
 import json
 import math
 import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,30 @@ from adapter_store import (
 from tests.malformed import MALFORMED_CASES, tiny_base, write_valid_adapter
 
 PEFT_PREFIX = "base_model.model."
+# Every refusal is bounded work: milliseconds here, so 2 s is not a timing measurement
+# but a fence against unbounded work (a backtracking regex takes minutes).
+REFUSAL_BOUND_S = 2.0
+
+
+def within_bound(call: Callable[[], object], bound_s: float = REFUSAL_BOUND_S) -> object:
+    """Run ``call`` on a thread; fail if it has not ended after ``bound_s``, else return
+    its result or raise its exception."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # handed to the test thread below
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(bound_s)
+    assert not worker.is_alive(), f"still running after {bound_s} s: unbounded work"
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +271,11 @@ def test_corpus_is_large_and_each_case_has_its_own_error():
 def test_malformed_adapter_is_rejected(case, valid_dir, llama, tmp_path):
     source = case.write(valid_dir, tmp_path / case.id)
     with pytest.raises(case.error) as excinfo:
-        validate_adapter(read_adapter_source(source, case.limits), llama[1], case.limits)
+        within_bound(
+            lambda: validate_adapter(
+                read_adapter_source(source, case.limits), llama[1], case.limits
+            )
+        )
     assert type(excinfo.value) is case.error
     assert case.message in str(excinfo.value)
     # Every message also says how to fix it, after the description of the problem.
