@@ -6,8 +6,8 @@ keys and ``layers_pattern`` with Python's backtracking ``re``, where a pattern s
 compiled by RE2 (``google-re2``), whose matching time is linear in the path length.
 
 Exactness: a pattern is accepted only if Python's ``re`` also compiles it in the form
-PEFT builds, so a config PEFT would crash on is refused too; on module paths (printable
-ASCII without spaces, as PyTorch module names are) RE2 then decides the same as
+PEFT builds, so a config PEFT would crash on is refused too; on module paths (non-empty
+printable ASCII without spaces, as PyTorch module names are) RE2 then decides the same as
 ``re.fullmatch`` / ``re.match``, group captures included. The few constructs that both
 engines accept but read differently are refused: backslash-digit escapes (backreferences
 in ``re``, octal in RE2), ``[:`` (POSIX classes in RE2, literal characters in ``re``),
