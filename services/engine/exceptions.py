@@ -10,6 +10,8 @@ listed ancestor's)::
     ├── AdapterLoadError                 503  a cold load failed (fetch, read or slot copy);
     │                                         only the requests for that adapter fail
     ├── AdapterIncompatibleError         400  the adapter does not fit the loaded base model
+    │   └── AdapterOverflowError         400  the adapter drove this request's logits to
+    │                                         inf/NaN; only that request fails
     ├── EngineOverloadedError            503  the request queue is full
     ├── BaseModelLoadError               503  the base model directory is missing,
     │                                         unloadable or unsupported
@@ -24,6 +26,7 @@ from __future__ import annotations
 __all__ = [
     "AdapterIncompatibleError",
     "AdapterLoadError",
+    "AdapterOverflowError",
     "BaseModelLoadError",
     "EngineError",
     "EngineOverloadedError",
@@ -46,6 +49,11 @@ class AdapterLoadError(EngineError):
 
 class AdapterIncompatibleError(EngineError):
     """The adapter's modules or shapes do not fit the loaded base model."""
+
+
+class AdapterOverflowError(AdapterIncompatibleError):
+    """The request's logits were not finite (its adapter's weights or scaling overflow);
+    the request ends with this error, its batch neighbours are unaffected."""
 
 
 class EngineOverloadedError(EngineError):

@@ -134,6 +134,7 @@ PUBLIC = {
         "AdapterLease",
         "AdapterLeaseSource",
         "AdapterLoadError",
+        "AdapterOverflowError",
         "AdapterState",
         "BaseModel",
         "BaseModelLoadError",

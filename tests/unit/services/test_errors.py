@@ -36,6 +36,7 @@ STORE_STATUS = {
 ENGINE_STATUS = {
     engine_errors.InvalidRequestError: 400,
     engine_errors.AdapterIncompatibleError: 400,
+    engine_errors.AdapterOverflowError: 400,
     engine_errors.AdapterLoadError: 503,
     engine_errors.EngineOverloadedError: 503,
     engine_errors.RequestCancelledError: 503,
