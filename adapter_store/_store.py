@@ -293,13 +293,16 @@ class AdapterStore:
 
         Raises:
             ValueError: this store was built without a disk cache.
-            IntegrityError, BackendUnavailableError: see :meth:`DiskCache.ensure`.
+            IntegrityError, BackendUnavailableError, LocalDiskError: see
+                :meth:`DiskCache.ensure`.
         """
         if self.disk_cache is None:
             raise ValueError(
                 "this AdapterStore has no disk cache: pass disk_cache= or use from_settings"
             )
-        return self.disk_cache.ensure(version.key, _files_of(version), on_progress)
+        return self.disk_cache.ensure(
+            version.key, _files_of(version), on_progress, size_bytes=version.size_bytes
+        )
 
     def pull(
         self,
