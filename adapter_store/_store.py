@@ -131,12 +131,11 @@ class AdapterStore:
             url, server = open_embedded_redis(settings.embedded_redis_dir)
         metadata = RedisMetadataStore.from_url(url, key_prefix=settings.key_prefix)
         blobs = open_blob_store(settings.resolved_blob_url)
-        caps = {"max_bytes": settings.max_adapter_bytes, "max_rank": settings.max_rank}
         store = cls(
             metadata,
             blobs,
             disk_cache=DiskCache(settings.resolved_cache_dir, blobs, settings.cache_max_bytes),
-            limits=AdapterLimits(**{k: v for k, v in caps.items() if v is not None}),
+            limits=settings.adapter_limits,
         )
         if server is not None:
             store._on_close.append(server.stop)
@@ -298,13 +297,16 @@ class AdapterStore:
 
         Raises:
             ValueError: this store was built without a disk cache.
-            IntegrityError, BackendUnavailableError: see :meth:`DiskCache.ensure`.
+            IntegrityError, BackendUnavailableError, LocalDiskError: see
+                :meth:`DiskCache.ensure`.
         """
         if self.disk_cache is None:
             raise ValueError(
                 "this AdapterStore has no disk cache: pass disk_cache= or use from_settings"
             )
-        return self.disk_cache.ensure(version.key, _files_of(version), on_progress)
+        return self.disk_cache.ensure(
+            version.key, _files_of(version), on_progress, size_bytes=version.size_bytes
+        )
 
     def pull(
         self,

@@ -9,7 +9,9 @@ listed ancestor's)::
     ├── InvalidRequestError              400  bad sampling parameters, empty prompt, ...
     ├── AdapterLoadError                 503  a cold load failed (fetch, read or slot copy);
     │                                         only the requests for that adapter fail
-    ├── AdapterMismatchError             400  the adapter does not fit the loaded base model
+    ├── AdapterMismatchError         400  the adapter does not fit the loaded base model
+    │   └── AdapterOverflowError         400  the adapter drove this request's logits to
+    │                                         inf/NaN; only that request fails
     ├── EngineOverloadedError            503  the request queue is full
     ├── BaseModelLoadError               503  the base model directory is missing,
     │                                         unloadable or unsupported
@@ -24,6 +26,7 @@ from __future__ import annotations
 __all__ = [
     "AdapterLoadError",
     "AdapterMismatchError",
+    "AdapterOverflowError",
     "BaseModelLoadError",
     "EngineError",
     "EngineOverloadedError",
@@ -46,6 +49,11 @@ class AdapterLoadError(EngineError):
 
 class AdapterMismatchError(EngineError):
     """The adapter's modules or shapes do not fit the loaded base model."""
+
+
+class AdapterOverflowError(AdapterMismatchError):
+    """The request's logits were not finite (its adapter's weights or scaling overflow);
+    the request ends with this error, its batch neighbours are unaffected."""
 
 
 class EngineOverloadedError(EngineError):

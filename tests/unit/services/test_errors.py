@@ -14,6 +14,8 @@ STORE_STATUS = {
     store_errors.UnsafeFormatError: 400,
     store_errors.MalformedWeightsError: 400,
     store_errors.InvalidConfigError: 400,
+    store_errors.UnsupportedPatternError: 400,
+    store_errors.ValidationBudgetExceededError: 400,
     store_errors.UnsupportedFeatureError: 400,
     store_errors.IncompatibleAdapterError: 400,
     store_errors.AdapterTooLargeError: 413,
@@ -29,10 +31,12 @@ STORE_STATUS = {
     store_errors.IntegrityError: 502,
     store_errors.BackendUnavailableError: 503,
     store_errors.BlobCollectedError: 503,
+    store_errors.LocalDiskError: 503,
 }
 ENGINE_STATUS = {
     engine_errors.InvalidRequestError: 400,
     engine_errors.AdapterMismatchError: 400,
+    engine_errors.AdapterOverflowError: 400,
     engine_errors.AdapterLoadError: 503,
     engine_errors.EngineOverloadedError: 503,
     engine_errors.RequestCancelledError: 503,
