@@ -26,3 +26,7 @@ for _module in (_cli_adapters, _cli_generate, _cli_store, _cli_sim, _cli_up):
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()
