@@ -17,11 +17,13 @@ Prints one JSON object:
 - ``minutes``: per minute, requests, errors, latency p50/p99 in ms;
 - ``p99_end_vs_minute_3``: the last full minute's p99 over minute 3's (goal: <= 1.2);
 - ``errors``: the total and the first few messages (goal: 0);
-- ``tracemalloc`` (with ``--tracemalloc``): the ingress' allocation sites that grew
-  most between the end of the warm-up and the end, from snapshots its own process took.
-  The hook is a ``sitecustomize`` module this script writes into a temporary directory
-  and puts on ``PYTHONPATH``; it starts tracing in the process whose title names the
-  Ingress deployment, so only that process pays the cost.
+- ``tracemalloc`` (with ``--tracemalloc SECONDS``): per replica of
+  ``--trace-deployment`` (default ``Ingress``), the allocation sites that grew most
+  between the end of the warm-up and the end, from snapshots its own process took. The
+  hook is a ``sitecustomize`` module this script writes into a temporary directory and
+  puts on ``PYTHONPATH``; it starts tracing in the processes whose title names that
+  deployment, so only they pay the cost (tracing inflates their RSS: read the slopes
+  from a run without it).
 
 Run (from the repository root): ``python -m benchmarks.soak --minutes 10``. Nothing is
 downloaded. Everything it starts is stopped at the end (SIGINT to ``loramux up``, then
@@ -57,13 +59,13 @@ _UP_COMMAND = "from services.cli import main; main()"
 
 # Written into a temporary directory on PYTHONPATH when --tracemalloc is given: Python
 # imports it at start-up in every process of the service; it waits for its process to
-# become the Ingress replica (Ray sets the title when the actor starts), then dumps a
-# snapshot every interval.
+# become a replica of the traced deployment (Ray sets the title when the actor starts),
+# then dumps a snapshot every interval.
 _SITECUSTOMIZE = textwrap.dedent(
     """
     import os, threading, time
 
-    def _trace(directory, interval_s):
+    def _trace(directory, deployment, interval_s):
         while True:
             time.sleep(1.0)
             try:
@@ -71,13 +73,13 @@ _SITECUSTOMIZE = textwrap.dedent(
                     title = f.read()
             except OSError:
                 return
-            if b"ServeReplica" in title and b"Ingress" in title:
+            if b"ServeReplica" in title and deployment.encode() in title:
                 break
         import tracemalloc
         tracemalloc.start(10)
         for n in range(1_000_000):
             time.sleep(interval_s)
-            path = os.path.join(directory, "ingress-%d-%04d.snap" % (os.getpid(), n))
+            path = os.path.join(directory, "%d-%04d.snap" % (os.getpid(), n))
             tracemalloc.take_snapshot().dump(path + ".part")
             os.replace(path + ".part", path)
 
@@ -85,7 +87,11 @@ _SITECUSTOMIZE = textwrap.dedent(
     if _dir:
         threading.Thread(
             target=_trace,
-            args=(_dir, float(os.environ["LORAMUX_SOAK_TRACEMALLOC_S"])),
+            args=(
+                _dir,
+                os.environ["LORAMUX_SOAK_TRACE_DEPLOYMENT"],
+                float(os.environ["LORAMUX_SOAK_TRACEMALLOC_S"]),
+            ),
             daemon=True,
         ).start()
     """
@@ -396,14 +402,18 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 def _tracemalloc_growth(directory: Path, warm_at: float) -> dict[str, Any]:
-    """The allocation sites that grew most between the first snapshot taken after
-    ``warm_at`` (Unix seconds) and the last one."""
+    """Per traced process, the allocation sites that grew most between the first
+    snapshot taken after ``warm_at`` (Unix seconds) and the last one."""
+    pids = sorted({snap.name.split("-")[0] for snap in directory.glob("*.snap")})
+    return {pid: _growth(sorted(directory.glob(f"{pid}-*.snap")), warm_at) for pid in pids}
+
+
+def _growth(snaps: list[Path], warm_at: float) -> dict[str, Any]:
     import tracemalloc
 
-    snaps = sorted(directory.glob("ingress-*.snap"))
     warm = [snap for snap in snaps if snap.stat().st_mtime >= warm_at]
     if len(warm) < 2:
-        return {"note": f"{len(warm)} snapshots after the warm-up in {directory}"}
+        return {"note": f"{len(warm)} snapshots after the warm-up"}
     first, last = warm[0], warm[-1]
     before = tracemalloc.Snapshot.load(str(first))
     after = tracemalloc.Snapshot.load(str(last))
@@ -448,8 +458,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="snapshot the ingress' allocations every SECONDS (0: off)",
+        help="snapshot the traced deployment's allocations every SECONDS (0: off)",
     )
+    parser.add_argument("--trace-deployment", default="Ingress")
     parser.add_argument("--keep", type=Path, default=None, help="keep the work dir here")
     args = parser.parse_args(argv)
 
@@ -472,6 +483,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             env["PYTHONPATH"] = f"{hook}{os.pathsep}{env['PYTHONPATH']}"
             env["LORAMUX_SOAK_TRACEMALLOC_DIR"] = str(traces)
             env["LORAMUX_SOAK_TRACEMALLOC_S"] = str(args.tracemalloc)
+            env["LORAMUX_SOAK_TRACE_DEPLOYMENT"] = args.trace_deployment
         # The profile `loramux up` writes goes under the work dir, not the user's home.
         env["HOME"] = str(root / "home")
         started = time.monotonic()
