@@ -26,3 +26,7 @@ for _module in (_adapters, _generate, _store, _sim, _up):
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -53,6 +53,7 @@ def build_app(settings: ServiceSettings) -> Application:
                 "redis_url": settings.store.redis_url,
                 "key_prefix": settings.store.key_prefix,
                 "staleness_bound_s": settings.view_staleness_bound_s,
+                "max_tracked_adapters": settings.router_max_tracked_adapters,
             },
             request_routing_stats_period_s=settings.routing_stats_period_s,
         ),

@@ -28,6 +28,12 @@ Each accepted placement is counted by kind (resident, warm, cold, spilled, repli
 base) in ``loramux_routing_decisions`` (:mod:`services.api._metrics`); the router runs in the
 process holding the handle (the ingress replicas), whose Serve labels the count carries.
 
+Memory (everything here grows with traffic only up to a bound; ``docs/architecture.md``
+lists them): the placements are dropped when they expire or the replica reports them;
+the demand tracker keeps at most ``max_tracked_adapters`` adapters; and Ray's own index
+of pending requests by model id is pruned on every routing call (see
+:meth:`CacheAwareRequestRouter.forget_routed_requests`).
+
 Failure modes: a replica that never reports routing stats is seen with empty tiers
 (and placed by load only). A policy that raises would kill Ray's routing task, which Ray
 restarts at once, in a tight loop that never routes the request; so the router catches
@@ -63,6 +69,7 @@ from services.api._metrics import RoutingMetrics, classify_routing
 from services.serve._failure_log import FailureLog
 
 __all__ = [
+    "DEFAULT_MAX_TRACKED_ADAPTERS",
     "DEFAULT_PLACEMENT_TTL_S",
     "CacheAwareRequestRouter",
     "replica_view_from_stats",
@@ -73,6 +80,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PLACEMENT_TTL_S = 10.0
 """How long a placement counts as ``loading`` on its replica without the replica's report."""
+
+DEFAULT_MAX_TRACKED_ADAPTERS = 100_000
+"""How many adapters' request rates a router keeps (the coldest half is forgotten past it)."""
 
 _TIERS = ("gpu", "host", "disk", "loading")
 _POLICY_ERROR_LOG_INTERVAL_S = 60.0
@@ -161,6 +171,7 @@ class CacheAwareRequestRouter(RequestRouter):
     ``request_router_kwargs`` reach :meth:`initialize_state`: ``policy`` and ``seed``
     pick the policy from the scheduler's registry, ``placement_ttl_s`` bounds the
     optimistic placements, ``demand_half_life_s`` smooths the request rates,
+    ``max_tracked_adapters`` bounds how many adapters' rates are kept,
     ``redis_url``, ``key_prefix`` and ``staleness_bound_s`` configure the Redis cluster
     view (none without ``redis_url``), every other key is an option of the policy.
 
@@ -178,6 +189,7 @@ class CacheAwareRequestRouter(RequestRouter):
         seed: int = 0,
         placement_ttl_s: float = DEFAULT_PLACEMENT_TTL_S,
         demand_half_life_s: float = 30.0,
+        max_tracked_adapters: int = DEFAULT_MAX_TRACKED_ADAPTERS,
         redis_url: str | None = None,
         key_prefix: str = "loramux:",
         staleness_bound_s: float = 2.0,
@@ -186,7 +198,9 @@ class CacheAwareRequestRouter(RequestRouter):
         """Create the policy and the demand tracker (Ray calls this once, with the kwargs).
 
         ``demand_half_life_s`` is the half-life of the request rates passed to the policy
-        (as ``AdapterDemand.rate``), the simulator's setting of the same name. With a
+        (as ``AdapterDemand.rate``), the simulator's setting of the same name; past
+        ``max_tracked_adapters`` adapters the coldest half is forgotten (a forgotten
+        adapter that comes back starts at rate 0). With a
         ``redis_url`` the router follows the replicas' residency events under
         ``key_prefix`` (the store's) in a task started on the first routing call, on the
         router's event loop (Ray may call this method outside it).
@@ -194,13 +208,13 @@ class CacheAwareRequestRouter(RequestRouter):
         Raises:
             UnknownPolicyError: ``policy`` is not registered (the message lists the names).
             PolicyOptionError: an option the policy does not take, or a bad value
-                (``demand_half_life_s`` not positive).
+                (``demand_half_life_s`` not positive, ``max_tracked_adapters`` below 2).
             ValueError: ``placement_ttl_s`` or ``staleness_bound_s`` is not positive.
         """
         if not placement_ttl_s > 0:
             raise ValueError(f"placement_ttl_s must be > 0 seconds, got {placement_ttl_s!r}")
         self._policy = self.create_policy(policy, seed=seed, **options)
-        self._demand = DemandTracker(demand_half_life_s)
+        self._demand = DemandTracker(demand_half_life_s, max_keys=max_tracked_adapters)
         self._placement_ttl_s = placement_ttl_s
         # replica unique id -> adapter key -> when this router last sent it there.
         self._placements: dict[str, dict[str, float]] = {}
@@ -301,6 +315,7 @@ class CacheAwareRequestRouter(RequestRouter):
         """Rank ``candidate_replicas`` for ``pending_request`` with the policy, best first."""
         if not candidate_replicas:
             return []
+        self.forget_routed_requests()
         now = self._get_curr_time_s()
         self._follow_cluster_view(now)
         key = pending_request.metadata.multiplexed_model_id if pending_request else ""
@@ -318,6 +333,49 @@ class CacheAwareRequestRouter(RequestRouter):
             )
             return [list(candidate_replicas)]
         return [[by_id[view.replica_id] for view in group] for group in ranked if group]
+
+    def forget_routed_requests(self) -> None:
+        """Drop the requests that no longer wait from Ray's index of pending requests.
+
+        Ray's ``RequestRouter`` (2.60; the index came with ray-project/ray#60139) files
+        every pending request that has a multiplexed model id under
+        ``_pending_requests_by_model_id`` and removes it only lazily, in
+        ``MultiplexMixin``'s lookup by model id. This router does not use
+        that mixin (the policy does the matching), so nothing removed them: every
+        request for an adapter stayed referenced with its arguments (prompt, sampling,
+        adapter version), about 2 KB each, for the life of the ingress. Called on every
+        routing attempt, so the index holds at most the requests waiting for a replica
+        plus those routed since the previous attempt; O(entries), which is that few.
+        """
+        # Private to Ray, hence getattr; tests/unit/services/test_bounded_state.py reads
+        # it directly, so a Ray upgrade that renames it fails there, not silently here.
+        index = getattr(self, "_pending_requests_by_model_id", None)
+        if not index:
+            return
+        for key, waiting in list(index.items()):
+            live = [request for request in waiting if not request.future.done()]
+            if not live:
+                del index[key]
+            elif len(live) < len(waiting):
+                waiting.clear()
+                waiting.extend(live)
+
+    def tracked_sizes(self) -> dict[str, int]:
+        """How many entries each structure that grows with traffic holds now.
+
+        ``pending_by_adapter``: Ray's index of pending requests (see
+        :meth:`forget_routed_requests`); ``placements``: optimistic placements over all
+        replicas; ``demand_adapters``: adapters whose rate this router tracks (at most
+        ``max_tracked_adapters``); ``cluster_view_replicas``: replicas in the Redis view.
+        """
+        index = getattr(self, "_pending_requests_by_model_id", None) or {}
+        cluster = self.cluster_view
+        return {
+            "pending_by_adapter": sum(len(waiting) for waiting in index.values()),
+            "placements": sum(len(keys) for keys in self._placements.values()),
+            "demand_adapters": len(self._demand),
+            "cluster_view_replicas": len(cluster) if cluster is not None else 0,
+        }
 
     def on_request_routed(
         self, pending_request: PendingRequest, replica_id: ReplicaID, result: ReplicaResult
