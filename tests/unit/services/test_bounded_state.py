@@ -18,9 +18,9 @@ from ray.serve._private.common import DeploymentHandleSource, RequestMetadata
 from ray.serve.request_router import PendingRequest
 
 from adapter_store.exceptions import NotFoundError, QuotaExceededError
-from services._metrics import IngressMetrics, Outcome, RoutingDecision, RoutingMetrics
-from services._router import CacheAwareRequestRouter
+from services.api._metrics import IngressMetrics, Outcome, RoutingDecision, RoutingMetrics
 from services.engine import GenerationChunk, Usage
+from services.serve._router import CacheAwareRequestRouter
 from tests.unit.services.test_metrics import RecordingSink
 from tests.unit.services.test_router import DEPLOYMENT, Clock, FakeReplica
 
