@@ -113,5 +113,6 @@ def plan_gpu_slots(
     return derive_gpu_slots(
         free_bytes=free_bytes,
         slot_bytes=lora_slot_bytes(wrapped, max_rank, dtype_bytes),
-        kv_reserve_bytes=max_batch_tokens * kv_cache_bytes_per_token(base.model.config, dtype_bytes),
+        kv_reserve_bytes=max_batch_tokens
+        * kv_cache_bytes_per_token(base.model.config, dtype_bytes),
     )

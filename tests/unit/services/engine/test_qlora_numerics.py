@@ -252,9 +252,10 @@ def test_quantized_base_holds_fewer_bytes_than_its_full_precision_copy(
 
     plain = AutoModelForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32)
     fp32_bytes = sum(p.numel() * p.element_size() for p in plain.parameters())
-    linear_params = sum(
-        m.weight.numel() for n, m in plain.named_modules() if isinstance(m, torch.nn.Linear)
-    ) - plain.lm_head.weight.numel()  # bitsandbytes leaves the output head unquantized
+    linear_params = (
+        sum(m.weight.numel() for n, m in plain.named_modules() if isinstance(m, torch.nn.Linear))
+        - plain.lm_head.weight.numel()
+    )  # bitsandbytes leaves the output head unquantized
     # Each quantized weight drops from 4 bytes to 1 (int8) or 0.5 (nf4) plus scales.
     stored = {"int8": 1.0, "nf4": 0.5}[twin.quantization]
 
