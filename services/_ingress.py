@@ -36,7 +36,13 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from adapter_store import AdapterInfo as StoredAdapter
-from adapter_store import AdapterStore, AdapterTooLargeError, AdapterVersion, read_adapter_upload
+from adapter_store import (
+    AdapterStore,
+    AdapterTooLargeError,
+    AdapterVersion,
+    ManifestNotFoundError,
+    read_adapter_upload,
+)
 from services._api_models import (
     AdapterInfo,
     AdapterPage,
@@ -84,7 +90,13 @@ _MULTIPART_SLACK = 1 << 20
 # A replica's stats fields a tenant key sees (besides its own residency): configuration,
 # no counter. An allow-list, so a counter added to the replica's report later stays
 # hidden from tenants: counters (requests, queue, hits, loads) sum every tenant's traffic.
-_TENANT_REPLICA_FIELDS = ("replica_id", "gpu_slots", "base_model_bytes")
+_TENANT_REPLICA_FIELDS = (
+    "replica_id",
+    "gpu_slots",
+    "quantization",
+    "base_model_bytes",
+    "base_model_full_bytes",
+)
 
 
 class ModelGateway(Protocol):
@@ -295,9 +307,13 @@ def create_api(store: AdapterStore, gateway: ModelGateway, settings: ServiceSett
 
         return StreamingResponse(_sse(events()), media_type="text/event-stream")
 
-    @api.get("/v1/models")
+    @api.get("/v1/models", response_model_exclude_none=True)
     def models(tenant: Tenant) -> ModelList:
-        data = [Model(id=base_model, owned_by="loramux")]
+        try:  # the replicas register the manifest, with its quantization, as they start
+            quantization = store.get_manifest(base_model).quantization
+        except ManifestNotFoundError:
+            quantization = None
+        data = [Model(id=base_model, owned_by="loramux", quantization=quantization)]
         data += [
             Model(id=adapter.name, created=int(adapter.created_at), owned_by=tenant)
             for adapter in _all_adapters(store, tenant)

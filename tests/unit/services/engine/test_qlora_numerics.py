@@ -234,8 +234,9 @@ def test_engine_greedy_tokens_in_a_mixed_batch_equal_peft(twin: Twin) -> None:
 def test_manifest_of_the_quantized_twin_has_the_unquantized_shapes(
     twin: Twin, tiny_dir: Path
 ) -> None:
-    from adapter_store import manifest_from_model
     from transformers import AutoModelForCausalLM
+
+    from adapter_store import manifest_from_model
 
     plain = AutoModelForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32)
     unquantized = manifest_from_model("tiny", plain)
