@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
@@ -50,6 +51,8 @@ class QuantizationPlan:
 
     def load_kwargs(self, compute_dtype: Any) -> dict[str, Any]:
         """Extra ``from_pretrained`` arguments: the ``BitsAndBytesConfig`` to apply, if any."""
+        if self.label == "int8":
+            _silence_int8_cast_warning()
         if not self.quantized or self.from_checkpoint:
             return {}
         from transformers import BitsAndBytesConfig
@@ -63,6 +66,20 @@ class QuantizationPlan:
                 bnb_4bit_compute_dtype=compute_dtype,
             )
         }
+
+
+class _DropInt8CastWarning(logging.Filter):
+    """bitsandbytes logs "inputs will be cast ... to float16" on every int8 matmul whose
+    input is not fp16 (every layer, every step in bf16 or fp32): expected, and a flood."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("MatMul8bitLt: inputs will be cast")
+
+
+def _silence_int8_cast_warning() -> None:
+    bnb_logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _DropInt8CastWarning) for f in bnb_logger.filters):
+        bnb_logger.addFilter(_DropInt8CastWarning())
 
 
 def _checkpoint_quantization(config: dict[str, Any], path: Path) -> str | None:

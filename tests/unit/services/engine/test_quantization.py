@@ -195,3 +195,14 @@ def test_slot_plan_on_cpu_is_the_explicit_value_or_the_default(tiny_dir: Path) -
 
     assert plan_gpu_slots(base, max_rank=64, max_batch_tokens=4096) == CPU_DEFAULT_SLOTS
     assert plan_gpu_slots(base, max_rank=64, max_batch_tokens=4096, explicit=3) == 3
+
+
+def test_int8_does_not_log_its_expected_cast_on_every_matmul(
+    tiny_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = load_base_model(tiny_dir, quantize="int8", device="cpu")
+
+    with caplog.at_level("WARNING"), torch.no_grad():
+        base.model(input_ids=torch.tensor([[5, 6, 7]]))
+
+    assert not [r for r in caplog.records if "will be cast" in r.getMessage()]
