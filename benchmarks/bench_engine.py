@@ -320,46 +320,60 @@ def _quantize_model_dir(name: str, work: Path) -> Path:
 
 
 async def bench_quantized(args, work: Path) -> dict[str, Any]:
-    """Base bytes, mixed-adapter decode tokens/s and TTFT per quantization, side by side."""
+    """Base bytes, mixed-adapter decode tokens/s and TTFT per quantization, side by side.
+
+    Every quantization's engine is up for the whole run and the rounds are interleaved
+    (none, int8, nf4, none, ...), so load drift on a shared machine hits all alike.
+    """
     from transformers import AutoModelForCausalLM
 
     model_dir = _quantize_model_dir(args.quantize_model, work)
     plain = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     adapter_dirs = make_distinct_adapters(plain, work / "quantized-adapters", args.batch)
     del plain
-    results: dict[str, Any] = {}
+    sampling = SamplingParams(max_tokens=args.max_tokens, temperature=0, ignore_eos=True)
+    distinct = [
+        GenerationRequest(prompt=_prompt(i), adapter=_version(i), sampling=sampling)
+        for i in range(args.batch)
+    ]
+    engines: dict[str, Engine] = {}
+    results: dict[str, dict[str, Any]] = {}
     for quantization in args.quantize:
         base = load_base_model(model_dir, quantize=quantization, device="cpu")
         model = MultiLoraModel(base.model, max_slots=args.batch, max_rank=max(RANKS))
         slots = load_adapters(model, adapter_dirs)
-        sampling = SamplingParams(max_tokens=args.max_tokens, temperature=0, ignore_eos=True)
-        distinct = [
-            GenerationRequest(prompt=_prompt(i), adapter=_version(i), sampling=sampling)
-            for i in range(args.batch)
-        ]
-        async with Engine(base, model, _PreloadedSlots(slots), max_batch_size=args.batch) as engine:
-            await _tokens_per_second(engine, distinct[:4], sequential=False)  # warm-up
-            runs = [
-                await _tokens_per_second(engine, distinct, sequential=False)
-                for _ in range(args.repeats)
-            ]
-            ttft = await _ttft_ms(engine, 3 * args.repeats)
+        engine = Engine(base, model, _PreloadedSlots(slots), max_batch_size=args.batch)
+        await engine.start()
+        await _tokens_per_second(engine, distinct[:4], sequential=False)  # warm-up
+        engines[quantization] = engine
         results[quantization] = {
             "base_bytes": base.weight_bytes,
             "full_precision_bytes": base.full_precision_bytes,
-            "decode_tokens_per_s_distinct_adapters": round(statistics.median(runs), 1),
-            "ttft_ms": round(ttft, 2),
         }
-    reference = results.get("none")
-    if reference is not None:
-        for figures in results.values():
+    runs: dict[str, list[float]] = {q: [] for q in engines}
+    ttfts: dict[str, list[float]] = {q: [] for q in engines}
+    try:
+        for _ in range(args.repeats):
+            for quantization, engine in engines.items():
+                runs[quantization].append(
+                    await _tokens_per_second(engine, distinct, sequential=False)
+                )
+                ttfts[quantization].append(await _ttft_ms(engine, 3))
+    finally:
+        for engine in engines.values():
+            await engine.aclose()
+    reference = "none" if "none" in engines else None
+    for quantization, figures in results.items():
+        figures["decode_tokens_per_s_distinct_adapters"] = round(
+            statistics.median(runs[quantization]), 1
+        )
+        figures["ttft_ms"] = round(statistics.median(ttfts[quantization]), 2)
+        if reference is not None:
             figures["base_bytes_vs_none"] = round(
-                figures["base_bytes"] / reference["base_bytes"], 3
+                figures["base_bytes"] / results[reference]["base_bytes"], 3
             )
             figures["decode_vs_none"] = round(
-                figures["decode_tokens_per_s_distinct_adapters"]
-                / reference["decode_tokens_per_s_distinct_adapters"],
-                3,
+                statistics.median(runs[quantization]) / statistics.median(runs[reference]), 3
             )
     return {"model": args.quantize_model, "batch": args.batch, "by_quantization": results}
 

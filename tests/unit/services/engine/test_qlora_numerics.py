@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import torch
 
-from adapter_store import AdapterVersion
 from services.engine import (
     NO_ADAPTER_SLOT,
     BaseModel,
@@ -32,7 +31,11 @@ from services.engine import (
     load_base_model,
 )
 from tests.factories import make_peft_adapter
-from tests.unit.services.engine.test_lora_numerics import LLAMA_OPTIONS
+from tests.unit.services.engine.test_generation import PreloadedSlots, version
+from tests.unit.services.engine.test_lora_numerics import (  # the autouse fixture too
+    LLAMA_OPTIONS,
+    one_torch_thread,  # noqa: F401
+)
 
 pytest.importorskip("bitsandbytes", reason="bitsandbytes is a server dependency")
 
@@ -53,35 +56,6 @@ def bnb_config(quantization: str) -> Any:
     )
 
 
-def version(name: str) -> AdapterVersion:
-    return AdapterVersion(
-        tenant="acme",
-        name=name,
-        version=1,
-        digest="0" * 64,
-        config_digest="1" * 64,
-        size_bytes=1,
-        rank=8,
-        base_model="tiny",
-    )
-
-
-@dataclass
-class _Lease:
-    slot: int
-
-    def release(self) -> None:
-        """Slots stay loaded for the whole module."""
-
-
-class _PreloadedSlots:
-    def __init__(self, slots: dict[str, int]) -> None:
-        self._slots = slots
-
-    async def acquire(self, adapter: AdapterVersion) -> _Lease:
-        return _Lease(self._slots[adapter.name])
-
-
 @dataclass
 class Twin:
     """One quantization: the engine's model and PEFT's, each with every option loaded."""
@@ -90,17 +64,11 @@ class Twin:
     base: BaseModel
     ours: MultiLoraModel
     peft: Any  # peft.PeftModel, one named adapter per option
-    slots: dict[str, int]
+    slots: dict[str, int]  # option -> slot
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny matmuls gain nothing from threads, and on a shared CI box with few cores
-    intra-op threads spin against each other (tens of times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    @property
+    def slots_by_key(self) -> dict[str, int]:
+        return {version(option).key: slot for option, slot in self.slots.items()}
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +185,7 @@ def test_engine_greedy_tokens_in_a_mixed_batch_equal_peft(twin: Twin) -> None:
     ]
 
     async def run() -> list[list[int]]:
-        async with Engine(twin.base, twin.ours, _PreloadedSlots(twin.slots)) as engine:
+        async with Engine(twin.base, twin.ours, PreloadedSlots(twin.slots_by_key)) as engine:
             results = await asyncio.gather(*(engine.complete(r) for r in requests))
         return [list(r.token_ids) for r in results]
 
