@@ -2,8 +2,8 @@
 
 Every eligible ``nn.Linear`` / GPT-2 ``Conv1D`` of the base model (all but the output
 layer, as PEFT's ``all-linear``; bitsandbytes' quantized ``Linear4bit`` and
-``Linear8bitLt`` are ``nn.Linear`` subclasses and are wrapped the same way) is wrapped at start-up by a :class:`LoraSlotLayer` that
-owns preallocated slot tensors::
+``Linear8bitLt`` are ``nn.Linear`` subclasses and are wrapped the same way) is wrapped
+at start-up by a :class:`LoraSlotLayer` that owns preallocated slot tensors::
 
     lora_a: (max_slots + 1, in_features, max_rank)     # A transposed, per slot
     lora_b: (max_slots + 1, max_rank, out_features)    # B transposed, scaling folded in
