@@ -320,6 +320,10 @@ def test_stats_show_residency_and_counters(admin: Client, acme: Client) -> None:
         r["tiers"]["gpu"]["hits"] + r["tiers"]["gpu"]["misses"] for r in everything["replicas"]
     )
     assert not any("tiers" in r for r in mine["replicas"])
+    # The unquantized tiny base: it holds its full-precision size (plus rotary buffers).
+    for replica in mine["replicas"]:
+        assert replica["quantization"] == "none"
+        assert replica["base_model_bytes"] >= replica["base_model_full_bytes"] > 0
     assert mine["adapters"]["support"]["requests"] >= 1
     assert mine["tenant"]["adapters"] == 1
     assert all(
