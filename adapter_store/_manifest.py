@@ -11,6 +11,11 @@ Policy for ``all-linear``: the manifest lists every ``nn.Linear`` and transforme
 records the head as :attr:`BaseModelManifest.output_module` so that
 :meth:`BaseModelManifest.modules_targeted_by` leaves it out of ``all-linear`` exactly as
 PEFT does.
+
+Quantization: a manifest also records how the base's weights are held (``"none"``,
+``"nf4"``, ``"int8"``, ...). It is information, not identity for adapters: a quantized
+layer keeps its ``in_features`` / ``out_features``, so an adapter trained on the 16-bit
+base fits its 4-bit twin and is checked against the same modules.
 """
 
 from __future__ import annotations
@@ -32,23 +37,30 @@ if TYPE_CHECKING:
 __all__ = ["BaseModelManifest", "manifest_from_model"]
 
 
+_NO_QUANTIZATION = "none"
+_MAX_QUANTIZATION_LEN = 32
+
+
 def _is_size(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 @dataclass(frozen=True)
 class BaseModelManifest:
-    """Module path -> ``(in_features, out_features)`` for one base model id.
+    """Module path -> ``(in_features, out_features)`` for one base model id, and the
+    quantization its weights are held in.
 
     Raises:
         InvalidNameError: on construction, when ``base_model`` is not a valid model id.
         InvalidManifestError: on construction, when a module name is empty, a shape is
-            not two integers >= 1, or ``output_module`` is not one of ``modules``.
+            not two integers >= 1, ``output_module`` is not one of ``modules``, or
+            ``quantization`` is not a short lower-case word.
     """
 
     base_model: str
     modules: Mapping[str, tuple[int, int]]
     output_module: str | None = None
+    quantization: str = _NO_QUANTIZATION
     _sorted: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +87,18 @@ class BaseModelManifest:
                 f"manifest for {self.base_model!r}: output_module {self.output_module!r} "
                 "is not one of its modules; rebuild it with manifest_from_model"
             )
+        quantization = self.quantization
+        if (
+            not isinstance(quantization, str)
+            or not 0 < len(quantization) <= _MAX_QUANTIZATION_LEN
+            or not all(c.isascii() and (c.isalnum() or c in "-_") for c in quantization)
+            or quantization != quantization.lower()
+        ):
+            raise InvalidManifestError(
+                f"manifest for {self.base_model!r}: quantization {quantization!r} is not a "
+                f"lower-case word of at most {_MAX_QUANTIZATION_LEN} characters "
+                "(e.g. 'none', 'nf4', 'int8')"
+            )
         object.__setattr__(self, "modules", MappingProxyType(modules))
         object.__setattr__(self, "_sorted", tuple(sorted(modules)))
 
@@ -93,6 +117,7 @@ class BaseModelManifest:
                 "base_model": self.base_model,
                 "modules": {name: list(self.modules[name]) for name in self._sorted},
                 "output_module": self.output_module,
+                "quantization": self.quantization,
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -101,6 +126,8 @@ class BaseModelManifest:
     @classmethod
     def from_json(cls, text: str | bytes) -> BaseModelManifest:
         """Inverse of :meth:`to_json`.
+
+        A manifest written before quantization was recorded reads as ``"none"``.
 
         Raises:
             InvalidManifestError: the text is not a manifest.
@@ -114,15 +141,25 @@ class BaseModelManifest:
             raise InvalidManifestError(
                 "manifest JSON must be an object with 'base_model' and a 'modules' object"
             )
-        return cls(data.get("base_model"), data["modules"], data.get("output_module"))
+        return cls(
+            data.get("base_model"),
+            data["modules"],
+            data.get("output_module"),
+            data.get("quantization", _NO_QUANTIZATION),
+        )
 
 
-def manifest_from_model(base_model: str, model: torch.nn.Module) -> BaseModelManifest:
+def manifest_from_model(
+    base_model: str, model: torch.nn.Module, *, quantization: str = _NO_QUANTIZATION
+) -> BaseModelManifest:
     """Build the manifest of ``model``: every ``nn.Linear`` and transformers ``Conv1D``.
 
     Pass the same class the adapters were trained on (``...ForCausalLM``), since its
     module paths are the ones PEFT saves. ``Conv1D`` stores its weight as
     ``(in_features, out_features)``; ``nn.Linear`` as ``(out_features, in_features)``.
+    bitsandbytes' ``Linear4bit`` / ``Linear8bitLt`` are ``nn.Linear`` subclasses whose
+    ``in_features`` / ``out_features`` are the unquantized shape, so a quantized model
+    gives the same modules as its 16-bit twin; ``quantization`` says how it is held.
     """
     import torch
 
@@ -147,4 +184,4 @@ def manifest_from_model(base_model: str, model: torch.nn.Module) -> BaseModelMan
         output_module = next((n for n, m in model.named_modules() if m is head), None)
         if output_module not in modules:
             output_module = None
-    return BaseModelManifest(base_model, modules, output_module)
+    return BaseModelManifest(base_model, modules, output_module, quantization)

@@ -19,8 +19,14 @@ Prints one JSON object (keys are stable; the simulator's ``cpu`` cost profile re
   check), disk -> host (:meth:`HostAdapter.from_dir`) and host -> slot
   (:meth:`MultiLoraModel.load_slot`), on ``tiny`` and on a ~100M parameter Llama built
   locally with random weights.
+- ``quantized`` (with ``--quantize none,int8,nf4``): per quantization of the base, side by
+  side on the same model (``--quantize-model``: ``tiny``, or ``llama_100m`` built
+  locally), the bytes the base holds (``base_bytes``) and its ratio to ``none``, decode
+  tokens/s with ``--batch`` requests on distinct adapters (as (b) above), and the median
+  time to first token of one request on an idle engine (``ttft_ms``).
 
-Run: ``python -m benchmarks.bench_engine`` (``--quick`` for a smoke run). Nothing is
+Run: ``python -m benchmarks.bench_engine`` (``--quick`` for a smoke run;
+``--quantize none,int8,nf4 --skip-100m`` for the quantized table). Nothing is
 downloaded. Everything runs in one process on one machine, so the ratios compare like
 with like.
 """
@@ -53,6 +59,7 @@ from services.engine import (
     HostAdapter,
     MultiLoraModel,
     SamplingParams,
+    ensure_tiny_model,
     load_base_model,
 )
 from services.engine._batching import KvBatch
@@ -115,23 +122,34 @@ def median_ms(action: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def load_distinct_adapters(model: MultiLoraModel, plain, work: Path) -> dict[str, int]:
-    """Fill every slot of ``model`` with its own PEFT adapter (ranks cycling through
-    :data:`RANKS`, attention projections); return adapter key -> slot."""
-    slots = {}
-    for index in range(model.max_slots):
-        rank = RANKS[index % len(RANKS)]
-        adapter_dir = make_peft_adapter(
+def make_distinct_adapters(plain, work: Path, count: int) -> list[Path]:
+    """``count`` PEFT adapters for ``plain`` (ranks cycling through :data:`RANKS`,
+    attention projections)."""
+    return [
+        make_peft_adapter(
             plain,
             work / f"adapter-{index}",
             seed=index,
-            r=rank,
-            lora_alpha=2 * rank,
+            r=RANKS[index % len(RANKS)],
+            lora_alpha=2 * RANKS[index % len(RANKS)],
             target_modules=ATTENTION_TARGETS,
         )
+        for index in range(count)
+    ]
+
+
+def load_adapters(model: MultiLoraModel, adapter_dirs: list[Path]) -> dict[str, int]:
+    """Adapter ``i`` into slot ``i``; return adapter key -> slot."""
+    slots = {}
+    for index, adapter_dir in enumerate(adapter_dirs):
         model.load_slot(index, HostAdapter.from_dir(_version(index).key, adapter_dir, model))
         slots[_version(index).key] = index
     return slots
+
+
+def load_distinct_adapters(model: MultiLoraModel, plain, work: Path) -> dict[str, int]:
+    """Fill every slot of ``model`` with its own adapter; return adapter key -> slot."""
+    return load_adapters(model, make_distinct_adapters(plain, work, model.max_slots))
 
 
 async def _tokens_per_second(
@@ -276,6 +294,90 @@ def bench_loads(
     return result
 
 
+async def _ttft_ms(engine: Engine, repeats: int) -> float:
+    """Median time from submitting one request (adapter in slot 0) to its first token."""
+    sampling = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
+    times = []
+    for index in range(repeats + 1):  # the first is a warm-up
+        request = GenerationRequest(prompt=_prompt(index), adapter=_version(0), sampling=sampling)
+        start = time.perf_counter()
+        async for _ in engine.generate(request):
+            break
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times[1:])
+
+
+def _quantize_model_dir(name: str, work: Path) -> Path:
+    """``tiny``, or the ~100M Llama saved with ``tiny``'s tokenizer."""
+    tiny = ensure_tiny_model(work / "models")
+    if name == "tiny":
+        return tiny
+    big, _ = _llama_100m()
+    target = work / "llama_100m"
+    big.save_pretrained(str(target))
+    load_base_model(tiny, device="cpu").tokenizer.save_pretrained(str(target))
+    return target
+
+
+async def bench_quantized(args, work: Path) -> dict[str, Any]:
+    """Base bytes, mixed-adapter decode tokens/s and TTFT per quantization, side by side.
+
+    Every quantization's engine is up for the whole run and the rounds are interleaved
+    (none, int8, nf4, none, ...), so load drift on a shared machine hits all alike.
+    """
+    from transformers import AutoModelForCausalLM
+
+    model_dir = _quantize_model_dir(args.quantize_model, work)
+    plain = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    adapter_dirs = make_distinct_adapters(plain, work / "quantized-adapters", args.batch)
+    del plain
+    sampling = SamplingParams(max_tokens=args.max_tokens, temperature=0, ignore_eos=True)
+    distinct = [
+        GenerationRequest(prompt=_prompt(i), adapter=_version(i), sampling=sampling)
+        for i in range(args.batch)
+    ]
+    engines: dict[str, Engine] = {}
+    results: dict[str, dict[str, Any]] = {}
+    for quantization in args.quantize:
+        base = load_base_model(model_dir, quantize=quantization, device="cpu")
+        model = MultiLoraModel(base.model, max_slots=args.batch, max_rank=max(RANKS))
+        slots = load_adapters(model, adapter_dirs)
+        engine = Engine(base, model, _PreloadedSlots(slots), max_batch_size=args.batch)
+        await engine.start()
+        await _tokens_per_second(engine, distinct[:4], sequential=False)  # warm-up
+        engines[quantization] = engine
+        results[quantization] = {
+            "base_bytes": base.weight_bytes,
+            "full_precision_bytes": base.full_precision_bytes,
+        }
+    runs: dict[str, list[float]] = {q: [] for q in engines}
+    ttfts: dict[str, list[float]] = {q: [] for q in engines}
+    try:
+        for _ in range(args.repeats):
+            for quantization, engine in engines.items():
+                runs[quantization].append(
+                    await _tokens_per_second(engine, distinct, sequential=False)
+                )
+                ttfts[quantization].append(await _ttft_ms(engine, 3))
+    finally:
+        for engine in engines.values():
+            await engine.aclose()
+    reference = "none" if "none" in engines else None
+    for quantization, figures in results.items():
+        figures["decode_tokens_per_s_distinct_adapters"] = round(
+            statistics.median(runs[quantization]), 1
+        )
+        figures["ttft_ms"] = round(statistics.median(ttfts[quantization]), 2)
+        if reference is not None:
+            figures["base_bytes_vs_none"] = round(
+                figures["base_bytes"] / results[reference]["base_bytes"], 3
+            )
+            figures["decode_vs_none"] = round(
+                statistics.median(runs[quantization]) / statistics.median(runs[reference]), 3
+            )
+    return {"model": args.quantize_model, "batch": args.batch, "by_quantization": results}
+
+
 def _llama_100m():  # -> (model, parameter count)
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -293,11 +395,28 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--skip-100m", action="store_true", help="skip the ~100M model loads")
     parser.add_argument("--quick", action="store_true", help="small smoke run")
+    parser.add_argument(
+        "--quantize",
+        type=lambda text: text.split(","),
+        default=None,
+        help="also compare these base quantizations side by side, e.g. none,int8,nf4",
+    )
+    parser.add_argument(
+        "--quantize-model",
+        choices=("tiny", "llama_100m"),
+        default="tiny",
+        help="the model the quantizations are compared on",
+    )
+    parser.add_argument(
+        "--only-quantized", action="store_true", help="run only the quantized comparison"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.batch, args.max_tokens, args.repeats, args.steps = 8, 8, 1, 3
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench-engine-"))
+    if args.only_quantized:
+        return {"quantized": await bench_quantized(args, work)}
 
     base = load_base_model("tiny", models_dir=work / "models")
     plain = copy.deepcopy(base.model)
@@ -325,6 +444,8 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         loads["llama_100m"] = bench_loads(MultiLoraModel(big, max_slots=1), big_plain, work, 3)
         report["llama_100m_parameters"] = parameters
     report["adapter_load_ms"] = loads
+    if args.quantize:
+        report["quantized"] = await bench_quantized(args, work)
     return report
 
 

@@ -9,6 +9,7 @@ model is registered and pushed under.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,9 @@ class ServiceSettings(BaseSettings):
     built-in ``tiny`` model (built under ``models_dir`` on first use). ``num_gpus``
     ``None`` asks for one GPU per replica when the building machine has CUDA, else none.
     ``admin_key`` guards the tenant endpoints; without one they answer 403.
+    ``quantize`` holds the base's linear weights in NF4 or int8 (bitsandbytes) under
+    full-precision adapters; ``gpu_slots`` ``None`` derives the slot count from the GPU
+    memory free once the base is loaded (8 on a CPU).
     """
 
     model_config = SettingsConfigDict(env_prefix="LORAMUX_", extra="forbid")
@@ -46,12 +50,19 @@ class ServiceSettings(BaseSettings):
     target_ongoing_requests: float = Field(
         default=32.0, gt=0, description="per model replica, when autoscaling"
     )
+    quantize: Literal["none", "nf4", "int8"] = Field(
+        default="none", description="hold the base model's weights in NF4 or int8"
+    )
     num_gpus: float | None = Field(default=None, ge=0, description="per model replica")
     num_cpus: float = Field(default=1.0, ge=0, description="per model replica")
     ingress_replicas: int = Field(default=1, ge=1)
     ingress_num_cpus: float = Field(default=0.5, ge=0)
     torch_threads: int = Field(default=0, ge=0, description="0: torch's default")
-    gpu_slots: int = Field(default=8, ge=1, description="adapters resident in GPU per replica")
+    gpu_slots: int | None = Field(
+        default=None,
+        ge=1,
+        description="adapters resident in GPU per replica; None: from free GPU memory, 8 on CPU",
+    )
     max_lora_rank: int = Field(default=64, ge=1)
     host_budget_bytes: int = Field(default=2 << 30, ge=1)
     max_batch_size: int = Field(default=32, ge=1)

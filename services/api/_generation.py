@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from adapter_store import AdapterVersion
+from adapter_store import AdapterVersion, ManifestNotFoundError
 from services.api._auth import ApiContext, ApiKey, Context, Tenant
 from services.api._errors import error_body
 from services.api._openai import (
@@ -125,9 +125,14 @@ async def _answer(
     return StreamingResponse(_sse(events(chunks)), media_type="text/event-stream")
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", response_model_exclude_none=True)
 def models(context: Context, tenant: Tenant) -> ModelList:
-    data = [Model(id=context.settings.base_model_id, owned_by="loramux")]
+    base_model = context.settings.base_model_id
+    try:  # the replicas register the manifest, with its quantization, as they start
+        quantization = context.store.get_manifest(base_model).quantization
+    except ManifestNotFoundError:
+        quantization = None
+    data = [Model(id=base_model, owned_by="loramux", quantization=quantization)]
     data += [
         Model(id=adapter.name, created=int(adapter.created_at), owned_by=tenant)
         for adapter in context.store.iter_adapters(tenant)

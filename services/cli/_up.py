@@ -17,9 +17,10 @@ Signals: Ctrl-C or SIGTERM during start-up interrupts it and stops what was star
 (exit status 0); once serving, they end the serving loop. Whatever ends it (a signal, a
 failure), the shutdown then runs to completion, undisturbed by further signals.
 
-Failure mode: settings that do not validate, or an application that does not become
-healthy within ``--ready-timeout``, print one ``error:`` line, shut down what was
-started and exit with status 1.
+Failure mode: settings that do not validate, a quantization the base model cannot take
+(checked before anything starts: see :func:`services.engine.plan_quantization`), or an
+application that does not become healthy within ``--ready-timeout``, print one
+``error:`` line, shut down what was started and exit with status 1.
 """
 
 from __future__ import annotations
@@ -62,7 +63,16 @@ def up(
     ] = None,
     replicas: Annotated[int, typer.Option(min=1, help="Model replicas.")] = 2,
     gpu_slots: Annotated[
-        int | None, typer.Option(min=1, help="Adapters resident in GPU per replica.")
+        int | None,
+        typer.Option(
+            min=1, help="Adapters resident in GPU per replica (default: from free GPU memory)."
+        ),
+    ] = None,
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            help="Hold the base model in none, nf4 or int8 (default: LORAMUX_QUANTIZE, none)."
+        ),
     ] = None,
     base_model: Annotated[
         Path | None,
@@ -98,7 +108,12 @@ def up(
         store_settings = StoreSettings(**{k: v for k, v in overrides.items() if v is not None})
         if base_model is not None and "LORAMUX_BASE_MODEL" not in os.environ:
             store_settings = store_settings.model_copy(update={"base_model": base_model.name})
-        options = {"base_model_dir": base_model, "gpu_slots": gpu_slots, "admin_key": admin_key}
+        options = {
+            "base_model_dir": base_model,
+            "gpu_slots": gpu_slots,
+            "admin_key": admin_key,
+            "quantize": quantize,
+        }
         settings = ServiceSettings(
             store=store_settings,
             replicas=replicas,
@@ -106,6 +121,7 @@ def up(
         )
     except ValidationError as exc:
         raise _fail(f"invalid setting: {exc}") from None
+    _check_quantization(settings)
     if settings.admin_key is None:
         settings = settings.model_copy(update={"admin_key": SecretStr(secrets.token_urlsafe(24))})
 
@@ -158,6 +174,25 @@ def _interrupt(signum: int, frame: object) -> None:
 def _on_signals(handler: Callable[[int, Any], None]) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, handler)
+
+
+def _check_quantization(settings: ServiceSettings) -> None:
+    """Refuse, before anything starts, a quantization the base model cannot take: each
+    replica would otherwise fail to load it and be restarted by Serve forever."""
+    from services.engine import (
+        BaseModelLoadError,
+        default_models_dir,
+        ensure_tiny_model,
+        plan_quantization,
+    )
+
+    model_dir = settings.base_model_dir or ensure_tiny_model(
+        settings.models_dir or default_models_dir()
+    )
+    try:
+        plan_quantization(model_dir, settings.quantize)
+    except BaseModelLoadError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _start_redis(settings: ServiceSettings, cleanup: contextlib.ExitStack) -> ServiceSettings:

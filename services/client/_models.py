@@ -191,12 +191,17 @@ class ChatCompletionChunk(_Response):
 
 
 class Model(_Response):
-    """One entry of ``GET /v1/models``: the base model or one of the tenant's adapters."""
+    """One entry of ``GET /v1/models``: the base model or one of the tenant's adapters.
+
+    ``quantization`` (a loramux extension) is set on the base model's entry only: how the
+    replicas hold its weights (``none``, ``nf4``, ``int8``), as its manifest records it.
+    """
 
     id: str
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str
+    quantization: str | None = None
 
 
 class ModelList(_Response):

@@ -65,7 +65,11 @@ class ReplicaStats(_Stats):
     replica_id: str
     residency: ResidentKeys
     gpu_slots: int
+    quantization: str | None = None
+    # What the base's weights hold, and one full fine-tuned copy's size (the unquantized
+    # weights), for the dashboard's storage comparison.
     base_model_bytes: int | None = None
+    base_model_full_bytes: int | None = None
     in_flight: int | None = None
     queued: int | None = None
     requests_served: int | None = None
@@ -87,7 +91,9 @@ class ReplicaStats(_Stats):
         return ReplicaStats(
             replica_id=self.replica_id,
             gpu_slots=self.gpu_slots,
+            quantization=self.quantization,
             base_model_bytes=self.base_model_bytes,
+            base_model_full_bytes=self.base_model_full_bytes,
             residency=ResidentKeys(**own),
         )
 

@@ -14,10 +14,14 @@ from services.engine._host_adapter import *  # noqa: F403
 from services.engine._host_adapter import __all__ as _host_adapter_all
 from services.engine._lora_layers import *  # noqa: F403
 from services.engine._lora_layers import __all__ as _lora_layers_all
+from services.engine._quantization import *  # noqa: F403
+from services.engine._quantization import __all__ as _quantization_all
 from services.engine._requests import *  # noqa: F403
 from services.engine._requests import __all__ as _requests_all
 from services.engine._sampling import *  # noqa: F403
 from services.engine._sampling import __all__ as _sampling_all
+from services.engine._sizing import *  # noqa: F403
+from services.engine._sizing import __all__ as _sizing_all
 from services.engine._tiny import *  # noqa: F403
 from services.engine._tiny import __all__ as _tiny_all
 from services.engine.exceptions import *  # noqa: F403
@@ -29,8 +33,10 @@ __all__ = [
     *_engine_all,
     *_host_adapter_all,
     *_lora_layers_all,
+    *_quantization_all,
     *_requests_all,
     *_sampling_all,
+    *_sizing_all,
     *_tiny_all,
     *_exceptions_all,
 ]

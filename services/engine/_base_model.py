@@ -1,6 +1,8 @@
 """Loading the base model: any Hugging Face causal LM directory, or the built-in ``tiny``.
 
 Device policy: CUDA when present, in bf16 (fp16 on GPUs without bf16), else CPU in fp32.
+That dtype is the compute dtype; with ``quantize`` (see
+:mod:`services.engine._quantization`) the linear weights are held in NF4 or int8 under it.
 Nothing is downloaded: the argument is ``"tiny"`` or a local directory.
 """
 
@@ -15,6 +17,7 @@ from typing import Any
 import torch
 
 from adapter_store import BaseModelManifest, manifest_from_model
+from services.engine._quantization import base_model_bytes, plan_quantization
 from services.engine._tiny import TINY_MODEL_NAME, ensure_tiny_model
 from services.engine.exceptions import BaseModelLoadError
 
@@ -42,7 +45,10 @@ class BaseModel:
     """A loaded causal LM with its tokenizer and the manifest adapters are checked against.
 
     ``manifest`` is taken before any LoRA wrapping, so its module paths are the ones PEFT
-    saves. ``eos_token_ids`` merges the tokenizer's and the generation config's.
+    saves; it records ``quantization`` too. ``eos_token_ids`` merges the tokenizer's and
+    the generation config's. ``weight_bytes`` is what the loaded weights hold (quantized
+    or not), ``full_precision_bytes`` what they would hold unquantized in the compute
+    dtype: the size of one full fine-tuned copy.
     """
 
     name: str
@@ -52,6 +58,9 @@ class BaseModel:
     manifest: BaseModelManifest
     eos_token_ids: frozenset[int]
     max_context: int
+    quantization: str
+    weight_bytes: int
+    full_precision_bytes: int
 
     @property
     def device(self) -> torch.device:
@@ -59,7 +68,8 @@ class BaseModel:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        """The compute dtype (quantized weights are not floating point)."""
+        return self.model.dtype
 
 
 def load_base_model(
@@ -69,16 +79,19 @@ def load_base_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     name: str | None = None,
+    quantize: str = "none",
 ) -> BaseModel:
     """Load ``"tiny"`` (built into ``models_dir`` on first use) or a local HF directory.
 
     ``name`` is the base model id used in manifests and adapter records; it defaults to
-    ``"tiny"`` or the directory name.
+    ``"tiny"`` or the directory name. ``quantize`` is ``"none"``, ``"nf4"`` or ``"int8"``;
+    a checkpoint saved quantized by bitsandbytes loads as it is.
 
     Raises:
         BaseModelLoadError: the directory is missing, lacks ``config.json`` or a
-            tokenizer, transformers cannot load it, or the model has attention layers
-            other than full attention (the message says which).
+            tokenizer, transformers cannot load it, the model has attention layers
+            other than full attention, or the quantization is refused (see
+            :func:`plan_quantization`); the message says which.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -95,17 +108,29 @@ def load_base_model(
             )
     target_device = torch.device(device) if device is not None else _default_device()
     target_dtype = dtype or _default_dtype(target_device)
+    plan = plan_quantization(path, quantize)
+    # A quantized model is placed while it loads (bitsandbytes quantizes on the target
+    # device) and cannot be moved afterwards.
+    placement = {"device_map": {"": target_device}} if plan.quantized else {}
     try:
         config = AutoConfig.from_pretrained(str(path), local_files_only=True)
         # Checked before the weights are read: a refused model costs no load time.
         _check_full_attention(config, path)
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
-            str(path), config=config, dtype=target_dtype, local_files_only=True
+            str(path),
+            config=config,
+            dtype=target_dtype,
+            local_files_only=True,
+            **placement,
+            **plan.load_kwargs(target_dtype),
         )
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise BaseModelLoadError(f"cannot load base model from {path}: {exc}") from exc
-    model = model.to(target_device).eval()
+    if not plan.quantized:
+        model = model.to(target_device)
+    model = model.eval()
+    weight_bytes, full_precision_bytes = base_model_bytes(model)
     config = model.config
     max_context = getattr(config, "max_position_embeddings", None) or getattr(
         config, "n_positions", 2048
@@ -115,9 +140,12 @@ def load_base_model(
         path=path,
         model=model,
         tokenizer=tokenizer,
-        manifest=manifest_from_model(model_id, model),
+        manifest=manifest_from_model(model_id, model, quantization=plan.label),
         eos_token_ids=_eos_token_ids(tokenizer, getattr(model, "generation_config", None)),
         max_context=int(max_context),
+        quantization=plan.label,
+        weight_bytes=weight_bytes,
+        full_precision_bytes=full_precision_bytes,
     )
 
 

@@ -1,8 +1,9 @@
 """Multi-LoRA layers: one forward pass serves rows that use different adapters, or none.
 
 Every eligible ``nn.Linear`` / GPT-2 ``Conv1D`` of the base model (all but the output
-layer, as PEFT's ``all-linear``) is wrapped at start-up by a :class:`LoraSlotLayer` that
-owns preallocated slot tensors::
+layer, as PEFT's ``all-linear``; bitsandbytes' quantized ``Linear4bit`` and
+``Linear8bitLt`` are ``nn.Linear`` subclasses and are wrapped the same way) is wrapped
+at start-up by a :class:`LoraSlotLayer` that owns preallocated slot tensors::
 
     lora_a: (max_slots + 1, in_features, max_rank)     # A transposed, per slot
     lora_b: (max_slots + 1, max_rank, out_features)    # B transposed, scaling folded in
@@ -50,6 +51,12 @@ def _conv1d_type() -> type[nn.Module] | None:
     return Conv1D
 
 
+def _compute_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype activations flow in: the first floating-point parameter's (quantized
+    weights are integers)."""
+    return next(p.dtype for p in model.parameters() if p.dtype.is_floating_point)
+
+
 class _SlotRouting:
     """The per-row slot indices of the forward pass in progress, shared by all layers.
 
@@ -72,10 +79,20 @@ class LoraSlotLayer(nn.Module):
     ``y = base(x) + (x @ A[slot]) @ B[slot]`` for each row, where ``B`` already includes
     the adapter's scaling (``alpha / r`` or ``alpha / sqrt(r)``). Works for ``nn.Linear``
     and for GPT-2's ``Conv1D`` (weights stored transposed; the LoRA delta is the same).
+
+    The slots hold ``dtype`` (the model's compute dtype): for a quantized base layer
+    (QLoRA) the base's own forward dequantizes, and the delta is computed in ``dtype``
+    from the input cast to it and added in the base output's dtype, as PEFT does.
     """
 
     def __init__(
-        self, base: nn.Module, *, max_slots: int, max_rank: int, routing: _SlotRouting
+        self,
+        base: nn.Module,
+        *,
+        max_slots: int,
+        max_rank: int,
+        routing: _SlotRouting,
+        dtype: torch.dtype,
     ) -> None:
         super().__init__()
         self.base = base
@@ -87,20 +104,16 @@ class LoraSlotLayer(nn.Module):
         # Rank held by each loaded slot; the keys tell forward() which slots have weights
         # here (a host-side check, free), the ranks let loads zero only what was used.
         self._slot_ranks: dict[int, int] = {}
-        weight = base.weight
+        device = base.weight.device
         # Not persistent: adapter weights are never part of the base model's state dict.
         self.register_buffer(
             "lora_a",
-            torch.zeros(
-                max_slots + 1, self.in_features, max_rank, dtype=weight.dtype, device=weight.device
-            ),
+            torch.zeros(max_slots + 1, self.in_features, max_rank, dtype=dtype, device=device),
             persistent=False,
         )
         self.register_buffer(
             "lora_b",
-            torch.zeros(
-                max_slots + 1, max_rank, self.out_features, dtype=weight.dtype, device=weight.device
-            ),
+            torch.zeros(max_slots + 1, max_rank, self.out_features, dtype=dtype, device=device),
             persistent=False,
         )
 
@@ -111,9 +124,10 @@ class LoraSlotLayer(nn.Module):
             return out
         slot_ids = routing.slot_ids
         batch = x.shape[0]
-        shrink = torch.bmm(x.reshape(batch, -1, self.in_features), self.lora_a[slot_ids])
+        lora_a = self.lora_a[slot_ids]
+        shrink = torch.bmm(x.reshape(batch, -1, self.in_features).to(lora_a.dtype), lora_a)
         delta = torch.bmm(shrink, self.lora_b[slot_ids])
-        return out + delta.view(out.shape)
+        return out + delta.view(out.shape).to(out.dtype)
 
     def load(self, slot: int, a_t: torch.Tensor, b_t: torch.Tensor) -> None:
         """Copy one adapter module (``a_t``: (in, r), ``b_t``: (r, out)) into ``slot``.
@@ -151,6 +165,9 @@ class MultiLoraModel:
     ``Conv1D`` except the output layer) or a list of module names matched like PEFT's
     list form (the full path or its last components, e.g. ``"q_proj"``). Adapters that
     target anything else are rejected with :class:`AdapterMismatchError`.
+
+    Slots hold the model's compute dtype (``model.dtype``: the first floating-point
+    parameter's), also when its linear weights are quantized.
     """
 
     def __init__(
@@ -170,9 +187,10 @@ class MultiLoraModel:
         self.max_rank = max_rank
         self._routing = _SlotRouting()
         self.layers: dict[str, LoraSlotLayer] = {}
+        dtype = _compute_dtype(model)
         for path, module in self._eligible_modules(model, target_modules):
             layer = LoraSlotLayer(
-                module, max_slots=max_slots, max_rank=max_rank, routing=self._routing
+                module, max_slots=max_slots, max_rank=max_rank, routing=self._routing, dtype=dtype
             )
             parent_path, _, attr = path.rpartition(".")
             setattr(model.get_submodule(parent_path), attr, layer)

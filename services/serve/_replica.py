@@ -47,6 +47,7 @@ from services.engine import (
     MultiLoraModel,
     ResidencyEvent,
     load_base_model,
+    plan_gpu_slots,
 )
 from services.serve._failure_log import FailureLog
 from services.serve._residency import ResidencyPublisher
@@ -82,18 +83,24 @@ class ModelReplica:
             settings.base_model_dir or "tiny",
             models_dir=settings.models_dir,
             name=settings.base_model_id,
+            quantize=settings.quantize,
         )
-        # One full fine-tuned copy's size, for the dashboard's storage comparison;
-        # counted before the LoRA layers are added.
-        self._base_model_bytes = sum(p.numel() * p.element_size() for p in base.model.parameters())
+        self._base = base
+        # Derived from the memory the (possibly quantized) base left free, unless set.
+        self._gpu_slots = plan_gpu_slots(
+            base,
+            max_rank=settings.max_lora_rank,
+            max_batch_tokens=settings.max_batch_tokens,
+            explicit=settings.gpu_slots,
+        )
         model = MultiLoraModel(
-            base.model, max_slots=settings.gpu_slots, max_rank=settings.max_lora_rank
+            base.model, max_slots=self._gpu_slots, max_rank=settings.max_lora_rank
         )
         disk_cache = self._store.disk_cache
         self._metrics = ReplicaMetrics()
         self._publisher = self._residency_publisher()
         self._cache = AdapterCache(
-            gpu_slots=settings.gpu_slots,
+            gpu_slots=self._gpu_slots,
             host_budget_bytes=settings.host_budget_bytes,
             fetch_to_disk=self._store.fetch,
             load_host=lambda version, path: HostAdapter.from_dir(version.key, path, model),
@@ -116,7 +123,13 @@ class ModelReplica:
         self._served = 0
         self._publisher.start()
         self._report_task = asyncio.create_task(self._report_forever())
-        logger.info("replica %s serves %s", self._replica_id, base.name)
+        logger.info(
+            "replica %s serves %s (quantization %s, %d GPU slots)",
+            self._replica_id,
+            base.name,
+            base.quantization,
+            self._gpu_slots,
+        )
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream ``request``'s chunks (call with ``handle.options(stream=True)``).
@@ -178,8 +191,8 @@ class ModelReplica:
             loading=set(residency.loading),
             in_flight=self._engine.num_running,
             queued=self._engine.num_waiting,
-            gpu_slots=self._settings.gpu_slots,
-            pinned=min(len(busy), self._settings.gpu_slots),
+            gpu_slots=self._gpu_slots,
+            pinned=min(len(busy), self._gpu_slots),
         )
 
     def stats(self) -> ReplicaStats:
@@ -195,8 +208,10 @@ class ModelReplica:
                 loading=sorted(residency.loading),
                 pinned=sorted(key for key, count in residency.pinned.items() if count > 0),
             ),
-            gpu_slots=self._settings.gpu_slots,
-            base_model_bytes=self._base_model_bytes,
+            gpu_slots=self._gpu_slots,
+            quantization=self._base.quantization,
+            base_model_bytes=self._base.weight_bytes,
+            base_model_full_bytes=self._base.full_precision_bytes,
             in_flight=self._engine.num_running,
             queued=self._engine.num_waiting,
             requests_served=self._served,
@@ -230,7 +245,7 @@ class ModelReplica:
                 self._metrics.record(
                     self._cache.stats(),
                     self._cache.residency(),
-                    gpu_slots=self._settings.gpu_slots,
+                    gpu_slots=self._gpu_slots,
                     running=self._engine.num_running,
                     queued=self._engine.num_waiting,
                 )

@@ -131,13 +131,21 @@ def dashboard_router(
         part = await run_in_threadpool(summary, tenant)
         if tenant is not None:
             reports = [report.for_tenant(tenant) for report in reports]
-        base_bytes = next((r.base_model_bytes for r in reports if r.base_model_bytes), None)
+        base = next((r for r in reports if r.base_model_bytes), None)
+        base_bytes = base.base_model_bytes if base is not None else None
+        # A full fine-tuned copy holds the unquantized weights, whatever the base holds.
+        full_bytes = (base.base_model_full_bytes or base_bytes) if base is not None else None
         adapters = part.storage["adapters"]
-        full_copies = base_bytes * adapters if base_bytes is not None else None
+        full_copies = full_bytes * adapters if full_bytes is not None else None
         return {
             "scope": "all" if tenant is None else "tenant",
             "tenant": tenant,
-            "base_model": {"id": settings.base_model_id, "bytes": base_bytes},
+            "base_model": {
+                "id": settings.base_model_id,
+                "bytes": base_bytes,
+                "full_bytes": full_bytes,
+                "quantization": base.quantization if base is not None else None,
+            },
             "replicas": [report.model_dump(exclude_none=True) for report in reports],
             "storage": {
                 **part.storage,

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from adapter_store import AdapterStore, StoreSettings
+from adapter_store import AdapterStore, StoreSettings, manifest_from_model
 from services._settings import ServiceSettings
 from services.api import create_api
 from services.client import PEFT_FILES, AsyncClient, ReplicaStats, ResidentKeys
@@ -200,7 +200,9 @@ REPLICA_REPORT = ReplicaStats.model_validate(
         "replica_id": "r1",
         "residency": {"gpu": ["acme/bot@1", "globex/x@1"], "host": ["globex/y@2"]},
         "gpu_slots": 4,
+        "quantization": "nf4",
         "base_model_bytes": 1000,
+        "base_model_full_bytes": 3600,
         "in_flight": 2,
         "queued": 1,
         "requests_served": 40,
@@ -231,7 +233,9 @@ async def test_health_needs_a_live_replica_and_stats_hide_other_tenants(
         ReplicaStats(
             replica_id="r1",
             gpu_slots=4,
+            quantization="nf4",
             base_model_bytes=1000,
+            base_model_full_bytes=3600,
             residency=ResidentKeys(gpu=["acme/bot@1"]),
         )
     ]
@@ -254,10 +258,30 @@ async def test_a_tenant_stats_answer_carries_no_counter_field(
     assert set(answer["replicas"][0]) == {
         "replica_id",
         "gpu_slots",
+        "quantization",
         "base_model_bytes",
+        "base_model_full_bytes",
         "residency",
     }
     assert set(answer) == {"replicas", "tenant", "adapters"}
+
+
+async def test_models_show_the_base_models_quantization_from_its_manifest(
+    acme: AsyncClient, store: AdapterStore, adapter_dir: Path
+) -> None:
+    await acme.adapters.push(adapter_dir, "bot")
+    unquantized = (await acme.models()).data
+    # A replica holding the base in NF4 registers its manifest so; the modules are the
+    # same, so the adapter pushed against the 16-bit manifest still serves.
+    manifest = store.get_manifest("tiny")
+    store.register_manifest(manifest_from_model("tiny", tiny_llama(), quantization="nf4"))
+
+    quantized = (await acme.models()).data
+
+    assert manifest.quantization == "none"
+    assert [(m.id, m.quantization) for m in unquantized] == [("tiny", "none"), ("bot", None)]
+    assert [(m.id, m.quantization) for m in quantized] == [("tiny", "nf4"), ("bot", None)]
+    assert store.get_manifest("tiny").modules == manifest.modules
 
 
 async def test_stats_authenticate_the_key_before_asking_the_replicas(

@@ -20,7 +20,8 @@ from services.client import ReplicaStats
 from tests.factories import make_peft_adapter, tiny_llama
 
 ADMIN_KEY = "admin-key"
-BASE_MODEL_BYTES = 1_000_000
+BASE_MODEL_BYTES = 1_000_000  # unquantized: one full fine-tuned copy
+HELD_BYTES = 300_000  # what the replicas' NF4 base holds
 
 
 def replica_report(replica_id: str, resident: list[str]) -> ReplicaStats:
@@ -36,7 +37,9 @@ def replica_report(replica_id: str, resident: list[str]) -> ReplicaStats:
                 "pinned": [],
             },
             "gpu_slots": 2,
-            "base_model_bytes": BASE_MODEL_BYTES,
+            "quantization": "nf4",
+            "base_model_bytes": HELD_BYTES,
+            "base_model_full_bytes": BASE_MODEL_BYTES,
             "in_flight": 0,
             "queued": 0,
             "requests_served": 3,
@@ -120,7 +123,13 @@ async def test_the_admin_key_sees_every_tenant_and_the_storage_saving(
     stored = sum(store.get_usage(tenant).bytes for tenant in ("acme", "globex"))
 
     assert (data["scope"], data["tenant"]) == ("all", None)
-    assert data["base_model"] == {"id": "tiny", "bytes": BASE_MODEL_BYTES}
+    # The base's bytes are what it holds; full copies are counted unquantized.
+    assert data["base_model"] == {
+        "id": "tiny",
+        "bytes": HELD_BYTES,
+        "full_bytes": BASE_MODEL_BYTES,
+        "quantization": "nf4",
+    }
     assert data["storage"] == {
         "tenants": 2,
         "adapters": 3,
@@ -151,7 +160,14 @@ async def test_a_tenant_key_sees_only_its_own_adapters(get: Any, keys: dict[str,
     assert (data["storage"]["adapters"], data["storage"]["versions"]) == (1, 1)
     # As in /v1/stats: the replicas' counters sum every tenant's traffic, so a tenant
     # sees none of them, only the configuration.
-    assert set(data["replicas"][0]) == {"replica_id", "gpu_slots", "base_model_bytes", "residency"}
+    assert set(data["replicas"][0]) == {
+        "replica_id",
+        "gpu_slots",
+        "quantization",
+        "base_model_bytes",
+        "base_model_full_bytes",
+        "residency",
+    }
 
 
 async def test_no_key_or_an_unknown_one_is_refused(get: Any, keys: dict[str, str]) -> None:

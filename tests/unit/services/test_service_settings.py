@@ -57,3 +57,23 @@ def test_a_fixed_replica_count_unless_max_replicas_asks_for_autoscaling() -> Non
 def test_max_replicas_below_replicas_is_rejected_with_the_fix() -> None:
     with pytest.raises(ValidationError, match="max_replicas \\(1\\) is below replicas \\(2\\)"):
         ServiceSettings(replicas=2, max_replicas=1)
+
+
+def test_quantize_comes_from_the_environment_and_names_the_choices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typing import get_args
+
+    from services.engine import QUANTIZATIONS
+
+    monkeypatch.setenv("LORAMUX_QUANTIZE", "nf4")
+
+    assert ServiceSettings().quantize == "nf4"
+    assert get_args(ServiceSettings.model_fields["quantize"].annotation) == QUANTIZATIONS
+    with pytest.raises(ValidationError, match=r"quantize\n.*'none', 'nf4' or 'int8'"):
+        ServiceSettings(quantize="fp8")
+
+
+def test_gpu_slots_are_derived_unless_set() -> None:
+    assert ServiceSettings().gpu_slots is None
+    assert ServiceSettings(gpu_slots=3).gpu_slots == 3

@@ -449,9 +449,11 @@
       ["tenants", String(s.tenants), ""],
       ["adapters", String(s.adapters), `${s.versions} versions`],
       ["stored", bytes(s.bytes), "all live versions"],
-      ["base model", base.bytes === null ? "—" : bytes(base.bytes), base.id],
+      ["base model", base.bytes === null ? "—" : bytes(base.bytes),
+        !base.quantization || base.quantization === "none" ? base.id :
+          `${base.id}, ${base.quantization} (${bytes(base.full_bytes)} unquantized)`],
       ["as full fine-tuned copies", s.full_copies_bytes === null ? "—" : bytes(s.full_copies_bytes),
-        `${s.adapters} × the base model`],
+        `${s.adapters} × the unquantized base model`],
       ["saved", s.saved_bytes === null ? "—" : bytes(s.saved_bytes),
         s.saved_bytes === null || !s.bytes ? "" :
           `${(s.full_copies_bytes / s.bytes).toFixed(1)}× smaller`],
