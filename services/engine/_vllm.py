@@ -239,14 +239,10 @@ class VllmEngine:
                         if finished
                         else None,
                     )
-            except (ValueError, TypeError) as exc:
-                raise InvalidRequestError(f"vLLM refused the request: {exc}") from exc
             except EngineError:
                 raise
             except Exception as exc:
-                if type(exc).__name__ == "EngineDeadError":
-                    raise EngineError(f"vLLM's engine died: {exc}") from exc
-                raise
+                raise _engine_error(exc) from exc
         finally:
             self._running -= 1
             if not finished:
@@ -374,19 +370,23 @@ def _start_vllm(path: Path, options: EngineOptions) -> Any:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
+    on_cpu = not torch.cuda.is_available()
     kv_bytes = options.vllm_kv_cache_bytes
-    if kv_bytes is None and not torch.cuda.is_available():
+    if kv_bytes is None and on_cpu:
         kv_bytes = _CPU_KV_CACHE_BYTES
+    # vLLM's CPU LoRA path reads a row without adapter (index -1) from the last LoRA
+    # slot: one spare slot that loramux never fills keeps those rows on the bare base.
+    vllm_slots = options.gpu_slots + 1 if on_cpu else options.gpu_slots
     args = AsyncEngineArgs(
         model=str(path),
         tokenizer=str(path),
         enable_lora=True,
-        max_loras=options.gpu_slots,
-        max_cpu_loras=options.gpu_slots,
+        max_loras=vllm_slots,
+        max_cpu_loras=vllm_slots,
         max_lora_rank=options.max_lora_rank,
         max_num_seqs=options.max_batch_size,
         dtype=str(_dtype(options)).removeprefix("torch."),
-        enforce_eager=options.vllm_enforce_eager or not torch.cuda.is_available(),
+        enforce_eager=options.vllm_enforce_eager or on_cpu,
         tensor_parallel_size=options.vllm_tensor_parallel_size,
         gpu_memory_utilization=options.vllm_gpu_memory_utilization,
         kv_cache_memory_bytes=kv_bytes,
@@ -413,6 +413,16 @@ def _vllm_sampling(sampling: SamplingParams) -> Any:
         ignore_eos=sampling.ignore_eos,
         output_kind=RequestOutputKind.DELTA,
     )
+
+
+def _engine_error(exc: Exception) -> EngineError:
+    """vLLM's exception as ours: a refused request is the client's error (400), a dead
+    engine core the replica's (500)."""
+    from vllm.exceptions import VLLMValidationError
+
+    if isinstance(exc, VLLMValidationError | ValueError | TypeError):
+        return InvalidRequestError(f"vLLM refused the request: {exc}")
+    return EngineError(f"vLLM failed the request: {type(exc).__name__}: {exc}")
 
 
 def _finish_reason(reason: str | None) -> FinishReason:

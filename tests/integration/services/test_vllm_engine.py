@@ -32,7 +32,7 @@ from services.engine._vllm import prepare_adapter
 from tests.factories import make_peft_adapter, save_model_dir, tiny_llama
 from tests.unit.services.engine.test_lora_numerics import LLAMA_OPTIONS
 
-pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 SLOTS = 4
 NEW_TOKENS = 12
@@ -123,9 +123,6 @@ def greedy(prompt: str, adapter: str | None) -> GenerationRequest:
     )
 
 
-pytestmark.append(pytest.mark.asyncio(loop_scope="module"))
-
-
 @pytest.mark.parametrize("option", sorted(LLAMA_OPTIONS))
 async def test_each_peft_option_matches_peft(engine, llama, adapters, option: str) -> None:
     prompt = PROMPTS[0]
@@ -190,6 +187,20 @@ async def test_prompt_too_long_is_a_clear_error(engine) -> None:
         await engine.complete(greedy("word " * 2000, None))
 
 
-def test_rank_above_the_limit_is_refused(adapters) -> None:
+async def test_base_rows_stay_bare_when_every_slot_holds_an_adapter(engine, llama) -> None:
+    for name in sorted(LLAMA_OPTIONS)[:SLOTS]:
+        await engine.complete(greedy("hello", name))
+    assert len(engine.cache.residency().gpu) == SLOTS
+    prompt = PROMPTS[1]
+    together = await asyncio.gather(
+        engine.complete(greedy(prompt, None)),
+        engine.complete(greedy(prompt, sorted(LLAMA_OPTIONS)[0])),
+    )
+    assert list(together[0].token_ids) == peft_greedy(
+        llama, None, engine.tokenizer(prompt)["input_ids"]
+    )
+
+
+async def test_rank_above_the_limit_is_refused(adapters) -> None:
     with pytest.raises(AdapterIncompatibleError, match="max_lora_rank 16"):
         prepare_adapter(_version("max-rank"), adapters["max-rank"], max_lora_rank=16)
