@@ -151,3 +151,19 @@ def make_peft_adapter(
     out_dir = Path(out_dir)
     peft_model.save_pretrained(str(out_dir))
     return out_dir
+
+
+def save_model_dir(model, out_dir: Path, models_dir: Path) -> Path:
+    """Save ``model`` as a Hugging Face directory with the built-in model's tokenizer
+    (built into ``models_dir`` if needed; its ids fit any vocabulary of 512 or more),
+    so either engine backend can load it; return ``out_dir``."""
+    import shutil
+
+    from services.engine import ensure_tiny_model
+
+    out_dir = Path(out_dir)
+    model.save_pretrained(str(out_dir))
+    for path in ensure_tiny_model(models_dir).iterdir():
+        if path.name.startswith(("tokenizer", "special_tokens", "generation_config")):
+            shutil.copy(path, out_dir / path.name)
+    return out_dir

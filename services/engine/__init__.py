@@ -4,6 +4,8 @@ Plain Python with no Ray in it; ``services`` wraps it in a Ray Serve deployment.
 Importing this package imports torch.
 """
 
+from services.engine._backend import *  # noqa: F403
+from services.engine._backend import __all__ as _backend_all
 from services.engine._base_model import *  # noqa: F403
 from services.engine._base_model import __all__ as _base_model_all
 from services.engine._cache import *  # noqa: F403
@@ -28,6 +30,7 @@ from services.engine.exceptions import *  # noqa: F403
 from services.engine.exceptions import __all__ as _exceptions_all
 
 __all__ = [
+    *_backend_all,
     *_base_model_all,
     *_cache_all,
     *_engine_all,

@@ -20,6 +20,8 @@ sliding window, Qwen2, GPT-2, ...) are.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -73,7 +75,7 @@ class KvBatch:
             slot_ids,
             attention_mask=mask,
             position_ids=position_ids,
-            cache=cache,
+            **_cache_kwarg(model, cache),
             use_cache=True,
             logits_to_keep=1,
         )
@@ -116,12 +118,25 @@ class KvBatch:
             slot_ids,
             attention_mask=mask,
             position_ids=torch.tensor(self.lengths, dtype=torch.long, device=device)[:, None],
-            cache=self._cache,
+            **_cache_kwarg(self._model, self._cache),
             use_cache=True,
         )
         self._mask = mask
         self.lengths = [n + 1 for n in self.lengths]
         return out.logits[:, -1, :]
+
+
+@functools.cache
+def _cache_parameter(model_class: type) -> str:
+    """The name under which ``model_class.forward`` takes the KV cache: transformers 5.2x
+    calls it ``cache``, earlier releases ``past_key_values`` (an unknown keyword is
+    swallowed by ``**kwargs``, so passing the wrong one would silently drop the cache)."""
+    parameters = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def _cache_kwarg(model: MultiLoraModel, cache: object) -> dict[str, object]:
+    return {_cache_parameter(type(model.model)): cache}
 
 
 def _new_cache(model: MultiLoraModel):  # -> transformers.DynamicCache

