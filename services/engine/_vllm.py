@@ -12,7 +12,7 @@ disk tier's directory on ``add_lora``). The disk tier and the object-store pull
 Failure modes: vLLM's engine core runs in its own process; if it dies, every request
 fails with :class:`EngineError` and the replica must be restarted (Ray Serve does so
 when its health check fails). An adapter vLLM cannot serve is refused when it is
-loaded, with :class:`AdapterIncompatibleError` naming the option.
+loaded, with :class:`AdapterMismatchError` naming the option.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from adapter_store import (
     manifest_from_model,
     parse_lora_config,
 )
-from services.engine._backend import CacheHooks, EngineKind, EngineOptions
 from services.engine._base_model import chat_prompt, default_models_dir
 from services.engine._cache import AdapterCache, SlotLease
+from services.engine._engine_options import CacheHooks, EngineKind, EngineOptions
 from services.engine._requests import (
     FinishReason,
     GenerationChunk,
@@ -51,8 +51,8 @@ from services.engine._requests import (
 from services.engine._sampling import SamplingParams
 from services.engine._tiny import TINY_MODEL_NAME, ensure_tiny_model
 from services.engine.exceptions import (
-    AdapterIncompatibleError,
     AdapterLoadError,
+    AdapterMismatchError,
     BaseModelLoadError,
     EngineError,
     EngineOverloadedError,
@@ -190,7 +190,7 @@ class VllmEngine:
                 for the model's context, for example).
             EngineOverloadedError: ``max_waiting`` requests are already queued.
             RequestCancelledError: the engine is shutting down.
-            AdapterLoadError, AdapterIncompatibleError: from the adapter cache.
+            AdapterLoadError, AdapterMismatchError: from the adapter cache.
             EngineError: vLLM's engine failed.
         """
         if self._closing:
@@ -274,9 +274,7 @@ class VllmEngine:
             if added:
                 await self._llm.pin_lora(request.lora_int_id)
         except Exception as exc:
-            raise AdapterIncompatibleError(
-                f"adapter {adapter.key}: vLLM refused it: {exc}"
-            ) from exc
+            raise AdapterMismatchError(f"adapter {adapter.key}: vLLM refused it: {exc}") from exc
         if not added:
             raise AdapterLoadError(f"adapter {adapter.key}: vLLM did not add it")
         self._registered[slot] = request
@@ -301,7 +299,7 @@ def prepare_adapter(version: AdapterVersion, path: Path, *, max_lora_rank: int) 
 
     Raises:
         AdapterLoadError: the files cannot be read.
-        AdapterIncompatibleError: the config is invalid, a rank exceeds
+        AdapterMismatchError: the config is invalid, a rank exceeds
             ``max_lora_rank``, or the adapter uses an option vLLM does not serve
             (``fan_in_fan_out``); the message names it and the engine.
     """
@@ -312,15 +310,15 @@ def prepare_adapter(version: AdapterVersion, path: Path, *, max_lora_rank: int) 
     except OSError as exc:
         raise AdapterLoadError(f"adapter {version.key}: cannot read {path}: {exc}") from exc
     except AdapterStoreError as exc:
-        raise AdapterIncompatibleError(f"adapter {version.key}: {exc}") from exc
+        raise AdapterMismatchError(f"adapter {version.key}: {exc}") from exc
     rank = max([spec.r, *spec.rank_pattern.values()])
     if rank > max_lora_rank:
-        raise AdapterIncompatibleError(
+        raise AdapterMismatchError(
             f"adapter {version.key} has rank {rank}, above this replica's max_lora_rank "
             f"{max_lora_rank} (engine vllm); raise max_lora_rank or push a lower-rank adapter"
         )
     if spec.fan_in_fan_out:
-        raise AdapterIncompatibleError(
+        raise AdapterMismatchError(
             f"adapter {version.key} uses fan_in_fan_out (GPT-2 Conv1D layers), which engine "
             "vllm does not serve; use engine hf"
         )

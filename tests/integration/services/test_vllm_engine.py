@@ -20,7 +20,7 @@ import torch
 from adapter_store import AdapterVersion
 from scheduler import Tier
 from services.engine import (
-    AdapterIncompatibleError,
+    AdapterMismatchError,
     CacheHooks,
     EngineOptions,
     GenerationRequest,
@@ -202,5 +202,5 @@ async def test_base_rows_stay_bare_when_every_slot_holds_an_adapter(engine, llam
 
 
 async def test_rank_above_the_limit_is_refused(adapters) -> None:
-    with pytest.raises(AdapterIncompatibleError, match="max_lora_rank 16"):
+    with pytest.raises(AdapterMismatchError, match="max_lora_rank 16"):
         prepare_adapter(_version("max-rank"), adapters["max-rank"], max_lora_rank=16)

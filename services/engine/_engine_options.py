@@ -1,0 +1,63 @@
+"""What an engine backend is built from: its options and the replica's cache hooks.
+
+Shared by the seam (``_backend``) and each backend, so no backend imports the seam.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from adapter_store import AdapterVersion, BaseModelManifest
+from scheduler import EvictionPolicy, LRUEviction
+from services.engine._cache import ResidencyEvent
+
+__all__ = ["ENGINE_KINDS", "CacheHooks", "EngineKind", "EngineOptions"]
+
+EngineKind = Literal["hf", "vllm"]
+ENGINE_KINDS: tuple[EngineKind, ...] = ("hf", "vllm")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """What a backend is built from; fields a backend does not use are ignored by it.
+
+    ``base_model`` is ``"tiny"`` or a local Hugging Face directory. The ``vllm_*``
+    fields go to vLLM's engine arguments (``vllm_kv_cache_bytes`` wins over
+    ``vllm_gpu_memory_utilization`` when set; on the CPU build the utilization is a
+    fraction of host memory).
+    """
+
+    base_model: str | Path = "tiny"
+    name: str | None = None
+    models_dir: Path | None = None
+    gpu_slots: int = 4
+    max_lora_rank: int = 64
+    host_budget_bytes: int = 1 << 30
+    max_batch_size: int = 32
+    max_batch_tokens: int = 32768
+    max_waiting: int = 1024
+    device: str | None = None
+    dtype: str | None = None
+    vllm_gpu_memory_utilization: float = 0.9
+    vllm_kv_cache_bytes: int | None = None
+    vllm_max_model_len: int | None = None
+    vllm_enforce_eager: bool = False
+    vllm_tensor_parallel_size: int = 1
+
+
+@dataclass(frozen=True)
+class CacheHooks:
+    """The replica's side of the adapter cache: where adapters come from on a miss
+    (the store's verified, single-flight disk cache), which keys the disk holds, the
+    eviction policy, and who hears of residency changes and of the base's manifest."""
+
+    fetch_to_disk: Callable[[AdapterVersion], Path]
+    disk_keys: Callable[[], Iterable[str]] | None = None
+    eviction_policy: Callable[[], EvictionPolicy] = LRUEviction
+    on_change: Callable[[ResidencyEvent], None] | None = None
+    on_manifest: Callable[[BaseModelManifest], Awaitable[object] | object] | None = field(
+        default=None
+    )
