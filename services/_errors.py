@@ -65,6 +65,7 @@ ERROR_TABLE: dict[type[BaseException], tuple[int, str]] = {
             api_errors.AuthenticationError,
             api_errors.PermissionDeniedError,
             api_errors.NotFoundError,
+            api_errors.PayloadTooLargeError,
             api_errors.ServiceUnavailableError,
         )
     },
