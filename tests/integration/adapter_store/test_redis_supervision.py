@@ -40,6 +40,10 @@ def test_a_killed_server_is_restarted_with_every_published_version(tmp_path: Pat
             meta.resolve("acme", "chat", "latest")
         recovered_s = _wait_until(lambda: meta.resolve("acme", "chat", "latest"), 10.0)
         assert recovered_s < 5.0
+        # The supervisor counts the restart just after the server answers its PING.
+        deadline = time.monotonic() + 2.0
+        while server.restarts == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert server.restarts == 1 and server._proc.pid != pid  # type: ignore[union-attr]
         assert meta.resolve("acme", "chat", "latest") == published[-1]
         assert meta.get_adapter("acme", "chat").versions == tuple(range(1, 21))
