@@ -4,6 +4,8 @@ from adapter_store._blobs import *  # noqa: F403
 from adapter_store._blobs import __all__ as _blobs_all
 from adapter_store._disk_cache import *  # noqa: F403
 from adapter_store._disk_cache import __all__ as _disk_cache_all
+from adapter_store._embedded import *  # noqa: F403
+from adapter_store._embedded import __all__ as _embedded_all
 from adapter_store._identity import *  # noqa: F403
 from adapter_store._identity import __all__ as _identity_all
 from adapter_store._manifest import *  # noqa: F403
@@ -32,6 +34,7 @@ from adapter_store.exceptions import __all__ as _exceptions_all
 __all__ = [
     *_blobs_all,
     *_disk_cache_all,
+    *_embedded_all,
     *_identity_all,
     *_manifest_all,
     *_metadata_all,

@@ -27,9 +27,9 @@ from pathlib import Path
 
 from adapter_store import RedisMetadataStore, TenantLimits
 from adapter_store._redis_server import RedisServerProcess
-from services._api_models import CompletionRequest
 from services._settings import LimitSettings
 from services.api._request_limits import check_generation
+from services.client._models import CompletionRequest
 
 BODY = json.dumps(
     {"model": "chat:prod", "prompt": "Tell me about LoRA adapters. " * 20, "max_tokens": 128}

@@ -29,6 +29,7 @@ from pathlib import Path
 from adapter_store import AdapterStore, LocalBlobStore, RedisMetadataStore
 from adapter_store._metadata import _PUBLISH, _Publication
 from adapter_store._redis_server import RedisServerProcess
+from scheduler import percentile
 
 
 def _percentiles(fn: Callable[[int], object], n: int) -> dict[str, float]:
@@ -39,8 +40,8 @@ def _percentiles(fn: Callable[[int], object], n: int) -> dict[str, float]:
         samples.append(time.perf_counter_ns() - start)
     samples.sort()
     return {
-        "p50_us": round(samples[n // 2] / 1000, 1),
-        "p99_us": round(samples[int(n * 0.99)] / 1000, 1),
+        "p50_us": round(percentile(samples, 50) / 1000, 1),
+        "p99_us": round(percentile(samples, 99) / 1000, 1),
         "mean_us": round(statistics.fmean(samples) / 1000, 1),
     }
 

@@ -19,9 +19,9 @@ from collections.abc import Collection, Sequence
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services._api_models import ChatCompletionRequest, CompletionRequest
-from services._errors import status_and_body
 from services._settings import LimitSettings
+from services.api._errors import status_and_body
+from services.client._models import ChatCompletionRequest, CompletionRequest
 from services.exceptions import BadRequestError, PayloadTooLargeError
 
 __all__ = [

@@ -7,9 +7,8 @@ from typing import get_args
 import pytest
 
 from adapter_store import AdapterVersion
-from services import _api_models, engine
-from services._api_models import ChatCompletionRequest, CompletionRequest
-from services._openai import (
+from services import engine
+from services.api._openai import (
     ResponseIds,
     chat_chunk,
     chat_completion,
@@ -17,6 +16,8 @@ from services._openai import (
     completion_chunk,
     generation_request,
 )
+from services.client import _models as _api_models
+from services.client._models import ChatCompletionRequest, CompletionRequest
 from services.engine import (
     GenerationChunk,
     GenerationResult,

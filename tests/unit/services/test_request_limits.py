@@ -13,13 +13,13 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from services._api_models import ChatCompletionRequest, CompletionRequest
 from services._settings import LimitSettings
 from services.api._request_limits import (
     BodySizeLimit,
     LimitExceededError,
     check_generation,
 )
+from services.client._models import ChatCompletionRequest, CompletionRequest
 
 LIMITS = LimitSettings(
     max_body_bytes=2048,

@@ -1,0 +1,157 @@
+"""OpenAI-compatible generation: ``/v1/completions``, ``/v1/chat/completions``,
+``/v1/models``.
+
+``model`` names an adapter (``name``, ``name@3``, ``name:prod``) or, when it equals the
+base model id, the base model alone; an adapter named like the base model is therefore
+reachable only by version or alias. A request is resolved (three Redis round trips, in
+the threadpool) and sent through the gateway; the route waits for the first chunk so
+that an error before any output still answers with its status. After that, an error
+becomes one ``data: {"error": ...}`` event of the stream.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from adapter_store import AdapterVersion
+from services.api._auth import ApiContext, ApiKey, Context, Tenant
+from services.api._errors import error_body
+from services.api._openai import (
+    ResponseIds,
+    chat_chunk,
+    chat_completion,
+    chat_first_chunk,
+    completion,
+    completion_chunk,
+    generation_request,
+)
+from services.client import ChatCompletionRequest, CompletionRequest, Model, ModelList
+from services.engine import GenerationChunk, GenerationResult
+from services.exceptions import BadRequestError
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+def _resolve_model(context: ApiContext, key: str, model: str) -> tuple[str, AdapterVersion | None]:
+    """Authenticate and resolve ``model`` to the tenant and the version (blocking:
+    three Redis round trips)."""
+    store, base_model = context.store, context.settings.base_model_id
+    tenant = store.tenant_for_key(key)
+    if model == base_model:
+        return tenant, None
+    version = store.resolve(tenant, model)
+    if version.base_model != base_model:
+        raise BadRequestError(
+            f"adapter {version.key} was pushed for base model {version.base_model!r}; "
+            f"this service serves {base_model!r}"
+        )
+    store.record_usage(version)
+    return tenant, version
+
+
+async def _start(
+    context: ApiContext,
+    endpoint: str,
+    key: str,
+    body: CompletionRequest | ChatCompletionRequest,
+) -> AsyncGenerator[GenerationChunk, None]:
+    """Resolve, validate and send; wait for the first chunk so that an error before any
+    output still answers with its status. The request is metered as ``endpoint``."""
+    meter = context.meter
+    with meter.failures(endpoint):
+        tenant, adapter = await run_in_threadpool(_resolve_model, context, key, body.model)
+        request = generation_request(
+            body, adapter, default_max_tokens=context.settings.default_max_tokens
+        )
+        chunks = context.gateway.generate(request)
+        try:
+            first = await anext(chunks)
+        except BaseException:
+            await chunks.aclose()
+            raise
+    return meter.metered(endpoint, tenant, _prepend(first, chunks))
+
+
+@router.post("/v1/completions", response_model=None)
+async def completions(context: Context, key: ApiKey, body: CompletionRequest) -> Any:
+    ids = ResponseIds("cmpl", body.model)
+
+    async def events(chunks: AsyncIterator[GenerationChunk]) -> AsyncIterator[BaseModel]:
+        offset = 0
+        async for chunk in chunks:
+            yield completion_chunk(ids, chunk, offset)
+            offset += len(chunk.text)
+
+    whole = functools.partial(completion, ids)
+    return await _answer(context, "completions", key, body, whole, events)
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(context: Context, key: ApiKey, body: ChatCompletionRequest) -> Any:
+    ids = ResponseIds("chatcmpl", body.model)
+
+    async def events(chunks: AsyncIterator[GenerationChunk]) -> AsyncIterator[BaseModel]:
+        yield chat_first_chunk(ids)
+        async for chunk in chunks:
+            yield chat_chunk(ids, chunk)
+
+    whole = functools.partial(chat_completion, ids)
+    return await _answer(context, "chat_completions", key, body, whole, events)
+
+
+async def _answer(
+    context: ApiContext,
+    endpoint: str,
+    key: str,
+    body: CompletionRequest | ChatCompletionRequest,
+    whole: Callable[[GenerationResult], BaseModel],
+    events: Callable[[AsyncIterator[GenerationChunk]], AsyncIterator[BaseModel]],
+) -> Any:
+    """Start the request; answer one JSON object (``whole`` of the result) or, with
+    ``stream``, server-sent ``events`` of the chunks."""
+    chunks = await _start(context, endpoint, key, body)
+    if not body.stream:
+        result = GenerationResult.from_chunks([chunk async for chunk in chunks])
+        return whole(result).model_dump(exclude_none=True)
+    return StreamingResponse(_sse(events(chunks)), media_type="text/event-stream")
+
+
+@router.get("/v1/models")
+def models(context: Context, tenant: Tenant) -> ModelList:
+    data = [Model(id=context.settings.base_model_id, owned_by="loramux")]
+    data += [
+        Model(id=adapter.name, created=int(adapter.created_at), owned_by=tenant)
+        for adapter in context.store.iter_adapters(tenant)
+    ]
+    return ModelList(data=data)
+
+
+async def _sse(events: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
+    """Server-sent events: one ``data:`` per model, ``[DONE]`` at the end; an error
+    after the stream started becomes one ``data: {"error": ...}`` event instead."""
+    try:
+        async for event in events:
+            yield f"data: {event.model_dump_json(exclude_none=True)}\n\n"
+        yield "data: [DONE]\n\n"
+    except Exception as exc:
+        yield f"data: {error_body(exc)}\n\n"
+
+
+async def _prepend(
+    first: GenerationChunk, rest: AsyncGenerator[GenerationChunk, None]
+) -> AsyncGenerator[GenerationChunk, None]:
+    try:
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()
