@@ -16,6 +16,8 @@ from adapter_store._metadata_store import *  # noqa: F403
 from adapter_store._metadata_store import __all__ as _metadata_store_all
 from adapter_store._peft_config import *  # noqa: F403
 from adapter_store._peft_config import __all__ as _peft_config_all
+from adapter_store._rate_limits import *  # noqa: F403
+from adapter_store._rate_limits import __all__ as _rate_limits_all
 from adapter_store._records import *  # noqa: F403
 from adapter_store._records import __all__ as _records_all
 from adapter_store._settings import *  # noqa: F403
@@ -38,6 +40,7 @@ __all__ = [
     *_metadata_all,
     *_metadata_store_all,
     *_peft_config_all,
+    *_rate_limits_all,
     *_records_all,
     *_settings_all,
     *_source_all,

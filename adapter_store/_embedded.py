@@ -1,7 +1,9 @@
 """The embedded Redis: one private redis-server per data directory, shared by processes.
 
 Policy: the first process that needs the embedded Redis of a data directory starts it
-(appendonly, so metadata survives restarts) and records its port in ``redis.port``; any
+(appendonly, fsync on every write, so metadata survives restarts and crashes), supervises
+it (a server that dies is started again on the same port and files) and records its port
+in ``redis.port``; any
 other process (``loramux up``, a CLI command) finds it there and connects instead of
 starting a second server on the same files. Start-up is serialized by an ``flock`` on
 ``start.lock``. The process that started the server owns it and stops it on close.
@@ -34,9 +36,10 @@ def open_embedded_redis(directory: Path) -> tuple[str, RedisServerProcess | None
         port = _read_port(port_file)
         if port is not None and _answers_ping(port):
             return f"redis://127.0.0.1:{port}/0", None
-        server = RedisServerProcess(directory, appendonly=True)
+        server = RedisServerProcess(directory, appendonly=True, fsync="always")
         try:
             server.start()
+            server.supervise()
             port_file.write_text(str(server.port))
         except BaseException:
             # Failed or interrupted (Ctrl-C): the caller never gets the server to stop.

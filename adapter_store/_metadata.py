@@ -26,9 +26,10 @@ store is built, so importing the package stays light.
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -46,6 +47,7 @@ from adapter_store._metadata_store import (
     tenant_not_found,
     unknown_key,
 )
+from adapter_store._rate_limits import IN_FLIGHT_RETRY_S, Admission, TenantLimits
 from adapter_store._records import AdapterInfo, Page, Tenant, TenantUsage, VersionInfo
 from adapter_store._retry import call_with_retries
 from adapter_store.exceptions import (
@@ -262,11 +264,12 @@ return 1
 """,
 )
 
-_SET_QUOTA = _Lua(
+# Sets or clears (value '') fields of an existing tenant's hash: quotas, request limits.
+_SET_TENANT_FIELDS = _Lua(
     keys=("tenant_key",),
     body="""
 if redis.call('EXISTS', tenant_key) == 0 then return redis.error_reply('LMX_NO_TENANT') end
-for field, value in pairs({ma = args.max_adapters, mb = args.max_bytes}) do
+for field, value in pairs(args.fields) do
   if value == '' then
     redis.call('HDEL', tenant_key, field)
   else
@@ -274,6 +277,48 @@ for field, value in pairs({ma = args.max_adapters, mb = args.max_bytes}) do
   end
 end
 return 1
+""",
+)
+
+# The admission policy of adapter_store._rate_limits.admit, step for step, on the
+# tenant's buckets hash (r: requests left, k: tokens left, u: updated at) and leases
+# zset (lease id -> expiry). Expired leases (an ingress died) are dropped first. Numbers
+# are stored with 17 digits, so they read back exactly as Python computed them.
+# Returns {admitted, limit name or '', retry after, in flight}.
+_ADMIT = _Lua(
+    keys=("buckets_key", "leases_key"),
+    body="""
+local function fmt(x) return string.format('%.17g', x) end
+local now = tonumber(args.now)
+redis.call('ZREMRANGEBYSCORE', leases_key, '-inf', '(' .. args.now)
+local in_flight = redis.call('ZCARD', leases_key)
+if args.max_in_flight ~= '' and in_flight >= tonumber(args.max_in_flight) then
+  return {0, 'max_in_flight', fmt(tonumber(args.in_flight_retry_s)), in_flight}
+end
+local burst = tonumber(args.request_burst)
+local tpm = tonumber(args.tokens_per_min)
+local b = redis.call('HMGET', buckets_key, 'r', 'k', 'u')
+local requests, left, updated = burst, tpm or 0, now
+if b[3] then requests, left, updated = tonumber(b[1]), tonumber(b[2]), tonumber(b[3]) end
+local elapsed = math.max(0, now - updated)
+if args.requests_per_s ~= '' then
+  local rps = tonumber(args.requests_per_s)
+  requests = math.min(burst, requests + elapsed * rps)
+  if requests < 1 then return {0, 'requests_per_s', fmt((1 - requests) / rps), in_flight} end
+end
+if tpm then
+  local rate = tpm / 60
+  left = math.min(tpm, left + elapsed * rate)
+  local cost = tonumber(args.tokens)
+  if left < cost then return {0, 'tokens_per_min', fmt((cost - left) / rate), in_flight} end
+  left = left - cost
+end
+if args.requests_per_s ~= '' then requests = requests - 1 end
+redis.call('HSET', buckets_key, 'r', fmt(requests), 'k', fmt(left), 'u', fmt(math.max(now, updated)))
+redis.call('EXPIRE', buckets_key, args.buckets_ttl_s)
+redis.call('ZADD', leases_key, args.lease_expires_at, args.lease)
+redis.call('EXPIRE', leases_key, args.leases_ttl_s)
+return {1, '', '0', in_flight + 1}
 """,
 )
 
@@ -392,7 +437,8 @@ class RedisMetadataStore:
                 _SET_ALIAS,
                 _RECORD_USAGE,
                 _CREATE_TENANT,
-                _SET_QUOTA,
+                _SET_TENANT_FIELDS,
+                _ADMIT,
                 _ADD_KEY,
                 _REVOKE_KEY,
                 _ANNOUNCE_BLOBS,
@@ -526,11 +572,15 @@ class RedisMetadataStore:
 
     def set_quota(self, name: str, *, max_adapters: int | None, max_bytes: int | None) -> None:
         """Set both quotas (``None``: unlimited). Raises TenantNotFoundError."""
-        self._script(
+        self._set_tenant_fields(
             f"set quota of tenant {name!r}",
-            _SET_QUOTA,
-            {"tenant_key": f"{self._p}t:{name}"},
-            {"max_adapters": _opt(max_adapters), "max_bytes": _opt(max_bytes)},
+            name,
+            {"ma": _opt(max_adapters), "mb": _opt(max_bytes)},
+        )
+
+    def _set_tenant_fields(self, what: str, name: str, fields: Mapping[str, str]) -> None:
+        self._script(
+            what, _SET_TENANT_FIELDS, {"tenant_key": f"{self._p}t:{name}"}, {"fields": fields}
         )
 
     def get_usage(self, name: str) -> TenantUsage:
@@ -542,6 +592,82 @@ class RedisMetadataStore:
         if c is None:
             raise tenant_not_found(name)
         return TenantUsage(name, int(na), int(nb), _int_or_none(ma), _int_or_none(mb))
+
+    # -- request limits ------------------------------------------------------------------
+
+    def get_limits(self, name: str) -> TenantLimits:
+        """The tenant's own limits (``None`` fields: the default applies).
+        Raises TenantNotFoundError."""
+        key = f"{self._p}t:{name}"
+        c, rps, tpm, mif = self._call(
+            f"HMGET {key}", lambda: self._redis.hmget(key, "c", "rps", "tpm", "mif")
+        )
+        if c is None:
+            raise tenant_not_found(name)
+        return TenantLimits(_float_or_none(rps), _int_or_none(tpm), _int_or_none(mif))
+
+    def set_limits(self, name: str, limits: TenantLimits) -> None:
+        """Replace the tenant's own limits. Raises TenantNotFoundError."""
+        fields = {
+            "rps": _opt_float(limits.requests_per_s),
+            "tpm": _opt(limits.tokens_per_min),
+            "mif": _opt(limits.max_in_flight),
+        }
+        self._set_tenant_fields(f"set limits of tenant {name!r}", name, fields)
+
+    def admit(
+        self,
+        tenant: str,
+        limits: TenantLimits,
+        *,
+        tokens: int,
+        lease: str,
+        now: float,
+        lease_ttl_s: float,
+    ) -> Admission:
+        """Admit one request under ``limits`` (one round trip), holding ``lease`` until
+        :meth:`release` or ``now + lease_ttl_s``; or refuse it, charging nothing."""
+        buckets_ttl = math.ceil(max(60.0, limits.request_burst / (limits.requests_per_s or 1.0)))
+        admitted, limit, retry_after, in_flight = self._script(
+            f"admit a request of tenant {tenant!r}",
+            _ADMIT,
+            {"buckets_key": f"{self._p}rl:{tenant}", "leases_key": f"{self._p}lf:{tenant}"},
+            {
+                "now": repr(now),
+                "tokens": str(tokens),
+                "requests_per_s": _opt_float(limits.requests_per_s),
+                "request_burst": repr(limits.request_burst),
+                "tokens_per_min": _opt(limits.tokens_per_min),
+                "max_in_flight": _opt(limits.max_in_flight),
+                "in_flight_retry_s": repr(IN_FLIGHT_RETRY_S),
+                "lease": lease,
+                "lease_expires_at": repr(now + lease_ttl_s),
+                "buckets_ttl_s": str(buckets_ttl + 1),
+                "leases_ttl_s": str(math.ceil(lease_ttl_s) + 1),
+            },
+        )
+        return Admission(bool(admitted), limit or None, float(retry_after), int(in_flight))
+
+    def release(self, tenant: str, lease: str) -> None:
+        """End a lease :meth:`admit` gave; a lease that expired already is a no-op."""
+        key = f"{self._p}lf:{tenant}"
+        self._call(f"ZREM {key}", lambda: self._redis.zrem(key, lease))
+
+    def renew_leases(
+        self, leases: Mapping[str, Collection[str]], *, now: float, lease_ttl_s: float
+    ) -> None:
+        """Push the expiry of live leases (tenant -> lease ids) to ``now + lease_ttl_s``,
+        in one round trip; a lease released or expired meanwhile stays gone."""
+        expires_at = now + lease_ttl_s
+
+        def build(pipe: Any) -> None:
+            for tenant, ids in leases.items():
+                if ids:
+                    key = f"{self._p}lf:{tenant}"
+                    pipe.zadd(key, dict.fromkeys(ids, expires_at), xx=True)
+                    pipe.expire(key, math.ceil(lease_ttl_s) + 1)
+
+        self._pipeline("renew request leases", build)
 
     def add_key(self, tenant: str, key_hash: str) -> None:
         """Map a hashed API key to ``tenant``. Raises TenantNotFoundError."""
@@ -1021,6 +1147,10 @@ def _aliases(adapter_fields: dict[str, str]) -> dict[str, int]:
 
 def _opt(value: int | None) -> str:
     return "" if value is None else str(int(value))
+
+
+def _opt_float(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
 
 
 def _int_or_none(value: str | None) -> int | None:

@@ -8,10 +8,11 @@ these exact errors, so a caller (and a test) sees the same message from either.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
 from adapter_store._identity import AdapterVersion
+from adapter_store._rate_limits import Admission, TenantLimits
 from adapter_store._records import AdapterInfo, Page, Tenant, TenantUsage, VersionInfo
 from adapter_store.exceptions import (
     AdapterNotFoundError,
@@ -32,7 +33,8 @@ Missing = Literal["adapter", "alias", "version"]
 
 @runtime_checkable
 class MetadataStore(Protocol):
-    """Tenants, hashed API keys, adapters, versions, aliases, quotas, usage, manifests.
+    """Tenants, hashed API keys, adapters, versions, aliases, quotas, request limits and
+    their admission state, usage, manifests.
 
     Every method is atomic: a refused call (unknown tenant, quota, missing version)
     changes nothing. Names arrive validated (the facade checks them); times are Unix
@@ -85,6 +87,43 @@ class MetadataStore(Protocol):
 
     def tenant_for_key(self, key_hash: str) -> str | None:
         """The tenant of a hashed API key, ``None`` if unknown."""
+        ...
+
+    # -- request limits ---------------------------------------------------------------
+    def get_limits(self, name: str) -> TenantLimits:
+        """The tenant's own limits (``None`` fields: the default applies).
+        Raises TenantNotFoundError."""
+        ...
+
+    def set_limits(self, name: str, limits: TenantLimits) -> None:
+        """Replace the tenant's own limits. Raises TenantNotFoundError."""
+        ...
+
+    def admit(
+        self,
+        tenant: str,
+        limits: TenantLimits,
+        *,
+        tokens: int,
+        lease: str,
+        now: float,
+        lease_ttl_s: float,
+    ) -> Admission:
+        """Admit one request costing ``tokens`` under ``limits`` (the policy of
+        ``adapter_store._rate_limits.admit``, shared by every caller of this store) and
+        hold ``lease`` until :meth:`release` or ``now + lease_ttl_s``; or refuse it,
+        charging nothing."""
+        ...
+
+    def release(self, tenant: str, lease: str) -> None:
+        """End a lease; one that expired or was released already is a no-op."""
+        ...
+
+    def renew_leases(
+        self, leases: Mapping[str, Collection[str]], *, now: float, lease_ttl_s: float
+    ) -> None:
+        """Extend live leases (tenant -> lease ids) to ``now + lease_ttl_s``; released or
+        expired ones stay gone."""
         ...
 
     # -- push -------------------------------------------------------------------------

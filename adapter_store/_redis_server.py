@@ -4,18 +4,29 @@ Used by ``loramux up`` (the embedded default, persisted with appendonly) and by 
 fixtures. Failure mode: if the binary is missing or the port is taken between choosing it
 and binding it, :meth:`RedisServerProcess.start` raises ``RuntimeError`` with the server's
 log tail.
+
+Supervision (:meth:`RedisServerProcess.supervise`): a server that dies (OOM kill, crash,
+SIGKILL) is started again on the same port and files, so clients reconnect to the same
+URL and find every write the append-only file holds. ``fsync="always"`` (the embedded
+default) makes that every acknowledged write, at the cost of one fsync per write;
+``everysec`` may lose the last second.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import Literal
 
 __all__ = ["RedisServerProcess", "free_port", "redis_server_binary"]
+
+_log = logging.getLogger(__name__)
 
 
 def redis_server_binary() -> str:
@@ -48,12 +59,19 @@ class RedisServerProcess:
         port: int | None = None,
         host: str = "127.0.0.1",
         appendonly: bool = True,
+        fsync: Literal["always", "everysec"] = "everysec",
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port or free_port(host)
         self.appendonly = appendonly
+        self.fsync = fsync
+        self.restarts = 0
         self._proc: subprocess.Popen[bytes] | None = None
+        self._supervisor: threading.Thread | None = None
+        self._stopping = threading.Event()
+        # start, restart and stop exclude each other: a restart never races a stop.
+        self._lifecycle = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -64,6 +82,10 @@ class RedisServerProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout_s: float = 10.0) -> None:
+        with self._lifecycle:
+            self._start(timeout_s)
+
+    def _start(self, timeout_s: float) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.data_dir / "redis.log"
         args = [
@@ -78,6 +100,8 @@ class RedisServerProcess:
             str(log),
             "--appendonly",
             "yes" if self.appendonly else "no",
+            "--appendfsync",
+            self.fsync,
             "--save",
             "",
             "--protected-mode",
@@ -97,11 +121,57 @@ class RedisServerProcess:
                     return
             time.sleep(0.05)
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-        self.stop()
+        self._terminate(timeout_s)
         raise RuntimeError(f"redis-server did not start on {self.host}:{self.port}:\n{tail}")
 
+    def supervise(self, *, check_every_s: float = 0.2, max_delay_s: float = 5.0) -> None:
+        """Start a daemon thread that restarts the server whenever it dies, until
+        :meth:`stop`. A restart that fails is tried again with a doubling delay (up to
+        ``max_delay_s``); each restart is logged and counted in :attr:`restarts`."""
+        if self._supervisor is not None:
+            return
+        self._stopping.clear()
+        self._supervisor = threading.Thread(
+            target=self._watch,
+            args=(check_every_s, max_delay_s),
+            name=f"redis-supervisor-{self.port}",
+            daemon=True,
+        )
+        self._supervisor.start()
+
+    def _watch(self, check_every_s: float, max_delay_s: float) -> None:
+        delay = check_every_s
+        while not self._stopping.wait(delay):
+            with self._lifecycle:
+                if self._stopping.is_set() or self._proc is None or self._proc.poll() is None:
+                    delay = check_every_s
+                    continue
+                _log.warning(
+                    "redis-server on %s:%d exited with %s; restarting it on the same files",
+                    self.host,
+                    self.port,
+                    self._proc.returncode,
+                )
+                try:
+                    self._start(timeout_s=10.0)
+                except RuntimeError as exc:
+                    _log.error("redis-server restart failed: %s", exc)
+                    delay = min(max_delay_s, delay * 2)
+                    continue
+                self.restarts += 1
+                delay = check_every_s
+
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop the server; SIGTERM lets it flush the append-only file first."""
+        """Stop supervising, then stop the server; SIGTERM lets it flush the append-only
+        file first."""
+        self._stopping.set()
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join(timeout_s)
+        self._supervisor = None
+        with self._lifecycle:
+            self._terminate(timeout_s)
+
+    def _terminate(self, timeout_s: float) -> None:
         if self._proc is None:
             return
         if self._proc.poll() is None:
@@ -114,11 +184,12 @@ class RedisServerProcess:
         self._proc = None
 
     def kill(self) -> None:
-        """Kill the server at once (SIGKILL), as a crash would."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
+        """Kill the server at once (SIGKILL), as a crash would; a supervised server is
+        then started again."""
+        with self._lifecycle:
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.kill()
+                self._proc.wait()
 
     def __enter__(self) -> RedisServerProcess:
         self.start()

@@ -45,6 +45,7 @@ from adapter_store._identity import (
 from adapter_store._manifest import BaseModelManifest
 from adapter_store._metadata import RedisMetadataStore
 from adapter_store._metadata_store import MetadataStore
+from adapter_store._rate_limits import TenantLimits
 from adapter_store._records import AdapterInfo, GcReport, Page, Tenant, TenantUsage, VersionInfo
 from adapter_store._source import (
     CONFIG_NAME,
@@ -551,6 +552,15 @@ class AdapterStore:
     def get_usage(self, tenant: str) -> TenantUsage:
         """Raises TenantNotFoundError."""
         return self.metadata.get_usage(validate_name(tenant, "tenant"))
+
+    def set_limits(self, tenant: str, limits: TenantLimits) -> None:
+        """Replace the tenant's request limits (``None`` fields: the service default).
+        Raises TenantNotFoundError."""
+        self.metadata.set_limits(validate_name(tenant, "tenant"), limits)
+
+    def get_limits(self, tenant: str) -> TenantLimits:
+        """The tenant's own request limits. Raises TenantNotFoundError."""
+        return self.metadata.get_limits(validate_name(tenant, "tenant"))
 
 
 def _files_of(version: AdapterVersion) -> dict[str, str]:

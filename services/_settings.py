@@ -1,8 +1,9 @@
 """The service's configuration: one pydantic-settings class, environment prefix ``LORAMUX_``.
 
 The store's own settings (``LORAMUX_REDIS_URL``, ``LORAMUX_BLOB_URL``,
-``LORAMUX_DATA_DIR`` ...) are composed as :attr:`ServiceSettings.store`, read from the
-same environment, never duplicated here. ``store.base_model`` is the id the served base
+``LORAMUX_DATA_DIR`` ...) are composed as :attr:`ServiceSettings.store`, and the request
+limits as :attr:`ServiceSettings.limits`, read from the same environment, never
+duplicated here. ``store.base_model`` is the id the served base
 model is registered and pushed under.
 """
 
@@ -16,7 +17,41 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adapter_store import StoreSettings
 
-__all__ = ["ServiceSettings"]
+__all__ = ["LimitSettings", "ServiceSettings"]
+
+
+class LimitSettings(BaseSettings):
+    """What one request may ask for, checked at the ingress before anything reaches a
+    replica, and the request limits of a tenant that has none of its own.
+
+    Each refusal names its setting (``LORAMUX_MAX_TOKENS_LIMIT`` ...). The tenant
+    defaults apply to every tenant; ``loramux tenant limits`` overrides them per tenant.
+    ``None`` is no limit.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LORAMUX_", extra="forbid")
+
+    max_body_bytes: int = Field(
+        default=4 << 20, ge=1024, description="a generation request's JSON body"
+    )
+    max_prompt_bytes: int = Field(
+        default=256 << 10, ge=1, description="the prompt, or all messages' contents, in UTF-8"
+    )
+    max_tokens_limit: int = Field(default=4096, ge=1, description="the largest max_tokens")
+    max_stop_sequences: int = Field(default=4, ge=0)
+    max_stop_bytes: int = Field(default=256, ge=1, description="each stop string, UTF-8")
+    max_messages: int = Field(default=256, ge=1, description="messages of one chat request")
+    max_n: int = Field(default=1, ge=1, description="choices per request")
+    tenant_requests_per_s: float | None = Field(default=50.0, gt=0)
+    tenant_tokens_per_min: int | None = Field(
+        default=1_000_000, gt=0, description="prompt tokens (estimated) plus max_tokens"
+    )
+    tenant_max_in_flight: int | None = Field(default=64, gt=0)
+    lease_ttl_s: float = Field(
+        default=60.0,
+        gt=1,
+        description="an in-flight slot outlives a dead ingress by this; live ones are renewed",
+    )
 
 
 class ServiceSettings(BaseSettings):
@@ -34,6 +69,7 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LORAMUX_", extra="forbid")
 
     store: StoreSettings = Field(default_factory=StoreSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
     base_model_dir: Path | None = Field(
         default=None, description="local HF model directory; None: the built-in tiny model"
     )

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import wraps
 from typing import Any, TypeVar, cast
@@ -42,6 +42,7 @@ from adapter_store._metadata_store import (
     tenant_not_found,
     unknown_key,
 )
+from adapter_store._rate_limits import Admission, Buckets, TenantLimits, admit
 from adapter_store._records import AdapterInfo, Page, Tenant, TenantUsage, VersionInfo
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -64,6 +65,7 @@ class _TenantRow:
     adapters: int = 0
     bytes: int = 0
     key_hashes: set[str] = field(default_factory=set)
+    limits: TenantLimits = field(default_factory=TenantLimits)
 
 
 @dataclass
@@ -118,6 +120,8 @@ class InMemoryMetadataStore:
         self._intents: dict[str, float] = {}
         self._gc_claims: dict[str, float] = {}
         self._generations: dict[str, int] = {}
+        self._buckets: dict[str, Buckets] = {}
+        self._leases: dict[str, dict[str, float]] = {}
 
     def close(self) -> None:
         """Nothing to release; the data stays readable."""
@@ -191,6 +195,53 @@ class InMemoryMetadataStore:
     @_locked
     def tenant_for_key(self, key_hash: str) -> str | None:
         return self._keys.get(key_hash)
+
+    # -- request limits ------------------------------------------------------------------
+
+    @_locked
+    def get_limits(self, name: str) -> TenantLimits:
+        return self._tenant(name).limits
+
+    @_locked
+    def set_limits(self, name: str, limits: TenantLimits) -> None:
+        if name not in self._tenants:
+            raise no_such_tenant(f"set limits of tenant {name!r}")
+        self._tenants[name].limits = limits
+
+    @_locked
+    def admit(
+        self,
+        tenant: str,
+        limits: TenantLimits,
+        *,
+        tokens: int,
+        lease: str,
+        now: float,
+        lease_ttl_s: float,
+    ) -> Admission:
+        leases = {k: t for k, t in self._leases.get(tenant, {}).items() if t >= now}
+        self._leases[tenant] = leases
+        admission, buckets = admit(
+            limits, self._buckets.get(tenant), in_flight=len(leases), tokens=tokens, now=now
+        )
+        if admission.admitted:
+            assert buckets is not None
+            self._buckets[tenant] = buckets
+            leases[lease] = now + lease_ttl_s
+        return admission
+
+    @_locked
+    def release(self, tenant: str, lease: str) -> None:
+        self._leases.get(tenant, {}).pop(lease, None)
+
+    @_locked
+    def renew_leases(
+        self, leases: Mapping[str, Collection[str]], *, now: float, lease_ttl_s: float
+    ) -> None:
+        for tenant, ids in leases.items():
+            held = self._leases.get(tenant, {})
+            for lease in set(ids) & held.keys():
+                held[lease] = now + lease_ttl_s
 
     # -- push ----------------------------------------------------------------------------
 

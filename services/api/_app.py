@@ -20,11 +20,13 @@ from fastapi import FastAPI
 from adapter_store import AdapterStore
 from services._settings import ServiceSettings
 from services.api import _adapters, _generation, _stats, _tenants
+from services.api._admission import TenantAdmission
 from services.api._auth import ApiContext
 from services.api._dashboard import dashboard_router
 from services.api._errors import install_error_handlers
 from services.api._gateway import ModelGateway
 from services.api._metrics import IngressMetrics
+from services.api._request_limits import BodySizeLimit
 
 __all__ = ["create_api"]
 
@@ -37,7 +39,9 @@ def create_api(store: AdapterStore, gateway: ModelGateway, settings: ServiceSett
         gateway=gateway,
         settings=settings,
         meter=IngressMetrics(tenant_label=settings.metrics_tenant_label),
+        admission=TenantAdmission(store.metadata, settings.limits),
     )
+    api.add_middleware(BodySizeLimit, limits=settings.limits, paths=_generation.PATHS)
     install_error_handlers(api)
     for resource in (_generation, _adapters, _tenants, _stats):
         api.include_router(resource.router)

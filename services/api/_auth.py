@@ -15,6 +15,7 @@ from fastapi import Depends, Header, Request
 
 from adapter_store import AdapterStore
 from services._settings import ServiceSettings
+from services.api._admission import TenantAdmission
 from services.api._gateway import ModelGateway
 from services.api._metrics import IngressMetrics
 from services.exceptions import PermissionDeniedError, UnauthorizedError
@@ -37,6 +38,7 @@ class ApiContext:
     gateway: ModelGateway
     settings: ServiceSettings
     meter: IngressMetrics
+    admission: TenantAdmission
 
 
 async def _context(request: Request) -> ApiContext:

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 import adapter_store.exceptions as store_errors
 import services.engine.exceptions as engine_errors
 import services.exceptions as api_errors
+from services.api._admission import TenantRateLimitedError
 from services.client._models import ErrorBody, ErrorDetail
 
 __all__ = ["ERROR_TABLE", "error_body", "install_error_handlers", "status_and_body", "status_of"]
@@ -65,6 +66,8 @@ ERROR_TABLE: dict[type[BaseException], tuple[int, str]] = {
             api_errors.UnauthorizedError,
             api_errors.PermissionDeniedError,
             api_errors.ResourceNotFoundError,
+            api_errors.PayloadTooLargeError,
+            api_errors.RateLimitError,
             api_errors.ServiceUnavailableError,
         )
     },
@@ -112,7 +115,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         status, body = status_and_body(exc)
-        return JSONResponse(body.model_dump(exclude_none=True), status_code=status)
+        headers = (
+            {"Retry-After": exc.retry_after_header}
+            if isinstance(exc, TenantRateLimitedError)
+            else None
+        )
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 
     async def handle_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)

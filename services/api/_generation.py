@@ -4,7 +4,9 @@
 ``model`` names an adapter (``name``, ``name@3``, ``name:prod``) or, when it equals the
 base model id, the base model alone; an adapter named like the base model is therefore
 reachable only by version or alias. A request is resolved (three Redis round trips, in
-the threadpool) and sent through the gateway; the route waits for the first chunk so
+the threadpool), checked against the request limits (400 naming the limit), admitted
+under the tenant's rate and concurrency limits (429 with ``Retry-After``) and sent
+through the gateway; the route waits for the first chunk so
 that an error before any output still answers with its status. After that, an error
 becomes one ``data: {"error": ...}`` event of the stream.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any
 
 from fastapi import APIRouter
@@ -32,13 +35,17 @@ from services.api._openai import (
     completion_chunk,
     generation_request,
 )
+from services.api._request_limits import check_generation
 from services.client import ChatCompletionRequest, CompletionRequest, Model, ModelList
-from services.engine import GenerationChunk, GenerationResult
+from services.engine import GenerationChunk, GenerationRequest, GenerationResult
 from services.exceptions import BadRequestError
 
-__all__ = ["router"]
+__all__ = ["PATHS", "router"]
 
 router = APIRouter()
+
+# The routes whose bodies BodySizeLimit bounds (uploads have their own cap).
+PATHS = ("/v1/completions", "/v1/chat/completions")
 
 
 def _resolve_model(context: ApiContext, key: str, model: str) -> tuple[str, AdapterVersion | None]:
@@ -72,13 +79,30 @@ async def _start(
         request = generation_request(
             body, adapter, default_max_tokens=context.settings.default_max_tokens
         )
-        chunks = context.gateway.generate(request)
+        tokens = check_generation(body, request.sampling.max_tokens, context.settings.limits)
+        chunks = _admitted(context, tenant, tokens, request)
         try:
             first = await anext(chunks)
         except BaseException:
             await chunks.aclose()
             raise
     return meter.metered(endpoint, tenant, _prepend(first, chunks))
+
+
+async def _admitted(
+    context: ApiContext, tenant: str, tokens: int, request: GenerationRequest
+) -> AsyncGenerator[GenerationChunk, None]:
+    """The gateway's chunks under one admission of ``tenant``: refused (429) before
+    anything is sent, the lease released when the stream ends, fails or is closed.
+    Admission and release are Redis round trips, so they run in the threadpool."""
+    lease = context.admission.admitted(tenant, tokens)
+    await run_in_threadpool(lease.__enter__)
+    try:
+        async with aclosing(context.gateway.generate(request)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+    finally:
+        await run_in_threadpool(lease.__exit__, None, None, None)
 
 
 @router.post("/v1/completions", response_model=None)

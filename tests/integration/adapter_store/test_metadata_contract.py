@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from adapter_store import MetadataStore, RedisMetadataStore
+from adapter_store import Admission, MetadataStore, RedisMetadataStore, TenantLimits
+from adapter_store._rate_limits import Buckets, admit
 from adapter_store.exceptions import (
     AdapterNotFoundError,
     AuthenticationError,
@@ -262,3 +263,88 @@ def test_a_publish_on_a_blob_gc_claimed_since_the_announce_is_refused(
     with pytest.raises(AdapterNotFoundError):
         meta.get_adapter("acme", "chat")
     assert meta.get_usage("acme").bytes == 0
+
+
+# -- request limits -----------------------------------------------------------------------
+
+
+def test_limits_are_stored_per_tenant_and_need_the_tenant(meta: MetadataStore) -> None:
+    assert meta.get_limits("acme") == TenantLimits()
+    limits = TenantLimits(requests_per_s=2.5, tokens_per_min=600, max_in_flight=3)
+    meta.set_limits("acme", limits)
+    assert meta.get_limits("acme") == limits
+    meta.set_limits("acme", TenantLimits(max_in_flight=1))
+    assert meta.get_limits("acme") == TenantLimits(max_in_flight=1)
+    with pytest.raises(TenantNotFoundError):
+        meta.set_limits("ghost", limits)
+    with pytest.raises(TenantNotFoundError):
+        meta.get_limits("ghost")
+
+
+def _admit(meta: MetadataStore, limits: TenantLimits, now: float, tokens: int = 10) -> Admission:
+    return meta.admit(
+        "acme", limits, tokens=tokens, lease=f"lease-{now!r}-{tokens}", now=now, lease_ttl_s=30.0
+    )
+
+
+def test_admission_follows_the_pure_policy_step_for_step(meta: MetadataStore) -> None:
+    """A scripted sequence: every answer equals the pure policy's on the same inputs."""
+    limits = TenantLimits(requests_per_s=2.0, tokens_per_min=120, max_in_flight=None)
+    buckets: Buckets | None = None
+    for now, tokens in [(100.0, 10), (100.1, 10), (100.2, 10), (100.7, 50), (101.3, 70),
+                        (101.31, 20), (140.0, 90), (139.0, 5), (139.5, 1)]:  # fmt: skip
+        expected, after = admit(limits, buckets, in_flight=0, tokens=tokens, now=now)
+        got = _admit(meta, limits, now, tokens)
+        assert (got.admitted, got.limit) == (expected.admitted, expected.limit), (now, tokens)
+        assert got.retry_after_s == pytest.approx(expected.retry_after_s, rel=1e-12, abs=1e-12)
+        buckets = after
+        for lease in list(_leases(meta)):  # in-flight is tested apart: end each request
+            meta.release("acme", lease)
+
+
+def _leases(meta: MetadataStore) -> list[str]:
+    if isinstance(meta, InMemoryMetadataStore):
+        return list(meta.state()["_leases"].get("acme", {}))
+    assert isinstance(meta, RedisMetadataStore)
+    return list(meta._redis.zrange("t:lf:acme", 0, -1))
+
+
+def test_in_flight_leases_are_released_or_expire(meta: MetadataStore) -> None:
+    limits = TenantLimits(max_in_flight=2)
+    first, second = _admit(meta, limits, 10.0), _admit(meta, limits, 10.5)
+    assert (first.in_flight, second.in_flight) == (1, 2)
+    refused = _admit(meta, limits, 11.0)
+    assert (refused.admitted, refused.limit, refused.in_flight) == (False, "max_in_flight", 2)
+    meta.release("acme", "lease-10.0-10")
+    meta.release("acme", "lease-10.0-10")  # twice: a no-op
+    assert _admit(meta, limits, 12.0).admitted
+    # The ingress holding the other two died: they expire after their ttl (30 s), unless
+    # renewed; a renewed lease outlives the ttl it was admitted with.
+    meta.renew_leases({"acme": ["lease-12.0-10", "lease-gone"]}, now=35.0, lease_ttl_s=30.0)
+    answer = _admit(meta, limits, 41.0)
+    assert (answer.admitted, answer.in_flight) == (True, 2)
+    assert sorted(_leases(meta)) == ["lease-12.0-10", "lease-41.0-10"]
+
+
+def test_a_refused_request_charges_nothing(meta: MetadataStore) -> None:
+    limits = TenantLimits(requests_per_s=1.0, tokens_per_min=60)
+    assert _admit(meta, limits, 5.0, tokens=60).admitted
+    before = state_of(meta)
+    refused = _admit(meta, limits, 5.5, tokens=1)
+    assert (refused.admitted, refused.limit) == (False, "requests_per_s")
+    assert refused.retry_after_s == pytest.approx(0.5)
+    assert state_of(meta) == before
+
+
+def test_concurrent_admissions_never_exceed_the_budget(meta: MetadataStore) -> None:
+    limits = TenantLimits(requests_per_s=5.0, max_in_flight=None)
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(
+            pool.map(
+                lambda i: meta.admit(
+                    "acme", limits, tokens=1, lease=f"l{i}", now=50.0, lease_ttl_s=30.0
+                ),
+                range(40),
+            )
+        )
+    assert sum(a.admitted for a in answers) == 5

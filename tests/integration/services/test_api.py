@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from adapter_store import AdapterStore, StoreSettings, manifest_from_model
-from services._settings import ServiceSettings
+from services._settings import LimitSettings, ServiceSettings
 from services.api import create_api
 from services.client import PEFT_FILES, AsyncClient, ReplicaStats, ResidentKeys
 from services.engine import (
@@ -393,3 +393,75 @@ async def test_another_tenants_adapter_is_not_found_on_every_route(
     assert gateway.requests == []
     assert store.get_adapter("acme", "bot").request_count == 0
     assert list((tmp_path / "stolen").iterdir()) == []
+
+
+def limited_api(
+    store: AdapterStore, gateway: ScriptedGateway, tmp_path: Path, **limits: Any
+) -> Any:
+    settings = ServiceSettings(
+        store=StoreSettings(data_dir=tmp_path),
+        admin_key=ADMIN_KEY,
+        limits=LimitSettings(**limits),
+    )
+    return create_api(store, gateway, settings)
+
+
+async def test_a_request_above_a_limit_is_refused_naming_the_setting_before_any_replica(
+    store: AdapterStore, gateway: ScriptedGateway, tmp_path: Path
+) -> None:
+    api = limited_api(store, gateway, tmp_path, max_tokens_limit=100, max_body_bytes=2048)
+    _, key = store.create_tenant("acme")
+    gateway.script = [DONE]
+    async with client(api, key) as acme:
+        with pytest.raises(BadRequestError, match="LORAMUX_MAX_TOKENS_LIMIT"):
+            await acme.completions.create(model="tiny", prompt="x", max_tokens=101)
+        with pytest.raises(PayloadTooLargeError, match="LORAMUX_MAX_BODY_BYTES"):
+            await acme.completions.create(model="tiny", prompt="x" * 4096)
+        await acme.completions.create(model="tiny", prompt="x", max_tokens=100)
+
+    assert len(gateway.requests) == 1
+
+
+async def test_a_tenant_over_its_rate_gets_429_with_retry_after_and_others_are_admitted(
+    store: AdapterStore, gateway: ScriptedGateway, tmp_path: Path
+) -> None:
+    api = limited_api(store, gateway, tmp_path, tenant_requests_per_s=0.1)
+    _, acme_key = store.create_tenant("acme")
+    _, beta_key = store.create_tenant("beta")
+    gateway.script = [DONE]
+    body = {"model": "tiny", "prompt": "x", "max_tokens": 4}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=api), base_url="http://loramux.test"
+    ) as http:
+
+        def post(key: str) -> Awaitable[httpx.Response]:
+            return http.post(
+                "/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+            )
+
+        first, second, other = await post(acme_key), await post(acme_key), await post(beta_key)
+
+    assert (first.status_code, other.status_code) == (200, 200)
+    assert second.status_code == 429
+    assert "requests_per_s limit" in second.json()["error"]["message"]
+    assert 1 <= int(second.headers["Retry-After"]) <= 10
+    assert len(gateway.requests) == 2
+
+
+async def test_the_in_flight_lease_is_released_when_a_request_ends_or_fails(
+    store: AdapterStore, gateway: ScriptedGateway, tmp_path: Path
+) -> None:
+    api = limited_api(store, gateway, tmp_path, tenant_max_in_flight=1)
+    _, key = store.create_tenant("acme")
+    async with client(api, key) as acme:
+        gateway.script = [InvalidRequestError("the prompt is too long")]
+        with pytest.raises(BadRequestError, match="too long"):
+            await acme.completions.create(model="tiny", prompt="x")
+        gateway.script = [DONE]
+        for _ in range(3):
+            await acme.completions.create(model="tiny", prompt="x")
+        stream = await acme.completions.create(model="tiny", prompt="x", stream=True)
+        assert [chunk.choices[0].text async for chunk in stream] == ["!"]
+        await acme.completions.create(model="tiny", prompt="x")
+
+    assert len(gateway.requests) == 6

@@ -48,7 +48,7 @@ def test_the_serve_config_validates_as_rays_deploy_schema() -> None:
     assert model.autoscaling_config["min_replicas"] <= model.autoscaling_config["max_replicas"]
     router = model.request_router_config
     assert resolve(router["request_router_class"]).__name__ == "CacheAwareRequestRouter"
-    assert {"LORAMUX_REDIS_URL", "LORAMUX_BLOB_URL"} <= set(app.runtime_env["env_vars"])
+    assert "LORAMUX_BLOB_URL" in app.runtime_env["env_vars"]
 
 
 def test_the_serve_configs_args_are_service_settings_and_hold_no_secret() -> None:
@@ -56,7 +56,12 @@ def test_the_serve_configs_args_are_service_settings_and_hold_no_secret() -> Non
     settings = ServiceSettings(**app["args"])
     assert settings.gpu_slots == app["args"]["gpu_slots"]
     assert "admin_key" not in app["args"]
-    secrets = {"LORAMUX_ADMIN_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"}
+    secrets = {
+        "LORAMUX_ADMIN_KEY",
+        "LORAMUX_REDIS_URL",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ACCESS_KEY_ID",
+    }
     assert not secrets & set(app["runtime_env"]["env_vars"])
 
 
@@ -140,3 +145,19 @@ def test_prometheus_scrapes_rays_metrics_port() -> None:
     assert targets and all(target.endswith(":8080") for target in targets)
     (file_sd,) = jobs["ray-discovered"]["file_sd_configs"]
     assert file_sd["files"] == ["/tmp/ray/prom_metrics_service_discovery.json"]
+
+
+def test_redis_needs_its_password_and_only_the_ray_cluster_reaches_it() -> None:
+    documents = list(yaml.safe_load_all((DEPLOY / "k8s" / "redis.yaml").read_text()))
+    (redis,) = [d for d in documents if d["kind"] == "StatefulSet"]
+    container = redis["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    secret_refs = {e["valueFrom"]["secretKeyRef"]["key"] for e in container["env"]}
+    assert secret_refs == {"REDIS_PASSWORD"}
+    (policy,) = [d for d in documents if d["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"app": "redis"}
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "loramux"}}}]
+    secret = yaml.safe_load((DEPLOY / "k8s" / "secrets.example.yaml").read_text())
+    assert secret["stringData"]["LORAMUX_REDIS_URL"].startswith("redis://:")
