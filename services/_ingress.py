@@ -59,13 +59,14 @@ from services._errors import error_body, install_error_handlers
 from services._metrics import IngressMetrics
 from services._openai import (
     ResponseIds,
-    chat_chunk,
     chat_completion,
-    chat_first_chunk,
+    chat_events,
     completion,
-    completion_chunk,
+    completion_events,
     generation_request,
+    response_plan,
 )
+from services._responses import ResponseRequest, chat_request, response_events, response_object
 from services._settings import ServiceSettings
 from services.engine import GenerationChunk, GenerationRequest, GenerationResult
 from services.exceptions import (
@@ -268,41 +269,65 @@ def create_api(store: AdapterStore, gateway: ModelGateway, settings: ServiceSett
     async def completions(key: ApiKey, body: CompletionRequest) -> Any:
         ids = ResponseIds("cmpl", body.model)
         chunks = await start("completions", key, body)
+        plan = response_plan(body)
         if not body.stream:
-            result = GenerationResult.from_chunks([chunk async for chunk in chunks])
-            return completion(ids, result).model_dump(exclude_none=True)
-
-        async def events() -> AsyncIterator[BaseModel]:
-            offset = 0
-            async for chunk in chunks:
-                yield completion_chunk(ids, chunk, offset)
-                offset += len(chunk.text)
-
-        return StreamingResponse(_sse(events()), media_type="text/event-stream")
+            results = GenerationResult.choices_from_chunks([chunk async for chunk in chunks])
+            return completion(ids, results, plan).model_dump(exclude_none=True)
+        events = completion_events(ids, plan, chunks)
+        return StreamingResponse(_sse(events), media_type="text/event-stream")
 
     @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(key: ApiKey, body: ChatCompletionRequest) -> Any:
         ids = ResponseIds("chatcmpl", body.model)
         chunks = await start("chat_completions", key, body)
+        plan = response_plan(body)
         if not body.stream:
-            result = GenerationResult.from_chunks([chunk async for chunk in chunks])
-            return chat_completion(ids, result).model_dump(exclude_none=True)
+            results = GenerationResult.choices_from_chunks([chunk async for chunk in chunks])
+            return chat_completion(ids, results, plan).model_dump(exclude_none=True)
+        events = chat_events(ids, plan, chunks)
+        return StreamingResponse(_sse(events), media_type="text/event-stream")
 
-        async def events() -> AsyncIterator[BaseModel]:
-            yield chat_first_chunk(ids)
-            async for chunk in chunks:
-                yield chat_chunk(ids, chunk)
-
-        return StreamingResponse(_sse(events()), media_type="text/event-stream")
+    @api.post("/v1/responses", response_model=None)
+    async def responses(key: ApiKey, body: ResponseRequest) -> Any:
+        ids = ResponseIds("resp", body.model)
+        chunks = await start("responses", key, chat_request(body))
+        if not body.stream:
+            results = GenerationResult.choices_from_chunks([chunk async for chunk in chunks])
+            return response_object(ids, body, results[0]).model_dump()
+        events = response_events(ids, body, chunks)
+        return StreamingResponse(_sse(events), media_type="text/event-stream")
 
     @api.get("/v1/models")
     def models(tenant: Tenant) -> ModelList:
-        data = [Model(id=base_model, owned_by="loramux")]
+        data = [model_card(tenant, base_model, None)]
         data += [
-            Model(id=adapter.name, created=int(adapter.created_at), owned_by=tenant)
+            Model(
+                id=adapter.name,
+                created=int(adapter.created_at),
+                owned_by=tenant,
+                root=base_model,
+                parent=base_model,
+            )
             for adapter in _all_adapters(store, tenant)
         ]
         return ModelList(data=data)
+
+    @api.get("/v1/models/{model:path}")
+    def get_model(model: str, tenant: Tenant) -> Model:
+        """The base model's card or, by any reference, one of the tenant's adapters'."""
+        version = None if model == base_model else store.resolve(tenant, model)
+        return model_card(tenant, model, version)
+
+    def model_card(tenant: str, model: str, version: AdapterVersion | None) -> Model:
+        if version is None:
+            return Model(id=base_model, owned_by="loramux", root=base_model)
+        return Model(
+            id=model,
+            created=int(version.created_at),
+            owned_by=tenant,
+            root=base_model,
+            parent=base_model,
+        )
 
     # --- adapters -----------------------------------------------------------------
 
