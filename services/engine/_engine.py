@@ -46,7 +46,7 @@ from adapter_store import AdapterVersion, BaseModelManifest
 from services.engine._base_model import BaseModel
 from services.engine._batching import KvBatch
 from services.engine._chat import render_chat
-from services.engine._grammar import GrammarCompiler, RowGrammar
+from services.engine._grammar import CompiledGrammar, GrammarCompiler, RowGrammar
 from services.engine._lora_layers import NO_ADAPTER_SLOT, MultiLoraModel
 from services.engine._requests import (
     FinishReason,
@@ -272,7 +272,7 @@ class Engine:
             for sequence in sequences:
                 self._abandon(sequence)
 
-    def _prepare(self, request: GenerationRequest) -> tuple[list[int], object | None]:
+    def _prepare(self, request: GenerationRequest) -> tuple[list[int], CompiledGrammar | None]:
         """On the tokenizer thread: render and tokenize the prompt, check it fits, and
         compile the grammar (None without one)."""
         tokenizer = self.base.tokenizer
@@ -306,7 +306,7 @@ class Engine:
         return list(prompt_ids), self._grammars.compile(grammar)
 
     def _new_sequences(
-        self, request: GenerationRequest, prompt_ids: list[int], compiled: object | None
+        self, request: GenerationRequest, prompt_ids: list[int], compiled: CompiledGrammar | None
     ) -> list[_Sequence]:
         sampling = request.sampling
         queue: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()

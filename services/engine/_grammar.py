@@ -8,6 +8,10 @@ the grammar forbids get ``-inf`` logits in that row only, so one tenant's gramma
 constrains another's row. The row ends when the grammar is complete and emits a stop
 token.
 
+JSON grammars also forbid tokens with raw control characters (bytes below 0x20): compact
+JSON never contains one, but xgrammar 0.2's rule for length-bounded strings
+(``maxLength``) admits them, and a strict parser then refuses the document.
+
 Failure modes: a grammar that does not compile (a schema xgrammar cannot express, a bad
 regex) is an :class:`InvalidRequestError` before the request queues. A row can still
 end unfinished when it reaches ``max_tokens`` first (``finish_reason`` "length"): the
@@ -67,7 +71,7 @@ class Grammar:
     def json_schema(cls, schema: Mapping[str, Any] | bool) -> Grammar:
         if not isinstance(schema, Mapping | bool):
             raise InvalidRequestError(f"a JSON schema must be an object, got {schema!r}")
-        return cls("json_schema", json.dumps(schema, separators=(",", ":"), sort_keys=True))
+        return cls("json_schema", json.dumps(schema, separators=(",", ":")))
 
     @classmethod
     def regex(cls, pattern: str) -> Grammar:
@@ -85,6 +89,14 @@ class Grammar:
         return cls("choice", json.dumps(options))
 
 
+@dataclass(frozen=True)
+class CompiledGrammar:
+    """A compiled grammar and the token ids its rows may never emit besides."""
+
+    compiled: Any  # xgrammar.CompiledGrammar
+    banned: torch.Tensor | None
+
+
 class GrammarCompiler:
     """Compiles :class:`Grammar` for one tokenizer; compiled grammars are cached.
 
@@ -99,9 +111,18 @@ class GrammarCompiler:
             tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(stop_token_ids)
         )
         self._compiler = xgrammar.GrammarCompiler(info, max_threads=1)
+        self._control_tokens = torch.tensor(
+            [i for i, token in enumerate(info.decoded_vocab) if any(b < 0x20 for b in token)],
+            dtype=torch.long,
+        )
 
-    def compile(self, grammar: Grammar) -> Any:  # -> xgrammar.CompiledGrammar
+    def compile(self, grammar: Grammar) -> CompiledGrammar:
         """Raises InvalidRequestError naming the grammar when xgrammar refuses it."""
+        compiled = self._compile(grammar)
+        is_json = grammar.kind in ("json_object", "json_schema")
+        return CompiledGrammar(compiled, self._control_tokens if is_json else None)
+
+    def _compile(self, grammar: Grammar) -> Any:  # -> xgrammar.CompiledGrammar
         compiler = self._compiler
         try:
             if grammar.kind == "json_object":
@@ -127,10 +148,11 @@ class GrammarCompiler:
 class RowGrammar:
     """One row's matcher: which tokens may come next, and the tokens accepted so far."""
 
-    def __init__(self, compiled: Any) -> None:
+    def __init__(self, compiled: CompiledGrammar) -> None:
         import xgrammar
 
-        self._matcher = xgrammar.GrammarMatcher(compiled)
+        self._matcher = xgrammar.GrammarMatcher(compiled.compiled)
+        self.banned = compiled.banned
 
     def accept(self, token_id: int) -> bool:
         """Advance by ``token_id``; False when the grammar forbids it."""
@@ -153,3 +175,7 @@ def mask_logits(logits: torch.Tensor, grammars: Sequence[RowGrammar | None]) -> 
     for row in rows:
         grammars[row]._matcher.fill_next_token_bitmask(bitmask, row)  # type: ignore[union-attr]
     xgrammar.apply_token_bitmask_inplace(logits, bitmask.to(logits.device), indices=rows)
+    for row in rows:
+        banned = grammars[row].banned  # type: ignore[union-attr]
+        if banned is not None:
+            logits[row, banned.to(logits.device)] = -torch.inf

@@ -222,3 +222,21 @@ def test_constrained_output_always_validates(
 
     assert finish == "stop", text
     jsonschema.validate(json.loads(text), schema)
+
+
+async def test_json_rows_never_emit_raw_control_characters(engine: Engine) -> None:
+    # xgrammar's length-bounded string rule admits bytes below 0x20; pushed hard toward
+    # one, the row must still produce JSON that a strict parser accepts.
+    schema = {
+        "type": "object",
+        "properties": {"s": {"type": "string", "maxLength": 5}},
+        "required": ["s"],
+    }
+    result = await engine.complete(
+        request(
+            "hi", max_tokens=60, logit_bias={28: 50.0, 9: 50.0}, grammar=Grammar.json_schema(schema)
+        )
+    )
+
+    assert result.finish_reason == "stop"
+    jsonschema.validate(json.loads(result.text), schema)
