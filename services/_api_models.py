@@ -251,6 +251,10 @@ class ChatCompletionRequest(_SamplingParams):
     tools: list[ToolDefinition] | None = Field(default=None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # Validated and ignored (docs/openai.md): nothing is stored, there is one tier.
+    store: bool | None = None
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    service_tier: Literal["auto", "default"] | None = None
 
 
 class ChatCompletionChoice(_Response):
