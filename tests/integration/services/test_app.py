@@ -170,11 +170,16 @@ def test_completion_with_adapter_and_base_model(acme: Client) -> None:
 def test_streamed_completion_matches_the_plain_one(acme: Client) -> None:
     params = {"model": "support@1", "prompt": PROMPT, "max_tokens": 4, "temperature": 0}
     plain = acme.completions.create(**params)
-    chunks = list(acme.completions.create(stream=True, **params))
+    chunks = list(
+        acme.completions.create(stream=True, stream_options={"include_usage": True}, **params)
+    )
+    *text_chunks, usage_chunk = chunks
 
-    assert "".join(c.choices[0].text for c in chunks) == plain.choices[0].text
-    assert chunks[-1].choices[0].finish_reason == plain.choices[0].finish_reason
-    assert chunks[-1].usage == plain.usage
+    assert "".join(c.choices[0].text for c in text_chunks) == plain.choices[0].text
+    assert text_chunks[-1].choices[0].finish_reason == plain.choices[0].finish_reason
+    # As OpenAI: usage only when asked for, in a last chunk without choices.
+    assert usage_chunk.choices == [] and usage_chunk.usage == plain.usage
+    assert all(c.usage is None for c in text_chunks)
 
 
 def test_stop_strings_and_seeds(acme: Client) -> None:
