@@ -4,12 +4,16 @@ from adapter_store._blobs import *  # noqa: F403
 from adapter_store._blobs import __all__ as _blobs_all
 from adapter_store._disk_cache import *  # noqa: F403
 from adapter_store._disk_cache import __all__ as _disk_cache_all
+from adapter_store._embedded import *  # noqa: F403
+from adapter_store._embedded import __all__ as _embedded_all
 from adapter_store._identity import *  # noqa: F403
 from adapter_store._identity import __all__ as _identity_all
 from adapter_store._manifest import *  # noqa: F403
 from adapter_store._manifest import __all__ as _manifest_all
 from adapter_store._metadata import *  # noqa: F403
 from adapter_store._metadata import __all__ as _metadata_all
+from adapter_store._metadata_store import *  # noqa: F403
+from adapter_store._metadata_store import __all__ as _metadata_store_all
 from adapter_store._peft_config import *  # noqa: F403
 from adapter_store._peft_config import __all__ as _peft_config_all
 from adapter_store._records import *  # noqa: F403
@@ -28,9 +32,11 @@ from adapter_store.exceptions import __all__ as _exceptions_all
 __all__ = [
     *_blobs_all,
     *_disk_cache_all,
+    *_embedded_all,
     *_identity_all,
     *_manifest_all,
     *_metadata_all,
+    *_metadata_store_all,
     *_peft_config_all,
     *_records_all,
     *_settings_all,

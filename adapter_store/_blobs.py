@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 from urllib.parse import parse_qs, quote, urlsplit
 
 from adapter_store._retry import call_with_retries
@@ -175,11 +175,16 @@ class LocalBlobStore:
             tmp.unlink(missing_ok=True)
         _fsync_dir(path.parent)
 
-    def get_bytes(self, key: str) -> bytes:
+    def _open(self, key: str) -> BinaryIO:
+        """The blob's file, open for reading. Raises NotFoundError."""
         try:
-            return self._path(key).read_bytes()
+            return open(self._path(key), "rb")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise NotFoundError(f"blob {key!r} not found in {self.url}") from exc
+
+    def get_bytes(self, key: str) -> bytes:
+        with self._open(key) as src:
+            return src.read()
 
     def download(
         self,
@@ -189,10 +194,7 @@ class LocalBlobStore:
         *,
         hasher: Hasher | None = None,
     ) -> int:
-        try:
-            src = open(self._path(key), "rb")  # noqa: SIM115 (closed by the with below)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-            raise NotFoundError(f"blob {key!r} not found in {self.url}") from exc
+        src = self._open(key)
         total = 0
         with src, open(dest, "wb") as out:
             while chunk := src.read(4 * _CHUNK):

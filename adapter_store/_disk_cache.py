@@ -25,10 +25,17 @@ Policies:
   keep its size but not its bytes. Writes thus cost no fsync, and bit rot is caught
   across restarts. Within one run, bit rot that keeps sizes is not detected; the
   safetensors loader still checks the header and shapes.
-* **LRU byte budget.** After each insertion, the least recently ensured entries are
-  deleted until the sizes of the entry files sum to at most ``max_bytes``. The entry just
-  ensured is never evicted by its own insertion; one larger than the whole budget is
-  still returned, with a warning, and goes first at the next insertion.
+* **LRU byte budget, evicted before writing.** Before a download, its size (given by the
+  caller, else read with one HEAD per file) is reserved: the least recently ensured
+  entries are deleted until resident entries plus every download in progress fit in
+  ``max_bytes``; when downloads in progress hold the rest of the budget, the download
+  waits for one of them to finish. So concurrent inserts never take the cache over its
+  budget, and a disk sized for the budget never fills because of it. An entry larger
+  than the whole budget is still downloaded (once nothing else is in progress) and
+  returned, with a warning, and goes first at the next insertion.
+* **Local faults.** A write that fails (disk full, quota, read-only, file size limit)
+  raises :class:`LocalDiskError` naming the cache, the adapter and the cause; the
+  staging directory is removed, so no partial file remains and the index is unchanged.
 * **Single flight.** Concurrent ``ensure`` calls for one key in one process make one
   download; the others wait for it and get its result or its error. Processes sharing
   ``root`` (two replicas on a node) serialize downloads of a key with a striped
@@ -49,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
@@ -67,7 +75,7 @@ from pathlib import Path
 
 from adapter_store._blobs import BlobStore, ProgressCallback, blob_key
 from adapter_store._identity import AdapterVersion, validate_name
-from adapter_store.exceptions import IntegrityError, NotFoundError
+from adapter_store.exceptions import IntegrityError, LocalDiskError, NotFoundError
 
 __all__ = ["DiskCache", "DiskCacheStats"]
 
@@ -153,8 +161,11 @@ class DiskCache:
         for path in (self._entries_dir, self._tmp_dir, self._locks_dir):
             path.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        # Notified whenever a reservation ends: a download waiting for budget retries.
+        self._budget_freed = threading.Condition(self._lock)
         self._index: OrderedDict[str, _Entry] = OrderedDict()
         self._used = 0
+        self._reserved = 0  # bytes of the downloads in progress
         self._inflight: dict[str, Future[Path]] = {}
         self._stats = DiskCacheStats()
         self._last_used_ns = 0
@@ -168,6 +179,8 @@ class DiskCache:
         key: str,
         files: Mapping[str, str],
         on_progress: ProgressCallback | None = None,
+        *,
+        size_bytes: int | None = None,
     ) -> Path:
         """The directory holding ``files`` of adapter version ``key``, verified.
 
@@ -177,11 +190,14 @@ class DiskCache:
                 "adapter_model.safetensors": ...}``.
             on_progress: receives byte counts as the download proceeds; only the call
                 that performs the download gets them.
+            size_bytes: the files' total size, reserved in the budget before the
+                download; None reads it from the blob store (one HEAD per file).
 
         Raises:
             IntegrityError: a file failed its sha256 check on two downloads, or its blob
                 is missing from the blob store.
             BackendUnavailableError: the blob store did not answer.
+            LocalDiskError: the cache directory could not be written (disk full...).
             InvalidReferenceError, InvalidNameError: ``key`` is not an adapter key.
             ValueError: a file name or digest is malformed.
         """
@@ -201,7 +217,7 @@ class DiskCache:
         if not leader:
             return flight.result()
         try:
-            path = self._load(key, wanted, on_progress, rehash=rehash)
+            path = self._load(key, wanted, on_progress, rehash=rehash, size_bytes=size_bytes)
             flight.set_result(path)
             return path
         except BaseException as exc:
@@ -251,6 +267,7 @@ class DiskCache:
         on_progress: ProgressCallback | None,
         *,
         rehash: bool,
+        size_bytes: int | None,
     ) -> Path:
         """Adopt the entry from disk or download it, then index it and apply the budget.
 
@@ -258,27 +275,72 @@ class DiskCache:
         was found at start (``rehash``), only if its files hash to their digests.
         """
         final = self._entry_dir(key)
-        with _flock(self._lock_file(_stripe(key))):
-            on_disk = _read_entry(final)
-            if on_disk is None or on_disk.digests() != wanted:
-                entry, downloaded = self._download_entry(key, wanted, final, on_progress), True
-            elif rehash and not _hashes_match(final, on_disk):
-                _log.warning("disk cache entry %s is corrupt on disk; fetching again", key)
-                entry, downloaded = self._download_entry(key, wanted, final, on_progress), True
-            else:
-                entry, downloaded = on_disk, False
-        with self._lock:
-            if downloaded:
+        reserved = 0  # bytes this download holds in the budget until it is indexed
+        try:
+            with _flock(self._lock_file(_stripe(key))):
+                on_disk = _read_entry(final)
+                download = on_disk is None or on_disk.digests() != wanted
+                if not download and rehash and not _hashes_match(final, on_disk):
+                    _log.warning("disk cache entry %s is corrupt on disk; fetching again", key)
+                    download = True
+                if download:
+                    reserved = (
+                        self._download_size(key, wanted) if size_bytes is None else size_bytes
+                    )
+                    self._reserve(key, reserved)
+                    entry = self._download_entry(key, wanted, final, on_progress)
+                else:
+                    assert on_disk is not None
+                    entry = on_disk
+        except BaseException:
+            self._end_reservation(reserved)
+            raise
+        with self._budget_freed:
+            if download:
                 self._stats.misses += 1
             else:
                 self._stats.hits += 1
                 if rehash:
                     self._stats.rehashed += 1
+            # Indexing the entry and ending its reservation in one step keeps the bytes
+            # counted throughout.
             self._insert(key, entry)
+            self._end_reservation(reserved, locked=True)
             trash = self._evict_over_budget(keep=key)
         for path in trash:
             _remove_tree(path)
         return final
+
+    def _download_size(self, key: str, wanted: dict[str, str]) -> int:
+        total = 0
+        for name, digest in wanted.items():
+            size = self._blobs.head(blob_key(digest))
+            if size is None:
+                raise _missing_blob(self._blobs, key, name, digest)
+            total += size
+        return total
+
+    def _reserve(self, key: str, size: int) -> None:
+        """Make room for ``size`` more bytes before they are written: evict least
+        recently used entries (deleting them before returning), and wait while other
+        downloads in progress hold the rest of the budget."""
+        with self._budget_freed:
+            while True:
+                for path in self._evict_over_budget(keep=key, incoming=self._reserved + size):
+                    # Under the lock, so that no download writes while these bytes are
+                    # still on disk; an entry is a few files, deleted in microseconds.
+                    _remove_tree(path)
+                if self._used + self._reserved + size <= self.max_bytes or not self._reserved:
+                    self._reserved += size
+                    return
+                self._budget_freed.wait()
+
+    def _end_reservation(self, size: int, *, locked: bool = False) -> None:
+        if not size:
+            return
+        with contextlib.nullcontext() if locked else self._budget_freed:
+            self._reserved -= size
+            self._budget_freed.notify_all()
 
     def _download_entry(
         self,
@@ -292,8 +354,8 @@ class DiskCache:
         The caller holds the key's process lock, so no other process writes ``final``.
         """
         stage = self._tmp_dir / f"{_stripe(key)}-{uuid.uuid4().hex}"
-        stage.mkdir()
         try:
+            stage.mkdir()
             files = {
                 name: (digest, self._fetch_verified(key, name, digest, stage / name, on_progress))
                 for name, digest in wanted.items()
@@ -305,9 +367,24 @@ class DiskCache:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.rename(stage, final)
             return entry
+        except OSError as exc:
+            raise self._disk_error(key, exc) from exc
         finally:
             if stage.exists():
                 _remove_tree(stage)
+
+    def _disk_error(self, key: str, exc: OSError) -> LocalDiskError:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            fix = (
+                f"free space on that disk, or set the cache budget (cache_max_bytes, now "
+                f"{self.max_bytes}) below the space the disk has for it"
+            )
+        else:
+            fix = "check that the cache directory is on a writable, healthy disk"
+        return LocalDiskError(
+            f"disk cache {self.root}: writing adapter {key} failed: {exc.strerror or exc} "
+            f"(errno {exc.errno}); nothing was kept. {fix[0].upper()}{fix[1:]}"
+        )
 
     def _fetch_verified(
         self,
@@ -371,11 +448,12 @@ class DiskCache:
                 self.max_bytes,
             )
 
-    def _evict_over_budget(self, keep: str) -> list[Path]:
-        """Drop least recently used entries other than ``keep`` until within budget."""
+    def _evict_over_budget(self, keep: str, incoming: int = 0) -> list[Path]:
+        """Drop least recently used entries other than ``keep`` until they and
+        ``incoming`` more bytes fit in the budget."""
         trash = []
         for key in list(self._index):
-            if self._used <= self.max_bytes:
+            if self._used + incoming <= self.max_bytes:
                 break
             if key != keep:
                 trash.append(self._drop(key))
@@ -466,11 +544,7 @@ def download_verified(
         try:
             size = blobs.download(blob, dest, on_progress, hasher=hasher)
         except NotFoundError as exc:
-            raise IntegrityError(
-                f"adapter {key}: file {name} (sha256 {digest}) is missing from the blob "
-                f"store {blobs.url} as {blob}; the metadata names a blob that is "
-                "gone: restore it from a backup or push the adapter again."
-            ) from exc
+            raise _missing_blob(blobs, key, name, digest) from exc
         actual = hasher.hexdigest()
         if on_attempt is not None:
             on_attempt(size, clock() - started, actual != digest)
@@ -489,6 +563,14 @@ def download_verified(
         f"adapter {key}: file {name} downloaded twice from {blobs.url} as {blob} "
         f"has sha256 {actual}, expected {digest}: the stored blob is corrupt. Delete "
         "the blob and push the adapter again, or restore the blob from a backup."
+    )
+
+
+def _missing_blob(blobs: BlobStore, key: str, name: str, digest: str) -> IntegrityError:
+    return IntegrityError(
+        f"adapter {key}: file {name} (sha256 {digest}) is missing from the blob "
+        f"store {blobs.url} as {blob_key(digest)}; the metadata names a blob that is "
+        "gone: restore it from a backup or push the adapter again."
     )
 
 

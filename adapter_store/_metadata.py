@@ -2,7 +2,8 @@
 
 Every multi-key change is one Lua script, so it is atomic and all-or-nothing: a script
 checks everything first and only then writes (Redis does not roll back a script that
-fails half-way). The key layout is documented in ``docs/redis-layout.md``.
+fails half-way). Scripts name their keys and arguments (:class:`_Lua`). The key layout
+is documented in ``docs/redis-layout.md``.
 
 Failure mode: each call is retried with :func:`call_with_retries` when Redis does not
 answer (connection refused, reset, timeout) or cannot take writes for now (READONLY
@@ -24,20 +25,32 @@ store is built, so importing the package stays light.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from adapter_store._identity import LATEST, AdapterVersion, is_version_number
+from adapter_store._metadata_store import (
+    GC_CLAIM_TTL_S,
+    GcClaim,
+    Missing,
+    adapter_bytes_exceeded,
+    adapter_count_exceeded,
+    adapter_not_found,
+    blob_collected,
+    no_such_tenant,
+    tenant_exists,
+    tenant_not_found,
+    unknown_key,
+)
 from adapter_store._records import AdapterInfo, Page, Tenant, TenantUsage, VersionInfo
 from adapter_store._retry import call_with_retries
 from adapter_store.exceptions import (
     AdapterNotFoundError,
-    AuthenticationError,
     BackendUnavailableError,
-    BlobCollectedError,
-    ConflictError,
     QuotaExceededError,
     TenantNotFoundError,
 )
@@ -45,28 +58,67 @@ from adapter_store.exceptions import (
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["MetadataStore"]
+__all__ = ["RedisMetadataStore"]
 
 T = TypeVar("T")
 
 # How long a publish remembers its push token, so a retry after a lost reply returns the
 # version the first try made instead of making a second one.
 _PUSH_TOKEN_TTL_S = 600
-# A gc claim older than this is treated as abandoned (the collector crashed mid-pass).
-_GC_CLAIM_TTL_S = 300.0
 
-# Checks the tenant and its quotas and, unless ARGV[10] == '1' (check only), checks that
-# gc has not claimed either blob since the push announced it (generations ARGV[11], [12]
-# against KEYS[7]), then allocates the next version and publishes it: version hash,
-# live-version set, latest and user aliases (ARGV[13...]), tenant index, quota counters
-# and blob reference counts, all at once.
-_PUBLISH = """
-local done = redis.call('GET', KEYS[6])
+
+@dataclass(frozen=True, slots=True)
+class _Lua:
+    """A Lua script that reads its keys and arguments by name, never by position.
+
+    ``keys`` names the script's KEYS in order; a generated prelude binds each to a Lua
+    local of that name (``local tenant_key = KEYS[1]``), so the body reads names and the
+    order lives in this one tuple. Arguments travel as one JSON object in ARGV[1],
+    decoded into the local table ``args`` (``args.size_bytes``): named on both sides,
+    lists (aliases, digests) included. Callers pass both as mappings
+    (:meth:`call_args`), so a misspelt or missing name fails before Redis is asked.
+    Values are sent as the strings Redis stores (``repr`` of times), never as JSON
+    numbers, which Lua would round to 14 digits.
+    """
+
+    keys: tuple[str, ...]
+    body: str
+
+    @property
+    def source(self) -> str:
+        prelude = [f"local {name} = KEYS[{i}]" for i, name in enumerate(self.keys, 1)]
+        return "\n".join([*prelude, "local args = cjson.decode(ARGV[1])", self.body])
+
+    def call_args(
+        self, keys: Mapping[str, str], args: Mapping[str, Any]
+    ) -> tuple[list[str], list[str]]:
+        """KEYS and ARGV for one call; raises ValueError if ``keys`` names other keys."""
+        if set(keys) != set(self.keys):
+            raise ValueError(f"script keys {sorted(keys)} are not {sorted(self.keys)}")
+        return [keys[name] for name in self.keys], [json.dumps(args)]
+
+
+# Checks the tenant and its quotas and, unless check_only, checks that gc has not claimed
+# either blob since the push announced it (their generations against blobgen), then
+# allocates the next version and publishes it: version hash, live-version set, latest and
+# user aliases, tenant index, quota counters and blob reference counts, all at once.
+_PUBLISH = _Lua(
+    keys=(
+        "tenant_key",
+        "adapter_key",
+        "versions_key",
+        "index_key",
+        "refs_key",
+        "token_key",
+        "blobgen_key",
+    ),
+    body="""
+local done = redis.call('GET', token_key)
 if done then return tonumber(done) end
-if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('LMX_NO_TENANT') end
-local q = redis.call('HMGET', KEYS[1], 'ma', 'mb', 'na', 'nb')
-local size = tonumber(ARGV[5])
-local live = redis.call('ZCARD', KEYS[3])
+if redis.call('EXISTS', tenant_key) == 0 then return redis.error_reply('LMX_NO_TENANT') end
+local q = redis.call('HMGET', tenant_key, 'ma', 'mb', 'na', 'nb')
+local size = tonumber(args.size_bytes)
+local live = redis.call('ZCARD', versions_key)
 local na = tonumber(q[3] or '0')
 local nb = tonumber(q[4] or '0')
 if live == 0 and q[1] and na + 1 > tonumber(q[1]) then
@@ -75,169 +127,223 @@ end
 if q[2] and nb + size > tonumber(q[2]) then
   return redis.error_reply('LMX_QUOTA_BYTES ' .. nb .. ' ' .. size .. ' ' .. q[2])
 end
-if ARGV[10] == '1' then return 0 end
-for i, digest in ipairs({ARGV[3], ARGV[4]}) do
-  if tonumber(redis.call('HGET', KEYS[7], digest) or '0') ~= tonumber(ARGV[10 + i]) then
-    return redis.error_reply('LMX_BLOB_COLLECTED ' .. digest)
+if args.check_only then return 0 end
+local announced = {
+  {args.digest, args.digest_generation},
+  {args.config_digest, args.config_digest_generation},
+}
+for _, blob in ipairs(announced) do
+  if tonumber(redis.call('HGET', blobgen_key, blob[1]) or '0') ~= tonumber(blob[2]) then
+    return redis.error_reply('LMX_BLOB_COLLECTED ' .. blob[1])
   end
 end
-local ver = redis.call('HINCRBY', KEYS[2], 'n', 1)
-redis.call('HSET', ARGV[1] .. ver, 'd', ARGV[3], 'c', ARGV[4], 's', ARGV[5], 'r', ARGV[6],
-  'b', ARGV[7], 't', ARGV[8])
-redis.call('ZADD', KEYS[3], ver, ver)
+local ver = redis.call('HINCRBY', adapter_key, 'n', 1)
+redis.call('HSET', args.version_prefix .. ver, 'd', args.digest, 'c', args.config_digest,
+  's', args.size_bytes, 'r', args.rank, 'b', args.base_model, 't', args.created_at)
+redis.call('ZADD', versions_key, ver, ver)
 if live == 0 then
-  redis.call('HSET', KEYS[2], 'c', ARGV[8])
-  redis.call('HDEL', KEYS[2], 'x')
-  redis.call('ZADD', KEYS[4], 0, ARGV[2])
-  redis.call('HINCRBY', KEYS[1], 'na', 1)
+  redis.call('HSET', adapter_key, 'c', args.created_at)
+  redis.call('HDEL', adapter_key, 'x')
+  redis.call('ZADD', index_key, 0, args.name)
+  redis.call('HINCRBY', tenant_key, 'na', 1)
 end
-redis.call('HINCRBY', KEYS[1], 'nb', size)
-redis.call('HSET', KEYS[2], '@latest', ver)
-for i = 13, #ARGV do redis.call('HSET', KEYS[2], '@' .. ARGV[i], ver) end
-redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
-redis.call('HINCRBY', KEYS[5], ARGV[4], 1)
-redis.call('SET', KEYS[6], ver, 'EX', ARGV[9])
+redis.call('HINCRBY', tenant_key, 'nb', size)
+redis.call('HSET', adapter_key, '@latest', ver)
+for _, alias in ipairs(args.aliases) do redis.call('HSET', adapter_key, '@' .. alias, ver) end
+redis.call('HINCRBY', refs_key, args.digest, 1)
+redis.call('HINCRBY', refs_key, args.config_digest, 1)
+redis.call('SET', token_key, ver, 'EX', args.token_ttl_s)
 return ver
-"""
+""",
+)
 
-# Resolves an alias ('a') or a version ('v') to the version's fields in one call.
+# Resolves an alias or a version (args.by) to the version's fields in one call.
 # Returns {'A'} (no such adapter), {'L'} (no such alias), {'V'} (no such live version)
 # or {version, digest, config digest, size, rank, base model, created}.
-_RESOLVE = """
-local ver = ARGV[3]
-if ARGV[2] == 'a' then
-  ver = redis.call('HGET', KEYS[1], '@' .. ARGV[3])
+_RESOLVE = _Lua(
+    keys=("adapter_key", "versions_key"),
+    body="""
+local ver = args.selector
+if args.by == 'alias' then
+  ver = redis.call('HGET', adapter_key, '@' .. args.selector)
 end
 local f = false
-if ver then f = redis.call('HMGET', ARGV[1] .. ver, 'd', 'c', 's', 'r', 'b', 't', 'x') end
+if ver then
+  f = redis.call('HMGET', args.version_prefix .. ver, 'd', 'c', 's', 'r', 'b', 't', 'x')
+end
 if f and f[1] and not f[7] then return {ver, f[1], f[2], f[3], f[4], f[5], f[6]} end
-if redis.call('ZCARD', KEYS[2]) == 0 then return {'A'} end
-if ARGV[2] == 'a' then return {'L'} end
+if redis.call('ZCARD', versions_key) == 0 then return {'A'} end
+if args.by == 'alias' then return {'L'} end
 return {'V'}
-"""
+""",
+)
 
-# Soft-deletes one version (ARGV[3]) or every live version ('*'): marks the version hash
-# deleted and queues it for purging, drops its aliases, moves 'latest' to the newest
+# Soft-deletes one version (args.version) or every live version ('*'): marks the version
+# hash deleted and queues it for purging, drops its aliases, moves 'latest' to the newest
 # remaining version, and releases its quota charge and blob references.
-_DELETE = """
+_DELETE = _Lua(
+    keys=("tenant_key", "adapter_key", "versions_key", "index_key", "refs_key", "dead_key"),
+    body="""
 local function delete_one(ver)
-  local vkey = ARGV[1] .. ver
+  local vkey = args.version_prefix .. ver
   local f = redis.call('HMGET', vkey, 'd', 'c', 's')
-  redis.call('HSET', vkey, 'x', ARGV[4])
-  redis.call('ZREM', KEYS[3], ver)
-  redis.call('ZADD', KEYS[6], ARGV[4], vkey)
+  redis.call('HSET', vkey, 'x', args.now)
+  redis.call('ZREM', versions_key, ver)
+  redis.call('ZADD', dead_key, args.now, vkey)
   for _, digest in ipairs({f[1], f[2]}) do
-    if redis.call('HINCRBY', KEYS[5], digest, -1) <= 0 then redis.call('HDEL', KEYS[5], digest) end
+    if redis.call('HINCRBY', refs_key, digest, -1) <= 0 then
+      redis.call('HDEL', refs_key, digest)
+    end
   end
-  redis.call('HINCRBY', KEYS[1], 'nb', -tonumber(f[3]))
-  local h = redis.call('HGETALL', KEYS[2])
+  redis.call('HINCRBY', tenant_key, 'nb', -tonumber(f[3]))
+  local h = redis.call('HGETALL', adapter_key)
   for i = 1, #h, 2 do
-    if string.sub(h[i], 1, 1) == '@' and h[i + 1] == ver then redis.call('HDEL', KEYS[2], h[i]) end
+    if string.sub(h[i], 1, 1) == '@' and h[i + 1] == ver then
+      redis.call('HDEL', adapter_key, h[i])
+    end
   end
 end
 local victims
-if ARGV[3] == '*' then
-  victims = redis.call('ZRANGE', KEYS[3], 0, -1)
+if args.version == '*' then
+  victims = redis.call('ZRANGE', versions_key, 0, -1)
   if #victims == 0 then return redis.error_reply('LMX_NO_ADAPTER') end
 else
-  if not redis.call('ZSCORE', KEYS[3], ARGV[3]) then return redis.error_reply('LMX_NO_VERSION') end
-  victims = {ARGV[3]}
+  if not redis.call('ZSCORE', versions_key, args.version) then
+    return redis.error_reply('LMX_NO_VERSION')
+  end
+  victims = {args.version}
 end
 for _, ver in ipairs(victims) do delete_one(ver) end
-local top = redis.call('ZREVRANGE', KEYS[3], 0, 0)
+local top = redis.call('ZREVRANGE', versions_key, 0, 0)
 if #top == 0 then
-  redis.call('HSET', KEYS[2], 'x', ARGV[4])
-  redis.call('ZREM', KEYS[4], ARGV[2])
-  redis.call('HINCRBY', KEYS[1], 'na', -1)
-elseif redis.call('HEXISTS', KEYS[2], '@latest') == 0 then
-  redis.call('HSET', KEYS[2], '@latest', top[1])
+  redis.call('HSET', adapter_key, 'x', args.now)
+  redis.call('ZREM', index_key, args.name)
+  redis.call('HINCRBY', tenant_key, 'na', -1)
+elseif redis.call('HEXISTS', adapter_key, '@latest') == 0 then
+  redis.call('HSET', adapter_key, '@latest', top[1])
 end
 return #victims
-"""
+""",
+)
 
-# Points alias ARGV[2] at version ARGV[1] if that version is still live.
-_SET_ALIAS = """
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return redis.error_reply('LMX_NO_VERSION') end
-redis.call('HSET', KEYS[1], '@' .. ARGV[2], ARGV[1])
+# Points the alias at the version if that version is still live.
+_SET_ALIAS = _Lua(
+    keys=("adapter_key", "versions_key"),
+    body="""
+if not redis.call('ZSCORE', versions_key, args.version) then
+  return redis.error_reply('LMX_NO_VERSION')
+end
+redis.call('HSET', adapter_key, '@' .. args.alias, args.version)
 return 1
-"""
+""",
+)
 
 # O(1) usage update; a no-op for a version hash that was purged, so it is never recreated.
-_RECORD_USAGE = """
-if redis.call('HEXISTS', KEYS[1], 'd') == 0 then return 0 end
-redis.call('HINCRBY', KEYS[1], 'u', 1)
-redis.call('HSET', KEYS[1], 'l', ARGV[1])
+_RECORD_USAGE = _Lua(
+    keys=("version_key",),
+    body="""
+if redis.call('HEXISTS', version_key, 'd') == 0 then return 0 end
+redis.call('HINCRBY', version_key, 'u', 1)
+redis.call('HSET', version_key, 'l', args.now)
 return 1
-"""
+""",
+)
 
-_CREATE_TENANT = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return redis.error_reply('LMX_TENANT_EXISTS') end
-redis.call('HSET', KEYS[2], 'c', ARGV[2], 'na', 0, 'nb', 0)
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], 'ma', ARGV[3]) end
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'mb', ARGV[4]) end
-redis.call('SADD', KEYS[1], ARGV[1])
+# Quotas travel as '' for "unlimited" (the field is then absent).
+_CREATE_TENANT = _Lua(
+    keys=("tenants_key", "tenant_key"),
+    body="""
+if redis.call('EXISTS', tenant_key) == 1 then return redis.error_reply('LMX_TENANT_EXISTS') end
+redis.call('HSET', tenant_key, 'c', args.created_at, 'na', 0, 'nb', 0)
+if args.max_adapters ~= '' then redis.call('HSET', tenant_key, 'ma', args.max_adapters) end
+if args.max_bytes ~= '' then redis.call('HSET', tenant_key, 'mb', args.max_bytes) end
+redis.call('SADD', tenants_key, args.tenant)
 return 1
-"""
+""",
+)
 
-_SET_QUOTA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('LMX_NO_TENANT') end
-if ARGV[1] == '' then redis.call('HDEL', KEYS[1], 'ma') else redis.call('HSET', KEYS[1], 'ma', ARGV[1]) end
-if ARGV[2] == '' then redis.call('HDEL', KEYS[1], 'mb') else redis.call('HSET', KEYS[1], 'mb', ARGV[2]) end
+_SET_QUOTA = _Lua(
+    keys=("tenant_key",),
+    body="""
+if redis.call('EXISTS', tenant_key) == 0 then return redis.error_reply('LMX_NO_TENANT') end
+for field, value in pairs({ma = args.max_adapters, mb = args.max_bytes}) do
+  if value == '' then
+    redis.call('HDEL', tenant_key, field)
+  else
+    redis.call('HSET', tenant_key, field, value)
+  end
+end
 return 1
-"""
+""",
+)
 
 # Maps a key hash to a tenant; a key that belonged to another tenant leaves its key set.
-_ADD_KEY = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('LMX_NO_TENANT') end
-local old = redis.call('GET', KEYS[2])
-if old then redis.call('SREM', ARGV[3] .. old, ARGV[2]) end
-redis.call('SET', KEYS[2], ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[2])
+_ADD_KEY = _Lua(
+    keys=("tenant_key", "key_key", "tenant_keys_key"),
+    body="""
+if redis.call('EXISTS', tenant_key) == 0 then return redis.error_reply('LMX_NO_TENANT') end
+local old = redis.call('GET', key_key)
+if old then redis.call('SREM', args.tenant_keys_prefix .. old, args.key_hash) end
+redis.call('SET', key_key, args.tenant)
+redis.call('SADD', tenant_keys_key, args.key_hash)
 return 1
-"""
+""",
+)
 
-_REVOKE_KEY = """
-local tenant = redis.call('GET', KEYS[1])
+_REVOKE_KEY = _Lua(
+    keys=("key_key",),
+    body="""
+local tenant = redis.call('GET', key_key)
 if not tenant then return redis.error_reply('LMX_NO_KEY') end
-redis.call('DEL', KEYS[1])
-redis.call('SREM', ARGV[1] .. tenant, ARGV[2])
+redis.call('DEL', key_key)
+redis.call('SREM', args.tenant_keys_prefix .. tenant, args.key_hash)
 return tenant
-"""
+""",
+)
 
 # A push announces the blobs it is about to use (so gc spares them) and learns which of
 # them a gc pass is deleting right now (so it waits, then uploads them again) and each
 # one's generation (which publish checks).
-_ANNOUNCE_BLOBS = """
+_ANNOUNCE_BLOBS = _Lua(
+    keys=("intents_key", "gc_key", "blobgen_key"),
+    body="""
 local collecting, generations = {}, {}
-for i = 3, #ARGV do
-  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
-  local claimed = redis.call('ZSCORE', KEYS[2], ARGV[i])
-  if claimed and tonumber(claimed) >= tonumber(ARGV[2]) then
-    table.insert(collecting, ARGV[i])
+for _, digest in ipairs(args.digests) do
+  redis.call('ZADD', intents_key, args.now, digest)
+  local claimed = redis.call('ZSCORE', gc_key, digest)
+  if claimed and tonumber(claimed) >= tonumber(args.claims_live_since) then
+    table.insert(collecting, digest)
   end
-  table.insert(generations, redis.call('HGET', KEYS[3], ARGV[i]) or '0')
+  table.insert(generations, redis.call('HGET', blobgen_key, digest) or '0')
 end
 return {collecting, generations}
-"""
+""",
+)
 
-# gc claims an unreferenced blob for deletion unless a push announced it after ARGV[2];
-# claiming bumps its generation, so a push that announced it earlier cannot publish it.
-_CLAIM_BLOB = """
-local refs = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+# gc claims an unreferenced blob for deletion unless a push announced it at or after
+# args.announced_before; claiming bumps its generation, so a push that announced it
+# earlier cannot publish it.
+_CLAIM_BLOB = _Lua(
+    keys=("refs_key", "intents_key", "gc_key", "blobgen_key"),
+    body="""
+local refs = tonumber(redis.call('HGET', refs_key, args.digest) or '0')
 if refs > 0 then return 'referenced' end
-local announced = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if announced and tonumber(announced) >= tonumber(ARGV[2]) then return 'recent' end
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HINCRBY', KEYS[4], ARGV[1], 1)
+local announced = redis.call('ZSCORE', intents_key, args.digest)
+if announced and tonumber(announced) >= tonumber(args.announced_before) then
+  return 'recent'
+end
+redis.call('ZADD', gc_key, args.now, args.digest)
+redis.call('ZREM', intents_key, args.digest)
+redis.call('HINCRBY', blobgen_key, args.digest, 1)
 return 'claimed'
-"""
+""",
+)
 
 _VERSION_FIELDS = ("d", "c", "s", "r", "b", "t")
 
 
-class MetadataStore:
-    """Redis-backed metadata of every tenant's adapters.
+class RedisMetadataStore:
+    """Redis-backed metadata of every tenant's adapters; a :class:`MetadataStore`.
 
     Args:
         client: a ``redis.Redis`` built with ``decode_responses=True`` and no retries of
@@ -258,7 +364,7 @@ class MetadataStore:
         import redis as redis_lib
 
         if not client.get_connection_kwargs().get("decode_responses"):
-            raise ValueError("MetadataStore needs a redis client with decode_responses=True")
+            raise ValueError("RedisMetadataStore needs a redis client with decode_responses=True")
         self._redis = client
         self._p = key_prefix
         self._attempts = attempts
@@ -276,18 +382,24 @@ class MetadataStore:
         # Where workers in other processes find the embedded server; credentials are left
         # out, so a protected Redis must be configured with its own redis_url.
         self.url = f"redis://{self._where}/{kwargs.get('db', 0)}"
-        script = client.register_script
-        self._publish = script(_PUBLISH)
-        self._resolve = script(_RESOLVE)
-        self._delete = script(_DELETE)
-        self._set_alias = script(_SET_ALIAS)
-        self._record_usage = script(_RECORD_USAGE)
-        self._create_tenant = script(_CREATE_TENANT)
-        self._set_quota = script(_SET_QUOTA)
-        self._add_key = script(_ADD_KEY)
-        self._revoke_key = script(_REVOKE_KEY)
-        self._announce_blobs = script(_ANNOUNCE_BLOBS)
-        self._claim_blob = script(_CLAIM_BLOB)
+        # One registered script per _Lua, by its source (the benchmark pipelines publish).
+        self._scripts = {
+            lua.source: client.register_script(lua.source)
+            for lua in (
+                _PUBLISH,
+                _RESOLVE,
+                _DELETE,
+                _SET_ALIAS,
+                _RECORD_USAGE,
+                _CREATE_TENANT,
+                _SET_QUOTA,
+                _ADD_KEY,
+                _REVOKE_KEY,
+                _ANNOUNCE_BLOBS,
+                _CLAIM_BLOB,
+            )
+        }
+        self._publish = self._scripts[_PUBLISH.source]
 
     @classmethod
     def from_url(
@@ -298,7 +410,7 @@ class MetadataStore:
         attempts: int = 4,
         timeout_s: float = 5.0,
         sleep: Callable[[float], None] = time.sleep,
-    ) -> MetadataStore:
+    ) -> RedisMetadataStore:
         """Connect to ``url`` (``redis://host:port/db``); nothing is sent until first use."""
         import redis as redis_lib
         from redis.backoff import NoBackoff
@@ -352,10 +464,14 @@ class MetadataStore:
 
         return self._call(what, run)
 
-    def _script(self, what: str, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    def _script(
+        self, what: str, lua: _Lua, keys: Mapping[str, str], args: Mapping[str, Any]
+    ) -> Any:
         """Run a Lua script, turning its ``LMX_*`` error replies into typed errors."""
+        script = self._scripts[lua.source]
+        key_list, arg_list = lua.call_args(keys, args)
         try:
-            return self._call(what, lambda: script(keys=list(keys), args=list(args)))
+            return self._call(what, lambda: script(keys=key_list, args=arg_list))
         except self._response_error as exc:
             raise _script_error(str(exc), what) from exc
 
@@ -385,9 +501,14 @@ class MetadataStore:
         """Raises ConflictError if the tenant exists."""
         self._script(
             f"create tenant {name!r}",
-            self._create_tenant,
-            [f"{self._p}tenants", f"{self._p}t:{name}"],
-            [name, repr(now), _opt(max_adapters), _opt(max_bytes)],
+            _CREATE_TENANT,
+            {"tenants_key": f"{self._p}tenants", "tenant_key": f"{self._p}t:{name}"},
+            {
+                "tenant": name,
+                "created_at": repr(now),
+                "max_adapters": _opt(max_adapters),
+                "max_bytes": _opt(max_bytes),
+            },
         )
         return Tenant(name, now, max_adapters, max_bytes)
 
@@ -396,7 +517,7 @@ class MetadataStore:
         key = f"{self._p}t:{name}"
         c, ma, mb = self._call(f"HMGET {key}", lambda: self._redis.hmget(key, "c", "ma", "mb"))
         if c is None:
-            raise _no_tenant(name)
+            raise tenant_not_found(name)
         return Tenant(name, float(c), _int_or_none(ma), _int_or_none(mb))
 
     def list_tenants(self) -> list[str]:
@@ -407,9 +528,9 @@ class MetadataStore:
         """Set both quotas (``None``: unlimited). Raises TenantNotFoundError."""
         self._script(
             f"set quota of tenant {name!r}",
-            self._set_quota,
-            [f"{self._p}t:{name}"],
-            [_opt(max_adapters), _opt(max_bytes)],
+            _SET_QUOTA,
+            {"tenant_key": f"{self._p}t:{name}"},
+            {"max_adapters": _opt(max_adapters), "max_bytes": _opt(max_bytes)},
         )
 
     def get_usage(self, name: str) -> TenantUsage:
@@ -419,25 +540,29 @@ class MetadataStore:
             f"HMGET {key}", lambda: self._redis.hmget(key, "c", "ma", "mb", "na", "nb")
         )
         if c is None:
-            raise _no_tenant(name)
+            raise tenant_not_found(name)
         return TenantUsage(name, int(na), int(nb), _int_or_none(ma), _int_or_none(mb))
 
     def add_key(self, tenant: str, key_hash: str) -> None:
         """Map a hashed API key to ``tenant``. Raises TenantNotFoundError."""
         self._script(
             f"add API key to tenant {tenant!r}",
-            self._add_key,
-            [f"{self._p}t:{tenant}", f"{self._p}key:{key_hash}", f"{self._p}tk:{tenant}"],
-            [tenant, key_hash, f"{self._p}tk:"],
+            _ADD_KEY,
+            {
+                "tenant_key": f"{self._p}t:{tenant}",
+                "key_key": f"{self._p}key:{key_hash}",
+                "tenant_keys_key": f"{self._p}tk:{tenant}",
+            },
+            {"tenant": tenant, "key_hash": key_hash, "tenant_keys_prefix": f"{self._p}tk:"},
         )
 
     def revoke_key(self, key_hash: str) -> str:
         """Forget a hashed API key; return its tenant. Raises AuthenticationError."""
         return self._script(
             "revoke API key",
-            self._revoke_key,
-            [f"{self._p}key:{key_hash}"],
-            [f"{self._p}tk:", key_hash],
+            _REVOKE_KEY,
+            {"key_key": f"{self._p}key:{key_hash}"},
+            {"tenant_keys_prefix": f"{self._p}tk:", "key_hash": key_hash},
         )
 
     def tenant_for_key(self, key_hash: str) -> str | None:
@@ -455,9 +580,17 @@ class MetadataStore:
         digests = list(digests)
         collecting, generations = self._script(
             "announce blobs",
-            self._announce_blobs,
-            [f"{self._p}intents", f"{self._p}gc", f"{self._p}blobgen"],
-            [repr(now), repr(now - _GC_CLAIM_TTL_S), *digests],
+            _ANNOUNCE_BLOBS,
+            {
+                "intents_key": f"{self._p}intents",
+                "gc_key": f"{self._p}gc",
+                "blobgen_key": f"{self._p}blobgen",
+            },
+            {
+                "now": repr(now),
+                "claims_live_since": repr(now - GC_CLAIM_TTL_S),
+                "digests": digests,
+            },
         )
         return collecting, {d: int(g) for d, g in zip(digests, generations, strict=True)}
 
@@ -467,7 +600,7 @@ class MetadataStore:
         Raises:
             TenantNotFoundError, QuotaExceededError.
         """
-        self._run_publish(tenant, name, size_bytes, ("", "", 0, "", 0.0), (), "", check_only=True)
+        self._run_publish(_Publication.check(tenant, name, size_bytes))
 
     def publish(
         self,
@@ -492,91 +625,61 @@ class MetadataStore:
             BlobCollectedError: gc claimed a blob since it was announced; nothing was
                 written; announce and upload it again.
         """
-        token = uuid.uuid4().hex
-        number = self._run_publish(
-            tenant,
-            name,
-            size_bytes,
-            (digest, config_digest, rank, base_model, now),
-            aliases,
-            token,
-            check_only=False,
+        publication = _Publication(
+            tenant=tenant,
+            name=name,
+            digest=digest,
+            config_digest=config_digest,
+            size_bytes=size_bytes,
+            rank=rank,
+            base_model=base_model,
+            created_at=now,
             generations=generations,
+            aliases=tuple(aliases),
+            token=uuid.uuid4().hex,
         )
-        return AdapterVersion(
-            tenant, name, number, digest, config_digest, size_bytes, rank, base_model, now
-        )
+        return publication.version(self._run_publish(publication))
 
-    def _run_publish(
-        self,
-        tenant: str,
-        name: str,
-        size_bytes: int,
-        fields: tuple[str, str, int, str, float],
-        aliases: Sequence[str],
-        token: str,
-        *,
-        check_only: bool,
-        generations: tuple[int, int] = (0, 0),
-    ) -> int:
-        keys, args = self._publish_call(
-            tenant,
-            name,
-            size_bytes,
-            fields,
-            aliases,
-            token,
-            check_only=check_only,
-            generations=generations,
-        )
+    def _run_publish(self, publication: _Publication) -> int:
+        tenant, name = publication.tenant, publication.name
+        keys, args = self._publish_call(publication)
         try:
-            return int(self._script(f"publish {tenant}/{name}", self._publish, keys, args))
+            return int(self._script(f"publish {tenant}/{name}", _PUBLISH, keys, args))
         except _QuotaError as exc:
             raise exc.for_tenant(tenant, name) from None
         except TenantNotFoundError:
-            raise _no_tenant(tenant) from None
+            raise tenant_not_found(tenant) from None
 
-    def _publish_call(
-        self,
-        tenant: str,
-        name: str,
-        size_bytes: int,
-        fields: tuple[str, str, int, str, float],
-        aliases: Sequence[str],
-        token: str,
-        *,
-        check_only: bool,
-        generations: tuple[int, int] = (0, 0),
-    ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of the publish script (the benchmark pipelines them).
-
-        ``generations`` of (0, 0) say the blobs were never collected (check-only calls
-        and the benchmark, which publishes without uploading)."""
-        a_key, vs_key, v_base = self._adapter_keys(tenant, name)
-        digest, config_digest, rank, base_model, now = fields
-        keys = [
-            f"{self._p}t:{tenant}",
-            a_key,
-            vs_key,
-            f"{self._p}ix:{tenant}",
-            f"{self._p}refs",
-            f"{self._p}push:{token}",
-            f"{self._p}blobgen",
-        ]
-        args = [
-            v_base,
-            name,
-            digest,
-            config_digest,
-            size_bytes,
-            rank,
-            base_model,
-            repr(now),
-            _PUSH_TOKEN_TTL_S,
-            "1" if check_only else "0",
-            *generations,
-            *aliases,
-        ]
+    def _publish_call(self, publication: _Publication) -> tuple[dict[str, str], dict[str, Any]]:
+        """Named KEYS and ARGV of the publish script (the benchmark pipelines them,
+        through :meth:`_Lua.call_args` of ``_PUBLISH``)."""
+        p = publication
+        a_key, vs_key, v_base = self._adapter_keys(p.tenant, p.name)
+        keys = {
+            "tenant_key": f"{self._p}t:{p.tenant}",
+            "adapter_key": a_key,
+            "versions_key": vs_key,
+            "index_key": f"{self._p}ix:{p.tenant}",
+            "refs_key": f"{self._p}refs",
+            "token_key": f"{self._p}push:{p.token}",
+            "blobgen_key": f"{self._p}blobgen",
+        }
+        digest_generation, config_digest_generation = p.generations
+        args = {
+            "version_prefix": v_base,
+            "name": p.name,
+            "digest": p.digest,
+            "config_digest": p.config_digest,
+            "size_bytes": str(p.size_bytes),
+            "rank": str(p.rank),
+            "base_model": p.base_model,
+            "created_at": repr(p.created_at),
+            "token_ttl_s": str(_PUSH_TOKEN_TTL_S),
+            "check_only": p.check_only,
+            "digest_generation": str(digest_generation),
+            "config_digest_generation": str(config_digest_generation),
+            "aliases": list(p.aliases),
+        }
         return keys, args
 
     # -- resolve, aliases, delete, usage -------------------------------------------------
@@ -588,12 +691,15 @@ class MetadataStore:
             AdapterNotFoundError: naming what is missing: the adapter, alias or version.
         """
         a_key, vs_key, v_base = self._adapter_keys(tenant, name)
-        kind = "v" if is_version_number(selector) else "a"
+        by = "version" if is_version_number(selector) else "alias"
         reply = self._script(
-            f"resolve {tenant}/{name}", self._resolve, [a_key, vs_key], [v_base, kind, selector]
+            f"resolve {tenant}/{name}",
+            _RESOLVE,
+            {"adapter_key": a_key, "versions_key": vs_key},
+            {"version_prefix": v_base, "by": by, "selector": selector},
         )
         if len(reply) == 1:
-            raise _not_found(reply[0], tenant, name, selector)
+            raise adapter_not_found(_MISSING[reply[0]], tenant, name, selector)
         return _version(tenant, name, reply[0], reply[1:])
 
     def set_alias(self, version: AdapterVersion, alias: str) -> None:
@@ -602,18 +708,20 @@ class MetadataStore:
         try:
             self._script(
                 f"set alias {alias!r} of {version.key}",
-                self._set_alias,
-                [a_key, vs_key],
-                [version.version, alias],
+                _SET_ALIAS,
+                {"adapter_key": a_key, "versions_key": vs_key},
+                {"version": str(version.version), "alias": alias},
             )
         except AdapterNotFoundError:
-            raise _not_found("V", version.tenant, version.name, str(version.version)) from None
+            raise adapter_not_found(
+                "version", version.tenant, version.name, str(version.version)
+            ) from None
 
     def remove_alias(self, tenant: str, name: str, alias: str) -> None:
         """Raises AdapterNotFoundError if the alias does not exist."""
         a_key, _, _ = self._adapter_keys(tenant, name)
         if not self._call(f"HDEL {a_key}", lambda: self._redis.hdel(a_key, f"@{alias}")):
-            raise _not_found("L", tenant, name, alias)
+            raise adapter_not_found("alias", tenant, name, alias)
 
     def delete(self, tenant: str, name: str, version: int | None, *, now: float) -> int:
         """Soft-delete one version, or every live version when ``version`` is None.
@@ -624,35 +732,29 @@ class MetadataStore:
             AdapterNotFoundError: no such live adapter or version.
         """
         a_key, vs_key, v_base = self._adapter_keys(tenant, name)
-        keys = [
-            f"{self._p}t:{tenant}",
-            a_key,
-            vs_key,
-            f"{self._p}ix:{tenant}",
-            f"{self._p}refs",
-            f"{self._p}dead",
-        ]
+        keys = {
+            "tenant_key": f"{self._p}t:{tenant}",
+            "adapter_key": a_key,
+            "versions_key": vs_key,
+            "index_key": f"{self._p}ix:{tenant}",
+            "refs_key": f"{self._p}refs",
+            "dead_key": f"{self._p}dead",
+        }
         selector = "*" if version is None else str(version)
+        args = {"version_prefix": v_base, "name": name, "version": selector, "now": repr(now)}
         try:
-            return int(
-                self._script(
-                    f"delete {tenant}/{name}",
-                    self._delete,
-                    keys,
-                    [v_base, name, selector, repr(now)],
-                )
-            )
+            return int(self._script(f"delete {tenant}/{name}", _DELETE, keys, args))
         except AdapterNotFoundError as exc:
-            code = "A" if version is None else "V"
-            raise _not_found(code, tenant, name, selector) from exc
+            missing: Missing = "adapter" if version is None else "version"
+            raise adapter_not_found(missing, tenant, name, selector) from exc
 
     def record_usage(self, version: AdapterVersion, *, now: float) -> None:
         """Count one request and set last-used: O(1), one round trip, no read back."""
         self._script(
             f"record usage of {version.key}",
-            self._record_usage,
-            [self._version_key(version)],
-            [repr(now)],
+            _RECORD_USAGE,
+            {"version_key": self._version_key(version)},
+            {"now": repr(now)},
         )
 
     # -- listing -------------------------------------------------------------------------
@@ -673,7 +775,7 @@ class MetadataStore:
         """Raises AdapterNotFoundError."""
         infos = self._load_adapters(tenant, [name])
         if not infos:
-            raise _not_found("A", tenant, name, LATEST)
+            raise adapter_not_found("adapter", tenant, name, LATEST)
         return infos[0]
 
     def _load_adapters(self, tenant: str, names: Sequence[str]) -> list[AdapterInfo]:
@@ -737,7 +839,7 @@ class MetadataStore:
 
         fields, numbers, live = self._pipeline(f"list versions of {tenant}/{name}", head)
         if not live:
-            raise _not_found("A", tenant, name, LATEST)
+            raise adapter_not_found("adapter", tenant, name, LATEST)
         more = len(numbers) > limit
         numbers = numbers[:limit]
 
@@ -777,16 +879,19 @@ class MetadataStore:
             self._pipeline("purge deleted versions", purge)
         return len(keys)
 
-    def claim_blob_for_gc(
-        self, digest: str, *, announced_before: float, now: float
-    ) -> Literal["claimed", "referenced", "recent"]:
+    def claim_blob_for_gc(self, digest: str, *, announced_before: float, now: float) -> GcClaim:
         """Claim a blob for deletion if no live version references it and no push
         announced it at or after ``announced_before``; say which case it was."""
         return self._script(
             f"claim blob {digest} for gc",
-            self._claim_blob,
-            [f"{self._p}refs", f"{self._p}intents", f"{self._p}gc", f"{self._p}blobgen"],
-            [digest, repr(announced_before), repr(now)],
+            _CLAIM_BLOB,
+            {
+                "refs_key": f"{self._p}refs",
+                "intents_key": f"{self._p}intents",
+                "gc_key": f"{self._p}gc",
+                "blobgen_key": f"{self._p}blobgen",
+            },
+            {"digest": digest, "announced_before": repr(announced_before), "now": repr(now)},
         )
 
     def release_gc_claims(self, digests: Sequence[str], *, announced_before: float) -> None:
@@ -804,11 +909,57 @@ class MetadataStore:
         """Those of ``digests`` that a live (not abandoned) gc claim holds."""
         gc = f"{self._p}gc"
         scores = self._call(f"ZMSCORE {gc}", lambda: self._redis.zmscore(gc, list(digests)))
-        cutoff = now - _GC_CLAIM_TTL_S
+        cutoff = now - GC_CLAIM_TTL_S
         return [d for d, s in zip(digests, scores, strict=True) if s is not None and s >= cutoff]
 
 
-# -- reply decoding and error mapping ---------------------------------------------------
+# -- the publish call, reply decoding and error mapping ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Publication:
+    """One run of the publish script: the version to write and how to check it.
+
+    ``generations`` are the blobs' generations (``digest``'s, ``config_digest``'s) that
+    :meth:`RedisMetadataStore.announce_blobs` returned; (0, 0) says they were never
+    collected. ``token`` makes a retried publish return the version the first try made.
+    ``check_only`` runs the tenant and quota checks and writes nothing.
+    """
+
+    tenant: str
+    name: str
+    digest: str
+    config_digest: str
+    size_bytes: int
+    rank: int
+    base_model: str
+    created_at: float
+    generations: tuple[int, int] = (0, 0)
+    aliases: tuple[str, ...] = ()
+    token: str = ""
+    check_only: bool = False
+
+    @classmethod
+    def check(cls, tenant: str, name: str, size_bytes: int) -> _Publication:
+        """The quota pre-check: only the tenant, the name and the size matter."""
+        return cls(tenant, name, "", "", size_bytes, 0, "", 0.0, check_only=True)
+
+    def version(self, number: int) -> AdapterVersion:
+        return AdapterVersion(
+            self.tenant,
+            self.name,
+            number,
+            self.digest,
+            self.config_digest,
+            self.size_bytes,
+            self.rank,
+            self.base_model,
+            self.created_at,
+        )
+
+
+# What the resolve script's one-letter replies say is missing.
+_MISSING: dict[str, Missing] = {"A": "adapter", "L": "alias", "V": "version"}
 
 
 class _QuotaError(Exception):
@@ -822,17 +973,9 @@ class _QuotaError(Exception):
     def for_tenant(self, tenant: str, name: str) -> QuotaExceededError:
         if self.kind == "LMX_QUOTA_COUNT":
             held, limit = self.numbers
-            return QuotaExceededError(
-                f"tenant {tenant!r} holds {held} adapters, its quota is {limit}: pushing the "
-                f"new adapter {name!r} would exceed it; delete an adapter or raise the quota "
-                "(loramux tenant quota)"
-            )
+            return adapter_count_exceeded(tenant, name, held, limit)
         held, size, limit = self.numbers
-        return QuotaExceededError(
-            f"tenant {tenant!r} holds {held} bytes, its quota is {limit}: pushing "
-            f"{size} more bytes for {name!r} would exceed it; delete versions or raise the "
-            "quota (loramux tenant quota)"
-        )
+        return adapter_bytes_exceeded(tenant, name, held, size, limit)
 
 
 def _script_error(message: str, what: str) -> Exception:
@@ -840,51 +983,20 @@ def _script_error(message: str, what: str) -> Exception:
     if code in ("LMX_QUOTA_COUNT", "LMX_QUOTA_BYTES"):
         return _QuotaError(code, [int(n) for n in rest.split()])
     if code == "LMX_NO_TENANT":
-        return TenantNotFoundError(f"{what}: no such tenant")
+        return no_such_tenant(what)
     if code == "LMX_TENANT_EXISTS":
-        return ConflictError(
-            f"{what}: the tenant exists already; pick another name, or use the existing "
-            "tenant (loramux tenant key TENANT issues it a key)"
-        )
+        return tenant_exists(what)
     if code == "LMX_NO_KEY":
-        return AuthenticationError(
-            f"{what}: unknown or already revoked API key; nothing to revoke (check that "
-            "the key was copied whole)"
-        )
+        return unknown_key(what)
     if code in ("LMX_NO_VERSION", "LMX_NO_ADAPTER"):
         return AdapterNotFoundError(
             f"{what}: no such live adapter or version (see them with: loramux ls)"
         )
     if code == "LMX_BLOB_COLLECTED":
-        return BlobCollectedError(
-            f"{what}: gc deleted blob {rest} while this push was uploading it; nothing was "
-            "published; upload the blob again and retry"
-        )
+        return blob_collected(what, rest)
     return BackendUnavailableError(
         f"{what}: the Redis script answered an unknown error {message!r}; check that "
         "every loramux process runs the same version"
-    )
-
-
-def _no_tenant(name: str) -> TenantNotFoundError:
-    return TenantNotFoundError(
-        f"no tenant {name!r}: create it first (loramux tenant create {name})"
-    )
-
-
-def _not_found(code: str, tenant: str, name: str, selector: str) -> AdapterNotFoundError:
-    if code == "A":
-        return AdapterNotFoundError(
-            f"tenant {tenant!r} has no adapter {name!r} (list adapters with: loramux ls)"
-        )
-    if code == "L":
-        return AdapterNotFoundError(
-            f"adapter {tenant}/{name} has no alias {selector!r} "
-            f"(see its aliases with: loramux show {name})"
-        )
-    return AdapterNotFoundError(
-        f"adapter {tenant}/{name} has no live version {selector} "
-        f"(see its versions with: loramux show {name})"
     )
 
 

@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from adapter_store.exceptions import InvalidConfigError, UnsupportedFeatureError
+from adapter_store._module_patterns import ModulePattern, compile_module_pattern
+from adapter_store.exceptions import (
+    InvalidConfigError,
+    UnsupportedFeatureError,
+    UnsupportedPatternError,
+)
 
 __all__ = ["ALL_LINEAR", "LoraSpec", "parse_lora_config"]
 
@@ -70,29 +74,39 @@ _UNSUPPORTED_FIELDS: Mapping[str, str] = MappingProxyType(
 _SAVE_HINT = "save it with peft's model.save_pretrained(dir)"
 
 
-def _pattern_key(pattern_keys: Mapping[str, Any], module_path: str) -> str:
+# How PEFT embeds each kind of pattern (``get_pattern_key`` for rank/alpha keys, the
+# layer-index lookup for layers_pattern); the lazy ``.*?`` picks the first numbered
+# segment, so an expert index nested inside a layer is not mistaken for the layer index.
+_PATTERN_KEY_TEMPLATE = r"(.*\.)?({})$"
+_LAYERS_PATTERN_TEMPLATE = r"(?:^|.*?\.){}\.(?P<idx>\d+)\."
+_DEFAULT_LAYER = compile_module_pattern(
+    r"[^.]*", "the default layers_pattern", r".*?\.{}\.(?P<idx>\d+)\."
+)
+# Bounds on what a config may list, far above real configs (EVA writes one rank_pattern
+# entry per module: 560 for a 70B Llama), so that matching stays cheap.
+MAX_PATTERN_KEYS = 4096
+MAX_LIST_ITEMS = 65_536
+# Bounds on numbers, checked before any conversion (a 400-digit integer cannot become a
+# float); the push caps in AdapterLimits are far tighter.
+MAX_RANK_VALUE = 1 << 20
+MAX_ALPHA_ABS = 1e6
+
+
+def _first_matching(keys: tuple[ModulePattern, ...], module_path: str) -> str | None:
     """``peft.utils.other.get_pattern_key``: the first key that matches a name suffix."""
-    for key in pattern_keys:
-        if re.match(rf"(.*\.)?({key})$", module_path):
-            return key
-    return module_path
+    for key in keys:
+        if key.fullmatch(module_path):
+            return key.source
+    return None
 
 
-# PEFT's layer-index patterns: the lazy ``.*?`` picks the first numbered segment, so an
-# expert index nested inside a layer is not mistaken for the layer index.
-_DEFAULT_LAYER_RE = re.compile(r".*?\.[^.]*\.(?P<idx>\d+)\.")
+def _name_suffixes(module_path: str) -> list[str]:
+    """The path and each part after a ``.``: ``a.b.c`` -> ``a.b.c``, ``b.c``, ``c``.
 
-
-def _layer_index(module_path: str, layers_pattern: tuple[str, ...]) -> int | None:
-    match: re.Match[str] | None = None
-    if not layers_pattern:
-        match = _DEFAULT_LAYER_RE.match(module_path)
-    else:
-        for pattern in layers_pattern:
-            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", module_path)
-            if match is not None:
-                break
-    return int(match.group("idx")) if match else None
+    ``path == name or path.endswith("." + name)`` holds exactly when ``name`` is one of
+    them, so a list of names is matched with set lookups instead of a scan.
+    """
+    return [module_path, *(module_path[i + 1 :] for i, c in enumerate(module_path) if c == ".")]
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,17 @@ class LoraSpec:
     layers_pattern: tuple[str, ...] = ()
     exclude_modules: tuple[str, ...] | str | None = None
     base_model_name_or_path: str | None = None
+    # Compiled forms (RE2 patterns, sets of names), built once in __post_init__.
+    _matchers: _Matchers = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Compile every pattern with RE2.
+
+        Raises:
+            UnsupportedPatternError, InvalidConfigError: a pattern RE2 or Python's ``re``
+                refuses (see :mod:`adapter_store._module_patterns`).
+        """
+        object.__setattr__(self, "_matchers", _Matchers.build(self))
 
     @property
     def targets_all_linear(self) -> bool:
@@ -129,38 +154,32 @@ class LoraSpec:
         which one is the output head is known only from the base model, so pass paths
         from ``BaseModelManifest.modules_targeted_by``, which applies that rule.
         """
-        if self._excluded(module_path):
+        m = self._matchers
+        if m.excluded(module_path):
             return False
-        targets = self.target_modules
-        if isinstance(targets, str):
-            return targets == ALL_LINEAR or re.fullmatch(targets, module_path) is not None
-        if module_path in targets:
+        if self.target_modules == ALL_LINEAR:
+            return True
+        if m.target_regex is not None:
+            return m.target_regex.fullmatch(module_path)
+        if module_path in m.target_names:
             # PEFT applies layers_to_transform only to suffix matches, not exact names.
             return True
-        if not any(module_path.endswith(f".{name}") for name in targets):
+        if m.target_names.isdisjoint(_name_suffixes(module_path)[1:]):
             return False
-        if self.layers_to_transform is None:
+        if m.layers is None:
             return True
-        index = _layer_index(module_path, self.layers_pattern)
-        return index is not None and index in self.layers_to_transform
-
-    def _excluded(self, module_path: str) -> bool:
-        excluded = self.exclude_modules
-        if not excluded:
-            return False
-        if isinstance(excluded, str):
-            return re.fullmatch(excluded, module_path) is not None
-        return module_path in excluded or any(module_path.endswith(f".{e}") for e in excluded)
+        index = m.layer_index(module_path)
+        return index is not None and index in m.layers
 
     def rank_for(self, module_path: str) -> int:
         """The module's rank: the first matching ``rank_pattern`` entry, else ``r``."""
-        return self.rank_pattern.get(_pattern_key(self.rank_pattern, module_path), self.r)
+        key = _first_matching(self._matchers.rank_keys, module_path)
+        return self.r if key is None else self.rank_pattern[key]
 
     def alpha_for(self, module_path: str) -> float:
         """The module's alpha: the first matching ``alpha_pattern`` entry, else ``lora_alpha``."""
-        return self.alpha_pattern.get(
-            _pattern_key(self.alpha_pattern, module_path), self.lora_alpha
-        )
+        key = _first_matching(self._matchers.alpha_keys, module_path)
+        return self.lora_alpha if key is None else self.alpha_pattern[key]
 
     def scaling_for(self, module_path: str) -> float:
         """The factor on ``B A x``: ``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA."""
@@ -172,6 +191,66 @@ class LoraSpec:
     def max_rank(self) -> int:
         """The largest rank any module can get: ``r`` or a ``rank_pattern`` value."""
         return max([self.r, *self.rank_pattern.values()])
+
+
+@dataclass(frozen=True, slots=True)
+class _Matchers:
+    """A :class:`LoraSpec`'s patterns in the forms that match in bounded time."""
+
+    target_regex: ModulePattern | None
+    target_names: frozenset[str]
+    exclude_regex: ModulePattern | None
+    exclude_names: frozenset[str]
+    rank_keys: tuple[ModulePattern, ...]
+    alpha_keys: tuple[ModulePattern, ...]
+    layers: frozenset[int] | None
+    layers_patterns: tuple[ModulePattern, ...]
+
+    @classmethod
+    def build(cls, spec: LoraSpec) -> _Matchers:
+        targets, excluded = spec.target_modules, spec.exclude_modules
+        regex_target = isinstance(targets, str) and targets != ALL_LINEAR
+        return cls(
+            target_regex=compile_module_pattern(targets, "target_modules")
+            if regex_target
+            else None,
+            target_names=frozenset(() if isinstance(targets, str) else targets),
+            exclude_regex=compile_module_pattern(excluded, "exclude_modules")
+            if isinstance(excluded, str)
+            else None,
+            exclude_names=frozenset(() if isinstance(excluded, str) else excluded or ()),
+            rank_keys=_pattern_keys(spec.rank_pattern, "rank_pattern"),
+            alpha_keys=_pattern_keys(spec.alpha_pattern, "alpha_pattern"),
+            layers=None
+            if spec.layers_to_transform is None
+            else frozenset(spec.layers_to_transform),
+            layers_patterns=tuple(
+                compile_module_pattern(p, "layers_pattern", _LAYERS_PATTERN_TEMPLATE)
+                for p in spec.layers_pattern
+            ),
+        )
+
+    def excluded(self, module_path: str) -> bool:
+        if self.exclude_regex is not None:
+            return self.exclude_regex.fullmatch(module_path)
+        return not self.exclude_names.isdisjoint(_name_suffixes(module_path))
+
+    def layer_index(self, module_path: str) -> int | None:
+        """The layer number PEFT reads from ``module_path`` (None: no number found)."""
+        for pattern in self.layers_patterns or (_DEFAULT_LAYER,):
+            found = pattern.match_group(module_path, "idx")
+            if found is not None:
+                return int(found)
+        return None
+
+
+def _pattern_keys(patterns: Mapping[str, object], name: str) -> tuple[ModulePattern, ...]:
+    if len(patterns) > MAX_PATTERN_KEYS:
+        raise UnsupportedPatternError(
+            f"adapter_config.json: {name} has {len(patterns)} entries, more than "
+            f"{MAX_PATTERN_KEYS}; group modules with one regex per rank or alpha"
+        )
+    return tuple(compile_module_pattern(key, name, _PATTERN_KEY_TEMPLATE) for key in patterns)
 
 
 def parse_lora_config(data: bytes | Mapping[str, Any]) -> LoraSpec:
@@ -212,7 +291,7 @@ def parse_lora_config(data: bytes | Mapping[str, Any]) -> LoraSpec:
         _require(config, name)
     targets = _target_modules(config["target_modules"])
     layers_to_transform = _layers_to_transform(config.get("layers_to_transform"))
-    layers_pattern = _str_list(config.get("layers_pattern"), "layers_pattern", regex=True)
+    layers_pattern = _str_list(config.get("layers_pattern"), "layers_pattern")
     if isinstance(targets, str) and (layers_to_transform is not None or layers_pattern):
         raise InvalidConfigError(
             "adapter_config.json: layers_to_transform and layers_pattern cannot be used "
@@ -235,9 +314,7 @@ def parse_lora_config(data: bytes | Mapping[str, Any]) -> LoraSpec:
         layers_to_transform=layers_to_transform,
         layers_pattern=layers_pattern,
         exclude_modules=(
-            _regex(exclude, "exclude_modules")
-            if isinstance(exclude, str)
-            else _str_list(exclude, "exclude_modules") or None
+            exclude if isinstance(exclude, str) else _str_list(exclude, "exclude_modules") or None
         ),
         base_model_name_or_path=_optional_str(config, "base_model_name_or_path"),
     )
@@ -266,19 +343,37 @@ def _require(config: Mapping[str, Any], name: str) -> None:
 
 
 def _bad(name: str, value: object, expected: str) -> InvalidConfigError:
-    return InvalidConfigError(f"adapter_config.json: {name} is {value!r}; it must be {expected}")
+    return InvalidConfigError(
+        f"adapter_config.json: {name} is {_shown_value(value)}; it must be {expected}: "
+        f"fix it, or {_SAVE_HINT}"
+    )
+
+
+def _shown_value(value: object) -> str:
+    """``repr`` cut to a readable length; huge integers by their size (their decimal
+    form is slow to compute, and refused above 4300 digits)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    shown = repr(value)
+    return shown if len(shown) <= 200 else shown[:200] + "..."
 
 
 def _rank(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _bad(name, value, "an integer >= 1")
+    # Integer comparisons are exact for any size: no conversion happens before the bound.
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RANK_VALUE:
+        raise _bad(name, value, f"an integer in [1, {MAX_RANK_VALUE}]")
     return value
 
 
 def _alpha(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _bad(name, value, "a finite number")
-    return value
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (isinstance(value, float) and not math.isfinite(value))
+        or not -MAX_ALPHA_ABS <= value <= MAX_ALPHA_ABS
+    ):
+        raise _bad(name, value, f"a finite number in [-{MAX_ALPHA_ABS:g}, {MAX_ALPHA_ABS:g}]")
+    return float(value)
 
 
 def _bool(config: Mapping[str, Any], name: str) -> bool:
@@ -297,29 +392,23 @@ def _optional_str(config: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
-def _regex(value: str, name: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as e:
-        raise _bad(name, value, f"a valid regular expression ({e})") from e
-    return value
-
-
-def _str_list(value: object, name: str, *, regex: bool = False) -> tuple[str, ...]:
+def _str_list(value: object, name: str) -> tuple[str, ...]:
     """None, a string, or a list of strings, as a tuple."""
     if value is None:
         return ()
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items):
         raise _bad(name, value, "a non-empty string or a list of them")
-    return tuple(_regex(v, name) if regex else v for v in items)
+    if len(items) > MAX_LIST_ITEMS:
+        raise _bad(name, value, f"a list of at most {MAX_LIST_ITEMS} names")
+    return tuple(items)
 
 
 def _target_modules(value: object) -> tuple[str, ...] | str:
     if isinstance(value, str):
         if value.lower() == ALL_LINEAR:
             return ALL_LINEAR
-        return _regex(value, "target_modules")
+        return value
     names = _str_list(value, "target_modules")
     if not names:
         raise _bad("target_modules", value, "a non-empty list of module names or a regex")
@@ -331,10 +420,19 @@ def _layers_to_transform(value: object) -> tuple[int, ...] | None:
     items = [value] if isinstance(value, int) and not isinstance(value, bool) else value
     if items is None or items == []:
         return None
-    if not isinstance(items, list) or not all(
-        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in items
+    if (
+        not isinstance(items, list)
+        or len(items) > MAX_LIST_ITEMS
+        or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= MAX_RANK_VALUE
+            for i in items
+        )
     ):
-        raise _bad("layers_to_transform", value, "a layer index >= 0 or a list of them")
+        raise _bad(
+            "layers_to_transform",
+            value,
+            f"a layer index in [0, {MAX_RANK_VALUE}] or a list of at most {MAX_LIST_ITEMS}",
+        )
     return tuple(items)
 
 
@@ -347,5 +445,5 @@ def _patterns(value: object, name: str, parse_value: Any) -> Mapping[str, Any]:
     for key, item in value.items():
         if not isinstance(key, str) or not key:
             raise _bad(name, value, "keyed by non-empty module names or regexes")
-        parsed[_regex(key, name)] = parse_value(item, f"{name}[{key!r}]")
+        parsed[key] = parse_value(item, f"{name}[{_shown_value(key)}]")
     return MappingProxyType(parsed)

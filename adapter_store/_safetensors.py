@@ -8,25 +8,27 @@ the bytes actually there before any tensor is touched: the length prefix is insi
 file and under a cap, the JSON is a flat object without duplicate names, every dtype is
 known, every byte range matches its shape and lies inside the data, and the ranges tile
 the data section exactly (no overlap, no gap, no trailing bytes), as the reference
-implementation requires. :func:`check_finite` then scans floating tensors for NaN and
-infinity on the raw bits, so no value is ever converted.
+implementation requires. Shapes have at most :data:`MAX_DIMS` dimensions of at most
+``2**63 - 1`` each, checked before any product is taken, so no size computation grows
+with the numbers a header holds. :func:`check_values` then scans floating tensors for
+NaN, infinity and magnitudes above a bound on the raw bits (one integer maximum per
+chunk), so no value is ever converted.
 
 Failure mode: every problem raises :class:`MalformedWeightsError` naming the tensor or
-byte range at fault; arbitrary input raises nothing else and allocates at most the
-header cap plus a bounded scan buffer.
+byte range at fault; arbitrary input raises nothing else, allocates at most the header
+cap plus a bounded scan buffer, and costs time linear in the file size.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
-
-import numpy as np
 
 from adapter_store.exceptions import MalformedWeightsError
 
@@ -35,7 +37,7 @@ __all__ = [
     "FLOAT_DTYPES",
     "SafetensorsHeader",
     "TensorInfo",
-    "check_finite",
+    "check_values",
     "parse_safetensors_header",
 ]
 
@@ -75,9 +77,13 @@ _NON_FINITE_MASKS: Mapping[str, tuple[str, int]] = MappingProxyType(
 )
 FLOAT_DTYPES: frozenset[str] = frozenset(_NON_FINITE_MASKS)
 
+# Safetensors stores sizes as 64-bit unsigned integers; any tensor a LoRA adapter holds
+# has 2 dimensions, and no model tensor has more than a handful.
+MAX_DIMS = 8
+_MAX_SIZE = (1 << 63) - 1
 _LENGTH_PREFIX = 8
 _METADATA_KEY = "__metadata__"
-# Elements scanned per step by check_finite: bounds the temporary arrays to a few MiB.
+# Elements scanned per step by check_values: bounds the temporary arrays to a few MiB.
 _SCAN_CHUNK = 1 << 22
 _RESAVE = "re-save the adapter with model.save_pretrained(dir, safe_serialization=True)"
 
@@ -123,7 +129,7 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _is_count(value: object) -> bool:
     # bool is an int subclass; a header saying ``true`` for a size is malformed.
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_SIZE
 
 
 def parse_safetensors_header(
@@ -196,8 +202,12 @@ def _tensor_info(name: str, entry: object, data_start: int, data_len: int) -> Te
             f"tensor {name!r} has unknown dtype {dtype!r} (known: {', '.join(DTYPE_SIZES)})",
             "save the adapter in float16, bfloat16 or float32 with safetensors",
         )
-    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise _malformed(f"tensor {name!r} has shape {shape!r}, not a list of sizes >= 0")
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS:
+        raise _malformed(
+            f"tensor {name!r} has a shape that is not a list of at most {MAX_DIMS} sizes"
+        )
+    if not all(_is_count(d) for d in shape):
+        raise _malformed(f"tensor {name!r} has shape {shape!r}, not a list of sizes in [0, 2**63)")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
@@ -241,30 +251,111 @@ def _check_tiling(tensors: list[TensorInfo], data_start: int, size: int) -> None
         raise _malformed(f"{size - cursor} bytes follow the last tensor's data")
 
 
-def check_finite(
-    data: bytes | memoryview, tensors: tuple[TensorInfo, ...] | list[TensorInfo]
+def check_values(
+    data: bytes | memoryview,
+    tensors: tuple[TensorInfo, ...] | list[TensorInfo],
+    max_abs: float = math.inf,
+    on_chunk: Callable[[], None] | None = None,
 ) -> None:
-    """Check every floating tensor in ``tensors`` (from a validated header) for NaN/inf.
+    """Check every floating tensor in ``tensors`` (from a validated header) for NaN,
+    infinity and values with ``abs(x) > max_abs``.
+
+    Magnitudes are compared as integers: clearing the sign bit leaves a code that grows
+    with ``abs(x)`` in every IEEE-style format, so one maximum per chunk decides both
+    checks. ``on_chunk`` is called after each chunk (a deadline check).
 
     Raises:
-        MalformedWeightsError: naming the first tensor with a non-finite value.
+        MalformedWeightsError: naming the first tensor with a non-finite value or a
+            value above ``max_abs``.
     """
+    # numpy is a server dependency: imported here so the light client can import the
+    # package's constants (the SDK reads CONFIG_NAME and WEIGHTS_NAME).
+    import numpy as np
+
     for t in tensors:
         spec = _NON_FINITE_MASKS.get(t.dtype)
         if spec is None:
             continue
-        view_dtype, mask = spec
+        view_dtype, non_finite = spec
         width, numel = DTYPE_SIZES[t.dtype], t.numel
-        bad = 0
+        magnitude_bits = np.array(_SIGN_CLEARED[t.dtype], dtype=view_dtype)
+        largest = 0
         for first in range(0, numel, _SCAN_CHUNK):
             count = min(_SCAN_CHUNK, numel - first)
             bits = np.frombuffer(
                 data, dtype=view_dtype, count=count, offset=t.start + first * width
             )
-            bad += int(np.count_nonzero((bits & mask) == mask))
-        if bad:
+            largest = max(largest, int(np.bitwise_and(bits, magnitude_bits).max()))
+            if largest >= non_finite:
+                _raise_non_finite(data, t, view_dtype, non_finite)
+            if on_chunk is not None:
+                on_chunk()
+        if largest > _largest_code_within(t.dtype, max_abs):
             raise MalformedWeightsError(
-                f"adapter_model.safetensors: tensor {t.name!r} holds {bad} NaN or infinite "
-                "values; training diverged or the weights were corrupted: fix or retrain "
-                "the adapter and save it again"
+                f"adapter_model.safetensors: tensor {t.name!r} holds a value of magnitude "
+                f"{_decode(t.dtype, largest):.4g}, above the limit of {max_abs:g}; trained "
+                "LoRA weights are far smaller: fix or retrain the adapter"
             )
+
+
+def _raise_non_finite(data: bytes | memoryview, t: TensorInfo, view_dtype: str, mask: int) -> None:
+    import numpy as np
+
+    bad = 0
+    for first in range(0, t.numel, _SCAN_CHUNK):
+        count = min(_SCAN_CHUNK, t.numel - first)
+        bits = np.frombuffer(
+            data, dtype=view_dtype, count=count, offset=t.start + first * DTYPE_SIZES[t.dtype]
+        )
+        bad += int(np.count_nonzero((bits & mask) == mask))
+    raise MalformedWeightsError(
+        f"adapter_model.safetensors: tensor {t.name!r} holds {bad} NaN or infinite "
+        "values; training diverged or the weights were corrupted: fix or retrain "
+        "the adapter and save it again"
+    )
+
+
+# Every bit but the sign bit, per floating dtype.
+_SIGN_CLEARED: Mapping[str, int] = MappingProxyType(
+    {dtype: (1 << (8 * DTYPE_SIZES[dtype] - 1)) - 1 for dtype in _NON_FINITE_MASKS}
+)
+
+
+def _decode(dtype: str, code: int) -> float:
+    """The value of a non-negative code (sign bit clear) of a floating dtype."""
+    import numpy as np
+
+    if dtype == "F64":
+        return float(np.array(code, dtype="<u8").view("<f8"))
+    if dtype == "F32":
+        return float(np.array(code, dtype="<u4").view("<f4"))
+    if dtype == "F16":
+        return float(np.array(code, dtype="<u2").view("<f2"))
+    if dtype == "BF16":
+        return float(np.array(code << 16, dtype="<u4").view("<f4"))
+    if dtype == "F8_E5M2":  # the top byte of a float16
+        return float(np.array(code << 8, dtype="<u2").view("<f2"))
+    # F8_E4M3 (fn): exponent bias 7, 3 mantissa bits, no infinity.
+    exponent, mantissa = code >> 3, code & 7
+    if exponent == 0:
+        return mantissa / 8 * 2.0**-6
+    return (1 + mantissa / 8) * 2.0 ** (exponent - 7)
+
+
+@functools.lru_cache(maxsize=64)
+def _largest_code_within(dtype: str, max_abs: float) -> int:
+    """The largest finite non-negative code whose value is <= ``max_abs``.
+
+    Codes of non-negative values are ordered like the values, so a binary search over
+    codes finds it without converting any tensor data.
+    """
+    low, high = 0, _NON_FINITE_MASKS[dtype][1] - 1  # every code below the mask is finite
+    if dtype == "F8_E4M3":
+        high = 0x7E
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _decode(dtype, middle) <= max_abs:
+            low = middle
+        else:
+            high = middle - 1
+    return low

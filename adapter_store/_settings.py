@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adapter_store._identity import validate_base_model_id, validate_name
+from adapter_store._source import AdapterLimits
 
 __all__ = ["StoreSettings"]
 
@@ -21,8 +22,9 @@ __all__ = ["StoreSettings"]
 class StoreSettings(BaseSettings):
     """Where the store keeps things and the limits it enforces.
 
-    ``max_adapter_bytes`` and ``max_rank`` are the push limits
-    (:class:`AdapterLimits`); ``None`` keeps the format layer's defaults.
+    ``max_adapter_bytes``, ``max_rank``, ``max_scaling``, ``max_weight_abs`` and
+    ``validation_budget_s`` are the push limits (:class:`AdapterLimits`); ``None`` keeps
+    the format layer's defaults.
     """
 
     model_config = SettingsConfigDict(env_prefix="LORAMUX_", extra="forbid")
@@ -46,6 +48,23 @@ class StoreSettings(BaseSettings):
     base_model: str = Field(default="tiny", description="the CLI's base model for pushes")
     max_adapter_bytes: int | None = Field(default=None, gt=0)
     max_rank: int | None = Field(default=None, gt=0)
+    max_scaling: float | None = Field(default=None, gt=0)
+    max_weight_abs: float | None = Field(default=None, gt=0)
+    validation_budget_s: float | None = Field(
+        default=None, gt=0, description="wall-clock budget of one push's validation"
+    )
+
+    @property
+    def adapter_limits(self) -> AdapterLimits:
+        """The push limits: the fields set here over :class:`AdapterLimits`' defaults."""
+        caps = {
+            "max_bytes": self.max_adapter_bytes,
+            "max_rank": self.max_rank,
+            "max_scaling": self.max_scaling,
+            "max_weight_abs": self.max_weight_abs,
+            "validation_budget_s": self.validation_budget_s,
+        }
+        return AdapterLimits(**{k: v for k, v in caps.items() if v is not None})
 
     @field_validator("data_dir", "cache_dir")
     @classmethod

@@ -75,7 +75,11 @@ class AdapterLimits:
     """Caps enforced while reading and validating an adapter.
 
     ``max_bytes`` bounds the two files together and the declared content of an archive;
-    ``max_rank`` bounds every module's LoRA rank.
+    ``max_rank`` bounds every module's LoRA rank. ``max_scaling`` bounds each module's
+    effective scaling (``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA) and
+    ``max_weight_abs`` every weight's magnitude: both are far above what training
+    produces (docs/reliability.md lists measured values) and stop adapters whose outputs
+    would overflow. ``validation_budget_s`` is the wall-clock budget of one validation.
     """
 
     max_bytes: int = 1 << 30
@@ -83,6 +87,9 @@ class AdapterLimits:
     max_header_bytes: int = 16 << 20
     max_tensors: int = 65_536
     max_archive_members: int = 1_000
+    max_scaling: float = 1024.0
+    max_weight_abs: float = 1024.0
+    validation_budget_s: float = 30.0
 
 
 @dataclass(frozen=True)

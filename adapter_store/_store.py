@@ -28,7 +28,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,7 +43,8 @@ from adapter_store._identity import (
     validate_name,
 )
 from adapter_store._manifest import BaseModelManifest
-from adapter_store._metadata import MetadataStore
+from adapter_store._metadata import RedisMetadataStore
+from adapter_store._metadata_store import MetadataStore
 from adapter_store._records import AdapterInfo, GcReport, Page, Tenant, TenantUsage, VersionInfo
 from adapter_store._source import (
     CONFIG_NAME,
@@ -66,13 +67,14 @@ from adapter_store.exceptions import (
 if TYPE_CHECKING:
     from adapter_store._settings import StoreSettings
 
-__all__ = ["AdapterStore"]
+__all__ = ["MAX_PAGE_SIZE", "AdapterStore"]
 
 _log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int], None]
 _API_KEY_PREFIX = "lmx_"
-_MAX_PAGE = 1000
+MAX_PAGE_SIZE = 1000
+"""The largest ``limit`` a listing takes (one Redis round trip per page)."""
 # How long a push waits for a gc pass that is deleting a blob the push needs.
 _GC_WAIT_S = 30.0
 # Uploads per push when gc keeps deleting its blobs before the publish (a push slower
@@ -82,12 +84,14 @@ _UPLOAD_ATTEMPTS = 2
 
 
 class AdapterStore:
-    """Every tenant's adapters: blobs in a :class:`BlobStore`, metadata in Redis.
+    """Every tenant's adapters: blobs in a :class:`BlobStore`, metadata in a
+    :class:`MetadataStore` (Redis in production).
 
     Thread-safe: it holds no mutable state of its own beyond its backends'.
 
     Args:
-        metadata: the Redis metadata store.
+        metadata: the metadata store: :class:`RedisMetadataStore`, or any other
+            :class:`MetadataStore` (the tests' functional tier passes an in-memory one).
         blobs: where adapter files are stored, content-addressed by sha256.
         disk_cache: the local cache :meth:`fetch` fills; required by :meth:`fetch` only.
         limits: size and rank caps enforced at push.
@@ -125,14 +129,13 @@ class AdapterStore:
             url = settings.redis_url
         else:
             url, server = open_embedded_redis(settings.embedded_redis_dir)
-        metadata = MetadataStore.from_url(url, key_prefix=settings.key_prefix)
+        metadata = RedisMetadataStore.from_url(url, key_prefix=settings.key_prefix)
         blobs = open_blob_store(settings.resolved_blob_url)
-        caps = {"max_bytes": settings.max_adapter_bytes, "max_rank": settings.max_rank}
         store = cls(
             metadata,
             blobs,
             disk_cache=DiskCache(settings.resolved_cache_dir, blobs, settings.cache_max_bytes),
-            limits=AdapterLimits(**{k: v for k, v in caps.items() if v is not None}),
+            limits=settings.adapter_limits,
         )
         if server is not None:
             store._on_close.append(server.stop)
@@ -294,13 +297,16 @@ class AdapterStore:
 
         Raises:
             ValueError: this store was built without a disk cache.
-            IntegrityError, BackendUnavailableError: see :meth:`DiskCache.ensure`.
+            IntegrityError, BackendUnavailableError, LocalDiskError: see
+                :meth:`DiskCache.ensure`.
         """
         if self.disk_cache is None:
             raise ValueError(
                 "this AdapterStore has no disk cache: pass disk_cache= or use from_settings"
             )
-        return self.disk_cache.ensure(version.key, _files_of(version), on_progress)
+        return self.disk_cache.ensure(
+            version.key, _files_of(version), on_progress, size_bytes=version.size_bytes
+        )
 
     def pull(
         self,
@@ -343,6 +349,31 @@ class AdapterStore:
         """The tenant's live adapters in name order, ``limit`` per page."""
         validate_name(tenant, "tenant")
         return self.metadata.list_adapters(tenant, cursor=cursor, limit=_page_size(limit))
+
+    def iter_adapters(self, tenant: str) -> Iterator[AdapterInfo]:
+        """Every live adapter of ``tenant`` in name order, fetched a page of
+        :data:`MAX_PAGE_SIZE` at a time as the iteration reaches it.
+
+        Not a snapshot: an adapter pushed or deleted while iterating may or may not be
+        seen. Raises what :meth:`list_adapters` raises, when the page is fetched.
+        """
+        cursor: str | None = None
+        while True:
+            page = self.list_adapters(tenant, cursor=cursor, limit=MAX_PAGE_SIZE)
+            yield from page.items
+            if (cursor := page.next_cursor) is None:
+                return
+
+    def iter_versions(self, tenant: str, name: str) -> Iterator[VersionInfo]:
+        """Every live version of one adapter, oldest first, a page of
+        :data:`MAX_PAGE_SIZE` at a time (not a snapshot, as :meth:`iter_adapters`).
+        Raises what :meth:`list_versions` raises."""
+        cursor: str | None = None
+        while True:
+            page = self.list_versions(tenant, name, cursor=cursor, limit=MAX_PAGE_SIZE)
+            yield from page.items
+            if (cursor := page.next_cursor) is None:
+                return
 
     def list_versions(
         self, tenant: str, name: str, *, cursor: str | None = None, limit: int = 50
@@ -533,8 +564,8 @@ def _hash_key(api_key: str) -> str:
 
 
 def _page_size(limit: int) -> int:
-    if not 1 <= limit <= _MAX_PAGE:
-        raise ValueError(f"page limit must be between 1 and {_MAX_PAGE}, got {limit}")
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValueError(f"page limit must be between 1 and {MAX_PAGE_SIZE}, got {limit}")
     return limit
 
 

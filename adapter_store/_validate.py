@@ -5,22 +5,30 @@ config (:mod:`adapter_store._peft_config`) and its largest rank; the safetensors
 (:mod:`adapter_store._safetensors`); the tensor names, which must all be PEFT LoRA
 matrices ``base_model.model.<module>.lora_A.weight`` (shape ``(r, in_features)``) and
 ``...lora_B.weight`` (shape ``(out_features, r)``) in a floating dtype; agreement of the
-weights with the config (each module targeted, each rank the configured one); the shapes
-against the base model manifest, including that every module the config targets has
-weights; finally a scan of every value for NaN and infinity.
+weights with the config (each module in the base model, targeted, with the configured
+rank and an effective scaling within ``limits.max_scaling``); that every module the
+config targets has weights; a scan of every value for NaN, infinity and magnitudes above
+``limits.max_weight_abs``; finally the sha256 digests.
+
+Bounded cost: each step is linear in the size of the files (patterns are matched by
+RE2, shapes and counts are capped before use), and the whole run has a wall-clock
+budget, ``limits.validation_budget_s``, checked between modules and scan chunks; run it
+off the event loop (a thread), as the HTTP API does.
 
 PEFT saves ``fan_in_fan_out`` adapters (GPT-2 ``Conv1D``) with the same A/B shapes as
 for ``nn.Linear``; only the base weight is transposed, so the checks are the same.
 
 Failure mode: the first failed check raises its typed error (see
-:mod:`adapter_store.exceptions`); nothing is returned or written.
+:mod:`adapter_store.exceptions`), :class:`ValidationBudgetExceededError` when the budget
+runs out; nothing is returned or written.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -29,7 +37,7 @@ from adapter_store._peft_config import LoraSpec, parse_lora_config
 from adapter_store._safetensors import (
     FLOAT_DTYPES,
     TensorInfo,
-    check_finite,
+    check_values,
     parse_safetensors_header,
 )
 from adapter_store._source import AdapterFiles, AdapterLimits
@@ -39,12 +47,18 @@ from adapter_store.exceptions import (
     InvalidConfigError,
     MalformedWeightsError,
     UnsupportedFeatureError,
+    ValidationBudgetExceededError,
 )
 
 __all__ = ["ModuleLora", "ValidatedAdapter", "lora_weight_names", "validate_adapter"]
 
 _DEFAULT_LIMITS = AdapterLimits()
 _PEFT_PREFIX = "base_model.model."
+# PyTorch module paths are dotted identifiers; anything else cannot name a base module,
+# and keeping paths to printable ASCII keeps RE2's matching identical to Python's re.
+_MODULE_PATH = re.compile(r"[!-~]{1,512}")
+# Bytes hashed between two budget checks.
+_HASH_CHUNK = 64 << 20
 _LORA_NAME = re.compile(r"base_model\.model\.(?P<module>.+)\.(?P<part>lora_[AB])\.weight")
 _RESAVE = "re-save it with peft_model.save_pretrained(dir)"
 # Tensor name fragments of PEFT features the engine does not apply, and why.
@@ -100,18 +114,42 @@ class ValidatedAdapter:
     config_digest: str
 
 
+class _Deadline:
+    """The wall-clock budget of one validation, checked between bounded steps."""
+
+    def __init__(self, budget_s: float, clock: Callable[[], float]) -> None:
+        self.budget_s = budget_s
+        self._clock = clock
+        self._end = clock() + budget_s
+
+    def check(self, step: str) -> None:
+        if self._clock() > self._end:
+            raise ValidationBudgetExceededError(
+                f"validating the adapter took more than its budget of {self.budget_s:g} s "
+                f"(stopped while {step}); push a smaller adapter (fewer modules, shorter "
+                "patterns), or ask the operator to raise validation_budget_s "
+                "(LORAMUX_VALIDATION_BUDGET_S)"
+            )
+
+
 def validate_adapter(
     files: AdapterFiles,
     manifest: BaseModelManifest | None,
     limits: AdapterLimits = _DEFAULT_LIMITS,
+    *,
+    clock: Callable[[], float] = time.monotonic,
 ) -> ValidatedAdapter:
     """Check ``files`` completely; with ``manifest=None`` only the base-model checks are skipped.
 
     Raises:
         AdapterTooLargeError: above ``limits.max_bytes`` or a rank above ``limits.max_rank``.
-        InvalidConfigError: the config is invalid or disagrees with the weights.
+        InvalidConfigError: the config is invalid, disagrees with the weights, or gives
+            a module a scaling above ``limits.max_scaling``.
+        UnsupportedPatternError: a module regex RE2 cannot run in linear time.
+        ValidationBudgetExceededError: the checks ran past ``limits.validation_budget_s``.
         UnsupportedFeatureError: DoRA, biases, modules_to_save, embedding LoRA, non-LoRA.
-        MalformedWeightsError: a bad safetensors file, tensor, shape or value.
+        MalformedWeightsError: a bad safetensors file, tensor, shape or value (NaN,
+            infinity, a magnitude above ``limits.max_weight_abs``).
         IncompatibleAdapterError: a module or shape the base model does not have.
     """
     if files.size_bytes > limits.max_bytes:
@@ -119,34 +157,50 @@ def validate_adapter(
             f"the adapter is {files.size_bytes} bytes, more than the cap of {limits.max_bytes}; "
             "push a smaller adapter (lower rank, fewer modules, float16/bfloat16 weights)"
         )
+    deadline = _Deadline(limits.validation_budget_s, clock)
     spec = parse_lora_config(files.config_bytes)
     if spec.max_rank > limits.max_rank:
         raise AdapterTooLargeError(
             f"adapter_config.json asks for rank {spec.max_rank}, above the cap of "
             f"{limits.max_rank}; retrain with a lower r / rank_pattern"
         )
+    deadline.check("parsing adapter_config.json")
     header = parse_safetensors_header(
         files.weights_bytes,
         max_header_bytes=limits.max_header_bytes,
         max_tensors=limits.max_tensors,
     )
-    pairs = _pair_tensors(header.tensors)
-    modules = {
-        module: _check_module(module, a, b, spec, manifest, limits)
-        for module, (a, b) in sorted(pairs.items())
-    }
+    deadline.check("parsing the safetensors header")
+    modules = {}
+    for module, (a, b) in sorted(_pair_tensors(header.tensors).items()):
+        modules[module] = _check_module(module, a, b, spec, manifest, limits)
+        deadline.check(f"checking module {module!r}")
     if manifest is not None:
         _check_coverage(modules, spec, manifest)
-    check_finite(files.weights_bytes, header.tensors)
+    check_values(
+        files.weights_bytes,
+        header.tensors,
+        limits.max_weight_abs,
+        on_chunk=lambda: deadline.check("scanning the weights"),
+    )
     return ValidatedAdapter(
         files=files,
         spec=spec,
         modules=MappingProxyType(modules),
         max_rank=max(m.rank for m in modules.values()),
         size_bytes=files.size_bytes,
-        digest=hashlib.sha256(files.weights_bytes).hexdigest(),
-        config_digest=hashlib.sha256(files.config_bytes).hexdigest(),
+        digest=_sha256(files.weights_bytes, deadline),
+        config_digest=_sha256(files.config_bytes, deadline),
     )
+
+
+def _sha256(data: bytes, deadline: _Deadline) -> str:
+    hasher = hashlib.sha256()
+    view = memoryview(data)
+    for start in range(0, len(data), _HASH_CHUNK):
+        hasher.update(view[start : start + _HASH_CHUNK])
+        deadline.check("hashing the files")
+    return hasher.hexdigest()
 
 
 def _pair_tensors(tensors: tuple[TensorInfo, ...]) -> dict[str, tuple[TensorInfo, TensorInfo]]:
@@ -156,6 +210,12 @@ def _pair_tensors(tensors: tuple[TensorInfo, ...]) -> dict[str, tuple[TensorInfo
         match = _LORA_NAME.fullmatch(t.name)
         if match is None:
             raise _foreign_tensor(t.name)
+        if not _MODULE_PATH.fullmatch(match["module"]):
+            raise MalformedWeightsError(
+                f"adapter_model.safetensors: tensor {t.name[:600]!r} names a module path "
+                "that is not 1-512 printable ASCII characters without spaces, which no "
+                f"PyTorch module has; {_RESAVE}"
+            )
         parts.setdefault(match["module"], {})[match["part"]] = t
     if not parts:
         raise MalformedWeightsError(
@@ -217,6 +277,9 @@ def _check_module(
             f"module {module!r}: lora_A has rank {rank} (shape {list(a.shape)}) but lora_B "
             f"has rank {b_rank} (shape {list(b.shape)}); the file is corrupt: {_RESAVE}"
         )
+    if manifest is not None:
+        # First, so that a module the base model lacks costs no pattern matching.
+        _check_against_base(module, in_features, out_features, manifest)
     if not spec.targets(module):
         raise InvalidConfigError(
             f"adapter_config.json does not match the weights: module {module!r} has LoRA "
@@ -236,15 +299,22 @@ def _check_module(
             f"module {module!r} has rank {rank}, above the cap of {limits.max_rank}; "
             "retrain with a lower r / rank_pattern"
         )
-    if manifest is not None:
-        _check_against_base(module, in_features, out_features, manifest)
-        if spec.targets_all_linear and module == manifest.output_module:
-            raise InvalidConfigError(
-                f"adapter_config.json does not match the weights: module {module!r} has LoRA "
-                f"weights but it is the output layer of {manifest.base_model!r}, which "
-                "target_modules='all-linear' leaves out; name it in target_modules"
-            )
-    return ModuleLora(module, rank, in_features, out_features, spec.scaling_for(module))
+    if manifest is not None and spec.targets_all_linear and module == manifest.output_module:
+        raise InvalidConfigError(
+            f"adapter_config.json does not match the weights: module {module!r} has LoRA "
+            f"weights but it is the output layer of {manifest.base_model!r}, which "
+            "target_modules='all-linear' leaves out; name it in target_modules"
+        )
+    scaling = spec.scaling_for(module)
+    if not abs(scaling) <= limits.max_scaling:
+        divisor = f"sqrt({rank})" if spec.use_rslora else str(rank)
+        raise InvalidConfigError(
+            f"adapter_config.json gives module {module!r} a scaling of {scaling:.4g} "
+            f"(alpha {spec.alpha_for(module):g} / {divisor}), above the limit of "
+            f"{limits.max_scaling:g}; real adapters use well under 100: lower lora_alpha "
+            "/ alpha_pattern (and retrain)"
+        )
+    return ModuleLora(module, rank, in_features, out_features, scaling)
 
 
 def _shown(targets: tuple[str, ...] | str) -> str:

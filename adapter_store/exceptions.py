@@ -8,9 +8,12 @@ one status code (shown on the right)::
     │   ├── UnsafeFormatError              400  pickle weights, path traversal in an archive
     │   ├── MalformedWeightsError          400  bad safetensors header, offsets, dtypes, NaN
     │   ├── InvalidConfigError             400  adapter_config.json missing keys or values
+    │   │   └── UnsupportedPatternError    400  a module regex RE2 cannot run in linear
+    │   │                                       time (backreference, lookaround, ...)
     │   ├── UnsupportedFeatureError        400  DoRA, modules_to_save, bias, non-LoRA PEFT
     │   ├── IncompatibleAdapterError       400  shapes or modules do not fit the base model
-    │   └── AdapterTooLargeError           413  size or rank above the configured caps
+    │   ├── AdapterTooLargeError           413  size or rank above the configured caps
+    │   └── ValidationBudgetExceededError  400  validation ran past its wall-clock budget
     ├── InvalidNameError                   400  a tenant, adapter or alias name is not
     │                                           allowed, or the alias is reserved (latest)
     ├── InvalidReferenceError              400  "name", "name@3" or "name:alias" did not parse
@@ -25,8 +28,10 @@ one status code (shown on the right)::
     ├── IntegrityError                     502  a blob failed its sha256 check twice
     └── BackendUnavailableError            503  Redis or the blob store did not answer
         │                                       after bounded retries
-        └── BlobCollectedError             503  gc collected a blob a slow push uploaded;
-                                                nothing was published, push again
+        ├── BlobCollectedError             503  gc collected a blob a slow push uploaded;
+        │                                       nothing was published, push again
+        └── LocalDiskError                 503  the local disk cache could not be written
+                                                (disk full, read-only, quota)
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ __all__ = [
     "InvalidManifestError",
     "InvalidNameError",
     "InvalidReferenceError",
+    "LocalDiskError",
     "MalformedWeightsError",
     "ManifestNotFoundError",
     "NotFoundError",
@@ -53,6 +59,8 @@ __all__ = [
     "TenantNotFoundError",
     "UnsafeFormatError",
     "UnsupportedFeatureError",
+    "UnsupportedPatternError",
+    "ValidationBudgetExceededError",
 ]
 
 
@@ -76,6 +84,10 @@ class InvalidConfigError(InvalidAdapterError):
     """adapter_config.json is missing, unparsable, or has missing or invalid values."""
 
 
+class UnsupportedPatternError(InvalidConfigError):
+    """A module regex in adapter_config.json that the linear-time engine (RE2) refuses."""
+
+
 class UnsupportedFeatureError(InvalidAdapterError):
     """A PEFT feature the serving engine cannot apply exactly (DoRA, modules_to_save...)."""
 
@@ -86,6 +98,10 @@ class IncompatibleAdapterError(InvalidAdapterError):
 
 class AdapterTooLargeError(InvalidAdapterError):
     """The adapter exceeds the configured size or rank cap."""
+
+
+class ValidationBudgetExceededError(InvalidAdapterError):
+    """Validating the upload took longer than ``AdapterLimits.validation_budget_s``."""
 
 
 class InvalidNameError(AdapterStoreError, ValueError):
@@ -138,3 +154,7 @@ class BackendUnavailableError(AdapterStoreError):
 
 class BlobCollectedError(BackendUnavailableError):
     """gc claimed a blob after the push announced it; publish wrote nothing."""
+
+
+class LocalDiskError(BackendUnavailableError):
+    """The local disk cache could not be written: no space left, read-only, or quota."""

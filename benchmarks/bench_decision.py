@@ -34,6 +34,7 @@ from scheduler import (
     DemandTracker,
     ReplicaView,
     make_policy,
+    percentile,
     select_replica,
 )
 
@@ -105,8 +106,8 @@ def bench_policy(name: str, args: argparse.Namespace) -> dict[str, float | None]
     mean = statistics.fmean(timings)
     return {
         "mean_us": round(mean / 1e3, 2),
-        "p50_us": round(timings[len(timings) // 2] / 1e3, 2),
-        "p99_us": round(timings[int(len(timings) * 0.99)] / 1e3, 2),
+        "p50_us": round(percentile(timings, 50) / 1e3, 2),
+        "p99_us": round(percentile(timings, 99) / 1e3, 2),
         "decisions_per_s": round(1e9 / mean) if mean else None,
         "demand_observe_us": round(observe_total / len(trace) / 1e3, 2),
     }

@@ -26,8 +26,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from adapter_store import AdapterStore, LocalBlobStore, MetadataStore
+from adapter_store import AdapterStore, LocalBlobStore, RedisMetadataStore
+from adapter_store._metadata import _PUBLISH, _Publication
 from adapter_store._redis_server import RedisServerProcess
+from scheduler import percentile
 
 
 def _percentiles(fn: Callable[[int], object], n: int) -> dict[str, float]:
@@ -38,8 +40,8 @@ def _percentiles(fn: Callable[[int], object], n: int) -> dict[str, float]:
         samples.append(time.perf_counter_ns() - start)
     samples.sort()
     return {
-        "p50_us": round(samples[n // 2] / 1000, 1),
-        "p99_us": round(samples[int(n * 0.99)] / 1000, 1),
+        "p50_us": round(percentile(samples, 50) / 1000, 1),
+        "p99_us": round(percentile(samples, 99) / 1000, 1),
         "mean_us": round(statistics.fmean(samples) / 1000, 1),
     }
 
@@ -62,7 +64,7 @@ def main() -> None:
         RedisServerProcess(Path(tmp) / "redis", appendonly=False) as server,
     ):
         store = AdapterStore(
-            MetadataStore.from_url(server.url), LocalBlobStore(Path(tmp) / "blobs")
+            RedisMetadataStore.from_url(server.url), LocalBlobStore(Path(tmp) / "blobs")
         )
         store.ensure_tenant("bench")
         key = store.issue_key("bench")
@@ -75,16 +77,19 @@ def main() -> None:
         for i in range(opts.versions):
             name, number = f"adapter-{i % opts.adapters:05d}", i // opts.adapters + 1
             digest = hashlib.sha256(f"{name}@{number}".encode()).hexdigest()
-            fields = (hashlib.sha256(digest.encode()).hexdigest(), digest, 16, "llama-3-8b")
-            keys, args = metadata._publish_call(
-                "bench",
-                name,
-                16_000_000,
-                (*fields, time.time()),
-                ("prod",) if number == per_adapter // 2 else (),
-                uuid.uuid4().hex,
-                check_only=False,
+            publication = _Publication(
+                tenant="bench",
+                name=name,
+                digest=hashlib.sha256(digest.encode()).hexdigest(),
+                config_digest=digest,
+                size_bytes=16_000_000,
+                rank=16,
+                base_model="llama-3-8b",
+                created_at=time.time(),
+                aliases=("prod",) if number == per_adapter // 2 else (),
+                token=uuid.uuid4().hex,
             )
+            keys, args = _PUBLISH.call_args(*metadata._publish_call(publication))
             metadata._publish(keys=keys, args=args, client=pipe)
             if len(pipe) >= 1000:
                 pipe.execute()

@@ -8,6 +8,7 @@ from scheduler._demand import *  # noqa: F403
 from scheduler._demand import __all__ as _demand_all
 from scheduler._eviction import *  # noqa: F403
 from scheduler._eviction import __all__ as _eviction_all
+from scheduler._percentile import percentile
 from scheduler._policies import select_replica
 from scheduler._registry import *  # noqa: F403
 from scheduler._registry import __all__ as _registry_all
@@ -28,6 +29,7 @@ __all__ = [
     *_eviction_all,
     *_registry_all,
     "select_replica",
+    "percentile",
     *_view_all,
     *_trace_all,
     *_cost_all,

@@ -79,6 +79,22 @@ class CostProfile:
     def h2d_seconds(self, size_bytes: int) -> float:
         return self.h2d_fixed_s + size_bytes / self.h2d_bytes_per_s
 
+    def replica_capacity_rps(self, prompt_mean: float, output_mean: float) -> float:
+        """Requests/s one replica completes with its batch full (``max_batch`` running).
+
+        Each second is spent on decode steps of ``max_batch`` sequences, each emitting
+        one token per sequence, and on prefilling the prompts: with ``r`` requests/s,
+        ``r * output_mean / max_batch`` steps of ``step_seconds(max_batch)`` plus
+        ``r * prompt_mean * prefill_per_token_s`` make one second. The model is linear,
+        so only the means matter. Queues grow without bound at or above this rate; a
+        target load is a fraction of it.
+        """
+        per_request = (
+            output_mean * self.step_seconds(self.max_batch) / self.max_batch
+            + prompt_mean * self.prefill_per_token_s
+        )
+        return 1.0 / per_request
+
     def step_seconds(self, batch: int, prefill_tokens: int = 0) -> float:
         return (
             self.step_base_s

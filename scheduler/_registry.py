@@ -6,6 +6,7 @@ import inspect
 from typing import Any
 
 from scheduler._policies import (
+    AdaptivePolicy,
     CacheAwarePolicy,
     ConsistentHashPolicy,
     LeastLoadedPolicy,
@@ -20,6 +21,7 @@ __all__ = ["POLICY_NAMES", "make_policy"]
 _POLICIES: dict[str, type] = {
     policy.name: policy
     for policy in (
+        AdaptivePolicy,
         CacheAwarePolicy,
         RoundRobinPolicy,
         LeastLoadedPolicy,
@@ -30,6 +32,21 @@ _POLICIES: dict[str, type] = {
 
 POLICY_NAMES: tuple[str, ...] = tuple(_POLICIES)
 """Registered names, the default (``cache_aware``) first, then the baselines."""
+
+
+def _options_of(policy_class: type) -> set[str]:
+    """The keyword-only constructor options, with those a subclass passes on to its base
+    through ``**options``."""
+    accepted: set[str] = set()
+    for cls in policy_class.__mro__:
+        if "__init__" not in vars(cls):
+            continue
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        accepted |= {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            break
+    accepted.discard("seed")
+    return accepted
 
 
 def make_policy(name: str, *, seed: int = 0, **options: Any) -> PlacementPolicy:
@@ -48,11 +65,7 @@ def make_policy(name: str, *, seed: int = 0, **options: Any) -> PlacementPolicy:
         raise UnknownPolicyError(
             f"unknown placement policy {name!r}; known policies: {', '.join(POLICY_NAMES)}"
         ) from None
-    accepted = {
-        parameter.name
-        for parameter in inspect.signature(policy_class).parameters.values()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.name != "seed"
-    }
+    accepted = _options_of(policy_class)
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise PolicyOptionError(

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from scheduler._bound import belady_bound
 from scheduler._cost import CostProfile
 from scheduler._demand import DemandTracker
+from scheduler._percentile import percentile
 from scheduler._policies import select_replica
 from scheduler._trace import TraceRequest
 from scheduler._types import AdapterDemand, EvictionPolicy, PlacementPolicy, ReplicaView, Tier
@@ -625,16 +626,6 @@ def _max_over_mean(values: Sequence[float]) -> float:
     return max(values) / mean if mean > 0 else 1.0
 
 
-def _percentile(ordered: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile ``q`` in [0, 100] of sorted values (nan if empty)."""
-    if not ordered:
-        return math.nan
-    position = (len(ordered) - 1) * q / 100
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def simulate(
     trace: Sequence[TraceRequest],
     policy: PlacementPolicy,
@@ -685,11 +676,11 @@ def simulate(
         cold_loads=sim.cold_loads,
         s3_bytes=sim.s3_bytes,
         deferred_loads=sim.deferred_loads,
-        ttft_p50_s=_percentile(ttft, 50),
-        ttft_p99_s=_percentile(ttft, 99),
-        ttft_p99_gpu_hit_s=_percentile(ttft_gpu_hit, 99),
-        latency_p50_s=_percentile(latency, 50),
-        latency_p99_s=_percentile(latency, 99),
+        ttft_p50_s=percentile(ttft, 50),
+        ttft_p99_s=percentile(ttft, 99),
+        ttft_p99_gpu_hit_s=percentile(ttft_gpu_hit, 99),
+        latency_p50_s=percentile(latency, 50),
+        latency_p99_s=percentile(latency, 99),
         throughput_rps=len(outcomes) / span if span > 0 else math.inf,
         load_imbalance=_max_over_mean(busy),
         occupancy_imbalance=_max_over_mean([replica.occupancy for replica in sim.replicas]),

@@ -245,14 +245,36 @@ class _Population:
 
 @dataclass(frozen=True, slots=True)
 class SynthSpec:
-    """A synthetic workload: Zipf popularity over adapters, Gamma inter-arrival times.
+    """A synthetic workload: Zipf popularity over adapters, Gamma inter-arrival times,
+    and optionally popularity drift, flash crowds and tenant churn.
 
-    Adapter ``i`` (0-based, ``i = 0`` the most popular) is requested with probability
-    proportional to ``1 / (i + 1) ** zipf_alpha`` and belongs to tenant ``i % tenants``;
-    each adapter's rank is drawn once from ``rank_mix`` (rank -> weight). Inter-arrival
-    times are Gamma with mean ``1 / rate_rps`` and coefficient of variation
-    ``arrival_cv`` (1 is Poisson, larger is burstier). Prompt and output lengths are
-    lognormal with the given means and CVs, clamped to ``[1, max_tokens]``.
+    Popularity rank ``r`` (0-based, 0 the most popular) is requested with probability
+    proportional to ``1 / (r + 1) ** zipf_alpha``; at the start adapter ``i`` holds rank
+    ``i`` and belongs to tenant ``i % tenants``; each adapter's rank (LoRA rank) is drawn
+    once from ``rank_mix`` (rank -> weight). Inter-arrival times are Gamma with
+    coefficient of variation ``arrival_cv`` (1 is Poisson, larger is burstier). Prompt
+    and output lengths are lognormal with the given means and CVs, clamped to
+    ``[1, max_tokens]``.
+
+    ``rate_rps`` is the mean rate of the whole trace, flash crowds included: the steady
+    stream runs at ``rate_rps / (1 + flash_intensity * flash_duration_s /
+    flash_period_s)`` so that a target load stays the target load.
+
+    * **Drift** (``drift_period_s > 0``): every ``drift_period_s`` seconds a share
+      ``drift_fraction`` of the popularity ranks, drawn uniformly, trade adapters among
+      themselves (a random permutation), so a cold adapter can take a hot rank and the
+      hot one fall back.
+    * **Flash crowds** (``flash_period_s > 0``): once per period, at a random offset, a
+      window of ``flash_duration_s`` seconds in which ``flash_adapters`` adapters drawn
+      uniformly from the whole population (so mostly cold ones) receive extra requests,
+      Gamma arrivals of the same CV, at ``flash_intensity`` times the steady rate in
+      total.
+    * **Tenant churn** (``churn_period_s > 0``): every ``churn_period_s`` seconds a share
+      ``churn_fraction`` of the tenants leave; each is replaced by a new tenant whose new
+      adapters take the leaving tenant's popularity ranks (keys never seen before).
+
+    The drift, flash and churn draws use their own random streams, so turning one on
+    leaves the others' draws (and a spec without any of them) unchanged.
     """
 
     adapters: int = 1000
@@ -268,7 +290,139 @@ class SynthSpec:
     output_cv: float = 1.0
     max_tokens: int = 4096
     base_model_fraction: float = 0.0
+    drift_period_s: float = 0.0
+    drift_fraction: float = 0.2
+    flash_period_s: float = 0.0
+    flash_duration_s: float = 60.0
+    flash_intensity: float = 0.5
+    flash_adapters: int = 1
+    churn_period_s: float = 0.0
+    churn_fraction: float = 0.1
     seed: int = 0
+
+    @property
+    def steady_rate_rps(self) -> float:
+        """The rate of the steady stream, ``rate_rps`` less the flash crowds' share."""
+        if not self.flash_period_s:
+            return self.rate_rps
+        busy = min(1.0, self.flash_duration_s / self.flash_period_s)
+        return self.rate_rps / (1.0 + self.flash_intensity * busy)
+
+    def validate(self) -> None:
+        """Raise :class:`SynthSpecError` naming the first parameter out of range."""
+        for name in ("rate_rps", "duration_s", "arrival_cv", "prompt_mean", "output_mean"):
+            if not getattr(self, name) > 0:
+                raise SynthSpecError(f"synthetic trace: {name}={getattr(self, name)!r} must be > 0")
+        for name in ("drift_period_s", "flash_period_s", "churn_period_s", "flash_intensity"):
+            if not getattr(self, name) >= 0:
+                raise SynthSpecError(
+                    f"synthetic trace: {name}={getattr(self, name)!r} must be >= 0 (0 turns it off)"
+                )
+        for name in ("base_model_fraction", "drift_fraction", "churn_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise SynthSpecError(
+                    f"synthetic trace: {name}={getattr(self, name)!r} must be in [0, 1]"
+                )
+        if self.flash_period_s and not 0 < self.flash_duration_s <= self.flash_period_s:
+            raise SynthSpecError(
+                f"synthetic trace: flash_duration_s={self.flash_duration_s!r} must be in "
+                f"(0, flash_period_s={self.flash_period_s!r}]"
+            )
+        if self.flash_period_s and not 1 <= self.flash_adapters <= self.adapters:
+            raise SynthSpecError(
+                f"synthetic trace: flash_adapters={self.flash_adapters!r} must be in "
+                f"[1, adapters={self.adapters}]"
+            )
+
+
+class _Workload:
+    """The popularity ranks' current adapters, changed by drift and churn as time passes."""
+
+    def __init__(self, spec: SynthSpec, rng: random.Random) -> None:
+        self.spec = spec
+        population = _Population.build(
+            rng, spec.adapters, spec.tenants, spec.zipf_alpha, spec.rank_mix
+        )
+        self.population = population
+        self.keys = list(population.keys)
+        self.tenants = list(population.tenants)
+        self.ranks = list(population.ranks)
+        self.by_rank = list(range(spec.adapters))  # popularity rank -> adapter index
+        self._rank_values, self._rank_cumulative = _rank_choices(spec.rank_mix)
+        self._drift_rng = random.Random(f"{spec.seed}:drift")
+        self._churn_rng = random.Random(f"{spec.seed}:churn")
+        self._next_drift = spec.drift_period_s or math.inf
+        self._next_churn = spec.churn_period_s or math.inf
+        self._next_tenant = spec.tenants
+
+    def advance(self, now: float) -> None:
+        """Apply every drift and churn epoch due at or before ``now``."""
+        while self._next_drift <= now or self._next_churn <= now:
+            if self._next_drift <= self._next_churn:
+                self._drift()
+                self._next_drift += self.spec.drift_period_s
+            else:
+                self._churn()
+                self._next_churn += self.spec.churn_period_s
+
+    def _drift(self) -> None:
+        count = round(self.spec.drift_fraction * len(self.by_rank))
+        positions = self._drift_rng.sample(range(len(self.by_rank)), count)
+        moved = [self.by_rank[p] for p in positions]
+        self._drift_rng.shuffle(moved)
+        for position, adapter in zip(positions, moved, strict=True):
+            self.by_rank[position] = adapter
+
+    def _churn(self) -> None:
+        current = sorted({self.tenants[a] for a in self.by_rank})
+        leaving = set(
+            self._churn_rng.sample(current, round(self.spec.churn_fraction * len(current)))
+        )
+        successor: dict[str, str] = {}
+        for position, adapter in enumerate(self.by_rank):
+            tenant = self.tenants[adapter]
+            if tenant not in leaving:
+                continue
+            if tenant not in successor:
+                successor[tenant] = f"tenant{self._next_tenant:04d}"
+                self._next_tenant += 1
+            new = len(self.keys)
+            self.keys.append(adapter_key(successor[tenant], new))
+            self.tenants.append(successor[tenant])
+            self.ranks.append(
+                self._churn_rng.choices(self._rank_values, cum_weights=self._rank_cumulative)[0]
+            )
+            self.by_rank[position] = new
+
+    def request(self, adapter: int, now: float, prompt: int, output: int) -> TraceRequest:
+        return TraceRequest(
+            now, self.keys[adapter], prompt, output, self.ranks[adapter], self.tenants[adapter]
+        )
+
+
+def _flash_requests(spec: SynthSpec) -> list[tuple[float, int]]:
+    """(arrival, popularity rank) of every flash-crowd request, in arrival order.
+
+    The flash adapters are chosen by popularity rank and resolved to adapters at each
+    arrival, so drift and churn apply to them as to everything else.
+    """
+    if not spec.flash_period_s or not spec.flash_intensity:
+        return []
+    rng = random.Random(f"{spec.seed}:flash")
+    shape = 1.0 / (spec.arrival_cv**2)
+    scale = 1.0 / (spec.steady_rate_rps * spec.flash_intensity * shape)
+    out: list[tuple[float, int]] = []
+    window = 0.0
+    while window < spec.duration_s:
+        start = window + rng.uniform(0.0, spec.flash_period_s - spec.flash_duration_s)
+        end = min(start + spec.flash_duration_s, spec.duration_s)
+        crowd = rng.sample(range(spec.adapters), spec.flash_adapters)
+        now = start + rng.gammavariate(shape, scale)
+        while now < end:
+            out.append((now, rng.choice(crowd)))
+            now += rng.gammavariate(shape, scale)
+        window += spec.flash_period_s
+    return out
 
 
 def synthesize(spec: SynthSpec) -> list[TraceRequest]:
@@ -277,37 +431,45 @@ def synthesize(spec: SynthSpec) -> list[TraceRequest]:
     Raises:
         SynthSpecError: a parameter out of range (the message names it).
     """
-    for name in ("rate_rps", "duration_s", "arrival_cv", "prompt_mean", "output_mean"):
-        if not getattr(spec, name) > 0:
-            raise SynthSpecError(f"synthetic trace: {name}={getattr(spec, name)!r} must be > 0")
-    if not 0 <= spec.base_model_fraction <= 1:
-        raise SynthSpecError(
-            f"synthetic trace: base_model_fraction={spec.base_model_fraction!r} must be in [0, 1]"
-        )
+    spec.validate()
     rng = random.Random(spec.seed)
-    population = _Population.build(rng, spec.adapters, spec.tenants, spec.zipf_alpha, spec.rank_mix)
+    workload = _Workload(spec, rng)
+    population = workload.population
     prompt = _lognormal_sampler(rng, spec.prompt_mean, spec.prompt_cv, spec.max_tokens, 1)
     output = _lognormal_sampler(rng, spec.output_mean, spec.output_cv, spec.max_tokens, 1)
+    flash = _flash_requests(spec)
+    flash_rng = random.Random(f"{spec.seed}:flash-lengths")
+    flash_prompt = _lognormal_sampler(
+        flash_rng, spec.prompt_mean, spec.prompt_cv, spec.max_tokens, 1
+    )
+    flash_output = _lognormal_sampler(
+        flash_rng, spec.output_mean, spec.output_cv, spec.max_tokens, 1
+    )
     shape = 1.0 / (spec.arrival_cv**2)
-    scale = 1.0 / (spec.rate_rps * shape)
+    scale = 1.0 / (spec.steady_rate_rps * shape)
     requests: list[TraceRequest] = []
+    next_flash = 0
     now = rng.gammavariate(shape, scale)
     while now < spec.duration_s:
+        while next_flash < len(flash) and flash[next_flash][0] <= now:
+            when, position = flash[next_flash]
+            workload.advance(when)
+            requests.append(
+                workload.request(workload.by_rank[position], when, flash_prompt(), flash_output())
+            )
+            next_flash += 1
+        workload.advance(now)
         if spec.base_model_fraction and rng.random() < spec.base_model_fraction:
             requests.append(TraceRequest(now, "", prompt(), output()))
         else:
-            i = population.draw(rng)
-            requests.append(
-                TraceRequest(
-                    now,
-                    population.keys[i],
-                    prompt(),
-                    output(),
-                    population.ranks[i],
-                    population.tenants[i],
-                )
-            )
+            adapter = workload.by_rank[population.draw(rng)]
+            requests.append(workload.request(adapter, now, prompt(), output()))
         now += rng.gammavariate(shape, scale)
+    for when, position in flash[next_flash:]:
+        workload.advance(when)
+        requests.append(
+            workload.request(workload.by_rank[position], when, flash_prompt(), flash_output())
+        )
     return requests
 
 

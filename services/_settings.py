@@ -59,8 +59,14 @@ class ServiceSettings(BaseSettings):
     max_waiting: int = Field(default=1024, ge=0)
     max_ongoing_requests: int = Field(default=128, ge=1, description="per model replica")
     default_max_tokens: int = Field(default=128, ge=1, description="when a request sets none")
-    routing_policy: str = Field(default="cache_aware")
+    routing_policy: str = Field(default="adaptive")
     routing_stats_period_s: float = Field(default=1.0, gt=0)
+    router_max_tracked_adapters: int = Field(
+        default=100_000,
+        ge=2,
+        description="adapters whose request rate each router keeps; past it the coldest "
+        "half is forgotten",
+    )
     stats_period_s: float = Field(default=2.0, gt=0, description="replica -> /v1/stats")
     view_staleness_bound_s: float = Field(
         default=2.0, gt=0, description="replicas republish their Redis snapshot every half"

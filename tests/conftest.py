@@ -13,12 +13,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.factories import TinyBase, make_tiny_base
+
 # Tests never reach AWS: credentials are dummies understood by the moto server.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> TinyBase:
+    """The tiny Llama, its manifest (``BASE``) and three PEFT adapters, for every tier."""
+    return make_tiny_base(tmp_path_factory.mktemp("adapters"))
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,103 @@
-"""Builders for test inputs: a tiny Llama base model and real PEFT adapters for it.
+"""Builders for test inputs: a tiny Llama base model, real PEFT adapters for it, and
+published versions in a metadata store.
 
 Everything is made locally with seeded weights; nothing is downloaded.
 """
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from adapter_store import (
+        AdapterStore,
+        AdapterVersion,
+        BaseModelManifest,
+        BlobStore,
+        MetadataStore,
+    )
+
+
+# The id the tiny Llama's manifest is registered under (the malformed corpus uses it too).
+BASE = "tiny-llama"
+
+
+@dataclass(frozen=True)
+class TinyBase:
+    """The tiny Llama, its manifest and three distinct adapters saved by PEFT."""
+
+    model: Any
+    manifest: BaseModelManifest
+    adapters: tuple[Path, ...]
+
+
+def make_tiny_base(root: Path) -> TinyBase:
+    """The tiny Llama with adapters seeded 0, 1, 2 saved under ``root``."""
+    from adapter_store import manifest_from_model
+
+    model = tiny_llama()
+    adapters = tuple(make_peft_adapter(model, root / f"a{seed}", seed=seed) for seed in range(3))
+    return TinyBase(model, manifest_from_model(BASE, model), adapters)
+
+
+def build_store(
+    metadata: MetadataStore,
+    blobs: BlobStore,
+    manifest: BaseModelManifest,
+    *,
+    cache_dir: Path | None = None,
+) -> AdapterStore:
+    """An AdapterStore over these backends with ``manifest`` registered and the tenant
+    ``acme`` created; with ``cache_dir``, a 1 GiB disk cache there."""
+    from adapter_store import AdapterStore, DiskCache
+
+    cache = None if cache_dir is None else DiskCache(cache_dir, blobs, 1 << 30)
+    store = AdapterStore(metadata, blobs, disk_cache=cache)
+    store.register_manifest(manifest)
+    store.ensure_tenant("acme")
+    return store
+
+
+def sha256_hex(data: bytes | str) -> str:
+    """The content address of ``data`` (text is UTF-8 encoded)."""
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def blob_key_of(data: bytes) -> str:
+    """The blob key ``data`` is stored under."""
+    from adapter_store import blob_key
+
+    return blob_key(sha256_hex(data))
+
+
+def publish_version(
+    meta: MetadataStore,
+    name: str = "chat",
+    *,
+    tenant: str = "acme",
+    content: str = "w",
+    size: int = 100,
+    aliases: tuple[str, ...] = (),
+    now: float = 10.0,
+) -> AdapterVersion:
+    """Publish a version of ``tenant/name`` whose blobs are the digests of ``content``
+    (weights) and ``content + "-config"``, rank 8 on base model ``tiny``; no blob behind
+    it was ever collected."""
+    return meta.publish(
+        tenant,
+        name,
+        digest=sha256_hex(content),
+        config_digest=sha256_hex(content + "-config"),
+        size_bytes=size,
+        rank=8,
+        base_model="tiny",
+        now=now,
+        generations=(0, 0),
+        aliases=aliases,
+    )
 
 
 def tiny_llama(seed: int = 0, **overrides: Any):  # -> transformers.LlamaForCausalLM

@@ -1,22 +1,22 @@
 """A corpus of malformed adapters, as data, for every test that must reject them.
 
 Each :class:`MalformedCase` starts from a valid PEFT adapter directory (made by
-:func:`write_valid_adapter` for the :func:`tiny_base` model) and writes one broken
+:func:`write_valid_adapter` for the tiny Llama, ``tests.factories.make_tiny_base``) and writes one broken
 variant into an empty work directory; ``write`` returns the source to push: a
 directory, an archive path, or a list of two file paths. Rejecting it must raise exactly
 ``case.error`` with ``case.message`` in the text.
 
 Usage (validation layer)::
 
-    model, manifest = tiny_base()
-    valid = write_valid_adapter(model, tmp / "valid")
+    base = make_tiny_base(tmp)               # or the session fixture tiny_base
+    valid = write_valid_adapter(base.model, tmp / "valid")
     for case in MALFORMED_CASES:
         source = case.write(valid, tmp / case.id)
         files = read_adapter_source(source, case.limits)
-        validate_adapter(files, manifest, case.limits)   # raises case.error
+        validate_adapter(files, base.manifest, case.limits)   # raises case.error
 
-Usage (store): register ``manifest`` under :data:`BASE_MODEL_ID`, configure the store
-with ``case.limits`` (only ``bytes_above_cap`` differs from the defaults), push
+Usage (store): register ``base.manifest`` (its id is ``tests.factories.BASE``), build
+the store with ``case.limits`` (only ``bytes_above_cap`` differs from the defaults), push
 ``source``, and check the store is unchanged. Cases with ``needs_manifest`` are only
 rejected when the manifest is known.
 """
@@ -39,26 +39,22 @@ import numpy as np
 from adapter_store import (
     AdapterLimits,
     AdapterTooLargeError,
-    BaseModelManifest,
     IncompatibleAdapterError,
     InvalidAdapterError,
     InvalidConfigError,
     MalformedWeightsError,
     UnsafeFormatError,
     UnsupportedFeatureError,
-    manifest_from_model,
+    UnsupportedPatternError,
 )
 
 __all__ = [
-    "BASE_MODEL_ID",
     "MALFORMED_CASES",
     "VALID_LORA_KWARGS",
     "MalformedCase",
-    "tiny_base",
     "write_valid_adapter",
 ]
 
-BASE_MODEL_ID = "tiny-llama"
 # The valid adapter every case starts from: rank 8 on q_proj and v_proj of both layers.
 VALID_LORA_KWARGS: dict[str, Any] = {
     "r": 8,
@@ -69,14 +65,6 @@ CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 Q_A = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
 Q_B = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
-
-
-def tiny_base() -> tuple[Any, BaseModelManifest]:
-    """The tiny Llama base model and its manifest under :data:`BASE_MODEL_ID`."""
-    from tests.factories import tiny_llama
-
-    model = tiny_llama()
-    return model, manifest_from_model(BASE_MODEL_ID, model)
 
 
 def write_valid_adapter(model: Any, out_dir: Path) -> Path:
@@ -185,6 +173,35 @@ def _unknown_dtype(data: bytes) -> bytes:
     header, body = _split(data)
     header[Q_A]["dtype"] = "F12"
     return _join(header, body)
+
+
+def _header_edit(edit: Callable[[dict[str, Any]], None]) -> Callable[[bytes], bytes]:
+    """A raw edit that rewrites the safetensors header JSON, leaving the data alone."""
+
+    def rewrite(data: bytes) -> bytes:
+        header, body = _split(data)
+        edit(header)
+        return _join(header, body)
+
+    return rewrite
+
+
+def _many_huge_dims(header: dict[str, Any]) -> None:
+    # Hundreds of 300-digit dimensions: their product has ~90,000 digits.
+    header[Q_A]["shape"] = [10**299 + 7] * 300
+
+
+def _few_huge_dims(header: dict[str, Any]) -> None:
+    header[Q_A]["shape"] = [10**299 + 7] * 2
+
+
+def _huge_weights(tensors: dict[str, np.ndarray]) -> None:
+    tensors[Q_B][0, 0] = 1e30
+
+
+def _unicode_module(tensors: dict[str, np.ndarray]) -> None:
+    for part in (Q_A, Q_B):
+        tensors[part.replace("q_proj", "q_pr\u00f8j")] = tensors.pop(part)
 
 
 def _set_nan(tensors: dict[str, np.ndarray]) -> None:
@@ -371,6 +388,30 @@ MALFORMED_CASES: list[MalformedCase] = [
         UnsupportedFeatureError,
         "LoRA on embedding layers is not supported",
     ),
+    MalformedCase(
+        "header_many_huge_dims",
+        _edit_raw(_header_edit(_many_huge_dims)),
+        MalformedWeightsError,
+        "not a list of at most 8 sizes",
+    ),
+    MalformedCase(
+        "header_huge_dims",
+        _edit_raw(_header_edit(_few_huge_dims)),
+        MalformedWeightsError,
+        "not a list of sizes in [0, 2**63)",
+    ),
+    MalformedCase(
+        "huge_weights",
+        _edit_tensors(_huge_weights),
+        MalformedWeightsError,
+        "holds a value of magnitude 1e+30, above the limit of 1024",
+    ),
+    MalformedCase(
+        "non_ascii_module_path",
+        _edit_tensors(_unicode_module),
+        MalformedWeightsError,
+        "not 1-512 printable ASCII characters",
+    ),
     # -- the config, and its agreement with the weights
     MalformedCase(
         "config_not_json", _config_not_json, InvalidConfigError, "is not valid UTF-8 JSON"
@@ -408,6 +449,56 @@ MALFORMED_CASES: list[MalformedCase] = [
         "modules_to_save stores",
     ),
     MalformedCase("trained_bias", _edit_config(bias="all"), UnsupportedFeatureError, "bias='all'"),
+    # -- hostile values: each must be refused quickly, whatever Python's re would do
+    MalformedCase(
+        # Python's re needs minutes on a 31-character path (nested repeats, no match).
+        "regex_bomb_target_modules",
+        _edit_config(target_modules=r"([a-z_.0-9]+)*X"),
+        InvalidConfigError,
+        "target_modules='([a-z_.0-9]+)*X' does not select it",
+    ),
+    MalformedCase(
+        "regex_backreference",
+        _edit_config(target_modules=r".*(q|v)_pro(j)\2"),
+        UnsupportedPatternError,
+        "uses '\\\\2', which Python's re and RE2 read differently",
+    ),
+    MalformedCase(
+        "regex_lookahead",
+        _edit_config(exclude_modules=r"(?=.*k_proj).*"),
+        UnsupportedPatternError,
+        "exclude_modules pattern '(?=.*k_proj).*' cannot be matched in linear time",
+    ),
+    MalformedCase(
+        "regex_too_long",
+        _edit_config(rank_pattern={"q" * 5000: 8}),
+        UnsupportedPatternError,
+        "is 5000 characters, more than 1024",
+    ),
+    MalformedCase(
+        "too_many_rank_patterns",
+        _edit_config(rank_pattern={f"m{i}": 8 for i in range(5000)}),
+        UnsupportedPatternError,
+        "rank_pattern has 5000 entries, more than 4096",
+    ),
+    MalformedCase(
+        "alpha_400_digits",
+        _edit_config(lora_alpha=10**400),
+        InvalidConfigError,
+        "lora_alpha is an integer of 1329 bits",
+    ),
+    MalformedCase(
+        "scaling_above_limit",
+        _edit_config(lora_alpha=100_000),
+        InvalidConfigError,
+        "a scaling of 1.25e+04 (alpha 100000 / 8), above the limit of 1024",
+    ),
+    MalformedCase(
+        "rslora_scaling_above_limit",
+        _edit_config(alpha_pattern={"v_proj": 5000}, use_rslora=True),
+        InvalidConfigError,
+        "(alpha 5000 / sqrt(8)), above the limit of 1024",
+    ),
     # -- the base model
     MalformedCase(
         "shape_not_in_base",

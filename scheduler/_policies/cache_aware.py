@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from typing import Any
 
 from scheduler._demand import DemandTracker
 from scheduler._eviction import DemandAwareEviction
@@ -13,7 +14,7 @@ from scheduler._policies._hashing import RendezvousRanking
 from scheduler._types import AdapterDemand, EvictionPolicy, ReplicaView
 from scheduler.exceptions import PolicyOptionError
 
-__all__ = ["CacheAwarePolicy"]
+__all__ = ["AdaptivePolicy", "CacheAwarePolicy"]
 
 # How many spill candidates (non-holders past the cold homes) are ranked.
 _SPILL_WINDOW = 4
@@ -107,6 +108,17 @@ class CacheAwarePolicy:
     Residency read from a stale view can send a request to a copy that is gone (a cold
     load, not an error).
 
+    **Options for drift and overload** (off by default here, on in :class:`AdaptivePolicy`):
+    ``fast_half_life_s`` adds a second, fast demand estimate (its share wins when larger);
+    ``victim_aware`` ranks the cold homes by what a load there would evict (an empty
+    slot first, else the least demand score among the GPU adapters, from this policy's
+    placements); ``eviction_half_life_s`` sets the replicas' eviction aging apart from
+    the placement demand; ``saturation_load`` (0: off) declares overload when every
+    replica runs at least that many requests or has every GPU slot pinned, and then
+    holders take load up to ``overload_holder_factor`` times the mean, a cold adapter
+    has one home, and a load that must wait for a slot waits at the adapter's first
+    home rather than at the least loaded replica.
+
     Raises:
         PolicyOptionError: an option out of range.
     """
@@ -129,6 +141,11 @@ class CacheAwarePolicy:
         half_life_s: float = 30.0,
         demand: DemandTracker | None = None,
         max_hot_keys: int = 4096,
+        fast_half_life_s: float = 0.0,
+        eviction_half_life_s: float = 0.0,
+        saturation_load: int = 0,
+        overload_holder_factor: float = 3.0,
+        victim_aware: bool = False,
     ) -> None:
         for option, value in (
             ("epsilon", epsilon),
@@ -139,8 +156,15 @@ class CacheAwarePolicy:
             ("scan_width", scan_width),
             ("half_life_s", half_life_s),
             ("max_hot_keys", max_hot_keys),
+            ("overload_holder_factor", overload_holder_factor),
         ):
             require_positive(option, value, policy=self.name)
+        if min(fast_half_life_s, eviction_half_life_s, saturation_load) < 0:
+            raise PolicyOptionError(
+                f"policy {self.name!r}: fast_half_life_s={fast_half_life_s!r}, "
+                f"eviction_half_life_s={eviction_half_life_s!r} and "
+                f"saturation_load={saturation_load!r} must be >= 0 (0 turns them off)"
+            )
         if cold_penalty < 0 or load_weight < 0:
             raise PolicyOptionError(
                 f"policy {self.name!r}: cold_penalty={cold_penalty!r} and "
@@ -165,6 +189,15 @@ class CacheAwarePolicy:
         self._rng = random.Random(seed)
         self._rendezvous = RendezvousRanking(seed)
         self._homes: dict[str, int] = {}
+        self._fast = DemandTracker(fast_half_life_s) if fast_half_life_s else None
+        self.eviction_half_life_s = eviction_half_life_s or half_life_s
+        self.saturation_load = saturation_load
+        self.overload_holder_factor = overload_holder_factor
+        self.victim_aware = bool(victim_aware)
+        # Per key, log(decayed count) + last update / tau: comparing these compares the
+        # decayed counts at any common time, without an exponential per key.
+        self._scores: dict[str, float] = {}
+        self._score_tau = self.demand.half_life_s / math.log(2)
 
     def home_count(self, key: str) -> int:
         """How many homes ``key`` has now (1 unless it is being replicated)."""
@@ -183,7 +216,8 @@ class CacheAwarePolicy:
         if not key:
             return [pow2_pair(self._rng, replicas)]
         count = len(replicas)
-        total = sum([r.in_flight + r.queued for r in replicas])
+        loads = [r.in_flight + r.queued for r in replicas]
+        total = sum(loads)
         cap = max(self.load_floor, math.ceil((1.0 + self.epsilon) * (total + 1) / count))
         holder_cap = max(
             cap,
@@ -194,6 +228,20 @@ class CacheAwarePolicy:
         k = self._update_home_count(adapter, total, cap, count, now)
         hot = k >= 2
         choices = max(k, self.cold_choices)
+        saturation = self.saturation_load
+        saturated = bool(saturation) and all(
+            load >= saturation or r.pinned >= r.gpu_slots
+            for load, r in zip(loads, replicas, strict=True)
+        )
+        if saturated:
+            # Every replica is saturated: throughput is set by how many requests find
+            # their adapter resident, so holders take far more than their share, and a
+            # cold adapter goes to its one home rather than spreading over two.
+            holder_cap = max(
+                holder_cap, math.ceil(self.overload_holder_factor * (total + 1) / count)
+            )
+            choices = k
+        victim_aware = self.victim_aware
         penalty = self.cold_penalty
         # Entries are (sort key, rendezvous rank, replica); ranks are unique, so sorting
         # never compares replicas.
@@ -218,7 +266,7 @@ class CacheAwarePolicy:
                 load += self.load_weight * len(replica.loading)
                 if replica.pinned >= replica.gpu_slots:
                     # A load here would wait for a request to finish: last resort.
-                    groups[_BLOCKED_GROUP].append((load, rank, replica))
+                    groups[_BLOCKED_GROUP].append((rank if saturated else load, rank, replica))
                 elif hot and rank < k:
                     groups[_HOT_GROUP].append((load + penalty, rank, replica))
                 elif key in replica.host:
@@ -227,7 +275,9 @@ class CacheAwarePolicy:
                     # A disk read costs a little more than a host copy: it loses ties.
                     groups[_HOLDER_GROUP].append((load + 0.5, rank, replica))
                 elif rank < choices:
-                    groups[_COLD_HOME_GROUP].append((load, rank, replica))
+                    groups[_COLD_HOME_GROUP].append(
+                        (self._victim_value(replica) if victim_aware else load, rank, replica)
+                    )
                 elif len(spill) < _SPILL_WINDOW:
                     spill.append((load, rank, replica))
             else:
@@ -243,6 +293,12 @@ class CacheAwarePolicy:
         rate = adapter.rate or self.demand.rate(key, now)
         total_rate = self.demand.total_rate(now)
         share = min(1.0, rate / total_rate) if total_rate > 0 else 0.0
+        if self._fast is not None:
+            # The fast estimate sees a flash crowd within a few of its half-lives; the
+            # slow one keeps the copies while the crowd's rate decays away.
+            fast_total = self._fast.total_rate(now)
+            if fast_total > 0:
+                share = max(share, min(1.0, self._fast.rate(key, now) / fast_total))
         need = share * (total_load + 1) / cap
         current = self._homes.get(key, 1)
         if need > current:
@@ -264,12 +320,31 @@ class CacheAwarePolicy:
         return updated
 
     def on_placed(self, adapter: AdapterDemand, replica: ReplicaView, now: float) -> None:
-        """Counts the request (base-model ones too) in the policy's own demand tracker.
+        """Counts the request (base-model ones too) in the policy's own demand trackers,
+        and (``victim_aware``) updates the adapter's demand score.
 
         A tracker passed in as ``demand`` is not touched: its owner observes requests.
         """
-        if self._owns_demand:
-            self.demand.observe(adapter.key, now)
+        key = adapter.key
+        rate = self.demand.observe(key, now) if self._owns_demand else None
+        if self._fast is not None:
+            self._fast.observe(key, now)
+        if self.victim_aware and key:
+            scores = self._scores
+            if len(scores) >= self.demand.max_keys:
+                self._scores = scores = {k: v for k, v in scores.items() if k in self.demand}
+            if rate is None:
+                rate = self.demand.rate(key, now)
+            scores[key] = math.log(rate) + now / self._score_tau if rate > 0 else -math.inf
+
+    def _victim_value(self, replica: ReplicaView) -> float:
+        """What a load on ``replica`` would evict, as a demand score: -inf when a slot is
+        empty, else the least score among its GPU adapters (the eviction policy's
+        likely victim; pinned ones are not told apart)."""
+        if len(replica.gpu) + len(replica.loading) < replica.gpu_slots:
+            return -math.inf
+        scores = self._scores
+        return min([scores.get(key, -math.inf) for key in replica.gpu], default=-math.inf)
 
     def new_eviction_policy(self) -> EvictionPolicy:
         """Demand-aware (decayed LFU) eviction, by use count rather than per byte.
@@ -280,4 +355,44 @@ class CacheAwarePolicy:
         hold several hundred adapters at the default budgets, so this matters little
         there.
         """
-        return DemandAwareEviction(half_life_s=self.demand.half_life_s, size_aware=False)
+        return DemandAwareEviction(half_life_s=self.eviction_half_life_s, size_aware=False)
+
+
+class AdaptivePolicy(CacheAwarePolicy):
+    """``cache_aware`` with the options that follow drift, flash crowds and overload on.
+
+    * ``fast_half_life_s=4``: a second demand estimate with a 4 s half-life; an
+      adapter's share of the load is the larger of the two, so a flash crowd gains homes
+      within seconds and keeps them while the slow estimate decays;
+    * ``victim_aware``: a load goes to the cold home (or spill replica) with an empty
+      slot or, failing that, whose least-demanded GPU adapter has the least demand, so a
+      one-off does not push out a steady hot adapter where a cheaper victim exists;
+    * ``eviction_half_life_s=120``: replicas evict by use counts that age over minutes,
+      so a steady adapter outlives a burst of one-offs;
+    * ``saturation_load=64``: when every replica runs at least a full batch, holders
+      take up to three times the mean load and cold adapters keep one home.
+
+    Failure modes are ``cache_aware``'s; in addition a victim score comes from this
+    router's own placements, so a router that sees few requests judges victims badly.
+    """
+
+    name = "adaptive"
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        fast_half_life_s: float = 4.0,
+        eviction_half_life_s: float = 120.0,
+        saturation_load: int = 64,
+        victim_aware: bool = True,
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            seed=seed,
+            fast_half_life_s=fast_half_life_s,
+            eviction_half_life_s=eviction_half_life_s,
+            saturation_load=saturation_load,
+            victim_aware=victim_aware,
+            **options,
+        )

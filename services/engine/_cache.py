@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-import math
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -42,7 +41,7 @@ from typing import Any, Protocol
 
 from adapter_store import AdapterVersion
 from adapter_store.exceptions import AdapterStoreError
-from scheduler import EvictionPolicy, LRUEviction, Tier
+from scheduler import EvictionPolicy, LRUEviction, Tier, percentile
 from services.engine._tiered import RoomQueue, TierCache, TierCounters
 from services.engine.exceptions import AdapterLoadError, EngineError
 
@@ -63,7 +62,7 @@ logger = logging.getLogger(__name__)
 # Latency summaries cover this many recent loads per source tier.
 _LATENCY_WINDOW = 1024
 # Errors a load step raises already classified, which pass through unwrapped: the engine's
-# own (AdapterIncompatibleError) and the store's, whose HTTP statuses matter to the client
+# own (AdapterMismatchError) and the store's, whose HTTP statuses matter to the client
 # (a blob gone after GC is a 404 and a corrupt one a 502, neither worth retrying as a 503).
 _CLASSIFIED_ERRORS: tuple[type[Exception], ...] = (EngineError, AdapterStoreError)
 
@@ -265,15 +264,11 @@ class _LatencySamples:
         if not self._recent:
             return LatencySummary(self.count, 0.0, 0.0, 0.0, 0.0)
         ordered = sorted(self._recent)
-
-        def nearest_rank(fraction: float) -> float:
-            return ordered[max(0, math.ceil(len(ordered) * fraction) - 1)]
-
         return LatencySummary(
             count=self.count,
             mean_s=sum(ordered) / len(ordered),
-            p50_s=nearest_rank(0.50),
-            p99_s=nearest_rank(0.99),
+            p50_s=percentile(ordered, 50),
+            p99_s=percentile(ordered, 99),
             max_s=ordered[-1],
         )
 
@@ -301,7 +296,7 @@ class AdapterCache:
     Failure mode: a failed load step raises :class:`AdapterLoadError` (naming the
     adapter, the tier and the cause) to every request waiting for that adapter, and to
     no other; an :class:`EngineError` or ``AdapterStoreError`` a step raises itself
-    (such as :class:`AdapterIncompatibleError`, or the store's ``NotFoundError`` and
+    (such as :class:`AdapterMismatchError`, or the store's ``NotFoundError`` and
     ``IntegrityError`` from ``fetch_to_disk``) passes through unchanged. The next
     :meth:`acquire` tries again: there is no negative cache, so concurrent requests
     share one attempt and later ones make a new one. An adapter larger than the whole
@@ -396,7 +391,7 @@ class AdapterCache:
         Raises:
             AdapterLoadError: the load failed (message names adapter, tier, cause), the
                 adapter is larger than the host budget, or the cache closed meanwhile.
-            AdapterIncompatibleError: raised by ``load_host`` or ``activate_slot``.
+            AdapterMismatchError: raised by ``load_host`` or ``activate_slot``.
             AdapterStoreError: raised by ``fetch_to_disk`` (such as ``NotFoundError``
                 or ``IntegrityError``).
             EngineError: the cache is closed.

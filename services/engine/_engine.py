@@ -23,10 +23,12 @@ queues, so a cold load delays only the requests for that adapter.
 
 Failure modes: a full waiting queue raises :class:`EngineOverloadedError` at once (a
 request counts as waiting from then until it runs: while tokenized, while its adapter
-loads, in the queue); a
-failed forward pass fails the requests in that batch with :class:`EngineError` and the
-engine keeps serving; :meth:`Engine.aclose` ends pending requests with
-:class:`RequestCancelledError`.
+loads, in the queue); a row whose logits hold inf or NaN (an adapter whose weights or
+scaling overflow) ends that request alone with :class:`AdapterOverflowError`: the other
+rows are sampled without it, and rows never mix in the forward pass, so they produce
+exactly what they would alone; a failed forward pass fails the requests in that batch
+with :class:`EngineError` and the engine keeps serving; :meth:`Engine.aclose` ends
+pending requests with :class:`RequestCancelledError`.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from services.engine._requests import (
 from services.engine._sampling import SampledToken, SamplingParams, sample_batch
 from services.engine._text import TextStream
 from services.engine.exceptions import (
+    AdapterOverflowError,
     EngineError,
     EngineOverloadedError,
     InvalidRequestError,
@@ -223,7 +226,8 @@ class Engine:
                 is outside the vocabulary, or the grammar does not compile.
             EngineOverloadedError: the waiting queue is full.
             RequestCancelledError: the engine shut down.
-            AdapterLoadError, AdapterIncompatibleError: from the adapter cache.
+            AdapterLoadError, AdapterMismatchError: from the adapter cache.
+            AdapterOverflowError: this request's logits were not finite.
             EngineError: the forward pass failed.
         """
         if self._closing:
@@ -382,7 +386,10 @@ class Engine:
                     self._retire(sequence)
                 continue
             for sequence, token in zip(decoding + admitted, decoded + prefilled, strict=True):
-                self._accept(sequence, token)
+                if token is None:
+                    self._fail_overflowed(sequence)
+                else:
+                    self._accept(sequence, token)
             # Let clients run (and cancel) between steps even when the batch is busy.
             await asyncio.sleep(0)
 
@@ -401,10 +408,13 @@ class Engine:
 
     def _model_step(
         self, keep: list[int], decoding: list[_Sequence], admitted: list[_Sequence]
-    ) -> tuple[list[SampledToken], list[SampledToken]]:
-        """On the model thread: drop finished rows, decode the rest, prefill newcomers."""
-        decoded: list[SampledToken] = []
-        prefilled: list[SampledToken] = []
+    ) -> tuple[list[SampledToken | None], list[SampledToken | None]]:
+        """On the model thread: drop finished rows, decode the rest, prefill newcomers.
+
+        A row whose logits are not finite gets ``None`` instead of a token.
+        """
+        decoded: list[SampledToken | None] = []
+        prefilled: list[SampledToken | None] = []
         if self._batch is not None:
             if keep:
                 self._batch.select(keep)
@@ -427,8 +437,49 @@ class Engine:
                 self._batch.merge(joining)
         return decoded, prefilled
 
-    def _sample(self, logits: torch.Tensor, sequences: Sequence[_Sequence]) -> list[SampledToken]:
-        return sample_batch(logits, sequences, self.base.eos_token_ids)
+    def _sample(
+        self, logits: torch.Tensor, sequences: Sequence[_Sequence]
+    ) -> list[SampledToken | None]:
+        """Sample the rows whose logits are all finite; ``None`` for the others.
+
+        Sampling is row-wise, so leaving a row out changes nothing for the rest; a
+        non-finite row would otherwise make the batch's multinomial draw raise.
+        """
+        finite = torch.isfinite(logits).all(dim=-1).tolist()
+        healthy = [i for i, ok in enumerate(finite) if ok]
+        if len(healthy) < len(sequences):
+            logits = logits[healthy]
+        sampled = (
+            sample_batch(logits, [sequences[i] for i in healthy], self.base.eos_token_ids)
+            if healthy
+            else []
+        )
+        tokens: list[SampledToken | None] = [None] * len(sequences)
+        for i, token in zip(healthy, sampled, strict=True):
+            tokens[i] = token
+        return tokens
+
+    def _fail_overflowed(self, sequence: _Sequence) -> None:
+        """End one request whose logits were not finite; its row leaves the batch next
+        iteration."""
+        if sequence.done:  # cancelled during the step
+            return
+        adapter = sequence.request.adapter
+        position = len(sequence.output_ids) + 1
+        if adapter is None:
+            error: EngineError = EngineError(
+                f"the base model produced non-finite logits at output token {position}"
+            )
+        else:
+            error = AdapterOverflowError(
+                f"adapter {adapter.key} produced non-finite logits (inf or NaN) at output "
+                f"token {position}: its weights or lora_alpha overflow with base model "
+                f"{adapter.base_model!r}. Only this request failed; the adapter's owner "
+                "should check its lora_alpha and weights and push a fixed version"
+            )
+        logger.warning("%s", error)
+        sequence.queue.put_nowait(error)
+        sequence.done = True
 
     def _accept(self, sequence: _Sequence, sampled: SampledToken) -> None:
         """Record one token and stream what it completed."""

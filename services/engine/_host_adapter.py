@@ -10,20 +10,34 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-from adapter_store import AdapterStoreError, LoraSpec, parse_lora_config
-from services.engine.exceptions import AdapterIncompatibleError, AdapterLoadError
-
-if TYPE_CHECKING:
-    from services.engine._lora_layers import MultiLoraModel
+from adapter_store import CONFIG_NAME, WEIGHTS_NAME, AdapterStoreError, LoraSpec, parse_lora_config
+from services.engine.exceptions import AdapterLoadError, AdapterMismatchError
 
 __all__ = ["HostAdapter"]
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
+
+class SlotModel(Protocol):
+    """What preparing an adapter needs to know of the model whose slots it fills
+    (:class:`~services.engine.MultiLoraModel` is one): a Protocol, so this module does
+    not import the layers that import it."""
+
+    @property
+    def module_shapes(self) -> dict[str, tuple[int, int]]: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def max_rank(self) -> int: ...
+
+
 # PEFT saves "base_model.model.<module path>.lora_A.weight" (the adapter name removed).
 _PEFT_PREFIX = "base_model.model."
 _A_SUFFIX = ".lora_A.weight"
@@ -44,12 +58,12 @@ class HostAdapter:
     size_bytes: int
 
     @classmethod
-    def from_dir(cls, key: str, path: Path, model: MultiLoraModel) -> HostAdapter:
+    def from_dir(cls, key: str, path: Path, model: SlotModel) -> HostAdapter:
         """Read a PEFT adapter directory and prepare it for ``model``'s slots.
 
         Raises:
             AdapterLoadError: the files are missing or unreadable.
-            AdapterIncompatibleError: the config is not a LoRA config this engine
+            AdapterMismatchError: the config is not a LoRA config this engine
                 supports, or a module, rank or shape does not fit ``model`` (the message
                 names the module and both shapes).
         """
@@ -58,24 +72,24 @@ class HostAdapter:
 
         path = Path(path)
         try:
-            config_bytes = (path / CONFIG_FILE).read_bytes()
-            tensors = load_file(str(path / WEIGHTS_FILE))
+            config_bytes = (path / CONFIG_NAME).read_bytes()
+            tensors = load_file(str(path / WEIGHTS_NAME))
         except (OSError, SafetensorError) as exc:
             raise AdapterLoadError(f"adapter {key}: cannot read {path}: {exc}") from exc
         try:
             spec = parse_lora_config(config_bytes)
         except AdapterStoreError as exc:
-            raise AdapterIncompatibleError(f"adapter {key}: invalid {CONFIG_FILE}: {exc}") from exc
+            raise AdapterMismatchError(f"adapter {key}: invalid {CONFIG_NAME}: {exc}") from exc
         return cls._prepare(key, tensors, spec, model)
 
     @classmethod
     def _prepare(
-        cls, key: str, tensors: Mapping[str, torch.Tensor], spec: LoraSpec, model: MultiLoraModel
+        cls, key: str, tensors: Mapping[str, torch.Tensor], spec: LoraSpec, model: SlotModel
     ) -> HostAdapter:
         """Prepare PEFT-named ``tensors`` with parsed config ``spec`` for ``model``.
 
         Raises:
-            AdapterIncompatibleError: a module, rank or shape does not fit ``model``.
+            AdapterMismatchError: a module, rank or shape does not fit ``model``.
         """
         pairs = _pair_tensors(key, tensors)
         shapes = model.module_shapes
@@ -83,24 +97,24 @@ class HostAdapter:
         pin = model.device.type == "cuda"
         for module_path, (a, b) in sorted(pairs.items()):
             if module_path not in shapes:
-                raise AdapterIncompatibleError(
+                raise AdapterMismatchError(
                     f"adapter {key}: module {module_path!r} is not a LoRA-capable module of "
                     f"the base model (known e.g. {sorted(shapes)[:3]})"
                 )
             if not spec.targets(module_path):
-                raise AdapterIncompatibleError(
+                raise AdapterMismatchError(
                     f"adapter {key}: weights for {module_path!r}, which its config does not target"
                 )
             in_features, out_features = shapes[module_path]
             rank = spec.rank_for(module_path)
             if tuple(a.shape) != (rank, in_features) or tuple(b.shape) != (out_features, rank):
-                raise AdapterIncompatibleError(
+                raise AdapterMismatchError(
                     f"adapter {key}: {module_path!r} has lora_A {tuple(a.shape)} and lora_B "
                     f"{tuple(b.shape)}; the base model and config need ({rank}, "
                     f"{in_features}) and ({out_features}, {rank})"
                 )
             if rank > model.max_rank:
-                raise AdapterIncompatibleError(
+                raise AdapterMismatchError(
                     f"adapter {key}: rank {rank} of {module_path!r} exceeds this engine's "
                     f"max_rank {model.max_rank}"
                 )
@@ -111,7 +125,7 @@ class HostAdapter:
                 a_t, b_t = a_t.pin_memory(), b_t.pin_memory()
             modules[module_path] = (a_t, b_t)
         if not modules:
-            raise AdapterIncompatibleError(f"adapter {key}: {WEIGHTS_FILE} holds no LoRA weights")
+            raise AdapterMismatchError(f"adapter {key}: {WEIGHTS_NAME} holds no LoRA weights")
         return cls(
             key=key,
             modules=modules,
@@ -141,14 +155,14 @@ def _pair_tensors(
         else:
             unsupported.append(name)
     if unsupported:
-        raise AdapterIncompatibleError(
+        raise AdapterMismatchError(
             f"adapter {key}: unsupported tensors {sorted(unsupported)[:5]}; only plain LoRA "
             "A/B weights of linear layers are supported (no DoRA, bias, modules_to_save or "
             "embedding LoRA)"
         )
     unpaired = sorted(set(a_weights) ^ set(b_weights))
     if unpaired:
-        raise AdapterIncompatibleError(
+        raise AdapterMismatchError(
             f"adapter {key}: modules with only one of lora_A / lora_B: {unpaired[:5]}"
         )
     return {path: (a_weights[path], b_weights[path]) for path in a_weights}

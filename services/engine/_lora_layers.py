@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from services.engine.exceptions import AdapterIncompatibleError
+from services.engine.exceptions import AdapterMismatchError
 
 if TYPE_CHECKING:
     from services.engine._host_adapter import HostAdapter
@@ -150,7 +150,7 @@ class MultiLoraModel:
     ``target_modules`` chooses what to wrap: ``"all-linear"`` (every ``nn.Linear`` and
     ``Conv1D`` except the output layer) or a list of module names matched like PEFT's
     list form (the full path or its last components, e.g. ``"q_proj"``). Adapters that
-    target anything else are rejected with :class:`AdapterIncompatibleError`.
+    target anything else are rejected with :class:`AdapterMismatchError`.
     """
 
     def __init__(
@@ -219,17 +219,17 @@ class MultiLoraModel:
 
         Raises:
             ValueError: ``slot`` is out of range.
-            AdapterIncompatibleError: the adapter names a module this model did not wrap
+            AdapterMismatchError: the adapter names a module this model did not wrap
                 or its rank exceeds ``max_rank`` (it was prepared for another model).
         """
         self._check_slot(slot)
         unknown = sorted(set(adapter.modules) - set(self.layers))
         if unknown:
-            raise AdapterIncompatibleError(
+            raise AdapterMismatchError(
                 f"adapter {adapter.key} has modules this model does not wrap: {unknown[:5]}"
             )
         if adapter.max_rank > self.max_rank:
-            raise AdapterIncompatibleError(
+            raise AdapterMismatchError(
                 f"adapter {adapter.key} has rank {adapter.max_rank} > max_rank {self.max_rank}"
             )
         with torch.no_grad():

@@ -1,7 +1,7 @@
 """Errors raised by the replica engine.
 
 The HTTP layer answers each class with the status on the right (the table is
-:data:`services._errors.ERROR_TABLE`; a subclass not listed there gets its nearest
+:data:`services.api._errors.ERROR_TABLE`; a subclass not listed there gets its nearest
 listed ancestor's)::
 
     EngineError                          500  base class; a failed forward pass, a
@@ -9,7 +9,9 @@ listed ancestor's)::
     ├── InvalidRequestError              400  bad sampling parameters, empty prompt, ...
     ├── AdapterLoadError                 503  a cold load failed (fetch, read or slot copy);
     │                                         only the requests for that adapter fail
-    ├── AdapterIncompatibleError         400  the adapter does not fit the loaded base model
+    ├── AdapterMismatchError         400  the adapter does not fit the loaded base model
+    │   └── AdapterOverflowError         400  the adapter drove this request's logits to
+    │                                         inf/NaN; only that request fails
     ├── EngineOverloadedError            503  the request queue is full
     ├── BaseModelLoadError               503  the base model directory is missing,
     │                                         unloadable or unsupported
@@ -22,8 +24,9 @@ The adapter store's errors from a fetch (``NotFoundError`` 404, ``IntegrityError
 from __future__ import annotations
 
 __all__ = [
-    "AdapterIncompatibleError",
     "AdapterLoadError",
+    "AdapterMismatchError",
+    "AdapterOverflowError",
     "BaseModelLoadError",
     "EngineError",
     "EngineOverloadedError",
@@ -44,8 +47,13 @@ class AdapterLoadError(EngineError):
     """Loading an adapter into a cache tier failed; the message names adapter and tier."""
 
 
-class AdapterIncompatibleError(EngineError):
+class AdapterMismatchError(EngineError):
     """The adapter's modules or shapes do not fit the loaded base model."""
+
+
+class AdapterOverflowError(AdapterMismatchError):
+    """The request's logits were not finite (its adapter's weights or scaling overflow);
+    the request ends with this error, its batch neighbours are unaffected."""
 
 
 class EngineOverloadedError(EngineError):

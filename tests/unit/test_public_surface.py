@@ -1,7 +1,7 @@
 """What each server-side package exports: a change to a public surface is deliberate.
 
-``services``' light surface (client, wire models, errors) is pinned in
-``tests/unit/services/test_light_import.py``.
+``services``' light surface (``services`` and ``services.client``: the SDK, wire models
+and errors) is pinned in ``tests/unit/services/test_light_import.py``.
 """
 
 from __future__ import annotations
@@ -41,8 +41,10 @@ PUBLIC = {
         "InvalidReferenceError",
         "LATEST",
         "LocalBlobStore",
+        "LocalDiskError",
         "LoraSpec",
         "MAX_NAME_LENGTH",
+        "MAX_PAGE_SIZE",
         "MalformedWeightsError",
         "ManifestNotFoundError",
         "MetadataStore",
@@ -50,6 +52,7 @@ PUBLIC = {
         "NotFoundError",
         "Page",
         "QuotaExceededError",
+        "RedisMetadataStore",
         "S3BlobStore",
         "StoreSettings",
         "Tenant",
@@ -57,7 +60,9 @@ PUBLIC = {
         "TenantUsage",
         "UnsafeFormatError",
         "UnsupportedFeatureError",
+        "UnsupportedPatternError",
         "ValidatedAdapter",
+        "ValidationBudgetExceededError",
         "VersionInfo",
         "WEIGHTS_NAME",
         "blob_key",
@@ -65,6 +70,7 @@ PUBLIC = {
         "lora_weight_names",
         "manifest_from_model",
         "open_blob_store",
+        "open_embedded_redis",
         "parse_lora_config",
         "read_adapter_source",
         "read_adapter_upload",
@@ -115,6 +121,7 @@ PUBLIC = {
         "decode_event",
         "encode_event",
         "make_policy",
+        "percentile",
         "read_trace",
         "replica_key",
         "residency_channel",
@@ -125,12 +132,26 @@ PUBLIC = {
         "synthesize",
         "write_trace",
     },
+    "services.api": {"ERROR_TABLE", "ModelGateway", "create_api"},
+    "services.cli": {"app", "main"},
+    "services.serve": {
+        "CacheAwareRequestRouter",
+        "IngressServer",
+        "MODEL_DEPLOYMENT",
+        "ModelReplica",
+        "ServeGateway",
+        "StatsBoard",
+        "app_builder",
+        "build_app",
+        "stale_after_s",
+    },
     "services.engine": {
         "AdapterCache",
-        "AdapterIncompatibleError",
+        "AdapterMismatchError",
         "AdapterLease",
         "AdapterLeaseSource",
         "AdapterLoadError",
+        "AdapterOverflowError",
         "AdapterState",
         "BaseModel",
         "BaseModelLoadError",

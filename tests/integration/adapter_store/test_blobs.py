@@ -19,21 +19,17 @@ from adapter_store import (
     LocalBlobStore,
     NotFoundError,
     S3BlobStore,
-    blob_key,
     open_blob_store,
 )
 from adapter_store._redis_server import free_port
-
-
-def _key_of(data: bytes) -> str:
-    return blob_key(hashlib.sha256(data).hexdigest())
+from tests.factories import blob_key_of, sha256_hex
 
 
 def test_put_head_get_delete_round_trip(blob_url: str) -> None:
     store = open_blob_store(blob_url)
     assert isinstance(store, BlobStore)
     data = os.urandom(1000)
-    key = _key_of(data)
+    key = blob_key_of(data)
     assert store.head(key) is None
     store.put_bytes(key, data)
     assert store.head(key) == 1000
@@ -45,7 +41,7 @@ def test_put_head_get_delete_round_trip(blob_url: str) -> None:
 
 def test_missing_object_raises_not_found_naming_the_key(blob_url: str, tmp_path: Path) -> None:
     store = open_blob_store(blob_url)
-    key = _key_of(b"never stored")
+    key = blob_key_of(b"never stored")
     with pytest.raises(NotFoundError, match=key):
         store.get_bytes(key)
     with pytest.raises(NotFoundError, match=key):
@@ -55,7 +51,7 @@ def test_missing_object_raises_not_found_naming_the_key(blob_url: str, tmp_path:
 def test_identical_push_is_stored_once(blob_url: str) -> None:
     store = open_blob_store(blob_url)
     data = b"adapter weights"
-    key = _key_of(data)
+    key = blob_key_of(data)
     store.put_bytes(key, data)
     # A second put of a content-addressed key already present with the same size is
     # skipped; different bytes of the same size make that observable.
@@ -83,7 +79,7 @@ def test_list_filters_by_prefix_in_sorted_order(blob_url: str) -> None:
 def test_download_writes_the_object_and_reports_progress(blob_url: str, tmp_path: Path) -> None:
     store = open_blob_store(blob_url)
     data = os.urandom(3 * (1 << 20) + 17)
-    key = _key_of(data)
+    key = blob_key_of(data)
     store.put_bytes(key, data)
     received: list[int] = []
     assert store.download(key, tmp_path / "out", received.append) == len(data)
@@ -94,7 +90,7 @@ def test_download_writes_the_object_and_reports_progress(blob_url: str, tmp_path
 def test_download_feeds_the_hasher_the_bytes_in_order(blob_url: str, tmp_path: Path) -> None:
     store = open_blob_store(blob_url)
     data = os.urandom(9 * (1 << 20) + 3)
-    key = _key_of(data)
+    key = blob_key_of(data)
     store.put_bytes(key, data)
     hasher = hashlib.sha256()
     store.download(key, tmp_path / "out", hasher=hasher)
@@ -160,7 +156,7 @@ def test_s3_large_object_downloads_as_ranged_parts(
     part = 64 * 1024
     store = S3BlobStore(s3_bucket, "p", client=client, part_size=part, max_concurrency=4)
     data = os.urandom(10 * part + 5)
-    key = _key_of(data)
+    key = blob_key_of(data)
     store.put_bytes(key, data)
     received: list[int] = []
     assert store.download(key, tmp_path / "out", received.append) == len(data)
@@ -181,11 +177,11 @@ def test_s3_parts_arriving_out_of_order_are_hashed_in_order(
     part = 64 * 1024
     store = S3BlobStore(s3_bucket, client=client, part_size=part, max_concurrency=4)
     data = os.urandom(10 * part + 5)
-    key = _key_of(data)
+    key = blob_key_of(data)
     store.put_bytes(key, data)
     hasher = hashlib.sha256()
     store.download(key, tmp_path / "out", hasher=hasher)
-    assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert hasher.hexdigest() == sha256_hex(data)
     assert (tmp_path / "out").read_bytes() == data
 
 

@@ -6,13 +6,12 @@ delegates to the real store.
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from adapter_store import (
 )
 from adapter_store._blobs import Hasher
 from adapter_store._redis_server import free_port
+from tests.factories import blob_key_of, sha256_hex
 
 
 class CountingBlobStore:
@@ -87,12 +87,9 @@ class CountingBlobStore:
 
 def push(store: BlobStore, files: dict[str, bytes]) -> dict[str, str]:
     """Store each file content-addressed; return file name -> digest."""
-    digests = {}
-    for name, data in files.items():
-        digest = hashlib.sha256(data).hexdigest()
-        store.put_bytes(blob_key(digest), data)
-        digests[name] = digest
-    return digests
+    for data in files.values():
+        store.put_bytes(blob_key_of(data), data)
+    return {name: sha256_hex(data) for name, data in files.items()}
 
 
 def adapter_files(tag: str, size: int = 100) -> dict[str, bytes]:
@@ -149,16 +146,14 @@ def test_ensure_downloads_a_real_peft_adapter_then_hits(
     assert (stats.hits, stats.misses, stats.bytes_downloaded) == (1, 1, total)
 
 
-def test_concurrent_ensures_of_one_key_make_one_download(
-    counting: CountingBlobStore, tmp_path: Path
-) -> None:
-    files = push(counting, adapter_files("hot"))
-    cache = DiskCache(tmp_path / "cache", counting, max_bytes=1 << 20)
-    threads = 8
+def ensure_together(
+    cache: DiskCache, counting: CountingBlobStore, key: str, files: dict[str, str], threads: int
+) -> list[Future[Path]]:
+    """``threads`` concurrent ensures of ``key``; the leader's first download is held
+    until every other call waits on it, so the test exercises coalescing rather than
+    cache hits after the fact."""
 
     def wait_for_followers() -> None:
-        # Hold the leader's download until the other 7 calls are waiting on it, so the
-        # test exercises coalescing rather than cache hits after the fact.
         deadline = time.monotonic() + 10
         while cache.stats.coalesced < threads - 1 and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -168,15 +163,24 @@ def test_concurrent_ensures_of_one_key_make_one_download(
 
     def ensure() -> Path:
         barrier.wait()
-        return cache.ensure("acme/hot@1", files)
+        return cache.ensure(key, files)
 
     with ThreadPoolExecutor(threads) as pool:
-        paths = list(pool.map(lambda _: ensure(), range(threads)))
+        return [pool.submit(ensure) for _ in range(threads)]
+
+
+def test_concurrent_ensures_of_one_key_make_one_download(
+    counting: CountingBlobStore, tmp_path: Path
+) -> None:
+    files = push(counting, adapter_files("hot"))
+    cache = DiskCache(tmp_path / "cache", counting, max_bytes=1 << 20)
+
+    paths = [f.result() for f in ensure_together(cache, counting, "acme/hot@1", files, 8)]
 
     assert len(set(paths)) == 1
     assert sorted(counting.downloads) == sorted(blob_key(d) for d in files.values())
     stats = cache.stats
-    assert (stats.misses, stats.coalesced, stats.hits) == (1, threads - 1, 0)
+    assert (stats.misses, stats.coalesced, stats.hits) == (1, 7, 0)
 
 
 def test_followers_get_the_leaders_error(counting: CountingBlobStore, tmp_path: Path) -> None:
@@ -187,28 +191,13 @@ def test_followers_get_the_leaders_error(counting: CountingBlobStore, tmp_path: 
         DiskCache(tmp_path / "alone", counting, max_bytes=1 << 20).ensure("acme/bad@1", files)
     one_leader = len(counting.downloads)
     counting.downloads.clear()
-
     cache = DiskCache(tmp_path / "cache", counting, max_bytes=1 << 20)
-    threads = 4
 
-    def wait_for_followers() -> None:
-        # Hold the leader's first download until the 3 others wait on it.
-        deadline = time.monotonic() + 10
-        while cache.stats.coalesced < threads - 1 and time.monotonic() < deadline:
-            time.sleep(0.005)
+    futures = ensure_together(cache, counting, "acme/bad@1", files, 4)
 
-    counting.before_download = wait_for_followers
-    barrier = threading.Barrier(threads)
-
-    def ensure() -> Path:
-        barrier.wait()
-        return cache.ensure("acme/bad@1", files)
-
-    with ThreadPoolExecutor(threads) as pool:
-        futures = [pool.submit(ensure) for _ in range(threads)]
     for future in futures:
         assert isinstance(future.exception(), IntegrityError)
-    assert cache.stats.coalesced == threads - 1
+    assert cache.stats.coalesced == 3
     assert len(counting.downloads) == one_leader
 
 
@@ -229,7 +218,8 @@ def test_lru_budget_evicts_least_recently_ensured(
     assert cache.stats.evictions == 1
     assert not cache.contains("t/a@1")
     assert not (tmp_path / "cache" / "entries" / "t" / "a@1").exists()
-    assert path_b.is_dir()
+    for name, data in adapter_files("b").items():
+        assert (path_b / name).read_bytes() == data
 
 
 def test_entry_larger_than_budget_is_returned_then_evicted_first(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from collections.abc import Callable
@@ -14,7 +13,7 @@ import pytest
 
 from adapter_store._blobs import blob_key
 from adapter_store._identity import AdapterVersion
-from adapter_store._metadata import MetadataStore
+from adapter_store._metadata import RedisMetadataStore
 from adapter_store._source import AdapterFiles, read_adapter_source
 from adapter_store._store import AdapterStore
 from adapter_store.exceptions import (
@@ -28,9 +27,10 @@ from adapter_store.exceptions import (
     QuotaExceededError,
     TenantNotFoundError,
 )
-from tests.factories import tiny_llama
-from tests.integration.adapter_store.conftest import BASE, HookedBlobs, TinyBase, snapshot
-from tests.malformed import BASE_MODEL_ID, MALFORMED_CASES, MalformedCase
+from tests.factories import BASE, TinyBase, blob_key_of, sha256_hex, tiny_llama
+from tests.fakes import HookedBlobs
+from tests.integration.adapter_store.conftest import snapshot
+from tests.malformed import MALFORMED_CASES, MalformedCase
 
 
 def _lora_tensors(model: object) -> dict[str, object]:
@@ -55,7 +55,8 @@ def test_push_pull_round_trip_loads_in_peft_with_identical_tensors(
 
     original = _lora_tensors(PeftModel.from_pretrained(tiny_llama(), str(source)))
     loaded = _lora_tensors(PeftModel.from_pretrained(tiny_llama(), str(tmp_path / "pulled")))
-    assert original.keys() == loaded.keys() and original
+    assert original.keys() == loaded.keys()
+    assert len(original) == 2 * 2 * 2  # lora_A and lora_B of q_proj and v_proj, 2 layers
     for key, tensor in original.items():
         assert torch.equal(tensor, loaded[key]), key
 
@@ -65,8 +66,8 @@ def test_fetch_fills_the_disk_cache_with_verified_files(
 ) -> None:
     version = store.push("acme", "chat", tiny_base.adapters[1], base_model=BASE)
     path = store.fetch(version)
-    weights = (path / "adapter_model.safetensors").read_bytes()
-    assert hashlib.sha256(weights).hexdigest() == version.digest
+    assert sha256_hex((path / "adapter_model.safetensors").read_bytes()) == version.digest
+    assert sha256_hex((path / "adapter_config.json").read_bytes()) == version.config_digest
     assert store.fetch(version) == path
 
 
@@ -203,11 +204,13 @@ def test_list_adapters_pages(store: AdapterStore, tiny_base: TinyBase) -> None:
 
 
 def test_record_usage_counts_requests(store: AdapterStore, tiny_base: TinyBase) -> None:
-    version = store.push("acme", "chat", tiny_base.adapters[0], base_model=BASE)
+    ticks = iter(range(100, 200))
+    clocked = AdapterStore(store.metadata, store.blobs, clock=lambda: float(next(ticks)))
+    version = clocked.push("acme", "chat", tiny_base.adapters[0], base_model=BASE)
     for _ in range(3):
-        store.record_usage(version)
-    info = store.get_adapter("acme", "chat")
-    assert info.request_count == 3 and info.last_used_at is not None
+        clocked.record_usage(version)
+    info = clocked.get_adapter("acme", "chat")
+    assert (info.request_count, info.last_used_at) == (3, 104.0)  # push read the clock twice
 
 
 def test_tenants_keys_and_quotas(store: AdapterStore) -> None:
@@ -237,7 +240,6 @@ def test_tenants_keys_and_quotas(store: AdapterStore) -> None:
 def test_each_malformed_adapter_is_rejected_and_the_store_is_unchanged(
     case: MalformedCase, store: AdapterStore, tiny_base: TinyBase, tmp_path: Path
 ) -> None:
-    assert BASE == BASE_MODEL_ID
     source = case.write(tiny_base.adapters[0], tmp_path / case.id)
     limited = AdapterStore(store.metadata, store.blobs, limits=case.limits)
     before = snapshot(store)
@@ -290,16 +292,13 @@ def test_a_push_waits_for_gc_to_finish_deleting_a_blob_it_needs(
 
 def _blobs_of(files: AdapterFiles) -> dict[str, int]:
     """Blob key -> size of an adapter's two files."""
-    return {
-        blob_key(hashlib.sha256(data).hexdigest()): len(data)
-        for data in (files.config_bytes, files.weights_bytes)
-    }
+    return {blob_key_of(data): len(data) for data in (files.config_bytes, files.weights_bytes)}
 
 
 class _GcBeforePublish:
     """Metadata that runs ``gc`` just before a publish, once."""
 
-    def __init__(self, inner: MetadataStore, gc: Callable[[], None]) -> None:
+    def __init__(self, inner: RedisMetadataStore, gc: Callable[[], None]) -> None:
         self._inner = inner
         self._gc = gc
 
@@ -327,7 +326,7 @@ def test_a_push_whose_blob_gc_deleted_uploads_it_again_before_publishing(
     if moment == "after-first-write":
         pushing = AdapterStore(store.metadata, HookedBlobs(store.blobs, gc_once))
     else:
-        hooked = cast(MetadataStore, _GcBeforePublish(store.metadata, gc_once))
+        hooked = cast(RedisMetadataStore, _GcBeforePublish(store.metadata, gc_once))
         pushing = AdapterStore(hooked, store.blobs)
     version = pushing.push("acme", "chat", files, base_model=BASE)
     assert reports[0].blobs_deleted == (1 if moment == "after-first-write" else 2)

@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 
 from adapter_store._blobs import BlobStore, open_blob_store
-from adapter_store._metadata import MetadataStore
+from adapter_store._metadata import RedisMetadataStore
 from adapter_store._redis_server import RedisServerProcess
 from adapter_store._store import AdapterStore
 from adapter_store.exceptions import AdapterNotFoundError, BackendUnavailableError
-from tests.integration.adapter_store.conftest import BASE, HookedBlobs, TinyBase, snapshot
+from tests.factories import BASE, TinyBase, build_store
+from tests.fakes import HookedBlobs
+from tests.integration.adapter_store.conftest import snapshot
 
 
 @pytest.fixture
@@ -27,14 +29,9 @@ def server(tmp_path: Path) -> Iterator[RedisServerProcess]:
     process.stop()
 
 
-def _store(server: RedisServerProcess, blobs: BlobStore, manifest, **kwargs) -> AdapterStore:
-    metadata = MetadataStore.from_url(
-        server.url, key_prefix="t:", attempts=2, timeout_s=2.0, **kwargs
-    )
-    store = AdapterStore(metadata, blobs)
-    store.register_manifest(manifest)
-    store.ensure_tenant("acme")
-    return store
+def _store(server: RedisServerProcess, blobs: BlobStore, manifest) -> AdapterStore:
+    metadata = RedisMetadataStore.from_url(server.url, key_prefix="t:", attempts=2, timeout_s=2.0)
+    return build_store(metadata, blobs, manifest)
 
 
 def _restart(server: RedisServerProcess) -> RedisServerProcess:
@@ -109,7 +106,7 @@ def test_resolve_with_redis_down_raises_backend_unavailable_then_recovers(
         if not restarted:
             restarted.append(_restart(server))
 
-    metadata = MetadataStore.from_url(
+    metadata = RedisMetadataStore.from_url(
         server.url, key_prefix="t:", attempts=3, sleep=restart_during_backoff
     )
     try:

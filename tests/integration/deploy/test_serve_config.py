@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import copy
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,9 @@ import httpx
 import pytest
 import yaml
 
-from services._metrics import exported_names
+from services.api._metrics import exported_names
 from services.client import Client
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -104,26 +104,13 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         )
         client.deploy_apps(config)
         url = f"http://127.0.0.1:{port}"
-        _wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, READY_TIMEOUT_S)
+        wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, READY_TIMEOUT_S)
         metrics_port = context.address_info["metrics_export_port"]
         yield Deployed(url, f"http://127.0.0.1:{metrics_port}/metrics", adapter_dir)
     finally:
         serve.shutdown()
         ray.shutdown()
         redis.stop()
-
-
-def _wait_until(condition: Callable[[], bool], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if condition():
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the timeout")
-        time.sleep(1.0)
 
 
 def test_the_config_serves_and_answers_healthz(deployed: Deployed) -> None:
@@ -167,7 +154,7 @@ def test_traffic_shows_up_on_rays_metrics_endpoint(deployed: Deployed) -> None:
         return all(any(label in s for s in found.get(name, ())) for name, label in wanted.items())
 
     try:
-        _wait_until(exported, METRICS_TIMEOUT_S)
+        wait_until(exported, METRICS_TIMEOUT_S)
     except AssertionError:
         missing = {n: found.get(n, [])[:3] for n, label in wanted.items() if n not in found}
         raise AssertionError(f"not exported with the expected labels: {missing}") from None

@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from adapter_store import AdapterStore, StoreSettings
-from services._ingress import create_api
 from services._settings import ServiceSettings
-from services.client import PEFT_FILES, AsyncClient
+from services.api import create_api
+from services.client import PEFT_FILES, AsyncClient, ReplicaStats, ResidentKeys
 from services.engine import (
     EngineOverloadedError,
     GenerationChunk,
@@ -27,14 +27,14 @@ from services.engine import (
     Usage,
 )
 from services.exceptions import (
-    AuthenticationError,
     BadRequestError,
-    ConflictError,
-    NotFoundError,
+    OverQuotaError,
     PayloadTooLargeError,
     PermissionDeniedError,
-    QuotaExceededError,
+    ResourceConflictError,
+    ResourceNotFoundError,
     ServiceUnavailableError,
+    UnauthorizedError,
 )
 from tests.factories import make_peft_adapter, tiny_llama
 
@@ -58,7 +58,7 @@ class ScriptedGateway:
                 raise item
             yield item
 
-    async def replica_stats(self) -> list[dict[str, Any]]:
+    async def replica_stats(self) -> list[ReplicaStats]:
         self.stats_calls += 1
         return self.replicas
 
@@ -156,7 +156,7 @@ async def test_tenant_admin_keys_and_quotas(
 ) -> None:
     async with client(api, ADMIN_KEY) as admin:
         created = await admin.tenants.create("globex")
-        with pytest.raises(ConflictError):
+        with pytest.raises(ResourceConflictError):
             await admin.tenants.create("globex")
         http = admin._http
         second = (await http.post("/v1/tenants/globex/keys")).json()["api_key"]
@@ -166,10 +166,10 @@ async def test_tenant_admin_keys_and_quotas(
     assert revoked.json() == {"tenant": "globex", "revoked": True}
     assert quota.json()["max_adapters"] == 1
     async with client(api, created.api_key) as old, client(api, second) as globex:
-        with pytest.raises(AuthenticationError):
+        with pytest.raises(UnauthorizedError):
             await old.models()
         await globex.adapters.push(adapter_dir, "one")
-        with pytest.raises(QuotaExceededError):
+        with pytest.raises(OverQuotaError):
             await globex.adapters.push(adapter_dir, "two")
     with pytest.raises(PermissionDeniedError):
         await acme.tenants.create("intruder")
@@ -195,19 +195,21 @@ async def test_an_upload_without_the_adapter_parts_is_refused(acme: AsyncClient)
     assert "'archive' part" in response.json()["error"]["message"]
 
 
-REPLICA_REPORT = {
-    "replica_id": "r1",
-    "residency": {"gpu": ["acme/bot@1", "globex/x@1"], "host": []},
-    "gpu_slots": 4,
-    "base_model_bytes": 1000,
-    "in_flight": 2,
-    "queued": 1,
-    "requests_served": 40,
-    "tiers": {"gpu": {"hits": 30, "misses": 10, "hit_ratio": 0.75, "evictions": 3}},
-    "loads": {"from_none": {"count": 10, "mean_s": 0.1, "p50_s": 0.1, "p99_s": 0.2}},
-    "load_errors": {"gpu": 1},
-    "coalesced_loads": 2,
-}
+REPLICA_REPORT = ReplicaStats.model_validate(
+    {
+        "replica_id": "r1",
+        "residency": {"gpu": ["acme/bot@1", "globex/x@1"], "host": ["globex/y@2"]},
+        "gpu_slots": 4,
+        "base_model_bytes": 1000,
+        "in_flight": 2,
+        "queued": 1,
+        "requests_served": 40,
+        "tiers": {"gpu": {"hits": 30, "misses": 10, "hit_ratio": 0.75, "evictions": 3}},
+        "loads": {"from_none": {"count": 10, "mean_s": 0.1, "p50_s": 0.1, "p99_s": 0.2}},
+        "load_errors": {"gpu": 1},
+        "coalesced_loads": 2,
+    }
+)
 
 
 async def test_health_needs_a_live_replica_and_stats_hide_other_tenants(
@@ -225,24 +227,44 @@ async def test_health_needs_a_live_replica_and_stats_hide_other_tenants(
     assert (health.status, health.replicas, health.expected_replicas) == ("ok", 1, 2)
     # Only configuration and the tenant's own residency: every counter sums all
     # tenants' traffic.
-    assert stats["replicas"] == [
-        {
-            "replica_id": "r1",
-            "gpu_slots": 4,
-            "base_model_bytes": 1000,
-            "residency": {"gpu": ["acme/bot@1"], "host": []},
-        }
+    assert stats.replicas == [
+        ReplicaStats(
+            replica_id="r1",
+            gpu_slots=4,
+            base_model_bytes=1000,
+            residency=ResidentKeys(gpu=["acme/bot@1"]),
+        )
     ]
-    assert stats["tenant"]["tenant"] == "acme"
-    assert everything["replicas"] == [REPLICA_REPORT]
-    assert list(everything["tenants"]) == ["acme"]
+    assert stats.tenant is not None and stats.tenant.tenant == "acme"
+    assert stats.tenants is None
+    assert everything.replicas == [REPLICA_REPORT]
+    assert list(everything.tenants or {}) == ["acme"]
+    assert everything.tenant is None and everything.adapters is None
+
+
+async def test_a_tenant_stats_answer_carries_no_counter_field(
+    api: Any, store: AdapterStore, gateway: ScriptedGateway
+) -> None:
+    gateway.replicas = [REPLICA_REPORT]
+    _, key = store.create_tenant("initech")
+    transport = httpx.ASGITransport(app=api)
+    async with httpx.AsyncClient(transport=transport, base_url="http://loramux.test") as raw:
+        answer = (await raw.get("/v1/stats", headers={"Authorization": f"Bearer {key}"})).json()
+
+    assert set(answer["replicas"][0]) == {
+        "replica_id",
+        "gpu_slots",
+        "base_model_bytes",
+        "residency",
+    }
+    assert set(answer) == {"replicas", "tenant", "adapters"}
 
 
 async def test_stats_authenticate_the_key_before_asking_the_replicas(
     api: Any, gateway: ScriptedGateway
 ) -> None:
     async with client(api, "not-a-key") as stranger:
-        with pytest.raises(AuthenticationError):
+        with pytest.raises(UnauthorizedError):
             await stranger.stats()
 
     assert gateway.stats_calls == 0
@@ -298,9 +320,9 @@ async def test_deleting_an_adapter_removes_every_version(
     deleted = await acme.adapters.delete("gone")
 
     assert (deleted.name, deleted.version, deleted.deleted) == ("gone", None, True)
-    with pytest.raises(NotFoundError):
+    with pytest.raises(ResourceNotFoundError):
         await acme.adapters.get("gone")
-    with pytest.raises(NotFoundError):
+    with pytest.raises(ResourceNotFoundError):
         await acme.completions.create(model="gone@1", prompt="x")
 
 
@@ -339,7 +361,7 @@ async def test_another_tenants_adapter_is_not_found_on_every_route(
         for route, attempt in attempts:
             try:
                 await attempt()
-            except NotFoundError:
+            except ResourceNotFoundError:
                 refused.append(route)
 
     assert refused == [route for route, _ in attempts]

@@ -9,7 +9,6 @@ the replicas serve. Requests go through the SDK and the official ``openai`` clie
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +18,12 @@ import pytest
 
 from services.client import Client
 from services.exceptions import (
-    AuthenticationError,
     BadRequestError,
-    NotFoundError,
     PermissionDeniedError,
+    ResourceNotFoundError,
+    UnauthorizedError,
 )
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -49,9 +49,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
     from adapter_store import StoreSettings
     from adapter_store._redis_server import RedisServerProcess, free_port
-    from services._app import build_app
     from services._settings import ServiceSettings
     from services.engine import load_base_model
+    from services.serve import build_app
     from tests.factories import make_peft_adapter
 
     root = tmp_path_factory.mktemp("service")
@@ -87,25 +87,12 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(settings), name=settings.app_name, route_prefix="/")
         url = f"http://127.0.0.1:{port}"
-        _wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200)
+        wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, READY_TIMEOUT_S)
         yield Service(url, root, adapter_dir, other_dir, redis.url)
     finally:
         serve.shutdown()
         ray.shutdown()
         redis.stop()
-
-
-def _wait_until(condition, timeout_s: float = READY_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if condition():
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the timeout")
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +120,7 @@ def globex(service: Service, keys: dict[str, str]) -> Iterator[Client]:
 
 
 def test_health_counts_both_replicas(service: Service) -> None:
-    _wait_until(lambda: httpx.get(f"{service.url}/healthz").json()["replicas"] == 2)
+    wait_until(lambda: httpx.get(f"{service.url}/healthz").json()["replicas"] == 2, READY_TIMEOUT_S)
     body = httpx.get(f"{service.url}/healthz").json()
 
     assert body == {"status": "ok", "replicas": 2, "expected_replicas": 2}
@@ -236,9 +223,9 @@ def test_chat_logprobs_in_openai_shape(service: Service, acme: Client) -> None:
 
 
 def test_tenants_see_only_their_own_adapters(acme: Client, globex: Client) -> None:
-    with pytest.raises(NotFoundError):
+    with pytest.raises(ResourceNotFoundError):
         globex.adapters.get("support")
-    with pytest.raises(NotFoundError):
+    with pytest.raises(ResourceNotFoundError):
         globex.completions.create(model="support", prompt=PROMPT)
 
     assert [a.name for a in globex.adapters.list()] == []
@@ -246,14 +233,14 @@ def test_tenants_see_only_their_own_adapters(acme: Client, globex: Client) -> No
 
 
 def test_error_statuses(service: Service, admin: Client, acme: Client) -> None:
-    with pytest.raises(AuthenticationError):
+    with pytest.raises(UnauthorizedError):
         Client(service.url, "lmx_not-a-key", max_retries=0).models()
     missing = httpx.get(f"{service.url}/v1/models")
     assert missing.status_code == 401
     assert missing.json()["error"]["type"] == "authentication_error"
     with pytest.raises(PermissionDeniedError):
         acme.tenants.create("intruder")
-    with pytest.raises(NotFoundError):
+    with pytest.raises(ResourceNotFoundError):
         acme.completions.create(model="no-such-adapter", prompt=PROMPT)
     # Refused by the replica's engine: the error crosses Ray and keeps its status.
     with pytest.raises(BadRequestError, match="max_tokens"):
@@ -303,7 +290,7 @@ def test_versions_aliases_download_and_delete(service: Service, acme: Client) ->
 
     acme.adapters.delete("support", version=2)
     assert acme.adapters.get("support").versions == [1]
-    with pytest.raises(NotFoundError):
+    with pytest.raises(ResourceNotFoundError):
         acme.completions.create(model="support@2", prompt=PROMPT)
 
 
@@ -311,26 +298,23 @@ def test_stats_show_residency_and_counters(admin: Client, acme: Client) -> None:
     acme.completions.create(model="support@1", prompt=PROMPT, max_tokens=1)
 
     def resident() -> bool:
-        replicas = acme.stats()["replicas"]
-        return any("acme/support@1" in r["residency"]["gpu"] for r in replicas)
+        return any("acme/support@1" in r.residency.gpu for r in acme.stats().replicas)
 
-    _wait_until(resident, timeout_s=60)
+    wait_until(resident, 60)
     mine = acme.stats()
     everything = admin.stats()
 
-    assert len(mine["replicas"]) == 2 == len(everything["replicas"])
-    assert set(everything["tenants"]) == {"acme", "globex"}
+    assert len(mine.replicas) == 2 == len(everything.replicas)
+    assert set(everything.tenants or {}) == {"acme", "globex"}
     # The counters sum every tenant's traffic: the admin key's alone.
-    assert sum(
-        r["tiers"]["gpu"]["hits"] + r["tiers"]["gpu"]["misses"] for r in everything["replicas"]
-    )
-    assert not any("tiers" in r for r in mine["replicas"])
-    assert mine["adapters"]["support"]["requests"] >= 1
-    assert mine["tenant"]["adapters"] == 1
+    assert sum(r.tiers["gpu"].hits + r.tiers["gpu"].misses for r in everything.replicas if r.tiers)
+    assert not any(r.tiers for r in mine.replicas)
+    assert mine.adapters is not None and mine.adapters["support"].requests >= 1
+    assert mine.tenant is not None and mine.tenant.adapters == 1
     assert all(
         key.startswith("acme/")
-        for r in mine["replicas"]
-        for keys in r["residency"].values()
+        for r in mine.replicas
+        for keys in r.residency.model_dump().values()
         for key in keys
     )
 
@@ -348,7 +332,7 @@ def test_replicas_publish_their_residency_to_redis(service: Service, acme: Clien
         return [snapshot_from_hash(client.hgetall(key)) for key in keys]
 
     try:
-        _wait_until(lambda: any("acme/support@1" in s.gpu for s in snapshots()), timeout_s=60)
+        wait_until(lambda: any("acme/support@1" in s.gpu for s in snapshots()), 60)
         published = snapshots()
         assert len(published) == 2  # one hash per replica, kept alive by its refresh
         assert all(client.pttl(replica_key("loramux:", s.replica_id)) > 0 for s in published)

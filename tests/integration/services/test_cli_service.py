@@ -21,10 +21,10 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from adapter_store import AdapterStore, StoreSettings
-from services._ingress import create_api
 from services._settings import ServiceSettings
+from services.api import create_api
 from services.cli import app
-from services.client import PEFT_FILES
+from services.client import PEFT_FILES, ReplicaStats
 from services.engine import GenerationChunk
 from tests.factories import make_peft_adapter, tiny_llama
 from tests.integration.services.test_api import DONE, ScriptedGateway
@@ -175,13 +175,15 @@ def test_stats_prints_each_replica_as_a_table_or_json(
     acme: Cli, gateway: ScriptedGateway, service_url: str, tmp_path: Path
 ) -> None:
     gateway.replicas = [
-        {
-            "replica_id": "r-one",
-            "residency": {"gpu": ["acme/bot@1", "globex/x@1"], "host": [], "disk": []},
-            "gpu_slots": 4,
-            "in_flight": 2,
-            "tiers": {"gpu": {"hits": 3, "misses": 1, "hit_ratio": 0.75}},
-        }
+        ReplicaStats.model_validate(
+            {
+                "replica_id": "r-one",
+                "residency": {"gpu": ["acme/bot@1", "globex/x@1"]},
+                "gpu_slots": 4,
+                "in_flight": 2,
+                "tiers": {"gpu": {"hits": 3, "misses": 1, "hit_ratio": 0.75, "evictions": 0}},
+            }
+        )
     ]
 
     table = acme("stats").stdout

@@ -22,12 +22,13 @@ import httpx
 import pytest
 
 from services.client import Client
+from tests.helpers import wait_until
 
 # The whole-service fixture of test_app.py: the same app, in this module's Ray session.
 from tests.integration.services.test_app import (
     ADMIN_KEY,
+    READY_TIMEOUT_S,
     Service,
-    _wait_until,
     service,  # noqa: F401 (a fixture)
 )
 
@@ -119,7 +120,7 @@ def traffic(service: Service) -> int:  # noqa: F811
         ).json()
         return sum(r["requests_served"] for r in data["replicas"]) >= sent
 
-    _wait_until(replicas_counted_all)
+    wait_until(replicas_counted_all, READY_TIMEOUT_S)
     return sent
 
 

@@ -13,42 +13,51 @@ import pytest
 from fastapi import FastAPI
 
 from adapter_store import AdapterStore, StoreSettings, read_adapter_upload
-from services._dashboard import dashboard_router
-from services._ingress import create_api
 from services._settings import ServiceSettings
+from services.api import create_api
+from services.api._dashboard import dashboard_router
+from services.client import ReplicaStats
 from tests.factories import make_peft_adapter, tiny_llama
 
 ADMIN_KEY = "admin-key"
 BASE_MODEL_BYTES = 1_000_000
 
 
-def replica_report(replica_id: str, resident: list[str]) -> dict[str, Any]:
+def replica_report(replica_id: str, resident: list[str]) -> ReplicaStats:
     """What a replica reports to the board (the fields the dashboard reads)."""
-    return {
-        "replica_id": replica_id,
-        "residency": {"gpu": resident, "host": resident, "disk": [], "loading": [], "pinned": []},
-        "gpu_slots": 2,
-        "base_model_bytes": BASE_MODEL_BYTES,
-        "in_flight": 0,
-        "queued": 0,
-        "requests_served": 3,
-        "tiers": {
-            tier: {"hits": 2, "misses": 1, "hit_ratio": 2 / 3, "evictions": 0}
-            for tier in ("gpu", "host", "disk")
-        },
-        "loads": {},
-        "load_errors": {},
-        "coalesced_loads": 0,
-    }
+    return ReplicaStats.model_validate(
+        {
+            "replica_id": replica_id,
+            "residency": {
+                "gpu": resident,
+                "host": resident,
+                "disk": [],
+                "loading": [],
+                "pinned": [],
+            },
+            "gpu_slots": 2,
+            "base_model_bytes": BASE_MODEL_BYTES,
+            "in_flight": 0,
+            "queued": 0,
+            "requests_served": 3,
+            "tiers": {
+                tier: {"hits": 2, "misses": 1, "hit_ratio": 2 / 3, "evictions": 0}
+                for tier in ("gpu", "host", "disk")
+            },
+            "loads": {},
+            "load_errors": {},
+            "coalesced_loads": 0,
+        }
+    )
 
 
 class Replicas:
     """Stands in for the model gateway: only the replicas' reports are read."""
 
     def __init__(self) -> None:
-        self.reports: list[dict[str, Any]] = []
+        self.reports: list[ReplicaStats] = []
 
-    async def replica_stats(self) -> list[dict[str, Any]]:
+    async def replica_stats(self) -> list[ReplicaStats]:
         return self.reports
 
     def generate(self, request: Any) -> Any:

@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from adapter_store import AdapterStore, StoreSettings
-from services._ingress import create_api
 from services._settings import ServiceSettings
+from services.api import create_api
 from services.client import Client
 from services.engine import (
     AdapterCache,

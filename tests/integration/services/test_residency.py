@@ -27,7 +27,7 @@ from scheduler import (
     residency_channel,
     snapshot_to_hash,
 )
-from services._residency import ResidencyPublisher, ResidencySubscriber
+from services.serve._residency import ResidencyPublisher, ResidencySubscriber
 
 PREFIX = "t:"
 WAIT_S = 30.0

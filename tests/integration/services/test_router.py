@@ -22,8 +22,8 @@ from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
 from scheduler import PlacementPolicy, ReplicaView, Tier
-from services._residency import ResidencyPublisher
-from services._router import CacheAwareRequestRouter, routing_stats
+from services.serve._residency import ResidencyPublisher
+from services.serve._router import CacheAwareRequestRouter, routing_stats
 from tests.integration.services import _router_probe
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

@@ -11,14 +11,14 @@ from adapter_store import (
     manifest_from_model,
     parse_lora_config,
 )
-from tests.malformed import tiny_base
+from tests.factories import TinyBase
 
 LORA = {"peft_type": "LORA", "r": 8, "lora_alpha": 16}
 
 
 @pytest.fixture(scope="module")
-def llama_manifest() -> BaseModelManifest:
-    return tiny_base()[1]
+def llama_manifest(tiny_base: TinyBase) -> BaseModelManifest:
+    return tiny_base.manifest
 
 
 def test_llama_manifest_lists_every_linear_layer_with_in_out_features(llama_manifest):

@@ -137,11 +137,14 @@ def test_required_fields(key):
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"r": 0}, "r is 0; it must be an integer >= 1"),
-        ({"r": "8"}, "r is '8'; it must be an integer >= 1"),
+        ({"r": 0}, "r is 0; it must be an integer in [1, 1048576]"),
+        ({"r": "8"}, "r is '8'; it must be an integer in [1, 1048576]"),
         ({"r": True}, "r is True"),
         ({"r": 8.0}, "r is 8.0"),
-        ({"lora_alpha": float("nan")}, "lora_alpha is nan; it must be a finite number"),
+        (
+            {"lora_alpha": float("nan")},
+            "lora_alpha is nan; it must be a finite number in [-1e+06, 1e+06]",
+        ),
         ({"lora_alpha": "16"}, "lora_alpha is '16'"),
         ({"use_rslora": "yes"}, "use_rslora is 'yes'; it must be true or false"),
         ({"target_modules": []}, "a non-empty list of module names or a regex"),
@@ -151,8 +154,8 @@ def test_required_fields(key):
         ({"rank_pattern": {"[": 4}}, "a valid regular expression"),
         ({"rank_pattern": ["q_proj"]}, "an object mapping module names"),
         ({"alpha_pattern": {"q_proj": None}}, "alpha_pattern['q_proj'] is None"),
-        ({"layers_to_transform": [-1]}, "a layer index >= 0"),
-        ({"layers_to_transform": "0"}, "a layer index >= 0"),
+        ({"layers_to_transform": [-1]}, "a layer index in [0, 1048576]"),
+        ({"layers_to_transform": "0"}, "a layer index in [0, 1048576]"),
         ({"layers_pattern": "layers"}, "layers_pattern is set without layers_to_transform"),
         ({"target_modules": ".*q_proj", "layers_to_transform": [0]}, "cannot be used with a regex"),
         ({"base_model_name_or_path": 7}, "base_model_name_or_path is 7"),

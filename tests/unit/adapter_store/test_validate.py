@@ -8,6 +8,9 @@ import hashlib
 import json
 import math
 import re
+import threading
+from collections.abc import Callable
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +25,39 @@ from adapter_store import (
     read_adapter_source,
     validate_adapter,
 )
-from tests.malformed import MALFORMED_CASES, tiny_base, write_valid_adapter
+from tests.factories import TinyBase
+from tests.malformed import MALFORMED_CASES, write_valid_adapter
 
 PEFT_PREFIX = "base_model.model."
+# Every refusal is bounded work: milliseconds here, so 2 s is not a timing measurement
+# but a fence against unbounded work (a backtracking regex takes minutes).
+REFUSAL_BOUND_S = 2.0
+
+
+def within_bound(call: Callable[[], object], bound_s: float = REFUSAL_BOUND_S) -> object:
+    """Run ``call`` on a thread; fail if it has not ended after ``bound_s``, else return
+    its result or raise its exception."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # handed to the test thread below
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(bound_s)
+    assert not worker.is_alive(), f"still running after {bound_s} s: unbounded work"
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 @pytest.fixture(scope="module")
-def llama() -> tuple[Any, BaseModelManifest]:
-    return tiny_base()
+def llama(tiny_base: TinyBase) -> tuple[Any, BaseModelManifest]:
+    return tiny_base.model, tiny_base.manifest
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +273,11 @@ def test_corpus_is_large_and_each_case_has_its_own_error():
 def test_malformed_adapter_is_rejected(case, valid_dir, llama, tmp_path):
     source = case.write(valid_dir, tmp_path / case.id)
     with pytest.raises(case.error) as excinfo:
-        validate_adapter(read_adapter_source(source, case.limits), llama[1], case.limits)
+        within_bound(
+            lambda: validate_adapter(
+                read_adapter_source(source, case.limits), llama[1], case.limits
+            )
+        )
     assert type(excinfo.value) is case.error
     assert case.message in str(excinfo.value)
     # Every message also says how to fix it, after the description of the problem.
@@ -258,9 +290,42 @@ def test_malformed_adapter_is_rejected(case, valid_dir, llama, tmp_path):
     "case", [c for c in MALFORMED_CASES if c.needs_manifest], ids=lambda c: c.id
 )
 def test_base_model_cases_pass_without_a_manifest(case, valid_dir, tmp_path):
+    """Without a manifest the modules come from the weights alone: exactly the ones with
+    LoRA tensors in the file, with the file's shapes and the config's scaling."""
     source = case.write(valid_dir, tmp_path / case.id)
     v = validate_adapter(read_adapter_source(source), None)
-    assert v.modules
+    assert {m: astuple(lora) for m, lora in v.modules.items()} == _modules_in_file(source)
+    # And the case's edit is what the weights now say.
+    valid = {f"model.layers.{i}.self_attn.{p}_proj" for i in (0, 1) for p in ("q", "v")}
+    q0 = "model.layers.0.self_attn.q_proj"
+    edited = {
+        "shape_not_in_base": valid,
+        "unknown_target_module": valid - {q0} | {"model.layers.0.self_attn.qq_proj"},
+        "targeted_module_without_weights": valid - {"model.layers.1.self_attn.q_proj"},
+    }
+    assert set(v.modules) == edited[case.id]
+    assert all(lora.rank == 8 and lora.scaling == 2.0 for lora in v.modules.values())
+    if case.id == "shape_not_in_base":
+        assert (v.modules[q0].in_features, v.modules[q0].out_features) == (32, 64)
+
+
+def _modules_in_file(adapter_dir: Path) -> dict[str, tuple[str, int, int, int, float]]:
+    """{module: (module, rank, in, out, scaling)} read straight from the saved files."""
+    from safetensors import safe_open
+
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    shapes = {}
+    with safe_open(str(adapter_dir / "adapter_model.safetensors"), "np") as f:
+        for name in f.keys():  # noqa: SIM118 (safe_open handles are not iterable)
+            shapes[name.removeprefix(PEFT_PREFIX)] = f.get_slice(name).get_shape()
+    modules = {}
+    for name, (rank, in_features) in shapes.items():
+        if name.endswith(".lora_A.weight"):
+            module = name.removesuffix(".lora_A.weight")
+            out_features = shapes[f"{module}.lora_B.weight"][0]
+            scaling = config["lora_alpha"] / config["r"]
+            modules[module] = (module, rank, in_features, out_features, scaling)
+    return modules
 
 
 def test_all_linear_config_does_not_cover_output_head_weights(llama, tmp_path):
@@ -281,3 +346,90 @@ def test_all_linear_config_does_not_cover_output_head_weights(llama, tmp_path):
     with pytest.raises(InvalidConfigError, match="output layer of 'tiny-llama'"):
         validate_adapter(files, llama[1])
     assert "lm_head" in validate_adapter(files, None).modules  # unknowable without a manifest
+
+
+# ---- bounds on scaling, weights and time, checked against real adapters ---------------
+
+# Real adapters: PEFT's initialisations (default, PiSSA, OLoRA), ranks 4-256, rsLoRA,
+# each trained a few steps so that B is no longer zero.
+REAL_ADAPTERS = [
+    {"r": 4, "lora_alpha": 8},
+    {"r": 256, "lora_alpha": 512, "use_rslora": True},
+    {"r": 16, "lora_alpha": 16, "init_lora_weights": "pissa"},
+    {"r": 16, "lora_alpha": 16, "init_lora_weights": "olora"},
+]
+
+
+def train_briefly(model: Any, out_dir: Path, steps: int = 3, **lora_kwargs: Any) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls; threads only contend on a shared CI box
+    try:
+        peft_model = get_peft_model(
+            copy.deepcopy(model), LoraConfig(target_modules="all-linear", **lora_kwargs)
+        )
+        trained = [p for p in peft_model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trained, lr=1e-3)
+        for _ in range(steps):
+            ids = torch.randint(0, model.config.vocab_size, (2, 16))
+            peft_model(input_ids=ids, labels=ids).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        peft_model.save_pretrained(str(out_dir))
+    finally:
+        torch.set_num_threads(threads)
+    return out_dir
+
+
+@pytest.mark.parametrize("kwargs", REAL_ADAPTERS, ids=lambda k: "-".join(map(str, k.values())))
+def test_real_adapters_are_far_inside_the_scaling_and_weight_bounds(kwargs, llama, tmp_path):
+    from safetensors.numpy import load_file
+
+    limits = AdapterLimits()
+    adapter = validate_adapter(
+        read_adapter_source(train_briefly(llama[0], tmp_path, **kwargs)), llama[1]
+    )
+    largest_weight = max(
+        float(abs(array).max())
+        for array in load_file(str(tmp_path / "adapter_model.safetensors")).values()
+    )
+    largest_scaling = max(abs(m.scaling) for m in adapter.modules.values())
+    # Measured: weights <= 0.6 and scalings <= 32 (rsLoRA r=256); the bounds are 1024.
+    assert largest_weight * 100 < limits.max_weight_abs
+    assert largest_scaling * 10 < limits.max_scaling
+
+
+def test_validation_past_its_budget_is_refused_naming_the_step(valid_dir, llama):
+    from adapter_store import ValidationBudgetExceededError
+
+    ticks = iter(range(1000))
+    files = read_adapter_source(valid_dir)
+    limits = AdapterLimits(validation_budget_s=3)
+    with pytest.raises(ValidationBudgetExceededError) as excinfo:
+        validate_adapter(files, llama[1], limits, clock=lambda: float(next(ticks)))
+    message = str(excinfo.value)
+    assert "took more than its budget of 3 s (stopped while checking module" in message
+    assert "LORAMUX_VALIDATION_BUDGET_S" in message
+    # The same files within the budget pass: the clock, not the adapter, decided.
+    assert validate_adapter(files, llama[1], limits).modules
+
+
+def test_budget_is_checked_while_scanning_and_hashing(llama, tmp_path, monkeypatch):
+    """A large adapter is refused in the middle of its value scan, not after it."""
+    import adapter_store._safetensors as safetensors_module
+    from adapter_store import ValidationBudgetExceededError
+
+    monkeypatch.setattr(safetensors_module, "_SCAN_CHUNK", 16)
+    files = read_adapter_source(train_briefly(llama[0], tmp_path, steps=0, r=64, lora_alpha=64))
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.001
+        return now[0]
+
+    limits = AdapterLimits(validation_budget_s=0.5)
+    with pytest.raises(ValidationBudgetExceededError, match="while scanning the weights"):
+        validate_adapter(files, llama[1], limits, clock=clock)

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from services._metrics import METRICS, exported_names
 from services._settings import ServiceSettings
+from services.api._metrics import METRICS, exported_names
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 SERVE_CONFIG = DEPLOY / "serve" / "loramux.yaml"

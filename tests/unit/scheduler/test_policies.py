@@ -36,6 +36,7 @@ def ids(groups: list[list[ReplicaView]]) -> list[list[str]]:
 
 def test_registry_names_every_policy_and_builds_fresh_instances() -> None:
     assert set(POLICY_NAMES) == {
+        "adaptive",
         "cache_aware",
         "round_robin",
         "least_loaded",

@@ -175,3 +175,75 @@ def test_convert_alibaba_rejects_another_format(tmp_path: Path) -> None:
     path = _write(tmp_path / "x.csv", "a,b\n1,2\n")
     with pytest.raises(TraceFormatError, match="groupId"):
         convert_alibaba(path)
+
+
+def _top_adapter(rows: list[TraceRequest], start: float, end: float) -> str:
+    window = [row.adapter for row in rows if start <= row.arrival_s < end]
+    return max(set(window), key=window.count)
+
+
+def test_drift_re_ranks_popularity_every_period() -> None:
+    base = SynthSpec(
+        adapters=20, tenants=4, zipf_alpha=1.5, rate_rps=200, duration_s=40, seed=3,
+        drift_fraction=1.0,
+    )  # fmt: skip
+    steady = synthesize(base)
+    drifting = synthesize(dataclasses.replace(base, drift_period_s=10))
+    assert drifting == synthesize(dataclasses.replace(base, drift_period_s=10))
+    tops = [_top_adapter(drifting, 10 * i, 10 * (i + 1)) for i in range(4)]
+    assert len(set(tops)) >= 3  # a full re-rank every 10 s: the hot adapter changes
+    assert {_top_adapter(steady, 10 * i, 10 * (i + 1)) for i in range(4)} == {
+        "tenant0000/adapter00000@1"
+    }
+    # Before the first re-rank the two traces draw the same adapters.
+    assert [r.adapter for r in drifting if r.arrival_s < 10] == [
+        r.adapter for r in steady if r.arrival_s < 10
+    ]
+
+
+def test_flash_crowds_concentrate_extra_requests_in_their_windows() -> None:
+    spec = SynthSpec(
+        adapters=500, tenants=50, zipf_alpha=0.8, rate_rps=100, duration_s=120, seed=4,
+        flash_period_s=60, flash_duration_s=10, flash_intensity=1.0,
+    )  # fmt: skip
+    rows = synthesize(spec)
+    assert rows == synthesize(spec)
+    assert all(a.arrival_s <= b.arrival_s for a, b in itertools.pairwise(rows))
+    # rate_rps includes the crowds: the steady stream is 100 / (1 + 1.0 * 10/60).
+    assert spec.steady_rate_rps == pytest.approx(100 / (1 + 10 / 60))
+    assert len(rows) / 120 == pytest.approx(100, rel=0.1)
+    for period in range(2):
+        window = [r for r in rows if 60 * period <= r.arrival_s < 60 * (period + 1)]
+        per_second = {}
+        for row in window:
+            per_second.setdefault(int(row.arrival_s), []).append(row.adapter)
+        # In the crowd's seconds one adapter takes about half the requests.
+        peak = max(max(map(keys.count, set(keys))) / len(keys) for keys in per_second.values())
+        assert peak > 0.35
+
+
+def test_tenant_churn_brings_new_tenants_and_keys() -> None:
+    spec = SynthSpec(
+        adapters=100, tenants=20, rate_rps=100, duration_s=60, seed=5,
+        churn_period_s=20, churn_fraction=0.25,
+    )  # fmt: skip
+    rows = synthesize(spec)
+    first = {r.tenant for r in rows if r.arrival_s < 20}
+    last = {r.tenant for r in rows if r.arrival_s >= 40}
+    assert first <= {f"tenant{i:04d}" for i in range(20)}
+    new = last - {f"tenant{i:04d}" for i in range(20)}
+    assert len(new) >= 5  # two churns of 5 tenants each, most of them requested
+    assert all(row.adapter.startswith(row.tenant + "/") for row in rows)
+    assert len({r.adapter for r in rows}) > 100  # keys never seen before appear
+
+
+def test_synthesize_rejects_bad_workload_options() -> None:
+    for options, name in (
+        ({"drift_period_s": -1}, "drift_period_s"),
+        ({"drift_fraction": 1.5}, "drift_fraction"),
+        ({"flash_period_s": 10, "flash_duration_s": 20}, "flash_duration_s"),
+        ({"flash_period_s": 100, "flash_adapters": 0}, "flash_adapters"),
+        ({"churn_fraction": -0.1}, "churn_fraction"),
+    ):
+        with pytest.raises(SynthSpecError, match=name):
+            synthesize(SynthSpec(**options))  # type: ignore[arg-type]

@@ -66,3 +66,21 @@ def test_trace_azure_converts_a_file(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "2 real arrivals" in result.output
     assert out.read_text().startswith("arrival_s,adapter,prompt_tokens,output_tokens,rank,tenant")
+
+
+def test_synth_at_a_target_load_with_drift_and_flash_crowds(tmp_path: Path) -> None:
+    from scheduler import cost_profile
+
+    trace = tmp_path / "t.csv"
+    made = runner.invoke(
+        app,
+        ["trace", "synth", "--adapters", "50", "--load", "0.5", "--replicas", "2",
+         "--profile", "cpu", "--duration", "2", "--drift-period", "1", "--flash-period",
+         "1", "--flash-duration", "0.5", "--churn-period", "1", "--seed", "2",
+         "--out", str(trace)],
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    expected = 0.5 * 2 * cost_profile("cpu").replica_capacity_rps(512, 128)
+    assert f"({expected:.3g} req/s)" in made.output
+    bad = runner.invoke(app, ["trace", "synth", "--load", "0", "--out", str(trace)])
+    assert bad.exit_code == 2 and "--load" in bad.output

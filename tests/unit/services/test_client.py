@@ -18,22 +18,22 @@ import pytest
 from services import (
     AdapterInfo,
     APIConnectionError,
-    APIError,
+    APIStatusError,
     AsyncClient,
-    AuthenticationError,
     BadRequestError,
     ChatCompletion,
     Client,
     ConfigurationError,
-    ConflictError,
     InternalServerError,
     InvalidAdapterPathError,
-    NotFoundError,
+    OverQuotaError,
     PayloadTooLargeError,
     PermissionDeniedError,
-    QuotaExceededError,
     RateLimitError,
+    ResourceConflictError,
+    ResourceNotFoundError,
     ServiceUnavailableError,
+    UnauthorizedError,
 )
 from services.client import PEFT_FILES
 
@@ -373,20 +373,20 @@ def test_download_extracts_only_the_peft_files_into_dest(
     ("status", "error_type", "expected"),
     [
         (400, "invalid_request", BadRequestError),
-        (401, "authentication_error", AuthenticationError),
+        (401, "authentication_error", UnauthorizedError),
         (403, "permission_denied", PermissionDeniedError),
-        (404, "not_found", NotFoundError),
-        (409, "conflict", ConflictError),
+        (404, "not_found", ResourceNotFoundError),
+        (409, "conflict", ResourceConflictError),
         (413, "payload_too_large", PayloadTooLargeError),
         (429, "rate_limited", RateLimitError),
-        (429, "quota_exceeded", QuotaExceededError),
+        (429, "quota_exceeded", OverQuotaError),
         (500, "internal_error", InternalServerError),
         (502, "integrity_error", InternalServerError),
-        (418, "teapot", APIError),
+        (418, "teapot", APIStatusError),
     ],
 )
 def test_error_answers_raise_the_class_of_their_status(
-    sleeps: list[float], status: int, error_type: str, expected: type[APIError]
+    sleeps: list[float], status: int, error_type: str, expected: type[APIStatusError]
 ) -> None:
     server = Server(error(status, error_type, "adapter 'bot' has no version 9"))
 
@@ -587,7 +587,7 @@ def test_a_stream_refused_with_503_is_retried_before_it_starts(sleeps: list[floa
 def test_a_stream_error_status_raises_at_create(sleeps: list[float]) -> None:
     server = Server(error(404, "not_found", "no adapter 'nope'"))
 
-    with pytest.raises(NotFoundError, match="nope"):
+    with pytest.raises(ResourceNotFoundError, match="nope"):
         make_client(server, sleeps).chat.create(
             model="nope", messages=[{"role": "user", "content": "x"}], stream=True
         )

@@ -11,10 +11,11 @@ import pytest
 from fastapi import FastAPI
 
 from adapter_store import AdapterStore
-from services._dashboard import ASSETS, dashboard_router
-from services._dashboard._routes import STATIC_DIR
-from services._errors import install_error_handlers
 from services._settings import ServiceSettings
+from services.api._dashboard import ASSETS, dashboard_router
+from services.api._dashboard._routes import STATIC_DIR
+from services.api._errors import install_error_handlers
+from services.client import ReplicaStats
 
 # The SVG namespace is an identifier that no browser fetches.
 _NAMESPACES = {"http://www.w3.org/2000/svg"}
@@ -22,7 +23,7 @@ _URL = re.compile(r"""(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}[^\s"'<>)]*""", re.IGN
 
 
 class NoReplicas:
-    async def replica_stats(self) -> list[dict[str, Any]]:
+    async def replica_stats(self) -> list[ReplicaStats]:
         return []
 
 

@@ -6,7 +6,7 @@ import pytest
 
 import adapter_store.exceptions as store_errors
 import services.engine.exceptions as engine_errors
-from services._errors import status_and_body
+from services.api._errors import status_and_body
 from services.exceptions import error_for
 
 STORE_STATUS = {
@@ -14,6 +14,8 @@ STORE_STATUS = {
     store_errors.UnsafeFormatError: 400,
     store_errors.MalformedWeightsError: 400,
     store_errors.InvalidConfigError: 400,
+    store_errors.UnsupportedPatternError: 400,
+    store_errors.ValidationBudgetExceededError: 400,
     store_errors.UnsupportedFeatureError: 400,
     store_errors.IncompatibleAdapterError: 400,
     store_errors.AdapterTooLargeError: 413,
@@ -29,10 +31,12 @@ STORE_STATUS = {
     store_errors.IntegrityError: 502,
     store_errors.BackendUnavailableError: 503,
     store_errors.BlobCollectedError: 503,
+    store_errors.LocalDiskError: 503,
 }
 ENGINE_STATUS = {
     engine_errors.InvalidRequestError: 400,
-    engine_errors.AdapterIncompatibleError: 400,
+    engine_errors.AdapterMismatchError: 400,
+    engine_errors.AdapterOverflowError: 400,
     engine_errors.AdapterLoadError: 503,
     engine_errors.EngineOverloadedError: 503,
     engine_errors.RequestCancelledError: 503,
@@ -91,7 +95,7 @@ def test_a_server_side_validation_error_is_a_logged_500_not_the_clients_fault(
     from fastapi.exceptions import RequestValidationError
     from pydantic import ValidationError
 
-    from services._api_models import Health
+    from services.client._models import Health
 
     with pytest.raises(ValidationError) as server_bug:
         Health.model_validate({"status": None})
@@ -99,7 +103,7 @@ def test_a_server_side_validation_error_is_a_logged_500_not_the_clients_fault(
         [{"loc": ("body", "max_tokens"), "msg": "must be >= 1", "type": "greater_than_equal"}]
     )
 
-    with caplog.at_level("ERROR", logger="services._errors"):
+    with caplog.at_level("ERROR", logger="services.api._errors"):
         server_status, server_body = status_and_body(server_bug.value)
     client_status, client_body = status_and_body(request)
 

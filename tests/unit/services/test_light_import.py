@@ -8,7 +8,17 @@ import sys
 
 import services
 
-HEAVY = ("torch", "ray", "redis", "boto3", "transformers", "peft")
+HEAVY = (
+    "torch",
+    "ray",
+    "redis",
+    "boto3",
+    "botocore",
+    "numpy",
+    "safetensors",
+    "transformers",
+    "peft",
+)
 
 
 def test_importing_the_sdk_imports_no_server_dependency() -> None:
@@ -29,13 +39,14 @@ def test_the_package_exports_exactly_the_sdk_models_and_errors() -> None:
     assert sorted(services.__all__) == sorted(
         [
             "APIConnectionError",
-            "APIError",
+            "APIStatusError",
+            "AdapterCounters",
             "AdapterInfo",
             "AdapterPage",
             "AdapterVersionInfo",
             "AliasUpdate",
             "AsyncClient",
-            "AuthenticationError",
+            "UnauthorizedError",
             "BadRequestError",
             "ChatCompletion",
             "ChatCompletionChoice",
@@ -59,7 +70,7 @@ def test_the_package_exports_exactly_the_sdk_models_and_errors() -> None:
             "CompletionChoice",
             "CompletionRequest",
             "ConfigurationError",
-            "ConflictError",
+            "ResourceConflictError",
             "Deleted",
             "ErrorBody",
             "ErrorDetail",
@@ -69,21 +80,35 @@ def test_the_package_exports_exactly_the_sdk_models_and_errors() -> None:
             "InvalidAdapterPathError",
             "KeyRevoke",
             "KeyRevoked",
+            "LoadLatency",
             "LoramuxError",
             "Model",
             "ModelList",
-            "NotFoundError",
+            "ResourceNotFoundError",
             "PayloadTooLargeError",
             "PermissionDeniedError",
             "ProgressCallback",
-            "QuotaExceededError",
+            "OverQuotaError",
             "QuotaUpdate",
+            "ReplicaStats",
+            "ResidentKeys",
+            "ServiceStats",
             "RateLimitError",
             "ServiceUnavailableError",
             "TenantCreate",
             "TenantCreated",
             "TenantUsage",
+            "TierCounters",
             "Usage",
         ]
     )
     assert all(hasattr(services, name) for name in services.__all__)
+
+
+def test_the_client_package_exports_the_sdk_and_wire_models_without_errors() -> None:
+    import services.client
+
+    errors = set(services.exceptions.__all__)
+    sdk = {"DEFAULT_URL", "PEFT_FILES", "PROFILE_PATH", "read_profile", "write_profile"}
+
+    assert set(services.client.__all__) == (set(services.__all__) - errors) | sdk

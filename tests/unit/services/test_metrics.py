@@ -11,7 +11,7 @@ import pytest
 
 from adapter_store.exceptions import NotFoundError, QuotaExceededError
 from scheduler import ReplicaView, Tier
-from services._metrics import (
+from services.api._metrics import (
     METRICS,
     IngressMetrics,
     Outcome,
@@ -219,7 +219,7 @@ def test_routing_decisions_are_classified_by_residency_and_homes() -> None:
 
 
 async def test_the_router_counts_each_placement_by_kind() -> None:
-    from services._metrics import RoutingMetrics
+    from services.api._metrics import RoutingMetrics
     from tests.unit.services.test_router import KEY, Clock, FakeReplica, make_router, request
 
     sink = RecordingSink()

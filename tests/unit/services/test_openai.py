@@ -8,9 +8,8 @@ from typing import get_args
 import pytest
 
 from adapter_store import AdapterVersion
-from services import _api_models, engine
-from services._api_models import ChatCompletionRequest, CompletionRequest
-from services._openai import (
+from services import engine
+from services.api._openai import (
     ResponseIds,
     ResponsePlan,
     chat_completion,
@@ -19,6 +18,8 @@ from services._openai import (
     completion_events,
     generation_request,
 )
+from services.client import _models as _api_models
+from services.client._models import ChatCompletionRequest, CompletionRequest
 from services.engine import (
     GenerationChunk,
     GenerationResult,

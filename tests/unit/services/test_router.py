@@ -30,7 +30,7 @@ from scheduler import (
     Tier,
     UnknownPolicyError,
 )
-from services._router import CacheAwareRequestRouter, replica_view_from_stats, routing_stats
+from services.serve._router import CacheAwareRequestRouter, replica_view_from_stats, routing_stats
 
 DEPLOYMENT = DeploymentID(name="model", app_name="loramux")
 KEY = "acme/bot@1"

@@ -723,7 +723,7 @@ async def test_real_adapters_cycle_through_one_slot_and_match_peft(make_cache, p
     import torch
     from peft import PeftModel
 
-    from services.engine import AdapterIncompatibleError, HostAdapter, MultiLoraModel
+    from services.engine import AdapterMismatchError, HostAdapter, MultiLoraModel
 
     base, dirs = peft_adapters
     model = MultiLoraModel(copy.deepcopy(base), max_slots=1, max_rank=8)
@@ -745,7 +745,7 @@ async def test_real_adapters_cycle_through_one_slot_and_match_peft(make_cache, p
             expected = peft_model.eval()(input_ids=ids).logits
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
-    with pytest.raises(AdapterIncompatibleError, match="acme/c@1"):
+    with pytest.raises(AdapterMismatchError, match="acme/c@1"):
         await cache.acquire(C)  # rank 16 does not fit max_rank 8
     assert cache.lifecycle(C.key) is AdapterState.ERRORED
     stats = cache.stats()

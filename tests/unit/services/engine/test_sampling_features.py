@@ -27,7 +27,6 @@ from tests.unit.services.engine.test_generation import PreloadedSlots, World, ve
 world = generation.world
 slots = generation.slots
 engine = generation.engine
-one_torch_thread = generation.one_torch_thread
 
 PERSON = {
     "type": "object",

@@ -27,12 +27,58 @@ def tiny(models_dir: Path):
     return load_base_model(TINY_MODEL_NAME, models_dir=models_dir)
 
 
-def test_tiny_is_a_normal_hugging_face_directory(tiny, models_dir: Path) -> None:
-    files = {p.name for p in (models_dir / "tiny").iterdir()}
+# Per layer, (out, in) as torch stores Linear weights: 4 heads of 16, 2 KV heads.
+_LAYER_SHAPES = {
+    "input_layernorm.weight": (64,),
+    "post_attention_layernorm.weight": (64,),
+    "self_attn.q_proj.weight": (64, 64),
+    "self_attn.k_proj.weight": (32, 64),
+    "self_attn.v_proj.weight": (32, 64),
+    "self_attn.o_proj.weight": (64, 64),
+    "mlp.gate_proj.weight": (128, 64),
+    "mlp.up_proj.weight": (128, 64),
+    "mlp.down_proj.weight": (64, 128),
+}
 
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
+
+def test_tiny_is_a_two_layer_llama_with_a_byte_vocabulary(tiny, models_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    config = json.loads((models_dir / "tiny" / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    expected_config = {
+        "vocab_size": 259,  # 256 bytes, then <|bos|> <|eos|> <|pad|>
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "tie_word_embeddings": False,
+        "bos_token_id": 256,
+        "eos_token_id": 257,
+        "pad_token_id": 258,
+    }
+    assert {key: config[key] for key in expected_config} == expected_config
+
+    weights = load_file(models_dir / "tiny" / "model.safetensors")
+    expected = {
+        "model.embed_tokens.weight": (259, 64),
+        "model.norm.weight": (64,),
+        "lm_head.weight": (259, 64),
+    }
+    for layer in (0, 1):
+        for name, shape in _LAYER_SHAPES.items():
+            expected[f"model.layers.{layer}.{name}"] = shape
+    assert {name: tuple(t.shape) for name, t in weights.items()} == expected
+    assert all(t.dtype == torch.float32 for t in weights.values())
+
+    # What is loaded is what was written, and it is what the name says.
     assert tiny.name == "tiny" and tiny.path == models_dir / "tiny"
     assert type(tiny.model).__name__ == "LlamaForCausalLM"
+    loaded = tiny.model.state_dict()
+    for name, tensor in weights.items():
+        assert torch.equal(loaded[name], tensor), name
     assert tiny.device.type == "cpu" and tiny.dtype == torch.float32
     assert tiny.max_context == 1024
 
@@ -88,9 +134,13 @@ def test_ensure_tiny_model_rebuilds_a_stale_directory(tmp_path: Path) -> None:
     stale.mkdir()
     (stale / "loramux_tiny.json").write_text('{"revision": 0}')
 
-    ensure_tiny_model(tmp_path)
+    assert ensure_tiny_model(tmp_path) == stale
 
-    assert (stale / "model.safetensors").is_file()
+    fresh = build_tiny_model(tmp_path / "fresh")
+    assert (stale / "model.safetensors").read_bytes() == (fresh / "model.safetensors").read_bytes()
+    marker = json.loads((stale / "loramux_tiny.json").read_text())
+    assert marker == json.loads((fresh / "loramux_tiny.json").read_text())
+    assert marker["revision"] > 0
 
 
 def test_loading_a_directory_by_path_uses_its_name(tmp_path: Path, models_dir: Path) -> None:

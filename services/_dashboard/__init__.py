@@ -1,5 +1,0 @@
-"""The built-in operator dashboard: ``GET /dashboard`` (see :mod:`._routes`)."""
-
-from services._dashboard._routes import ASSETS, ReplicaStatsSource, dashboard_router
-
-__all__ = ["ASSETS", "ReplicaStatsSource", "dashboard_router"]

@@ -1,0 +1,205 @@
+"""Adapters: push, list, show, alias, delete and download (``/v1/adapters``).
+
+A tenant sees and uses only its own adapters, so another tenant's adapter is a plain
+404. Blocking store calls run in the threadpool (sync endpoints, or
+``run_in_threadpool``), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from adapter_store import (
+    MAX_PAGE_SIZE,
+    AdapterStore,
+    AdapterTooLargeError,
+    AdapterVersion,
+    read_adapter_upload,
+)
+from adapter_store import AdapterInfo as StoredAdapter
+from services.api._auth import Context, Tenant
+from services.client import (
+    AdapterInfo,
+    AdapterPage,
+    AdapterVersionInfo,
+    AliasUpdate,
+    Deleted,
+)
+from services.exceptions import BadRequestError
+
+__all__ = ["adapter_info", "router", "version_info"]
+
+router = APIRouter()
+
+_UPLOAD_PARTS = ("files", "archive")
+# Multipart boundaries and part headers on top of the files' bytes.
+_MULTIPART_SLACK = 1 << 20
+
+
+def version_info(version: AdapterVersion, aliases: list[str]) -> AdapterVersionInfo:
+    """The wire form of a stored version (its fields by name) with its ``aliases``."""
+    info = AdapterVersionInfo.model_validate(version, from_attributes=True)
+    return info.model_copy(update={"aliases": aliases})
+
+
+def adapter_info(adapter: StoredAdapter) -> AdapterInfo:
+    latest = adapter.latest
+    return AdapterInfo(
+        tenant=adapter.tenant,
+        name=adapter.name,
+        versions=list(adapter.versions),
+        aliases=dict(adapter.aliases),
+        latest=version_info(latest, _aliases_of(adapter, latest.version)),
+    )
+
+
+def _aliases_of(adapter: StoredAdapter, version: int) -> list[str]:
+    return sorted(alias for alias, v in adapter.aliases.items() if v == version)
+
+
+@router.post("/v1/adapters", status_code=201)
+async def push_adapter(context: Context, request: Request, tenant: Tenant) -> AdapterVersionInfo:
+    store = context.store
+    with context.meter.failures("push"):
+        name, files = await _read_upload(request, store.limits.max_bytes)
+        version = await run_in_threadpool(
+            _push_files, store, tenant, name, files, context.settings.base_model_id
+        )
+    context.meter.pushed(version.size_bytes)
+    return version_info(version, ["latest"])
+
+
+def _push_files(
+    store: AdapterStore, tenant: str, name: str, files: dict[str, bytes], base_model: str
+) -> AdapterVersion:
+    adapter = read_adapter_upload(files, store.limits)
+    return store.push(tenant, name, adapter, base_model=base_model)
+
+
+@router.get("/v1/adapters")
+def list_adapters(
+    context: Context,
+    tenant: Tenant,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 100,
+) -> AdapterPage:
+    page = context.store.list_adapters(tenant, cursor=cursor, limit=limit)
+    return AdapterPage(data=[adapter_info(a) for a in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/v1/adapters/{name}")
+def get_adapter(context: Context, name: str, tenant: Tenant) -> AdapterInfo:
+    return adapter_info(context.store.get_adapter(tenant, name))
+
+
+@router.get("/v1/adapters/{name}/versions/{version}")
+def get_version(context: Context, name: str, version: int, tenant: Tenant) -> AdapterVersionInfo:
+    store = context.store
+    resolved = store.resolve(tenant, f"{name}@{version}")
+    return version_info(resolved, _aliases_of(store.get_adapter(tenant, name), version))
+
+
+@router.put("/v1/adapters/{name}/aliases/{alias}")
+def set_alias(
+    context: Context, name: str, alias: str, body: AliasUpdate, tenant: Tenant
+) -> AdapterInfo:
+    context.store.set_alias(tenant, f"{name}@{body.version}", alias)
+    return adapter_info(context.store.get_adapter(tenant, name))
+
+
+@router.delete("/v1/adapters/{name}/aliases/{alias}")
+def remove_alias(context: Context, name: str, alias: str, tenant: Tenant) -> AdapterInfo:
+    context.store.remove_alias(tenant, name, alias)
+    return adapter_info(context.store.get_adapter(tenant, name))
+
+
+@router.delete("/v1/adapters/{name}")
+def delete_adapter(context: Context, name: str, tenant: Tenant) -> Deleted:
+    context.store.delete(tenant, name)
+    return Deleted(name=name)
+
+
+@router.delete("/v1/adapters/{name}/versions/{version}")
+def delete_version(context: Context, name: str, version: int, tenant: Tenant) -> Deleted:
+    context.store.delete(tenant, f"{name}@{version}")
+    return Deleted(name=name, version=version)
+
+
+@router.get("/v1/adapters/{ref}/download", response_class=FileResponse)
+def download_adapter(context: Context, ref: str, tenant: Tenant) -> FileResponse:
+    workdir = Path(tempfile.mkdtemp(prefix="loramux-download-"))
+    try:
+        version = context.store.pull(tenant, ref, workdir / "adapter")
+        archive = workdir / "adapter.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            for path in sorted((workdir / "adapter").iterdir()):
+                tar.add(path, arcname=path.name)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return FileResponse(
+        archive,
+        media_type="application/gzip",
+        filename=f"{version.name}-{version.version}.tar.gz",
+        background=BackgroundTask(shutil.rmtree, workdir, ignore_errors=True),
+    )
+
+
+async def _read_upload(request: Request, max_bytes: int) -> tuple[str, dict[str, bytes]]:
+    """The ``name`` field and the uploaded files (by file name), each read up to the cap.
+
+    The body must declare its size (``Content-Length``): the cap is checked on it
+    before Starlette spools the file parts to disk, which it would otherwise do without
+    limit for a chunked body.
+
+    Raises:
+        HTTPException (411): no ``Content-Length`` (a chunked upload).
+        BadRequestError: no name, or not one ``archive`` part or ``files`` parts.
+        AdapterTooLargeError: the declared body, or a part, is above ``max_bytes``.
+    """
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit():
+        raise HTTPException(
+            411,
+            "an adapter upload needs a Content-Length header: send the multipart body "
+            "with its size, not chunked (the loramux SDK and curl -F do)",
+        )
+    if int(declared) > max_bytes + _MULTIPART_SLACK:
+        # Refused before Starlette spools the parts to disk.
+        raise AdapterTooLargeError(
+            f"the upload is {int(declared)} bytes, above the {max_bytes}-byte adapter cap"
+        )
+    form = await request.form(max_files=4, max_fields=8)
+    try:
+        name = form.get("name")
+        if not isinstance(name, str) or not name:
+            raise BadRequestError("the upload needs a 'name' form field: the adapter's name")
+        parts = [
+            (field, part)
+            for field, part in form.multi_items()
+            if field in _UPLOAD_PARTS and isinstance(part, UploadFile)
+        ]
+        fields = {field for field, _ in parts}
+        if len(fields) != 1 or (fields == {"archive"} and len(parts) != 1) or not parts:
+            raise BadRequestError(
+                "upload either one 'archive' part (.tar.gz, .tar or .zip) or the two 'files' "
+                "parts adapter_config.json and adapter_model.safetensors"
+            )
+        files: dict[str, bytes] = {}
+        for _, part in parts:
+            # One byte past the cap is enough for the store's reader to refuse it.
+            files[part.filename or "upload"] = await part.read(max_bytes + 1)
+        return name, files
+    finally:
+        await form.close()

@@ -1,0 +1,5 @@
+"""The built-in operator dashboard: ``GET /dashboard`` (see :mod:`._routes`)."""
+
+from services.api._dashboard._routes import ASSETS, ReplicaStatsSource, dashboard_router
+
+__all__ = ["ASSETS", "ReplicaStatsSource", "dashboard_router"]

@@ -1,0 +1,185 @@
+"""OpenAI-compatible generation: ``/v1/completions``, ``/v1/chat/completions``,
+``/v1/responses`` (mapped onto chat, :mod:`._responses`), ``/v1/models`` and
+``/v1/models/{model}``.
+
+``model`` names an adapter (``name``, ``name@3``, ``name:prod``) or, when it equals the
+base model id, the base model alone; an adapter named like the base model is therefore
+reachable only by version or alias. A request is resolved (three Redis round trips, in
+the threadpool) and sent through the gateway; the route waits for the first chunk so
+that an error before any output still answers with its status. After that, an error
+becomes one ``data: {"error": ...}`` event of the stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from adapter_store import AdapterVersion
+from services.api._auth import ApiContext, ApiKey, Context, Tenant
+from services.api._errors import error_body
+from services.api._openai import (
+    ResponseIds,
+    chat_completion,
+    chat_events,
+    completion,
+    completion_events,
+    generation_request,
+    response_plan,
+)
+from services.api._responses import (
+    ResponseRequest,
+    chat_request,
+    response_events,
+    response_object,
+)
+from services.client import ChatCompletionRequest, CompletionRequest, Model, ModelList
+from services.engine import GenerationChunk, GenerationResult
+from services.exceptions import BadRequestError
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+def _resolve_model(context: ApiContext, key: str, model: str) -> tuple[str, AdapterVersion | None]:
+    """Authenticate and resolve ``model`` to the tenant and the version (blocking:
+    three Redis round trips)."""
+    store, base_model = context.store, context.settings.base_model_id
+    tenant = store.tenant_for_key(key)
+    if model == base_model:
+        return tenant, None
+    version = store.resolve(tenant, model)
+    if version.base_model != base_model:
+        raise BadRequestError(
+            f"adapter {version.key} was pushed for base model {version.base_model!r}; "
+            f"this service serves {base_model!r}"
+        )
+    store.record_usage(version)
+    return tenant, version
+
+
+async def _start(
+    context: ApiContext,
+    endpoint: str,
+    key: str,
+    body: CompletionRequest | ChatCompletionRequest,
+) -> AsyncGenerator[GenerationChunk, None]:
+    """Resolve, validate and send; wait for the first chunk so that an error before any
+    output still answers with its status. The request is metered as ``endpoint``."""
+    meter = context.meter
+    with meter.failures(endpoint):
+        tenant, adapter = await run_in_threadpool(_resolve_model, context, key, body.model)
+        request = generation_request(
+            body, adapter, default_max_tokens=context.settings.default_max_tokens
+        )
+        chunks = context.gateway.generate(request)
+        try:
+            first = await anext(chunks)
+        except BaseException:
+            await chunks.aclose()
+            raise
+    return meter.metered(endpoint, tenant, _prepend(first, chunks))
+
+
+@router.post("/v1/completions", response_model=None)
+async def completions(context: Context, key: ApiKey, body: CompletionRequest) -> Any:
+    ids = ResponseIds("cmpl", body.model)
+    chunks = await _start(context, "completions", key, body)
+    plan = response_plan(body)
+    if not body.stream:
+        results = GenerationResult.choices_from_chunks([chunk async for chunk in chunks])
+        return completion(ids, results, plan).model_dump(exclude_none=True)
+    return _stream(completion_events(ids, plan, chunks))
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(context: Context, key: ApiKey, body: ChatCompletionRequest) -> Any:
+    ids = ResponseIds("chatcmpl", body.model)
+    chunks = await _start(context, "chat_completions", key, body)
+    plan = response_plan(body)
+    if not body.stream:
+        results = GenerationResult.choices_from_chunks([chunk async for chunk in chunks])
+        return chat_completion(ids, results, plan).model_dump(exclude_none=True)
+    return _stream(chat_events(ids, plan, chunks))
+
+
+@router.post("/v1/responses", response_model=None)
+async def responses(context: Context, key: ApiKey, body: ResponseRequest) -> Any:
+    ids = ResponseIds("resp", body.model)
+    chunks = await _start(context, "responses", key, chat_request(body))
+    if not body.stream:
+        results = GenerationResult.choices_from_chunks([chunk async for chunk in chunks])
+        return response_object(ids, body, results[0]).model_dump()
+    return _stream(response_events(ids, body, chunks))
+
+
+@router.get("/v1/models")
+def models(context: Context, tenant: Tenant) -> ModelList:
+    base_model = context.settings.base_model_id
+    data = [_model_card(context, tenant, base_model, None)]
+    data += [
+        Model(
+            id=adapter.name,
+            created=int(adapter.created_at),
+            owned_by=tenant,
+            root=base_model,
+            parent=base_model,
+        )
+        for adapter in context.store.iter_adapters(tenant)
+    ]
+    return ModelList(data=data)
+
+
+@router.get("/v1/models/{model:path}")
+def get_model(context: Context, model: str, tenant: Tenant) -> Model:
+    """The base model's card or, by any reference, one of the tenant's adapters'."""
+    base_model = context.settings.base_model_id
+    version = None if model == base_model else context.store.resolve(tenant, model)
+    return _model_card(context, tenant, model, version)
+
+
+def _model_card(
+    context: ApiContext, tenant: str, model: str, version: AdapterVersion | None
+) -> Model:
+    base_model = context.settings.base_model_id
+    if version is None:
+        return Model(id=base_model, owned_by="loramux", root=base_model)
+    return Model(
+        id=model,
+        created=int(version.created_at),
+        owned_by=tenant,
+        root=base_model,
+        parent=base_model,
+    )
+
+
+def _stream(events: AsyncIterator[BaseModel]) -> StreamingResponse:
+    return StreamingResponse(_sse(events), media_type="text/event-stream")
+
+
+async def _sse(events: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
+    """Server-sent events: one ``data:`` per model, ``[DONE]`` at the end; an error
+    after the stream started becomes one ``data: {"error": ...}`` event instead."""
+    try:
+        async for event in events:
+            yield f"data: {event.model_dump_json(exclude_none=True)}\n\n"
+        yield "data: [DONE]\n\n"
+    except Exception as exc:
+        yield f"data: {error_body(exc)}\n\n"
+
+
+async def _prepend(
+    first: GenerationChunk, rest: AsyncGenerator[GenerationChunk, None]
+) -> AsyncGenerator[GenerationChunk, None]:
+    try:
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()

@@ -1,0 +1,5 @@
+"""``python -m services.cli``: the ``loramux`` command."""
+
+from services.cli import main
+
+main()

@@ -1,0 +1,264 @@
+"""``loramux up``: the whole service on this machine, with nothing installed but the package.
+
+Starts a local Ray, the embedded redis-server of the data directory (appendonly, so a
+restart keeps every adapter) unless ``--redis-url`` is given, blobs under the data
+directory unless ``--blob-url`` is given, and the application (built-in ``tiny`` base
+model unless ``--base-model``). It makes sure a dev tenant exists with an API key, prints
+the API, dashboard and Ray dashboard URLs, the dev key and the admin key, writes the CLI/SDK
+profile (``~/.loramux/profile.json``), and runs until Ctrl-C or SIGTERM, then shuts
+Serve, Ray and the redis-server it started down in that order.
+
+Keys: ``--dev-key``/``LORAMUX_DEV_KEY`` and ``--admin-key``/``LORAMUX_ADMIN_KEY`` fix
+them; otherwise the dev key of the previous run (read back from the profile) is kept
+while it still works, and a new one is issued when it does not; an admin key is
+generated for each run.
+
+Signals: Ctrl-C or SIGTERM during start-up interrupts it and stops what was started
+(exit status 0); once serving, they end the serving loop. Whatever ends it (a signal, a
+failure), the shutdown then runs to completion, undisturbed by further signals.
+
+Failure mode: settings that do not validate, or an application that does not become
+healthy within ``--ready-timeout``, print one ``error:`` line, shut down what was
+started and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from services.client import read_profile, write_profile
+from services.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from adapter_store import AdapterStore
+    from services._settings import ServiceSettings
+
+__all__ = ["register"]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(1)
+
+
+def up(
+    port: Annotated[int, typer.Option(help="HTTP port of the API.")] = 8000,
+    host: Annotated[str, typer.Option(help="Interface the API listens on.")] = "127.0.0.1",
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Embedded state root (default: LORAMUX_DATA_DIR).")
+    ] = None,
+    replicas: Annotated[int, typer.Option(min=1, help="Model replicas.")] = 2,
+    gpu_slots: Annotated[
+        int | None, typer.Option(min=1, help="Adapters resident in GPU per replica.")
+    ] = None,
+    base_model: Annotated[
+        Path | None,
+        typer.Option(help="Local Hugging Face model directory (default: built-in tiny)."),
+    ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="External Redis (default: embedded redis-server).")
+    ] = None,
+    blob_url: Annotated[
+        str | None, typer.Option(help="s3://bucket/prefix?endpoint_url=... (default: files).")
+    ] = None,
+    dev_key: Annotated[
+        str | None, typer.Option(envvar="LORAMUX_DEV_KEY", help="The dev tenant's API key.")
+    ] = None,
+    admin_key: Annotated[
+        str | None, typer.Option(envvar="LORAMUX_ADMIN_KEY", help="The admin API key.")
+    ] = None,
+    num_cpus: Annotated[
+        int | None, typer.Option(min=1, help="CPUs Ray may schedule (default: all).")
+    ] = None,
+    ready_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the replicas to be ready.")
+    ] = 600.0,
+) -> None:
+    """Run loramux locally: Ray, Redis, blob store, base model, API; Ctrl-C stops it."""
+    from pydantic import SecretStr, ValidationError
+
+    from adapter_store import AdapterStoreError, StoreSettings
+    from services._settings import ServiceSettings
+
+    try:
+        overrides = {"data_dir": data_dir, "redis_url": redis_url, "blob_url": blob_url}
+        store_settings = StoreSettings(**{k: v for k, v in overrides.items() if v is not None})
+        if base_model is not None and "LORAMUX_BASE_MODEL" not in os.environ:
+            store_settings = store_settings.model_copy(update={"base_model": base_model.name})
+        options = {"base_model_dir": base_model, "gpu_slots": gpu_slots, "admin_key": admin_key}
+        settings = ServiceSettings(
+            store=store_settings,
+            replicas=replicas,
+            **{k: v for k, v in options.items() if v is not None},
+        )
+    except ValidationError as exc:
+        raise _fail(f"invalid setting: {exc}") from None
+    if settings.admin_key is None:
+        settings = settings.model_copy(update={"admin_key": SecretStr(secrets.token_urlsafe(24))})
+
+    stop = threading.Event()
+    with contextlib.ExitStack() as cleanup:
+        try:
+            _on_signals(_interrupt)
+            settings = _start_redis(settings, cleanup)
+            store = cleanup.enter_context(_open_store(settings))
+            key = _dev_key(store, settings.store.tenant, dev_key)
+            url, dashboard = _start_service(settings, host, port, num_cpus, cleanup)
+            _wait_ready(url, ready_timeout)
+            # Serving: a signal only asks the loop below to end, so shutdown is never cut.
+            _on_signals(lambda *_: stop.set())
+        except BaseException as exc:
+            # However start-up ends, the shutdown (the cleanup's exit) runs to completion.
+            _on_signals(signal.SIG_IGN)
+            if isinstance(exc, _Interrupted):
+                typer.echo(f"{exc} during start-up: shutting down...")
+                return
+            if isinstance(exc, AdapterStoreError):
+                raise _fail(str(exc)) from None
+            raise
+        profile = write_profile(url, key)
+        assert settings.admin_key is not None
+        typer.echo(f"loramux is up: {url}  (OpenAI base URL: {url}/v1)")
+        typer.echo(f"dashboard:     {url}/dashboard  (sign in with the admin key)")
+        typer.echo(f"Ray dashboard: {dashboard or 'not available'}")
+        typer.echo(f"dev tenant:    {settings.store.tenant}  key: {key}  (profile: {profile})")
+        typer.echo(f"admin key:     {settings.admin_key.get_secret_value()}")
+        typer.echo(f"data:          {settings.store.data_dir}")
+        typer.echo("Ctrl-C stops it.")
+        while not stop.wait(0.5):
+            pass
+        typer.echo("shutting down...")
+    typer.echo("stopped.")
+
+
+class _Interrupted(BaseException):
+    """Ctrl-C or SIGTERM arrived while starting: unwind and stop what was started.
+
+    A ``BaseException``, as ``KeyboardInterrupt`` is, so that the ``except Exception``
+    of code it interrupts (Ray's start-up has many) does not swallow it."""
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise _Interrupted(signal.Signals(signum).name)
+
+
+def _on_signals(handler: Callable[[int, Any], None]) -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handler)
+
+
+def _start_redis(settings: ServiceSettings, cleanup: contextlib.ExitStack) -> ServiceSettings:
+    """Start (or find) the embedded redis-server; the app gets its URL either way, so
+    replicas connect directly rather than through the data directory's lock."""
+    from adapter_store import open_embedded_redis
+
+    if settings.store.redis_url:
+        return settings
+    url, server = open_embedded_redis(settings.store.embedded_redis_dir)
+    if server is not None:  # the opener stops it itself if interrupted before this
+        cleanup.callback(server.stop)
+    store = settings.store.model_copy(update={"redis_url": url})
+    return settings.model_copy(update={"store": store})
+
+
+@contextlib.contextmanager
+def _open_store(settings: ServiceSettings) -> Iterator[AdapterStore]:
+    from adapter_store import AdapterStore
+
+    with AdapterStore.from_settings(settings.store) as store:
+        yield store
+
+
+def _dev_key(store: AdapterStore, tenant: str, chosen: str | None) -> str:
+    """The dev tenant's key: ``chosen``, else the profile's if it still works, else new."""
+    from adapter_store import AuthenticationError
+
+    store.ensure_tenant(tenant)
+    if chosen is not None:
+        store.add_key(tenant, chosen)
+        return chosen
+    with contextlib.suppress(ConfigurationError, AuthenticationError):
+        previous = read_profile().get("api_key")
+        if isinstance(previous, str) and store.tenant_for_key(previous) == tenant:
+            return previous
+    return store.issue_key(tenant)
+
+
+def _start_service(
+    settings: ServiceSettings,
+    host: str,
+    port: int,
+    num_cpus: int | None,
+    cleanup: contextlib.ExitStack,
+) -> tuple[str, str | None]:
+    """Start Ray and Serve and deploy the application (without waiting for it).
+
+    Each stop is registered before its start (both are no-ops if nothing was started),
+    so a signal that interrupts a start still stops what it had started."""
+    import ray
+    from ray import serve
+
+    from services.serve._app import build_app
+
+    if num_cpus is None:
+        # Ray's CPUs are scheduling units: never fewer than the replicas ask for, so a
+        # small machine runs every replica rather than leaving some pending forever.
+        wanted = settings.replicas * settings.num_cpus + settings.ingress_num_cpus
+        num_cpus = max(os.cpu_count() or 1, math.ceil(wanted))
+    cleanup.callback(ray.shutdown)
+    try:
+        context = ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            log_to_driver=False,
+        )
+    except SystemExit as exc:
+        # ray.init first installs a SIGTERM handler that exits: still our interrupt.
+        if exc.code != signal.SIGTERM:
+            raise
+        raise _Interrupted(signal.SIGTERM.name) from None
+    # Take SIGTERM back from Ray's handler; start-up stays interruptible.
+    _on_signals(_interrupt)
+    # Registered once Ray is up: serve.shutdown would otherwise start a Ray to look in.
+    cleanup.callback(serve.shutdown)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(settings), name=settings.app_name, route_prefix="/", blocking=False)
+    dashboard = context.dashboard_url
+    return f"http://{host}:{port}", (f"http://{dashboard}" if dashboard else None)
+
+
+def _wait_ready(url: str, timeout_s: float) -> None:
+    """Poll ``/healthz`` until a replica is ready.
+
+    Raises:
+        typer.Exit: not ready within ``timeout_s``.
+    """
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        time.sleep(1.0)
+    raise _fail(f"the service did not become ready within {timeout_s:.0f}s; see the Ray logs")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``loramux up`` to ``app``."""
+    app.command("up")(up)

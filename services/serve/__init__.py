@@ -1,0 +1,29 @@
+"""The Ray Serve application: deployments, request router, residency, stats and metrics.
+
+::
+
+    HTTP ──► IngressServer (the api's FastAPI app) ──► CacheAwareRequestRouter
+         ──► ModelReplica × replicas (the engine) ──reports──► StatsBoard
+
+A Serve config names :func:`app_builder` (``import_path: services.serve:app_builder``)
+and :class:`CacheAwareRequestRouter` (``services.serve:CacheAwareRequestRouter``).
+Importing this package imports Ray and torch.
+"""
+
+from services.serve._app import MODEL_DEPLOYMENT, app_builder, build_app
+from services.serve._ingress import IngressServer, ServeGateway
+from services.serve._replica import ModelReplica, stale_after_s
+from services.serve._router import CacheAwareRequestRouter
+from services.serve._stats_board import StatsBoard
+
+__all__ = [
+    "MODEL_DEPLOYMENT",
+    "CacheAwareRequestRouter",
+    "IngressServer",
+    "ModelReplica",
+    "ServeGateway",
+    "StatsBoard",
+    "app_builder",
+    "build_app",
+    "stale_after_s",
+]

@@ -1,0 +1,86 @@
+"""The Ray Serve application: ingress, model deployment and stats board, wired.
+
+::
+
+    HTTP ──► IngressServer (FastAPI)  ──handle(multiplexed_model_id=adapter key)──►
+             CacheAwareRequestRouter ──► ModelReplica × replicas ──reports──► StatsBoard
+
+The model deployment routes with :class:`services.serve._router.CacheAwareRequestRouter`,
+which reads each replica's ``record_routing_stats`` every ``routing_stats_period_s``
+and, when the store has a ``redis_url``, follows the replicas' residency events on
+Redis (``services.serve._residency``).
+Each model replica asks for ``num_gpus`` and ``num_cpus`` of Ray's resources; the
+ingress for ``ingress_num_cpus``; the board for none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve.config import RequestRouterConfig
+from ray.serve.deployment import Application
+
+from services._settings import ServiceSettings
+from services.serve._ingress import IngressServer
+from services.serve._replica import ModelReplica, stale_after_s
+from services.serve._stats_board import StatsBoard
+
+__all__ = ["MODEL_DEPLOYMENT", "app_builder", "build_app"]
+
+MODEL_DEPLOYMENT = "Model"
+_ROUTER_CLASS = "services.serve:CacheAwareRequestRouter"
+
+
+def build_app(settings: ServiceSettings) -> Application:
+    """The application for ``serve.run(build_app(settings), name=settings.app_name)``."""
+    board = serve.deployment(
+        StatsBoard, name="StatsBoard", num_replicas=1, ray_actor_options={"num_cpus": 0}
+    ).bind(stale_after_s(settings))
+    model = serve.deployment(
+        ModelReplica,
+        name=MODEL_DEPLOYMENT,
+        **settings.model_scaling(),
+        max_ongoing_requests=settings.max_ongoing_requests,
+        ray_actor_options={
+            "num_cpus": settings.num_cpus,
+            "num_gpus": settings.replica_num_gpus(),
+        },
+        request_router_config=RequestRouterConfig(
+            request_router_class=_ROUTER_CLASS,
+            request_router_kwargs={
+                "policy": settings.routing_policy,
+                "redis_url": settings.store.redis_url,
+                "key_prefix": settings.store.key_prefix,
+                "staleness_bound_s": settings.view_staleness_bound_s,
+                "max_tracked_adapters": settings.router_max_tracked_adapters,
+            },
+            request_routing_stats_period_s=settings.routing_stats_period_s,
+        ),
+        # Loading the base model (and building ``tiny`` on first use) takes a while.
+        health_check_timeout_s=120,
+        graceful_shutdown_timeout_s=30,
+    ).bind(settings, board)
+    ingress = serve.deployment(
+        serve.ingress()(IngressServer),
+        name="Ingress",
+        num_replicas=settings.ingress_replicas,
+        max_ongoing_requests=1024,
+        ray_actor_options={"num_cpus": settings.ingress_num_cpus},
+    )
+    return ingress.bind(settings, model, board)
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """The application builder of a Serve config (``import_path:
+    services.serve:app_builder``), for ``serve deploy`` and ``serve run``.
+
+    ``args`` are :class:`ServiceSettings` fields (``replicas``, ``gpu_slots``...); the
+    fields it leaves out, and the store's settings, come from the ``LORAMUX_*``
+    environment (in a Serve config, ``runtime_env.env_vars``). The config's
+    ``deployments`` options then override what the settings made of each deployment.
+
+    Raises:
+        pydantic.ValidationError: an unknown field or a bad value, named.
+    """
+    return build_app(ServiceSettings(**args))

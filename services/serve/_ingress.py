@@ -1,0 +1,66 @@
+"""The Ray Serve ingress: the HTTP API over the store and the model deployment.
+
+:class:`IngressServer` is the ingress deployment's class (wrapped by ``serve.ingress()``
+in :mod:`services.serve._app`); :class:`ServeGateway` is the API's
+:class:`~services.api.ModelGateway` over the model deployment's handle, routed by
+adapter key (``multiplexed_model_id``), and the stats board's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from fastapi import FastAPI
+
+from adapter_store import AdapterStore
+from services._settings import ServiceSettings
+from services.api import create_api
+from services.client import ReplicaStats
+from services.engine import GenerationChunk, GenerationRequest
+
+__all__ = ["IngressServer", "ServeGateway"]
+
+
+class ServeGateway:
+    """The model deployment behind Ray Serve handles, routed by adapter key."""
+
+    def __init__(self, model: Any, board: Any) -> None:  # DeploymentHandles
+        self._model = model
+        self._board = board
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+        key = request.adapter.key if request.adapter is not None else ""
+        response = self._model.options(stream=True, multiplexed_model_id=key).generate.remote(
+            request
+        )
+        finished = False
+        try:
+            async for chunk in response:
+                yield chunk
+            finished = True
+        finally:
+            if not finished:
+                response.cancel()  # the client went away: free the batch row
+
+    async def replica_stats(self) -> list[ReplicaStats]:
+        return await self._board.snapshot.remote()
+
+
+class IngressServer:
+    """The ingress deployment: the API over the store and the model deployment.
+
+    Wrapped by ``serve.ingress()`` in :mod:`services.serve._app`; Ray Serve calls
+    :meth:`__serve_build_asgi_app__` after the constructor.
+    """
+
+    def __init__(self, settings: ServiceSettings, model: Any, board: Any) -> None:
+        self._settings = settings
+        self._store = AdapterStore.from_settings(settings.store)
+        self._gateway = ServeGateway(model, board)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_api(self._store, self._gateway, self._settings)
+
+    def __del__(self) -> None:
+        self._store.close()
