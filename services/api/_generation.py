@@ -12,7 +12,7 @@ becomes one ``data: {"error": ...}`` event of the stream.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter
@@ -89,34 +89,57 @@ async def _start(
 
 @router.post("/v1/completions", response_model=None)
 async def completions(context: Context, key: ApiKey, body: CompletionRequest) -> Any:
-    ids = ResponseIds("cmpl", body.model)
-    chunks = await _start(context, "completions", key, body)
-    plan = response_plan(body)
-    if not body.stream:
-        results = GenerationResult.choices_from_chunks([chunk async for chunk in chunks])
-        return completion(ids, results, plan).model_dump(exclude_none=True)
-    return _stream(completion_events(ids, plan, chunks))
+    ids, plan = ResponseIds("cmpl", body.model), response_plan(body)
+    return await _answer(
+        context,
+        "completions",
+        key,
+        body,
+        whole=lambda results: completion(ids, results, plan).model_dump(exclude_none=True),
+        events=lambda chunks: completion_events(ids, plan, chunks),
+    )
 
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(context: Context, key: ApiKey, body: ChatCompletionRequest) -> Any:
-    ids = ResponseIds("chatcmpl", body.model)
-    chunks = await _start(context, "chat_completions", key, body)
-    plan = response_plan(body)
-    if not body.stream:
-        results = GenerationResult.choices_from_chunks([chunk async for chunk in chunks])
-        return chat_completion(ids, results, plan).model_dump(exclude_none=True)
-    return _stream(chat_events(ids, plan, chunks))
+    ids, plan = ResponseIds("chatcmpl", body.model), response_plan(body)
+    return await _answer(
+        context,
+        "chat_completions",
+        key,
+        body,
+        whole=lambda results: chat_completion(ids, results, plan).model_dump(exclude_none=True),
+        events=lambda chunks: chat_events(ids, plan, chunks),
+    )
 
 
 @router.post("/v1/responses", response_model=None)
 async def responses(context: Context, key: ApiKey, body: ResponseRequest) -> Any:
     ids = ResponseIds("resp", body.model)
-    chunks = await _start(context, "responses", key, chat_request(body))
+    return await _answer(
+        context,
+        "responses",
+        key,
+        chat_request(body),
+        whole=lambda results: response_object(ids, body, results[0]).model_dump(),
+        events=lambda chunks: response_events(ids, body, chunks),
+    )
+
+
+async def _answer(
+    context: ApiContext,
+    endpoint: str,
+    key: str,
+    body: CompletionRequest | ChatCompletionRequest,
+    whole: Callable[[list[GenerationResult]], dict[str, Any]],
+    events: Callable[[AsyncIterator[GenerationChunk]], AsyncIterator[BaseModel]],
+) -> Any:
+    """Start the request; answer one JSON object (``whole`` of the per-choice results)
+    or, with ``stream``, server-sent ``events`` of the chunks."""
+    chunks = await _start(context, endpoint, key, body)
     if not body.stream:
-        results = GenerationResult.choices_from_chunks([chunk async for chunk in chunks])
-        return response_object(ids, body, results[0]).model_dump()
-    return _stream(response_events(ids, body, chunks))
+        return whole(GenerationResult.choices_from_chunks([chunk async for chunk in chunks]))
+    return StreamingResponse(_sse(events(chunks)), media_type="text/event-stream")
 
 
 @router.get("/v1/models")
@@ -157,10 +180,6 @@ def _model_card(
         root=base_model,
         parent=base_model,
     )
-
-
-def _stream(events: AsyncIterator[BaseModel]) -> StreamingResponse:
-    return StreamingResponse(_sse(events), media_type="text/event-stream")
 
 
 async def _sse(events: AsyncIterator[BaseModel]) -> AsyncIterator[str]:

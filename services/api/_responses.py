@@ -135,6 +135,7 @@ def chat_request(body: ResponseRequest) -> ChatCompletionRequest:
         top_p=body.top_p,
         user=body.user,
         response_format=response_format,
+        stream=body.stream,
     )
 
 
