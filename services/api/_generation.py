@@ -1,5 +1,6 @@
 """OpenAI-compatible generation: ``/v1/completions``, ``/v1/chat/completions``,
-``/v1/models``.
+``/v1/responses`` (mapped onto chat, :mod:`._responses`), ``/v1/models`` and
+``/v1/models/{model}``.
 
 ``model`` names an adapter (``name``, ``name@3``, ``name:prod``) or, when it equals the
 base model id, the base model alone; an adapter named like the base model is therefore
@@ -13,7 +14,6 @@ becomes one ``data: {"error": ...}`` event of the stream.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
@@ -28,14 +28,20 @@ from services.api._auth import ApiContext, ApiKey, Context, Tenant
 from services.api._errors import error_body
 from services.api._openai import (
     ResponseIds,
-    chat_chunk,
     chat_completion,
-    chat_first_chunk,
+    chat_events,
     completion,
-    completion_chunk,
+    completion_events,
     generation_request,
+    response_plan,
 )
 from services.api._request_limits import check_generation
+from services.api._responses import (
+    ResponseRequest,
+    chat_request,
+    response_events,
+    response_object,
+)
 from services.client import ChatCompletionRequest, CompletionRequest, Model, ModelList
 from services.engine import GenerationChunk, GenerationRequest, GenerationResult
 from services.exceptions import BadRequestError
@@ -107,29 +113,41 @@ async def _admitted(
 
 @router.post("/v1/completions", response_model=None)
 async def completions(context: Context, key: ApiKey, body: CompletionRequest) -> Any:
-    ids = ResponseIds("cmpl", body.model)
-
-    async def events(chunks: AsyncIterator[GenerationChunk]) -> AsyncIterator[BaseModel]:
-        offset = 0
-        async for chunk in chunks:
-            yield completion_chunk(ids, chunk, offset)
-            offset += len(chunk.text)
-
-    whole = functools.partial(completion, ids)
-    return await _answer(context, "completions", key, body, whole, events)
+    ids, plan = ResponseIds("cmpl", body.model), response_plan(body)
+    return await _answer(
+        context,
+        "completions",
+        key,
+        body,
+        whole=lambda results: completion(ids, results, plan).model_dump(exclude_none=True),
+        events=lambda chunks: completion_events(ids, plan, chunks),
+    )
 
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(context: Context, key: ApiKey, body: ChatCompletionRequest) -> Any:
-    ids = ResponseIds("chatcmpl", body.model)
+    ids, plan = ResponseIds("chatcmpl", body.model), response_plan(body)
+    return await _answer(
+        context,
+        "chat_completions",
+        key,
+        body,
+        whole=lambda results: chat_completion(ids, results, plan).model_dump(exclude_none=True),
+        events=lambda chunks: chat_events(ids, plan, chunks),
+    )
 
-    async def events(chunks: AsyncIterator[GenerationChunk]) -> AsyncIterator[BaseModel]:
-        yield chat_first_chunk(ids)
-        async for chunk in chunks:
-            yield chat_chunk(ids, chunk)
 
-    whole = functools.partial(chat_completion, ids)
-    return await _answer(context, "chat_completions", key, body, whole, events)
+@router.post("/v1/responses", response_model=None)
+async def responses(context: Context, key: ApiKey, body: ResponseRequest) -> Any:
+    ids = ResponseIds("resp", body.model)
+    return await _answer(
+        context,
+        "responses",
+        key,
+        chat_request(body),
+        whole=lambda results: response_object(ids, body, results[0]).model_dump(),
+        events=lambda chunks: response_events(ids, body, chunks),
+    )
 
 
 async def _answer(
@@ -137,31 +155,59 @@ async def _answer(
     endpoint: str,
     key: str,
     body: CompletionRequest | ChatCompletionRequest,
-    whole: Callable[[GenerationResult], BaseModel],
+    whole: Callable[[list[GenerationResult]], dict[str, Any]],
     events: Callable[[AsyncIterator[GenerationChunk]], AsyncIterator[BaseModel]],
 ) -> Any:
-    """Start the request; answer one JSON object (``whole`` of the result) or, with
-    ``stream``, server-sent ``events`` of the chunks."""
+    """Start the request; answer one JSON object (``whole`` of the per-choice results)
+    or, with ``stream``, server-sent ``events`` of the chunks."""
     chunks = await _start(context, endpoint, key, body)
     if not body.stream:
-        result = GenerationResult.from_chunks([chunk async for chunk in chunks])
-        return whole(result).model_dump(exclude_none=True)
+        return whole(GenerationResult.choices_from_chunks([chunk async for chunk in chunks]))
     return StreamingResponse(_sse(events(chunks)), media_type="text/event-stream")
 
 
 @router.get("/v1/models", response_model_exclude_none=True)
 def models(context: Context, tenant: Tenant) -> ModelList:
     base_model = context.settings.base_model_id
-    try:  # the replicas register the manifest, with its quantization, as they start
-        quantization = context.store.get_manifest(base_model).quantization
-    except ManifestNotFoundError:
-        quantization = None
-    data = [Model(id=base_model, owned_by="loramux", quantization=quantization)]
+    data = [_model_card(context, tenant, base_model, None)]
     data += [
-        Model(id=adapter.name, created=int(adapter.created_at), owned_by=tenant)
+        Model(
+            id=adapter.name,
+            created=int(adapter.created_at),
+            owned_by=tenant,
+            root=base_model,
+            parent=base_model,
+        )
         for adapter in context.store.iter_adapters(tenant)
     ]
     return ModelList(data=data)
+
+
+@router.get("/v1/models/{model:path}")
+def get_model(context: Context, model: str, tenant: Tenant) -> Model:
+    """The base model's card or, by any reference, one of the tenant's adapters'."""
+    base_model = context.settings.base_model_id
+    version = None if model == base_model else context.store.resolve(tenant, model)
+    return _model_card(context, tenant, model, version)
+
+
+def _model_card(
+    context: ApiContext, tenant: str, model: str, version: AdapterVersion | None
+) -> Model:
+    base_model = context.settings.base_model_id
+    if version is None:
+        try:  # the replicas register the manifest, with its quantization, as they start
+            quantization = context.store.get_manifest(base_model).quantization
+        except ManifestNotFoundError:
+            quantization = None
+        return Model(id=base_model, owned_by="loramux", root=base_model, quantization=quantization)
+    return Model(
+        id=model,
+        created=int(version.created_at),
+        owned_by=tenant,
+        root=base_model,
+        parent=base_model,
+    )
 
 
 async def _sse(events: AsyncIterator[BaseModel]) -> AsyncIterator[str]:

@@ -116,7 +116,8 @@ def check_generation(
             raise _exceeded(
                 "the number of messages", len(body.messages), "max_messages", limits.max_messages
             )
-        texts: Sequence[str] = [message.content for message in body.messages]
+        # A tool-calling turn has no content; its arguments are bounded by the body size.
+        texts: Sequence[str] = [message.content or "" for message in body.messages]
     else:
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     prompt_bytes = sum(_utf8_len(text) for text in texts)

@@ -31,24 +31,37 @@ __all__ = [
     "Completion",
     "CompletionChoice",
     "CompletionRequest",
+    "ContentPart",
     "Deleted",
     "ErrorBody",
     "ErrorDetail",
     "FinishReason",
+    "FunctionCall",
+    "FunctionDefinition",
     "Health",
+    "JsonSchemaFormat",
     "KeyRevoke",
     "KeyRevoked",
     "Model",
     "ModelList",
+    "NamedToolChoice",
     "QuotaUpdate",
+    "ResponseFormat",
+    "StreamOptions",
     "TenantCreate",
     "TenantCreated",
     "TenantUsage",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolDefinition",
     "Usage",
 ]
 
 FinishReason = Literal["stop", "length"]
 """Why generation ended: a stop sequence or end of text, or ``max_tokens``."""
+ChatFinishReason = Literal["stop", "length", "tool_calls"]
+"""A chat choice also ends in ``tool_calls`` when the model called tools."""
+MAX_CHOICES = 16
 
 
 class _Request(BaseModel):
@@ -86,18 +99,58 @@ class Usage(_Response):
     total_tokens: int
 
 
+class StreamOptions(_Request):
+    """``stream_options``: ``include_usage`` adds a last chunk with no choices and the
+    request's usage (OpenAI's shape)."""
+
+    include_usage: bool = False
+
+
+class JsonSchemaFormat(_Request):
+    """``response_format.json_schema``: the output must validate against ``schema``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+    name: str = Field(default="response", max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Request):
+    """``response_format``: ``text`` (default), ``json_object`` or ``json_schema``."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class _SamplingParams(_Request):
-    """The sampling parameters completions and chat share, with OpenAI's defaults."""
+    """The sampling parameters completions and chat share, with OpenAI's defaults, and
+    vLLM's extras (``top_k``, ``repetition_penalty``, ``min_tokens``, ``stop_token_ids``,
+    ``guided_*``)."""
 
     model: str = Field(min_length=1, description="adapter reference or base model id")
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1)
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
     user: str | None = None
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    top_k: int = Field(default=0, ge=0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
+    min_tokens: int = Field(default=0, ge=0)
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    response_format: ResponseFormat | None = None
+    guided_json: dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
 
 
 class CompletionRequest(_SamplingParams):
@@ -107,6 +160,7 @@ class CompletionRequest(_SamplingParams):
     max_tokens: int | None = Field(default=16, ge=1)
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: bool = False
+    best_of: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
 
 
 class CompletionChoice(_Response):
@@ -128,14 +182,63 @@ class Completion(_Response):
     system_fingerprint: str | None = None
 
 
+class FunctionCall(_Response):
+    name: str
+    arguments: str = Field(description="the arguments as JSON text")
+
+
+class ToolCall(_Response):
+    """A call the model made, in a response; sent back on the assistant message."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ContentPart(_Response):
+    """A part of a message's content; loramux reads text parts only."""
+
+    type: Literal["text", "input_text", "output_text"]
+    text: str
+
+
 class ChatMessage(_Response):
     """One message of a conversation, in requests and responses.
 
+    ``content`` is text or a list of text parts; an assistant message may carry
+    ``tool_calls`` instead, and a ``tool`` message answers the call ``tool_call_id``.
     Extra fields (OpenAI's ``name``, ``refusal``...) are ignored on both sides.
     """
 
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionDefinition(_Request):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(_Request):
+    """One entry of ``tools``: a function the model may call."""
+
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class _FunctionName(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    """``tool_choice`` naming one function: the model must call exactly it."""
+
+    type: Literal["function"] = "function"
+    function: _FunctionName
 
 
 class ChatCompletionRequest(_SamplingParams):
@@ -145,12 +248,19 @@ class ChatCompletionRequest(_SamplingParams):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[ToolDefinition] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    # Validated and ignored (docs/openai.md): nothing is stored, there is one tier.
+    store: bool | None = None
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    service_tier: Literal["auto", "default"] | None = None
 
 
 class ChatCompletionChoice(_Response):
     index: int
     message: ChatMessage
-    finish_reason: FinishReason | None = None
+    finish_reason: ChatFinishReason | None = None
     logprobs: dict[str, Any] | None = None
 
 
@@ -164,17 +274,34 @@ class ChatCompletion(_Response):
     system_fingerprint: str | None = None
 
 
+class _FunctionCallDelta(_Response):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(_Response):
+    """A piece of a streamed tool call: the first names it (``id``, ``name``), the next
+    ones add to ``arguments``; ``index`` tells the calls of one message apart."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: _FunctionCallDelta
+
+
 class ChoiceDelta(_Response):
-    """The new part of a streamed message: the role first, then content pieces."""
+    """The new part of a streamed message: the role first, then content or tool-call
+    pieces."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatCompletionChunkChoice(_Response):
     index: int
     delta: ChoiceDelta
-    finish_reason: FinishReason | None = None
+    finish_reason: ChatFinishReason | None = None
     logprobs: dict[str, Any] | None = None
 
 
@@ -195,6 +322,8 @@ class Model(_Response):
 
     ``quantization`` (a loramux extension) is set on the base model's entry only: how the
     replicas hold its weights (``none``, ``nf4``, ``int8``), as its manifest records it.
+    ``root`` (the base model) and ``parent`` (the model an adapter applies to; None for
+    the base) are vLLM's extra fields.
     """
 
     id: str
@@ -202,6 +331,8 @@ class Model(_Response):
     created: int = 0
     owned_by: str
     quantization: str | None = None
+    root: str | None = None
+    parent: str | None = None
 
 
 class ModelList(_Response):

@@ -13,7 +13,9 @@ iteration
    slot), then one prefill for the admitted requests, which join the batch;
 4. streams each row's new token to its client.
 
-Reserving the worst case up front means a running request never has to be preempted.
+A request with ``n`` choices is ``n`` rows that share the prompt and the stream; each row
+has its own generator, penalties and grammar matcher. Reserving the worst case up front
+means a running request never has to be preempted.
 A request's prompt is rendered and tokenized on a tokenizer thread (a long prompt would
 otherwise stall every stream on the event loop), one request at a time in arrival order;
 then its adapter is acquired (pinned in a GPU slot, loading it if needed) before it
@@ -43,8 +45,10 @@ from typing import Protocol
 import torch
 
 from adapter_store import AdapterVersion, BaseModelManifest
-from services.engine._base_model import BaseModel, chat_prompt
+from services.engine._base_model import BaseModel
 from services.engine._batching import KvBatch
+from services.engine._chat import render_chat
+from services.engine._grammar import CompiledGrammar, GrammarCompiler, RowGrammar
 from services.engine._lora_layers import NO_ADAPTER_SLOT, MultiLoraModel
 from services.engine._requests import (
     FinishReason,
@@ -55,7 +59,7 @@ from services.engine._requests import (
     TopLogprob,
     Usage,
 )
-from services.engine._sampling import SampledToken, sample_batch
+from services.engine._sampling import SampledToken, SamplingParams, sample_batch
 from services.engine._text import TextStream
 from services.engine.exceptions import (
     AdapterOverflowError,
@@ -87,18 +91,24 @@ class AdapterLeaseSource(Protocol):
 
 @dataclass(eq=False)
 class _Sequence:
-    """A request inside the engine."""
+    """One choice of a request inside the engine (a batch row)."""
 
     request: GenerationRequest
     prompt_ids: list[int]
     text: TextStream
     generator: torch.Generator | None
-    queue: asyncio.Queue[GenerationChunk | BaseException] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[GenerationChunk | BaseException]
+    index: int = 0
+    grammar: RowGrammar | None = None
     lease: AdapterLease | None = None
     slot: int = NO_ADAPTER_SLOT
     output_ids: list[int] = field(default_factory=list)
     state: str = "new"  # new -> waiting -> running -> retired
     done: bool = False  # finished, failed or cancelled: leaves the batch next iteration
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return self.request.sampling
 
     @property
     def reserved_tokens(self) -> int:
@@ -141,6 +151,7 @@ class Engine:
         self._wakeup = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._closing = False
+        self._grammars: GrammarCompiler | None = None  # built on the first grammar
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loramux-model")
         # One thread: prompts are prepared in arrival order, and the tokenizer is never
         # used by two preparations at once.
@@ -185,22 +196,34 @@ class Engine:
         await self.aclose()
 
     async def complete(self, request: GenerationRequest) -> GenerationResult:
-        """Run ``request`` to the end and return the joined result.
+        """Run a single-choice ``request`` to the end and return the joined result.
+
+        Raises:
+            as :meth:`generate`; ValueError for a request with ``n`` above 1 (use
+            :meth:`complete_choices`).
+        """
+        return GenerationResult.from_chunks([chunk async for chunk in self.generate(request)])
+
+    async def complete_choices(self, request: GenerationRequest) -> list[GenerationResult]:
+        """Run ``request`` to the end; one result per choice, in choice order.
 
         Raises:
             as :meth:`generate`.
         """
-        return GenerationResult.from_chunks([chunk async for chunk in self.generate(request)])
+        chunks = [chunk async for chunk in self.generate(request)]
+        return GenerationResult.choices_from_chunks(chunks)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """Stream ``request``'s tokens as chunks; the last one has the finish reason.
+        """Stream ``request``'s tokens as chunks; each choice's last one has its finish
+        reason, and the stream ends when every choice has finished.
 
         Closing or cancelling the iterator (the client went away) removes the request
         from the batch before the next step and releases its adapter.
 
         Raises:
             InvalidRequestError: the prompt plus ``max_tokens`` does not fit the model's
-                context or the engine's token budget, or the prompt is empty.
+                context or the engine's token budget, the prompt is empty, a token id
+                is outside the vocabulary, or the grammar does not compile.
             EngineOverloadedError: the waiting queue is full.
             RequestCancelledError: the engine shut down.
             AdapterLoadError, AdapterMismatchError: from the adapter cache.
@@ -218,41 +241,47 @@ class Engine:
         # _acquiring and _waiting, so the max_waiting check above stays exact.
         self._preparing += 1
         try:
-            prompt_ids = await asyncio.get_running_loop().run_in_executor(
-                self._tokenizing, self._prompt_ids, request
+            prompt_ids, compiled = await asyncio.get_running_loop().run_in_executor(
+                self._tokenizing, self._prepare, request
             )
         finally:
             self._preparing -= 1
         if self._closing:
             raise RequestCancelledError("the engine shut down while the prompt was tokenized")
-        sequence = self._new_sequence(request, prompt_ids)
+        sequences = self._new_sequences(request, prompt_ids, compiled)
+        queue = sequences[0].queue
         self._ensure_loop()
         try:
-            if request.adapter is not None:
-                self._acquiring += 1
-                try:
-                    sequence.lease = await self._adapters.acquire(request.adapter)
-                finally:
-                    self._acquiring -= 1
-                sequence.slot = sequence.lease.slot
-            sequence.state = "waiting"
-            self._waiting.append(sequence)
+            for sequence in sequences:
+                if request.adapter is not None:
+                    self._acquiring += 1
+                    try:
+                        sequence.lease = await self._adapters.acquire(request.adapter)
+                    finally:
+                        self._acquiring -= 1
+                    sequence.slot = sequence.lease.slot
+            for sequence in sequences:
+                sequence.state = "waiting"
+                self._waiting.append(sequence)
             self._wakeup.set()
-            while True:
-                item = await sequence.queue.get()
+            unfinished = len(sequences)
+            while unfinished:
+                item = await queue.get()
                 if isinstance(item, BaseException):
                     raise item
                 yield item
                 if item.finish_reason is not None:
-                    return
+                    unfinished -= 1
         finally:
-            self._abandon(sequence)
+            for sequence in sequences:
+                self._abandon(sequence)
 
-    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
-        """On the tokenizer thread: render and tokenize the prompt, and check it fits."""
+    def _prepare(self, request: GenerationRequest) -> tuple[list[int], CompiledGrammar | None]:
+        """On the tokenizer thread: render and tokenize the prompt, check it fits, and
+        compile the grammar (None without one)."""
         tokenizer = self.base.tokenizer
         if request.messages is not None:
-            text = chat_prompt(tokenizer, list(request.messages))
+            text = render_chat(tokenizer, request.messages, request.tools)
             prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         else:
             prompt_ids = tokenizer(request.prompt)["input_ids"]
@@ -266,21 +295,44 @@ class Engine:
                 f"{max_tokens}, more than the {limit} this engine allows in total; "
                 "lower max_tokens or shorten the prompt"
             )
-        return list(prompt_ids)
+        vocab = self.model.model.config.vocab_size
+        outside = sorted(t for t in request.sampling.token_ids() if t >= vocab)
+        if outside:
+            raise InvalidRequestError(
+                f"token ids {outside[:5]} in logit_bias or stop_token_ids are outside the "
+                f"vocabulary (0 to {vocab - 1})"
+            )
+        grammar = request.sampling.grammar
+        if grammar is None:
+            return list(prompt_ids), None
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(tokenizer, vocab, self.base.eos_token_ids)
+        return list(prompt_ids), self._grammars.compile(grammar)
 
-    def _new_sequence(self, request: GenerationRequest, prompt_ids: list[int]) -> _Sequence:
+    def _new_sequences(
+        self, request: GenerationRequest, prompt_ids: list[int], compiled: CompiledGrammar | None
+    ) -> list[_Sequence]:
         sampling = request.sampling
-        return _Sequence(
-            request=request,
-            prompt_ids=prompt_ids,
-            text=TextStream(self.base.tokenizer, sampling.stop),
-            generator=sampling.make_generator(),
-        )
+        queue: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()
+        return [
+            _Sequence(
+                request=request,
+                prompt_ids=prompt_ids,
+                text=TextStream(self.base.tokenizer, sampling.stop),
+                generator=sampling.make_generator(index),
+                queue=queue,
+                index=index,
+                grammar=None if compiled is None else RowGrammar(compiled),
+            )
+            for index in range(sampling.n)
+        ]
 
     def _abandon(self, sequence: _Sequence) -> None:
         """The client stopped listening: retire now if queued, else at the next iteration."""
         if sequence.state == "waiting":
             self._waiting.remove(sequence)
+            self._retire(sequence)
+        elif sequence.state == "new":  # a later choice's adapter failed to load
             self._retire(sequence)
         elif sequence.state == "running":
             sequence.done = True
@@ -385,8 +437,9 @@ class Engine:
                 self._batch.merge(joining)
         return decoded, prefilled
 
-    @staticmethod
-    def _sample(logits: torch.Tensor, sequences: Sequence[_Sequence]) -> list[SampledToken | None]:
+    def _sample(
+        self, logits: torch.Tensor, sequences: Sequence[_Sequence]
+    ) -> list[SampledToken | None]:
         """Sample the rows whose logits are all finite; ``None`` for the others.
 
         Sampling is row-wise, so leaving a row out changes nothing for the rest; a
@@ -397,11 +450,7 @@ class Engine:
         if len(healthy) < len(sequences):
             logits = logits[healthy]
         sampled = (
-            sample_batch(
-                logits,
-                [sequences[i].request.sampling for i in healthy],
-                [sequences[i].generator for i in healthy],
-            )
+            sample_batch(logits, [sequences[i] for i in healthy], self.base.eos_token_ids)
             if healthy
             else []
         )
@@ -437,15 +486,26 @@ class Engine:
         if sequence.done:  # cancelled during the step
             return
         sampling = sequence.request.sampling
-        sequence.output_ids.append(sampled.token_id)
+        token = sampled.token_id
+        sequence.output_ids.append(token)
+        if sequence.grammar is not None and not sequence.grammar.accept(token):
+            # Unreachable while the mask is applied; fail the request, not the batch.
+            sequence.queue.put_nowait(EngineError(f"the grammar refused token {token}"))
+            sequence.done = True
+            return
         finish: FinishReason | None = None
-        if not sampling.ignore_eos and sampled.token_id in self.base.eos_token_ids:
+        if token in sampling.stop_token_ids or (
+            not sampling.ignore_eos and token in self.base.eos_token_ids
+        ):
             finish = "stop"
             text = sequence.text.finish()
         else:
-            text = sequence.text.push(sampled.token_id)
-            if sequence.text.stopped:
+            text = sequence.text.push(token)
+            if sequence.text.stopped or (
+                sequence.grammar is not None and sequence.grammar.is_terminated
+            ):
                 finish = "stop"
+                text += sequence.text.finish()
             elif len(sequence.output_ids) >= sampling.max_tokens:
                 finish = "length"
                 text += sequence.text.finish()
@@ -459,6 +519,7 @@ class Engine:
                 usage=None
                 if finish is None
                 else Usage(len(sequence.prompt_ids), len(sequence.output_ids)),
+                index=sequence.index,
             )
         )
         if finish is not None:

@@ -157,11 +157,16 @@ def test_completion_with_adapter_and_base_model(acme: Client) -> None:
 def test_streamed_completion_matches_the_plain_one(acme: Client) -> None:
     params = {"model": "support@1", "prompt": PROMPT, "max_tokens": 4, "temperature": 0}
     plain = acme.completions.create(**params)
-    chunks = list(acme.completions.create(stream=True, **params))
+    chunks = list(
+        acme.completions.create(stream=True, stream_options={"include_usage": True}, **params)
+    )
+    *text_chunks, usage_chunk = chunks
 
-    assert "".join(c.choices[0].text for c in chunks) == plain.choices[0].text
-    assert chunks[-1].choices[0].finish_reason == plain.choices[0].finish_reason
-    assert chunks[-1].usage == plain.usage
+    assert "".join(c.choices[0].text for c in text_chunks) == plain.choices[0].text
+    assert text_chunks[-1].choices[0].finish_reason == plain.choices[0].finish_reason
+    # As OpenAI: usage only when asked for, in a last chunk without choices.
+    assert usage_chunk.choices == [] and usage_chunk.usage == plain.usage
+    assert all(c.usage is None for c in text_chunks)
 
 
 def test_stop_strings_and_seeds(acme: Client) -> None:
@@ -242,8 +247,8 @@ def test_error_statuses(service: Service, admin: Client, acme: Client) -> None:
         acme.completions.create(model="support", prompt=PROMPT, max_tokens=5000)
     with pytest.raises(BadRequestError, match="max_tokens"):
         acme.completions.create(model="support", prompt=PROMPT, max_tokens=5000, stream=True)
-    with pytest.raises(BadRequestError, match="n=1"):
-        acme.completions.create(model="support", prompt=PROMPT, n=2)
+    with pytest.raises(BadRequestError, match="best_of"):
+        acme.completions.create(model="support", prompt=PROMPT, n=2, best_of=3)
     response = httpx.post(
         f"{service.url}/v1/completions",
         headers={"Authorization": f"Bearer {acme.api_key}"},
@@ -337,3 +342,38 @@ def test_replicas_publish_their_residency_to_redis(service: Service, acme: Clien
         assert all(client.pttl(replica_key("loramux:", s.replica_id)) > 0 for s in published)
     finally:
         client.close()
+
+
+def test_request_features_cross_ray_to_the_replicas(service: Service, acme: Client) -> None:
+    import json
+
+    import openai
+
+    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key=acme.api_key, max_retries=0)
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+        "required": ["n"],
+    }
+    reply = client.chat.completions.create(
+        model="support",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=40,
+        n=2,
+        seed=3,
+        response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
+    )
+    stream = client.chat.completions.create(
+        model="support",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=4,
+        stream=True,
+        stream_options={"include_usage": True},
+        presence_penalty=1.0,
+    )
+    chunks = list(stream)
+
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert all(0 <= json.loads(c.message.content)["n"] <= 9 for c in reply.choices)
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens <= 4
+    assert client.models.retrieve("support").root == "tiny"

@@ -28,6 +28,7 @@ LIMITS = LimitSettings(
     max_stop_sequences=2,
     max_stop_bytes=8,
     max_messages=3,
+    max_n=2,
 )
 
 
@@ -38,7 +39,7 @@ def completion(**fields: object) -> CompletionRequest:
 @pytest.mark.parametrize(
     ("fields", "setting"),
     [
-        ({"n": 2}, "max_n"),
+        ({"n": 3}, "max_n"),
         ({"max_tokens": 51}, "max_tokens_limit"),
         ({"stop": ["a", "b", "c"]}, "max_stop_sequences"),
         ({"stop": "é" * 5}, "max_stop_bytes"),
