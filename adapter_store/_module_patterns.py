@@ -102,6 +102,16 @@ def compile_module_pattern(pattern: str, field: str, template: str = "{}") -> Mo
             f"adapter_config.json: {field} is {pattern!r}; it must be a valid regular "
             f"expression ({e})"
         ) from e
+    if template != "{}":
+        # A pattern that parses only inside the template (say ")|(?i:") rewrites the
+        # template's own groups, and then the engines can disagree: refuse it.
+        try:
+            re.compile(pattern)
+        except (re.error, RecursionError, OverflowError) as e:
+            raise UnsupportedPatternError(
+                f"adapter_config.json: {field} pattern {shown!r} is not a regular expression "
+                f"on its own ({e}); balance its groups: {_HOW}"
+            ) from e
     options = re2.Options()
     options.max_mem = _MAX_PROGRAM_BYTES
     options.log_errors = False

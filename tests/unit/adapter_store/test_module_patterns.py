@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from adapter_store import InvalidConfigError, UnsupportedPatternError, parse_lora_config
@@ -79,6 +79,8 @@ _paths = st.sampled_from(PATHS) | st.text(
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pattern=_patterns, paths=st.lists(_paths, min_size=1, max_size=8))
+# Parses only inside PEFT's key template, whose groups it rewrites: found by this test.
+@example(pattern=")|(?i:", paths=["q_proj"])
 def test_re2_decides_as_pythons_re_for_every_pattern_it_accepts(pattern, paths):
     def compiled(field: str, template: str = "{}") -> ModulePattern | None:
         try:
