@@ -41,7 +41,9 @@ class LimitSettings(BaseSettings):
     max_stop_sequences: int = Field(default=4, ge=0)
     max_stop_bytes: int = Field(default=256, ge=1, description="each stop string, UTF-8")
     max_messages: int = Field(default=256, ge=1, description="messages of one chat request")
-    max_n: int = Field(default=16, ge=1, le=16, description="choices per request (the engine serves at most 16)")
+    max_n: int = Field(
+        default=16, ge=1, le=16, description="choices per request (the engine serves at most 16)"
+    )
     tenant_requests_per_s: float | None = Field(default=50.0, gt=0)
     tenant_tokens_per_min: int | None = Field(
         default=1_000_000, gt=0, description="prompt tokens (estimated) plus max_tokens"
