@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from services.cli._service import open_client, service_errors
-from services.client import TierCounters
+from services.client import ReplicaStats, TierCounters
 
 __all__ = ["register"]
 
@@ -108,7 +108,8 @@ def chat(
 def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
 ) -> None:
-    """Per replica: adapters resident on GPU / host / disk, hit ratios, load."""
+    """Per replica: the base's quantization and memory, adapters resident on GPU / host /
+    disk, hit ratios, load."""
     from rich.console import Console
     from rich.table import Table
 
@@ -119,6 +120,7 @@ def stats(
         return
     table = Table(
         "replica",
+        "base",
         "gpu",
         "host",
         "disk",
@@ -136,12 +138,21 @@ def stats(
         counters = (replica.in_flight, replica.queued, replica.requests_served)
         table.add_row(
             replica.replica_id,
+            _base(replica),
             f"{len(resident.gpu)}/{replica.gpu_slots}",
             *(str(len(keys)) for keys in (resident.host, resident.disk, resident.loading)),
             *("-" if count is None else str(count) for count in counters),
             *(_ratio(tiers.get(tier)) for tier in ("gpu", "host", "disk")),
         )
     Console().print(table)
+
+
+def _base(replica: ReplicaStats) -> str:
+    """The base's quantization and the bytes its weights hold, e.g. ``nf4 9.3 MB``."""
+    quantization = replica.quantization or "-"
+    if replica.base_model_bytes is None:
+        return quantization
+    return f"{quantization} {replica.base_model_bytes / 1e6:.1f} MB"
 
 
 def _ratio(tier: TierCounters | None) -> str:
