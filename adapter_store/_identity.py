@@ -19,6 +19,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "AdapterRef",
     "AdapterVersion",
+    "Publication",
     "is_version_number",
     "validate_alias",
     "validate_base_model_id",
@@ -211,3 +212,38 @@ class AdapterVersion:
         if not sep or not at or not is_version_number(ver):
             raise InvalidReferenceError(f"adapter key {key!r} is not 'tenant/name@version'")
         return validate_name(tenant, "tenant"), validate_name(name), int(ver)
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """A version about to be published: what :meth:`MetadataStore.publish` writes.
+
+    ``generations`` are the generations of the ``digest`` and ``config_digest`` blobs
+    that ``announce_blobs`` returned; (0, 0) says they were never collected. If gc
+    claimed either blob since, the publish fails and writes nothing.
+    """
+
+    tenant: str
+    name: str
+    digest: str
+    config_digest: str
+    size_bytes: int
+    rank: int
+    base_model: str
+    created_at: float
+    generations: tuple[int, int] = (0, 0)
+    aliases: tuple[str, ...] = ()
+
+    def version(self, number: int) -> AdapterVersion:
+        """The version this publication becomes once the store numbered it."""
+        return AdapterVersion(
+            self.tenant,
+            self.name,
+            number,
+            self.digest,
+            self.config_digest,
+            self.size_bytes,
+            self.rank,
+            self.base_model,
+            self.created_at,
+        )

@@ -33,7 +33,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from adapter_store._identity import LATEST, AdapterVersion, is_version_number
+from adapter_store._identity import LATEST, AdapterVersion, Publication, is_version_number
 from adapter_store._metadata_store import (
     GC_CLAIM_TTL_S,
     GcClaim,
@@ -726,49 +726,29 @@ class RedisMetadataStore:
         Raises:
             TenantNotFoundError, QuotaExceededError.
         """
-        self._run_publish(_Publication.check(tenant, name, size_bytes))
+        # Only the tenant, the name and the size matter to the checks.
+        check = Publication(tenant, name, "", "", size_bytes, 0, "", 0.0)
+        self._run_publish(check, check_only=True)
 
-    def publish(
-        self,
-        tenant: str,
-        name: str,
-        *,
-        digest: str,
-        config_digest: str,
-        size_bytes: int,
-        rank: int,
-        base_model: str,
-        now: float,
-        generations: tuple[int, int],
-        aliases: Sequence[str] = (),
-    ) -> AdapterVersion:
+    def publish(self, publication: Publication) -> AdapterVersion:
         """Atomically allocate the next version and make it visible; move ``latest`` and
-        ``aliases`` to it. ``generations`` are those :meth:`announce_blobs` returned for
-        ``digest`` and ``config_digest``.
+        the publication's ``aliases`` to it.
 
         Raises:
             TenantNotFoundError, QuotaExceededError: nothing was written.
             BlobCollectedError: gc claimed a blob since it was announced; nothing was
                 written; announce and upload it again.
         """
-        publication = _Publication(
-            tenant=tenant,
-            name=name,
-            digest=digest,
-            config_digest=config_digest,
-            size_bytes=size_bytes,
-            rank=rank,
-            base_model=base_model,
-            created_at=now,
-            generations=generations,
-            aliases=tuple(aliases),
-            token=uuid.uuid4().hex,
-        )
-        return publication.version(self._run_publish(publication))
+        return publication.version(self._run_publish(publication, token=uuid.uuid4().hex))
 
-    def _run_publish(self, publication: _Publication) -> int:
+    def _run_publish(
+        self, publication: Publication, *, token: str = "", check_only: bool = False
+    ) -> int:
+        """Run the publish script. ``token`` makes a retried publish return the version
+        the first try made; ``check_only`` runs the tenant and quota checks and writes
+        nothing."""
         tenant, name = publication.tenant, publication.name
-        keys, args = self._publish_call(publication)
+        keys, args = self._publish_call(publication, token=token, check_only=check_only)
         try:
             return int(self._script(f"publish {tenant}/{name}", _PUBLISH, keys, args))
         except _QuotaError as exc:
@@ -776,7 +756,9 @@ class RedisMetadataStore:
         except TenantNotFoundError:
             raise tenant_not_found(tenant) from None
 
-    def _publish_call(self, publication: _Publication) -> tuple[dict[str, str], dict[str, Any]]:
+    def _publish_call(
+        self, publication: Publication, *, token: str, check_only: bool = False
+    ) -> tuple[dict[str, str], dict[str, Any]]:
         """Named KEYS and ARGV of the publish script (the benchmark pipelines them,
         through :meth:`_Lua.call_args` of ``_PUBLISH``)."""
         p = publication
@@ -787,7 +769,7 @@ class RedisMetadataStore:
             "versions_key": vs_key,
             "index_key": f"{self._p}ix:{p.tenant}",
             "refs_key": f"{self._p}refs",
-            "token_key": f"{self._p}push:{p.token}",
+            "token_key": f"{self._p}push:{token}",
             "blobgen_key": f"{self._p}blobgen",
         }
         digest_generation, config_digest_generation = p.generations
@@ -801,7 +783,7 @@ class RedisMetadataStore:
             "base_model": p.base_model,
             "created_at": repr(p.created_at),
             "token_ttl_s": str(_PUSH_TOKEN_TTL_S),
-            "check_only": p.check_only,
+            "check_only": check_only,
             "digest_generation": str(digest_generation),
             "config_digest_generation": str(config_digest_generation),
             "aliases": list(p.aliases),
@@ -1040,48 +1022,6 @@ class RedisMetadataStore:
 
 
 # -- the publish call, reply decoding and error mapping ---------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Publication:
-    """One run of the publish script: the version to write and how to check it.
-
-    ``generations`` are the blobs' generations (``digest``'s, ``config_digest``'s) that
-    :meth:`RedisMetadataStore.announce_blobs` returned; (0, 0) says they were never
-    collected. ``token`` makes a retried publish return the version the first try made.
-    ``check_only`` runs the tenant and quota checks and writes nothing.
-    """
-
-    tenant: str
-    name: str
-    digest: str
-    config_digest: str
-    size_bytes: int
-    rank: int
-    base_model: str
-    created_at: float
-    generations: tuple[int, int] = (0, 0)
-    aliases: tuple[str, ...] = ()
-    token: str = ""
-    check_only: bool = False
-
-    @classmethod
-    def check(cls, tenant: str, name: str, size_bytes: int) -> _Publication:
-        """The quota pre-check: only the tenant, the name and the size matter."""
-        return cls(tenant, name, "", "", size_bytes, 0, "", 0.0, check_only=True)
-
-    def version(self, number: int) -> AdapterVersion:
-        return AdapterVersion(
-            self.tenant,
-            self.name,
-            number,
-            self.digest,
-            self.config_digest,
-            self.size_bytes,
-            self.rank,
-            self.base_model,
-            self.created_at,
-        )
 
 
 # What the resolve script's one-letter replies say is missing.

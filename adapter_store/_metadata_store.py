@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
-from adapter_store._identity import AdapterVersion
+from adapter_store._identity import AdapterVersion, Publication
 from adapter_store._rate_limits import Admission, TenantLimits
 from adapter_store._records import AdapterInfo, Page, Tenant, TenantUsage, VersionInfo
 from adapter_store.exceptions import (
@@ -139,23 +139,9 @@ class MetadataStore(Protocol):
         QuotaExceededError."""
         ...
 
-    def publish(
-        self,
-        tenant: str,
-        name: str,
-        *,
-        digest: str,
-        config_digest: str,
-        size_bytes: int,
-        rank: int,
-        base_model: str,
-        now: float,
-        generations: tuple[int, int],
-        aliases: Sequence[str] = (),
-    ) -> AdapterVersion:
+    def publish(self, publication: Publication) -> AdapterVersion:
         """Allocate the next version number (never reused) and make it visible, with
-        ``latest`` and ``aliases`` on it. ``generations`` are those :meth:`announce_blobs`
-        returned for ``digest`` and ``config_digest``.
+        ``latest`` and the publication's ``aliases`` on it.
 
         Raises:
             TenantNotFoundError, QuotaExceededError: nothing was written.

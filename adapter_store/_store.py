@@ -37,6 +37,7 @@ from adapter_store._disk_cache import DiskCache, download_verified
 from adapter_store._identity import (
     AdapterRef,
     AdapterVersion,
+    Publication,
     is_version_number,
     validate_alias,
     validate_base_model_id,
@@ -216,16 +217,21 @@ class AdapterStore:
             try:
                 generations = self._upload(blobs, on_progress)
                 version = self.metadata.publish(
-                    tenant,
-                    name,
-                    digest=adapter.digest,
-                    config_digest=adapter.config_digest,
-                    size_bytes=adapter.size_bytes,
-                    rank=adapter.max_rank,
-                    base_model=base_model,
-                    now=self._clock(),
-                    generations=(generations[adapter.digest], generations[adapter.config_digest]),
-                    aliases=aliases,
+                    Publication(
+                        tenant,
+                        name,
+                        digest=adapter.digest,
+                        config_digest=adapter.config_digest,
+                        size_bytes=adapter.size_bytes,
+                        rank=adapter.max_rank,
+                        base_model=base_model,
+                        created_at=self._clock(),
+                        generations=(
+                            generations[adapter.digest],
+                            generations[adapter.config_digest],
+                        ),
+                        aliases=tuple(aliases),
+                    )
                 )
                 break
             except BlobCollectedError as exc:

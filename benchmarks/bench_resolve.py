@@ -26,8 +26,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from adapter_store import AdapterStore, LocalBlobStore, RedisMetadataStore
-from adapter_store._metadata import _PUBLISH, _Publication
+from adapter_store import AdapterStore, LocalBlobStore, Publication, RedisMetadataStore
+from adapter_store._metadata import _PUBLISH
 from adapter_store._redis_server import RedisServerProcess
 from scheduler import percentile
 
@@ -77,7 +77,7 @@ def main() -> None:
         for i in range(opts.versions):
             name, number = f"adapter-{i % opts.adapters:05d}", i // opts.adapters + 1
             digest = hashlib.sha256(f"{name}@{number}".encode()).hexdigest()
-            publication = _Publication(
+            publication = Publication(
                 tenant="bench",
                 name=name,
                 digest=hashlib.sha256(digest.encode()).hexdigest(),
@@ -87,9 +87,9 @@ def main() -> None:
                 base_model="llama-3-8b",
                 created_at=time.time(),
                 aliases=("prod",) if number == per_adapter // 2 else (),
-                token=uuid.uuid4().hex,
             )
-            keys, args = _PUBLISH.call_args(*metadata._publish_call(publication))
+            call = metadata._publish_call(publication, token=uuid.uuid4().hex)
+            keys, args = _PUBLISH.call_args(*call)
             metadata._publish(keys=keys, args=args, client=pipe)
             if len(pipe) >= 1000:
                 pipe.execute()

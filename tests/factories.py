@@ -86,17 +86,11 @@ def publish_version(
     """Publish a version of ``tenant/name`` whose blobs are the digests of ``content``
     (weights) and ``content + "-config"``, rank 8 on base model ``tiny``; no blob behind
     it was ever collected."""
+    from adapter_store import Publication
+
+    digest, config_digest = sha256_hex(content), sha256_hex(content + "-config")
     return meta.publish(
-        tenant,
-        name,
-        digest=sha256_hex(content),
-        config_digest=sha256_hex(content + "-config"),
-        size_bytes=size,
-        rank=8,
-        base_model="tiny",
-        now=now,
-        generations=(0, 0),
-        aliases=aliases,
+        Publication(tenant, name, digest, config_digest, size, 8, "tiny", now, aliases=aliases)
     )
 
 

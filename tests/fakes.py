@@ -28,8 +28,8 @@ from dataclasses import dataclass, field, replace
 from functools import wraps
 from typing import Any, TypeVar, cast
 
+from adapter_store import LATEST, AdapterVersion, Publication, is_version_number
 from adapter_store._blobs import BlobStore
-from adapter_store._identity import LATEST, AdapterVersion, is_version_number
 from adapter_store._metadata_store import (
     GC_CLAIM_TTL_S,
     GcClaim,
@@ -260,39 +260,25 @@ class InMemoryMetadataStore:
         self._check_quotas(tenant, name, size_bytes)
 
     @_locked
-    def publish(
-        self,
-        tenant: str,
-        name: str,
-        *,
-        digest: str,
-        config_digest: str,
-        size_bytes: int,
-        rank: int,
-        base_model: str,
-        now: float,
-        generations: tuple[int, int],
-        aliases: Sequence[str] = (),
-    ) -> AdapterVersion:
-        row = self._check_quotas(tenant, name, size_bytes)
-        for blob, generation in zip((digest, config_digest), generations, strict=True):
+    def publish(self, publication: Publication) -> AdapterVersion:
+        p = publication
+        row = self._check_quotas(p.tenant, p.name, p.size_bytes)
+        blobs = (p.digest, p.config_digest)
+        for blob, generation in zip(blobs, p.generations, strict=True):
             if self._generations.get(blob, 0) != generation:
-                raise blob_collected(f"publish {tenant}/{name}", blob)
-        adapter = self._adapters.setdefault((tenant, name), _AdapterRow())
+                raise blob_collected(f"publish {p.tenant}/{p.name}", blob)
+        adapter = self._adapters.setdefault((p.tenant, p.name), _AdapterRow())
         adapter.last_number += 1
-        number = adapter.last_number
-        version = AdapterVersion(
-            tenant, name, number, digest, config_digest, size_bytes, rank, base_model, now
-        )
-        self._versions[(tenant, name, number)] = _VersionRow(version)
+        version = p.version(adapter.last_number)
+        self._versions[(p.tenant, p.name, version.version)] = _VersionRow(version)
         if not adapter.live:
-            adapter.created_at = now
+            adapter.created_at = p.created_at
             row.adapters += 1
-        adapter.live.add(number)
-        row.bytes += size_bytes
-        for alias in (LATEST, *aliases):
-            adapter.aliases[alias] = number
-        for blob in (digest, config_digest):
+        adapter.live.add(version.version)
+        row.bytes += p.size_bytes
+        for alias in (LATEST, *p.aliases):
+            adapter.aliases[alias] = version.version
+        for blob in blobs:
             self._refs[blob] = self._refs.get(blob, 0) + 1
         return version
 

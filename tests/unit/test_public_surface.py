@@ -52,6 +52,7 @@ PUBLIC = {
         "ModuleLora",
         "NotFoundError",
         "Page",
+        "Publication",
         "QuotaExceededError",
         "RedisMetadataStore",
         "S3BlobStore",

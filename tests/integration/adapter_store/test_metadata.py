@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from adapter_store._metadata import _PUBLISH, RedisMetadataStore, _Publication
+from adapter_store import Publication
+from adapter_store._metadata import _PUBLISH, RedisMetadataStore
 from adapter_store.exceptions import BackendUnavailableError, TenantNotFoundError
 from tests.factories import publish_version, sha256_hex
 
@@ -50,8 +51,8 @@ def test_publish_writes_the_documented_version_hash_with_exact_times(
 def test_script_keys_are_named_and_a_missing_name_fails_before_redis(
     meta: RedisMetadataStore,
 ) -> None:
-    publication = _Publication("acme", "chat", "d", "c", 1, 8, "tiny", 1.0, token="tok")
-    keys, args = meta._publish_call(publication)
+    publication = Publication("acme", "chat", "d", "c", 1, 8, "tiny", 1.0)
+    keys, args = meta._publish_call(publication, token="tok")
     key_list, arg_list = _PUBLISH.call_args(keys, args)
     assert key_list[_PUBLISH.keys.index("token_key")] == "t:push:tok"
     assert len(arg_list) == 1 and '"size_bytes": "1"' in arg_list[0]
@@ -76,11 +77,11 @@ def test_a_key_moved_to_another_tenant_leaves_the_old_tenants_key_set(
 
 def test_a_retried_publish_returns_the_version_the_first_try_made(meta: RedisMetadataStore) -> None:
     # A publish whose reply was lost is retried with the same push token.
-    publication = _Publication(
-        "acme", "chat", sha256_hex("w"), sha256_hex("c"), 100, 8, "tiny", 10.0, token="token-1"
+    publication = Publication(
+        "acme", "chat", sha256_hex("w"), sha256_hex("c"), 100, 8, "tiny", 10.0
     )
-    first = meta._run_publish(publication)
-    again = meta._run_publish(publication)
+    first = meta._run_publish(publication, token="token-1")
+    again = meta._run_publish(publication, token="token-1")
     assert first == again == 1
     assert meta.get_adapter("acme", "chat").versions == (1,)
     assert meta.get_usage("acme").bytes == 100

@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from adapter_store import Admission, MetadataStore, RedisMetadataStore, TenantLimits
+from adapter_store import (
+    Admission,
+    MetadataStore,
+    Publication,
+    RedisMetadataStore,
+    TenantLimits,
+)
 from adapter_store._rate_limits import Buckets, admit
 from adapter_store.exceptions import (
     AdapterNotFoundError,
@@ -250,15 +256,17 @@ def test_a_publish_on_a_blob_gc_claimed_since_the_announce_is_refused(
     assert meta.announce_blobs([digest], now=22.0) == ([digest], {digest: 1})
     with pytest.raises(BlobCollectedError, match=f"gc deleted blob {digest}"):
         meta.publish(
-            "acme",
-            "chat",
-            digest=digest,
-            config_digest=config_digest,
-            size_bytes=100,
-            rank=8,
-            base_model="tiny",
-            now=23.0,
-            generations=(generations[digest], generations[config_digest]),
+            Publication(
+                "acme",
+                "chat",
+                digest,
+                config_digest,
+                size_bytes=100,
+                rank=8,
+                base_model="tiny",
+                created_at=23.0,
+                generations=(generations[digest], generations[config_digest]),
+            )
         )
     with pytest.raises(AdapterNotFoundError):
         meta.get_adapter("acme", "chat")
