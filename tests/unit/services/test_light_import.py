@@ -6,8 +6,6 @@ import json
 import subprocess
 import sys
 
-import services
-
 HEAVY = (
     "torch",
     "ray",
@@ -33,76 +31,6 @@ def test_importing_the_sdk_imports_no_server_dependency() -> None:
     )
 
     assert json.loads(result.stdout) == []
-
-
-def test_the_package_exports_exactly_the_sdk_models_and_errors() -> None:
-    assert sorted(services.__all__) == sorted(
-        [
-            "APIConnectionError",
-            "APIStatusError",
-            "AdapterCounters",
-            "AdapterInfo",
-            "AdapterPage",
-            "AdapterVersionInfo",
-            "AliasUpdate",
-            "AsyncClient",
-            "UnauthorizedError",
-            "BadRequestError",
-            "ChatCompletion",
-            "ChatCompletionChoice",
-            "ChatCompletionChunk",
-            "ChatCompletionChunkChoice",
-            "ChatCompletionRequest",
-            "ChatMessage",
-            "ChoiceDelta",
-            "ContentPart",
-            "FunctionCall",
-            "FunctionDefinition",
-            "JsonSchemaFormat",
-            "NamedToolChoice",
-            "ResponseFormat",
-            "StreamOptions",
-            "ToolCall",
-            "ToolCallDelta",
-            "ToolDefinition",
-            "Client",
-            "Completion",
-            "CompletionChoice",
-            "CompletionRequest",
-            "ConfigurationError",
-            "ResourceConflictError",
-            "Deleted",
-            "ErrorBody",
-            "ErrorDetail",
-            "FinishReason",
-            "Health",
-            "InternalServerError",
-            "InvalidAdapterPathError",
-            "KeyRevoke",
-            "KeyRevoked",
-            "LoadLatency",
-            "LoramuxError",
-            "Model",
-            "ModelList",
-            "ResourceNotFoundError",
-            "PayloadTooLargeError",
-            "PermissionDeniedError",
-            "ProgressCallback",
-            "OverQuotaError",
-            "QuotaUpdate",
-            "ReplicaStats",
-            "ResidentKeys",
-            "ServiceStats",
-            "RateLimitError",
-            "ServiceUnavailableError",
-            "TenantCreate",
-            "TenantCreated",
-            "TenantUsage",
-            "TierCounters",
-            "Usage",
-        ]
-    )
-    assert all(hasattr(services, name) for name in services.__all__)
 
 
 def test_the_client_package_exports_the_sdk_and_wire_models_without_errors() -> None:
