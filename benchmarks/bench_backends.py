@@ -18,7 +18,6 @@ process on one machine, so the backends are compared like with like.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
@@ -30,7 +29,7 @@ from typing import Any
 
 import torch
 
-from adapter_store import AdapterVersion
+from benchmarks._common import RANKS, bench_version, decode_parser
 from scheduler import Tier
 from services.engine import (
     CacheHooks,
@@ -41,8 +40,8 @@ from services.engine import (
 )
 from tests.factories import make_peft_adapter, save_model_dir, tiny_llama
 
-RANKS = (8, 16, 32, 64)
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+MODEL_NAME = "bench-llama"
 MODEL = {
     "vocab_size": 512,
     "hidden_size": 512,
@@ -52,19 +51,6 @@ MODEL = {
     "num_key_value_heads": 8,
     "max_position_embeddings": 1024,
 }
-
-
-def _version(index: int) -> AdapterVersion:
-    return AdapterVersion(
-        tenant="bench",
-        name=f"adapter-{index}",
-        version=1,
-        digest="0" * 64,
-        config_digest="1" * 64,
-        size_bytes=1,
-        rank=RANKS[index % len(RANKS)],
-        base_model="bench-llama",
-    )
 
 
 def _percentile_ms(values: list[float], q: float) -> float:
@@ -80,7 +66,7 @@ async def _run(engine, adapters: list[int | None], max_tokens: int) -> tuple[flo
     async def one(index: int, adapter: int | None) -> int:
         request = GenerationRequest(
             prompt=f"request {index:02d}: tell me something",
-            adapter=None if adapter is None else _version(adapter),
+            adapter=None if adapter is None else bench_version(adapter, MODEL_NAME),
             sampling=sampling,
         )
         start = time.perf_counter()
@@ -97,7 +83,7 @@ async def _run(engine, adapters: list[int | None], max_tokens: int) -> tuple[flo
 
 
 async def bench_backend(kind: str, model_dir: Path, adapter_dirs: list[Path], args) -> dict:
-    by_key = {_version(i).key: path for i, path in enumerate(adapter_dirs)}
+    by_key = {bench_version(i, MODEL_NAME).key: path for i, path in enumerate(adapter_dirs)}
     options = EngineOptions(
         base_model=model_dir,
         name="bench-llama",
@@ -145,13 +131,8 @@ async def bench_backend(kind: str, model_dir: Path, adapter_dirs: list[Path], ar
 
 
 async def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = decode_parser(__doc__.splitlines()[0], max_tokens=32, threads=2)
     parser.add_argument("--engines", default="hf,vllm", help="comma-separated backends")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (hf)")
-    parser.add_argument("--quick", action="store_true", help="small smoke run")
     args = parser.parse_args(argv)
     if args.quick:
         args.batch, args.max_tokens, args.repeats = 8, 8, 1

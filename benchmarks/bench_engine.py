@@ -33,7 +33,6 @@ with like.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import copy
 import hashlib
@@ -51,7 +50,15 @@ from typing import Any
 
 import torch
 
-from adapter_store import AdapterVersion, DiskCache, LocalBlobStore, blob_key
+from adapter_store import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    AdapterVersion,
+    DiskCache,
+    LocalBlobStore,
+    blob_key,
+)
+from benchmarks._common import LLAMA_100M, RANKS, bench_version, decode_parser
 from services.engine import (
     NO_ADAPTER_SLOT,
     Engine,
@@ -63,35 +70,11 @@ from services.engine import (
     load_base_model,
 )
 from services.engine._batching import KvBatch
-from services.engine._host_adapter import CONFIG_FILE, WEIGHTS_FILE
 from tests.factories import make_peft_adapter
 
-RANKS = (8, 16, 32, 64)
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 PREFILL_LENGTHS = (16, 64, 128, 256)
 ATTENTION_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
-LLAMA_100M = {
-    "vocab_size": 16000,
-    "hidden_size": 768,
-    "intermediate_size": 2048,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "num_key_value_heads": 12,
-    "max_position_embeddings": 2048,
-}
-
-
-def _version(index: int) -> AdapterVersion:
-    return AdapterVersion(
-        tenant="bench",
-        name=f"adapter-{index}",
-        version=1,
-        digest="0" * 64,
-        config_digest="1" * 64,
-        size_bytes=1,
-        rank=RANKS[index % len(RANKS)],
-        base_model="tiny",
-    )
 
 
 @dataclass
@@ -142,8 +125,8 @@ def load_adapters(model: MultiLoraModel, adapter_dirs: list[Path]) -> dict[str, 
     """Adapter ``i`` into slot ``i``; return adapter key -> slot."""
     slots = {}
     for index, adapter_dir in enumerate(adapter_dirs):
-        model.load_slot(index, HostAdapter.from_dir(_version(index).key, adapter_dir, model))
-        slots[_version(index).key] = index
+        model.load_slot(index, HostAdapter.from_dir(bench_version(index).key, adapter_dir, model))
+        slots[bench_version(index).key] = index
     return slots
 
 
@@ -174,7 +157,9 @@ async def bench_decode(base, model: MultiLoraModel, slots: dict[str, int], args)
 
     def requests(adapter_of: Callable[[int], int]) -> list[GenerationRequest]:
         return [
-            GenerationRequest(prompt=_prompt(i), adapter=_version(adapter_of(i)), sampling=sampling)
+            GenerationRequest(
+                prompt=_prompt(i), adapter=bench_version(adapter_of(i)), sampling=sampling
+            )
             for i in range(batch)
         ]
 
@@ -274,7 +259,7 @@ def bench_loads(
             target_modules=ATTENTION_TARGETS,
         )
         files = {}
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
             data = (adapter_dir / name).read_bytes()
             files[name] = hashlib.sha256(data).hexdigest()
             blobs.put_bytes(blob_key(files[name]), data)
@@ -299,7 +284,9 @@ async def _ttft_ms(engine: Engine, repeats: int) -> float:
     sampling = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
     times = []
     for index in range(repeats + 1):  # the first is a warm-up
-        request = GenerationRequest(prompt=_prompt(index), adapter=_version(0), sampling=sampling)
+        request = GenerationRequest(
+            prompt=_prompt(index), adapter=bench_version(0), sampling=sampling
+        )
         start = time.perf_counter()
         async for _ in engine.generate(request):
             break
@@ -333,7 +320,7 @@ async def bench_quantized(args, work: Path) -> dict[str, Any]:
     del plain
     sampling = SamplingParams(max_tokens=args.max_tokens, temperature=0, ignore_eos=True)
     distinct = [
-        GenerationRequest(prompt=_prompt(i), adapter=_version(i), sampling=sampling)
+        GenerationRequest(prompt=_prompt(i), adapter=bench_version(i), sampling=sampling)
         for i in range(args.batch)
     ]
     engines: dict[str, Engine] = {}
@@ -387,14 +374,9 @@ def _llama_100m():  # -> (model, parameter count)
 
 
 async def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = decode_parser(__doc__.splitlines()[0], max_tokens=32, threads=1)
     parser.add_argument("--steps", type=int, default=20, help="decode steps per step-time point")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--skip-100m", action="store_true", help="skip the ~100M model loads")
-    parser.add_argument("--quick", action="store_true", help="small smoke run")
     parser.add_argument(
         "--quantize",
         type=lambda text: text.split(","),

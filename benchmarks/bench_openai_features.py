@@ -20,7 +20,6 @@ Run: ``python -m benchmarks.bench_openai_features`` (``--quick`` for a smoke run
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import copy
 import json
@@ -35,13 +34,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.bench_engine import (
-    RANKS,
-    _PreloadedSlots,
-    _prompt,
-    _version,
-    load_distinct_adapters,
-)
+from benchmarks._common import RANKS, bench_version, decode_parser
+from benchmarks.bench_engine import _PreloadedSlots, _prompt, load_distinct_adapters
 from services.engine import (
     Engine,
     GenerationRequest,
@@ -76,7 +70,7 @@ def scenarios(batch: int, max_tokens: int) -> dict[str, list[GenerationRequest]]
         return [
             GenerationRequest(
                 prompt=_prompt(i),
-                adapter=_version(i),
+                adapter=bench_version(i),
                 sampling=SamplingParams(
                     max_tokens=max_tokens, temperature=1.0, seed=i, ignore_eos=True, **feature_of(i)
                 ),
@@ -102,12 +96,7 @@ async def run(engine: Engine, requests: list[GenerationRequest]) -> tuple[float,
 
 
 async def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--quick", action="store_true", help="small smoke run")
+    parser = decode_parser(__doc__.splitlines()[0], max_tokens=64, threads=1)
     args = parser.parse_args(argv)
     if args.quick:
         args.batch, args.max_tokens, args.repeats = 8, 16, 1

@@ -31,13 +31,12 @@ from typing import Any
 
 import torch
 
+from benchmarks._common import LLAMA_1B, RANKS, bench_version
 from benchmarks.bench_engine import (
     ATTENTION_TARGETS,
-    RANKS,
     _PreloadedSlots,
     _prompt,
     _tokens_per_second,
-    _version,
 )
 from services.engine import (
     NO_ADAPTER_SLOT,
@@ -53,16 +52,7 @@ from services.engine._batching import KvBatch
 from tests.factories import make_peft_adapter, tiny_llama
 
 CONFIGS = {
-    # TinyLlama-1.1B's shape.
-    "1b": {
-        "vocab_size": 32000,
-        "hidden_size": 2048,
-        "intermediate_size": 5632,
-        "num_hidden_layers": 22,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 4,
-        "max_position_embeddings": 2048,
-    },
+    "1b": LLAMA_1B,
     "small": {
         "vocab_size": 512,
         "hidden_size": 256,
@@ -158,7 +148,7 @@ async def bench_decode(base, model: MultiLoraModel, slots, batch: int, max_token
         return [
             GenerationRequest(
                 prompt=_prompt(i),
-                adapter=None if adapter_of(i) is None else _version(adapter_of(i)),
+                adapter=None if adapter_of(i) is None else bench_version(adapter_of(i)),
                 sampling=sampling,
             )
             for i in range(batch)
@@ -223,8 +213,8 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = MultiLoraModel(base.model, max_slots=args.batch, max_rank=max(RANKS))
     slots = {}
     for index, adapter_dir in enumerate(adapter_dirs):
-        model.load_slot(index, HostAdapter.from_dir(_version(index).key, adapter_dir, model))
-        slots[_version(index).key] = index
+        model.load_slot(index, HostAdapter.from_dir(bench_version(index).key, adapter_dir, model))
+        slots[bench_version(index).key] = index
     assert NO_ADAPTER_SLOT not in slots.values()
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

@@ -38,13 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
+from benchmarks._common import LLAMA_1B, bench_version
 from benchmarks.bench_engine import (
     RANKS,
     _PreloadedSlots,
     _prompt,
     _tokens_per_second,
     _ttft_ms,
-    _version,
     load_adapters,
 )
 from services.engine import (
@@ -57,15 +57,6 @@ from services.engine import (
     plan_gpu_slots,
 )
 
-LLAMA_1B = {  # TinyLlama-1.1B's shape
-    "vocab_size": 32000,
-    "hidden_size": 2048,
-    "intermediate_size": 5632,
-    "num_hidden_layers": 22,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 4,
-    "max_position_embeddings": 2048,
-}
 SMOKE = {
     **LLAMA_1B,
     "hidden_size": 128,
@@ -160,7 +151,7 @@ async def measure(
     slots = load_adapters(model, adapters)
     sampling = SamplingParams(max_tokens=args.max_tokens, temperature=0, ignore_eos=True)
     requests = [
-        GenerationRequest(prompt=_prompt(i), adapter=_version(i), sampling=sampling)
+        GenerationRequest(prompt=_prompt(i), adapter=bench_version(i), sampling=sampling)
         for i in range(ADAPTERS)
     ]
     async with Engine(base, model, _PreloadedSlots(slots), max_batch_size=ADAPTERS) as engine:

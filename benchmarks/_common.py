@@ -1,0 +1,56 @@
+"""What several benchmarks share: model shapes, adapter identities and the decode
+workload's command-line options."""
+
+from __future__ import annotations
+
+import argparse
+
+from adapter_store import AdapterVersion
+
+RANKS = (8, 16, 32, 64)
+
+# Random-weight Llama shapes the engine benchmarks build locally (nothing is downloaded).
+LLAMA_100M = {
+    "vocab_size": 16000,
+    "hidden_size": 768,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 12,
+    "max_position_embeddings": 2048,
+}
+LLAMA_1B = {  # TinyLlama-1.1B's shape
+    "vocab_size": 32000,
+    "hidden_size": 2048,
+    "intermediate_size": 5632,
+    "num_hidden_layers": 22,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 2048,
+}
+
+
+def bench_version(index: int, base_model: str = "tiny") -> AdapterVersion:
+    """The identity of the benchmark's ``index``-th adapter (ranks cycle through RANKS)."""
+    return AdapterVersion(
+        tenant="bench",
+        name=f"adapter-{index}",
+        version=1,
+        digest="0" * 64,
+        config_digest="1" * 64,
+        size_bytes=1,
+        rank=RANKS[index % len(RANKS)],
+        base_model=base_model,
+    )
+
+
+def decode_parser(description: str, *, max_tokens: int, threads: int) -> argparse.ArgumentParser:
+    """Options of a decode workload: concurrent requests, tokens each, repeats, torch
+    threads, and ``--quick`` for a smoke run."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--batch", type=int, default=32, help="concurrent requests")
+    parser.add_argument("--max-tokens", type=int, default=max_tokens)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=threads, help="torch intra-op threads")
+    parser.add_argument("--quick", action="store_true", help="small smoke run")
+    return parser
