@@ -4,10 +4,13 @@ workload's command-line options."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
 from adapter_store import AdapterVersion
 
 RANKS = (8, 16, 32, 64)
+ATTENTION_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 # Random-weight Llama shapes the engine benchmarks build locally (nothing is downloaded).
 LLAMA_100M = {
@@ -54,3 +57,21 @@ def decode_parser(description: str, *, max_tokens: int, threads: int) -> argpars
     parser.add_argument("--threads", type=int, default=threads, help="torch intra-op threads")
     parser.add_argument("--quick", action="store_true", help="small smoke run")
     return parser
+
+
+def make_distinct_adapters(plain: Any, work: Path, count: int) -> list[Path]:
+    """``count`` PEFT adapters for ``plain`` (ranks cycling through :data:`RANKS`,
+    attention projections)."""
+    from tests.factories import make_peft_adapter
+
+    return [
+        make_peft_adapter(
+            plain,
+            work / f"adapter-{index}",
+            seed=index,
+            r=RANKS[index % len(RANKS)],
+            lora_alpha=2 * RANKS[index % len(RANKS)],
+            target_modules=ATTENTION_TARGETS,
+        )
+        for index in range(count)
+    ]

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import RANKS, bench_version, decode_parser
+from benchmarks._common import RANKS, bench_version, decode_parser, make_distinct_adapters
 from scheduler import Tier
 from services.engine import (
     CacheHooks,
@@ -38,9 +38,8 @@ from services.engine import (
     SamplingParams,
     open_engine,
 )
-from tests.factories import make_peft_adapter, save_model_dir, tiny_llama
+from tests.factories import save_model_dir, tiny_llama
 
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MODEL_NAME = "bench-llama"
 MODEL = {
     "vocab_size": 512,
@@ -140,17 +139,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-backends-"))
     llama = tiny_llama(seed=0, **MODEL)
     model_dir = save_model_dir(llama, work / "bench-llama", work / "models")
-    adapter_dirs = [
-        make_peft_adapter(
-            llama,
-            work / f"adapter-{i}",
-            seed=i,
-            r=RANKS[i % len(RANKS)],
-            lora_alpha=2 * RANKS[i % len(RANKS)],
-            target_modules=TARGETS,
-        )
-        for i in range(args.batch)
-    ]
+    adapter_dirs = make_distinct_adapters(llama, work, args.batch)
     report: dict[str, Any] = {
         "model_parameters": sum(p.numel() for p in llama.parameters()),
         "batch": args.batch,

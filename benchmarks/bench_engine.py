@@ -58,7 +58,14 @@ from adapter_store import (
     LocalBlobStore,
     blob_key,
 )
-from benchmarks._common import LLAMA_100M, RANKS, bench_version, decode_parser
+from benchmarks._common import (
+    ATTENTION_TARGETS,
+    LLAMA_100M,
+    RANKS,
+    bench_version,
+    decode_parser,
+    make_distinct_adapters,
+)
 from services.engine import (
     NO_ADAPTER_SLOT,
     Engine,
@@ -74,7 +81,6 @@ from tests.factories import make_peft_adapter
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 PREFILL_LENGTHS = (16, 64, 128, 256)
-ATTENTION_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 @dataclass
@@ -103,22 +109,6 @@ def median_ms(action: Callable[[], object], repeats: int) -> float:
         action()
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
-
-
-def make_distinct_adapters(plain, work: Path, count: int) -> list[Path]:
-    """``count`` PEFT adapters for ``plain`` (ranks cycling through :data:`RANKS`,
-    attention projections)."""
-    return [
-        make_peft_adapter(
-            plain,
-            work / f"adapter-{index}",
-            seed=index,
-            r=RANKS[index % len(RANKS)],
-            lora_alpha=2 * RANKS[index % len(RANKS)],
-            target_modules=ATTENTION_TARGETS,
-        )
-        for index in range(count)
-    ]
 
 
 def load_adapters(model: MultiLoraModel, adapter_dirs: list[Path]) -> dict[str, int]:

@@ -31,9 +31,8 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import LLAMA_1B, RANKS, bench_version
+from benchmarks._common import ATTENTION_TARGETS, LLAMA_1B, RANKS, bench_version
 from benchmarks.bench_engine import (
-    ATTENTION_TARGETS,
     _PreloadedSlots,
     _prompt,
     _tokens_per_second,
