@@ -47,7 +47,7 @@ from adapter_store._metadata_store import (
     tenant_not_found,
     unknown_key,
 )
-from adapter_store._rate_limits import IN_FLIGHT_RETRY_S, Admission, TenantLimits
+from adapter_store._rate_limits import IN_FLIGHT_RETRY_S, Admission, Lease, TenantLimits
 from adapter_store._records import AdapterInfo, Page, Tenant, TenantUsage, VersionInfo
 from adapter_store._retry import call_with_retries
 from adapter_store.exceptions import (
@@ -615,18 +615,10 @@ class RedisMetadataStore:
         }
         self._set_tenant_fields(f"set limits of tenant {name!r}", name, fields)
 
-    def admit(
-        self,
-        tenant: str,
-        limits: TenantLimits,
-        *,
-        tokens: int,
-        lease: str,
-        now: float,
-        lease_ttl_s: float,
-    ) -> Admission:
+    def admit(self, lease: Lease, limits: TenantLimits, *, tokens: int, now: float) -> Admission:
         """Admit one request under ``limits`` (one round trip), holding ``lease`` until
-        :meth:`release` or ``now + lease_ttl_s``; or refuse it, charging nothing."""
+        :meth:`release` or its expiry; or refuse it, charging nothing."""
+        tenant, lease_ttl_s = lease.tenant, max(0.0, lease.expires_at - now)
         buckets_ttl = math.ceil(max(60.0, limits.request_burst / (limits.requests_per_s or 1.0)))
         admitted, limit, retry_after, in_flight = self._script(
             f"admit a request of tenant {tenant!r}",
@@ -640,8 +632,8 @@ class RedisMetadataStore:
                 "tokens_per_min": _opt(limits.tokens_per_min),
                 "max_in_flight": _opt(limits.max_in_flight),
                 "in_flight_retry_s": repr(IN_FLIGHT_RETRY_S),
-                "lease": lease,
-                "lease_expires_at": repr(now + lease_ttl_s),
+                "lease": lease.id,
+                "lease_expires_at": repr(lease.expires_at),
                 "buckets_ttl_s": str(buckets_ttl + 1),
                 "leases_ttl_s": str(math.ceil(lease_ttl_s) + 1),
             },

@@ -12,7 +12,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
 from adapter_store._identity import AdapterVersion, Publication
-from adapter_store._rate_limits import Admission, TenantLimits
+from adapter_store._rate_limits import Admission, Lease, TenantLimits
 from adapter_store._records import AdapterInfo, Page, Tenant, TenantUsage, VersionInfo
 from adapter_store.exceptions import (
     AdapterNotFoundError,
@@ -99,19 +99,10 @@ class MetadataStore(Protocol):
         """Replace the tenant's own limits. Raises TenantNotFoundError."""
         ...
 
-    def admit(
-        self,
-        tenant: str,
-        limits: TenantLimits,
-        *,
-        tokens: int,
-        lease: str,
-        now: float,
-        lease_ttl_s: float,
-    ) -> Admission:
-        """Admit one request costing ``tokens`` under ``limits`` (the policy of
-        ``adapter_store._rate_limits.admit``, shared by every caller of this store) and
-        hold ``lease`` until :meth:`release` or ``now + lease_ttl_s``; or refuse it,
+    def admit(self, lease: Lease, limits: TenantLimits, *, tokens: int, now: float) -> Admission:
+        """Admit one request of ``lease.tenant`` costing ``tokens`` under ``limits`` (the
+        policy of ``adapter_store._rate_limits.admit``, shared by every caller of this
+        store) and hold ``lease`` until :meth:`release` or its expiry; or refuse it,
         charging nothing."""
         ...
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-__all__ = ["Admission", "TenantLimits"]
+__all__ = ["Admission", "Lease", "TenantLimits"]
 
 LimitName = Literal["requests_per_s", "tokens_per_min", "max_in_flight"]
 # A tenant at its in-flight limit learns no finish time (requests end when they end):
@@ -77,6 +77,16 @@ class Buckets:
     @classmethod
     def full(cls, limits: TenantLimits, now: float) -> Buckets:
         return cls(limits.request_burst, float(limits.tokens_per_min or 0), now)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One admitted request's hold on a tenant's in-flight count, until it is released
+    or ``expires_at`` passes (so a crashed ingress's leases end on their own)."""
+
+    tenant: str
+    id: str
+    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from adapter_store import RedisMetadataStore, TenantLimits
+from adapter_store import Lease, RedisMetadataStore, TenantLimits
 from adapter_store._redis_server import RedisServerProcess
 from services._settings import LimitSettings
 from services.api._request_limits import check_generation
@@ -68,13 +68,11 @@ def main() -> None:
             def limited() -> None:
                 body = CompletionRequest.model_validate_json(BODY)
                 tokens = check_generation(body, body.max_tokens or 16, limits)
-                lease = uuid.uuid4().hex
-                answer = meta.admit(
-                    "acme", tenant_limits, tokens=tokens, lease=lease, now=time.time(),
-                    lease_ttl_s=60.0,
-                )  # fmt: skip
+                now = time.time()
+                lease = Lease("acme", uuid.uuid4().hex, now + 60.0)
+                answer = meta.admit(lease, tenant_limits, tokens=tokens, now=now)
                 assert answer.admitted
-                meta.release("acme", lease)
+                meta.release("acme", lease.id)
 
             for fn in (baseline, limited):  # warm up: connections, scripts, caches
                 _percentiles(fn, 200)

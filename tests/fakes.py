@@ -42,7 +42,7 @@ from adapter_store._metadata_store import (
     tenant_not_found,
     unknown_key,
 )
-from adapter_store._rate_limits import Admission, Buckets, TenantLimits, admit
+from adapter_store._rate_limits import Admission, Buckets, Lease, TenantLimits, admit
 from adapter_store._records import AdapterInfo, Page, Tenant, TenantUsage, VersionInfo
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -209,25 +209,16 @@ class InMemoryMetadataStore:
         self._tenants[name].limits = limits
 
     @_locked
-    def admit(
-        self,
-        tenant: str,
-        limits: TenantLimits,
-        *,
-        tokens: int,
-        lease: str,
-        now: float,
-        lease_ttl_s: float,
-    ) -> Admission:
-        leases = {k: t for k, t in self._leases.get(tenant, {}).items() if t >= now}
-        self._leases[tenant] = leases
+    def admit(self, lease: Lease, limits: TenantLimits, *, tokens: int, now: float) -> Admission:
+        leases = {k: t for k, t in self._leases.get(lease.tenant, {}).items() if t >= now}
+        self._leases[lease.tenant] = leases
         admission, buckets = admit(
-            limits, self._buckets.get(tenant), in_flight=len(leases), tokens=tokens, now=now
+            limits, self._buckets.get(lease.tenant), in_flight=len(leases), tokens=tokens, now=now
         )
         if admission.admitted:
             assert buckets is not None
-            self._buckets[tenant] = buckets
-            leases[lease] = now + lease_ttl_s
+            self._buckets[lease.tenant] = buckets
+            leases[lease.id] = lease.expires_at
         return admission
 
     @_locked

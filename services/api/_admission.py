@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from adapter_store import MetadataStore, TenantLimits
+from adapter_store import Lease, MetadataStore, TenantLimits
 from services._settings import LimitSettings
 from services.exceptions import BadRequestError, RateLimitError
 
@@ -86,15 +86,9 @@ class TenantAdmission:
                 f"above tenant {tenant!r}'s tokens_per_min of {limits.tokens_per_min}; ask "
                 "for fewer max_tokens or a shorter prompt (loramux tenant limits raises it)"
             )
-        lease = uuid.uuid4().hex
-        answer = self._metadata.admit(
-            tenant,
-            limits,
-            tokens=tokens,
-            lease=lease,
-            now=self._clock(),
-            lease_ttl_s=self._settings.lease_ttl_s,
-        )
+        now = self._clock()
+        lease = Lease(tenant, uuid.uuid4().hex, now + self._settings.lease_ttl_s)
+        answer = self._metadata.admit(lease, limits, tokens=tokens, now=now)
         if not answer.admitted:
             assert answer.limit is not None
             value = getattr(limits, answer.limit)
@@ -105,13 +99,13 @@ class TenantAdmission:
                 retry_after_s=answer.retry_after_s,
             )
         with self._lock:
-            self._held.setdefault(tenant, set()).add(lease)
+            self._held.setdefault(tenant, set()).add(lease.id)
         try:
             yield
         finally:
             with self._lock:
-                self._held[tenant].discard(lease)
-            self._metadata.release(tenant, lease)
+                self._held[tenant].discard(lease.id)
+            self._metadata.release(tenant, lease.id)
 
     @property
     def renew_every_s(self) -> float:

@@ -16,6 +16,7 @@ import pytest
 
 from adapter_store import (
     Admission,
+    Lease,
     MetadataStore,
     Publication,
     RedisMetadataStore,
@@ -291,7 +292,7 @@ def test_limits_are_stored_per_tenant_and_need_the_tenant(meta: MetadataStore) -
 
 def _admit(meta: MetadataStore, limits: TenantLimits, now: float, tokens: int = 10) -> Admission:
     return meta.admit(
-        "acme", limits, tokens=tokens, lease=f"lease-{now!r}-{tokens}", now=now, lease_ttl_s=30.0
+        Lease("acme", f"lease-{now!r}-{tokens}", now + 30.0), limits, tokens=tokens, now=now
     )
 
 
@@ -349,9 +350,7 @@ def test_concurrent_admissions_never_exceed_the_budget(meta: MetadataStore) -> N
     with ThreadPoolExecutor(16) as pool:
         answers = list(
             pool.map(
-                lambda i: meta.admit(
-                    "acme", limits, tokens=1, lease=f"l{i}", now=50.0, lease_ttl_s=30.0
-                ),
+                lambda i: meta.admit(Lease("acme", f"l{i}", 80.0), limits, tokens=1, now=50.0),
                 range(40),
             )
         )
