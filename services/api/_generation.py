@@ -28,6 +28,7 @@ from services.api._auth import ApiContext, ApiKey, Context, Tenant
 from services.api._errors import error_body
 from services.api._openai import (
     ResponseIds,
+    ResponsePlan,
     chat_completion,
     chat_events,
     completion,
@@ -113,27 +114,15 @@ async def _admitted(
 
 @router.post("/v1/completions", response_model=None)
 async def completions(context: Context, key: ApiKey, body: CompletionRequest) -> Any:
-    ids, plan = ResponseIds("cmpl", body.model), response_plan(body)
-    return await _answer(
-        context,
-        "completions",
-        key,
-        body,
-        whole=lambda results: completion(ids, results, plan).model_dump(exclude_none=True),
-        events=lambda chunks: completion_events(ids, plan, chunks),
+    return await _answer_choices(
+        context, "completions", key, body, "cmpl", completion, completion_events
     )
 
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(context: Context, key: ApiKey, body: ChatCompletionRequest) -> Any:
-    ids, plan = ResponseIds("chatcmpl", body.model), response_plan(body)
-    return await _answer(
-        context,
-        "chat_completions",
-        key,
-        body,
-        whole=lambda results: chat_completion(ids, results, plan).model_dump(exclude_none=True),
-        events=lambda chunks: chat_events(ids, plan, chunks),
+    return await _answer_choices(
+        context, "chat_completions", key, body, "chatcmpl", chat_completion, chat_events
     )
 
 
@@ -147,6 +136,30 @@ async def responses(context: Context, key: ApiKey, body: ResponseRequest) -> Any
         chat_request(body),
         whole=lambda results: response_object(ids, body, results[0]).model_dump(),
         events=lambda chunks: response_events(ids, body, chunks),
+    )
+
+
+async def _answer_choices(
+    context: ApiContext,
+    endpoint: str,
+    key: str,
+    body: CompletionRequest | ChatCompletionRequest,
+    id_prefix: str,
+    whole: Callable[[ResponseIds, list[GenerationResult], ResponsePlan], BaseModel],
+    events: Callable[
+        [ResponseIds, ResponsePlan, AsyncIterator[GenerationChunk]], AsyncIterator[BaseModel]
+    ],
+) -> Any:
+    """:func:`_answer` for the choice-shaped endpoints (completions and chat): the ids
+    and the plan of choices (``n``, ``echo``, tools) come from the request."""
+    ids, plan = ResponseIds(id_prefix, body.model), response_plan(body)
+    return await _answer(
+        context,
+        endpoint,
+        key,
+        body,
+        whole=lambda results: whole(ids, results, plan).model_dump(exclude_none=True),
+        events=lambda chunks: events(ids, plan, chunks),
     )
 
 
