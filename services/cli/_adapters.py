@@ -136,9 +136,7 @@ def ls(
             str(row.latest.version),
             str(row.version_count),
             aliases or "-",
-            size(row.latest.size_bytes),
-            _count(row.requests),
-            when(row.last_used_at),
+            *_usage_cells(row.latest.size_bytes, row.requests, row.last_used_at),
         )
     Console().print(table)
     if next_cursor:
@@ -166,9 +164,7 @@ def show(
             str(row.version.version),
             ", ".join(row.aliases) or "-",
             when(row.version.created_at),
-            size(row.version.size_bytes),
-            _count(row.requests),
-            when(row.last_used_at),
+            *_usage_cells(row.version.size_bytes, row.requests, row.last_used_at),
         )
     Console().print(table)
 
@@ -218,6 +214,12 @@ def pull(
 
 def _count(value: int | None) -> str:
     return "-" if value is None else str(value)
+
+
+def _usage_cells(size_bytes: int, requests: int | None, last_used_at: float | None) -> list[str]:
+    """The size, requests and last-use cells of an adapter or version row (``-`` where
+    the store keeps no usage)."""
+    return [size(size_bytes), _count(requests), when(last_used_at)]
 
 
 # --- tenants (admin) ----------------------------------------------------------------
