@@ -7,9 +7,12 @@ log tail.
 
 Supervision (:meth:`RedisServerProcess.supervise`): a server that dies (OOM kill, crash,
 SIGKILL) is started again on the same port and files, so clients reconnect to the same
-URL and find every write the append-only file holds. ``fsync="always"`` (the embedded
-default) makes that every acknowledged write, at the cost of one fsync per write;
-``everysec`` may lose the last second.
+URL and find every write the append-only file holds. Redis writes a command to that
+file before it answers, so that is every acknowledged write (except while a slow disk
+keeps an fsync running for over a second: Redis then holds writes back for up to 2 s). The
+fsync policy matters for a crash of the machine: ``always`` loses nothing acknowledged,
+at the cost of one fsync per write; ``everysec`` (the default, and the embedded
+server's) may lose the last second.
 """
 
 from __future__ import annotations

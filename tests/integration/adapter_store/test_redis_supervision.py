@@ -27,7 +27,7 @@ def _wait_until(check: object, timeout_s: float) -> float:
 
 
 def test_a_killed_server_is_restarted_with_every_published_version(tmp_path: Path) -> None:
-    server = RedisServerProcess(tmp_path / "redis", appendonly=True, fsync="always")
+    server = RedisServerProcess(tmp_path / "redis", appendonly=True, fsync="everysec")
     server.start()
     server.supervise(check_every_s=0.05)
     meta = RedisMetadataStore.from_url(server.url, key_prefix="t:", attempts=1, timeout_s=1.0)
