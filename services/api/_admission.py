@@ -16,6 +16,8 @@ them off the event loop.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import threading
 import time
@@ -28,6 +30,8 @@ from services._settings import LimitSettings
 from services.exceptions import BadRequestError, RateLimitError
 
 __all__ = ["TenantAdmission", "TenantRateLimitedError"]
+
+_log = logging.getLogger(__name__)
 
 
 class TenantRateLimitedError(RateLimitError):
@@ -120,3 +124,14 @@ class TenantAdmission:
                 held, now=self._clock(), lease_ttl_s=self._settings.lease_ttl_s
             )
         return sum(len(leases) for leases in held.values())
+
+    async def renew_forever(self) -> None:
+        """:meth:`renew` every :attr:`renew_every_s` until cancelled. A round that fails
+        (Redis away) is logged, at most one line a round, and the next round tries again:
+        a lease lives three rounds, so one lost round costs no slot."""
+        while True:
+            await asyncio.sleep(self.renew_every_s)
+            try:
+                await asyncio.to_thread(self.renew)
+            except Exception:
+                _log.warning("renewing the in-flight leases failed; retrying", exc_info=True)

@@ -15,6 +15,11 @@ tenant sees and uses only its own adapters. The admin key
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from adapter_store import AdapterStore
@@ -33,13 +38,26 @@ __all__ = ["create_api"]
 
 def create_api(store: AdapterStore, gateway: ModelGateway, settings: ServiceSettings) -> FastAPI:
     """The loramux HTTP API over ``store`` and ``gateway`` (see the module docstring)."""
-    api = FastAPI(title="loramux", version="0.1.0")
+    admission = TenantAdmission(store.metadata, settings.limits)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Leases of requests that outlive their ttl are renewed while the app runs.
+        renewal = asyncio.create_task(admission.renew_forever())
+        try:
+            yield
+        finally:
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
+
+    api = FastAPI(title="loramux", version="0.1.0", lifespan=lifespan)
     api.state.context = ApiContext(
         store=store,
         gateway=gateway,
         settings=settings,
         meter=IngressMetrics(tenant_label=settings.metrics_tenant_label),
-        admission=TenantAdmission(store.metadata, settings.limits),
+        admission=admission,
     )
     api.add_middleware(BodySizeLimit, limits=settings.limits, paths=_generation.PATHS)
     install_error_handlers(api)

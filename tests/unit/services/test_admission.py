@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import tempfile
+import time
+from pathlib import Path
+
 import pytest
 
-from adapter_store import TenantLimits
+from adapter_store import AdapterStore, LocalBlobStore, TenantLimits
 from services._settings import LimitSettings
 from services.api._admission import TenantAdmission, TenantRateLimitedError
 from services.exceptions import BadRequestError
@@ -82,4 +86,24 @@ def test_held_leases_are_renewed_and_released_on_error(meta: InMemoryMetadataSto
         raise RuntimeError("the replica failed")
     assert admission.renew() == 0
     with admission.admitted("acme", 1):
+        pass
+
+
+def test_the_app_renews_held_leases_while_it_runs(meta: InMemoryMetadataStore) -> None:
+    """A request streaming past the lease ttl keeps its slot: the app's lifespan runs the
+    renewal every third of the ttl (real time here: a 1.2 s ttl)."""
+    from fastapi.testclient import TestClient
+
+    from services._settings import ServiceSettings
+    from services.api import create_api
+
+    store = AdapterStore(meta, LocalBlobStore(Path(tempfile.mkdtemp())))
+    settings = ServiceSettings(limits=LimitSettings(tenant_max_in_flight=1, lease_ttl_s=1.2))
+    with TestClient(create_api(store, gateway=None, settings=settings)) as client:  # type: ignore[arg-type]
+        admission = client.app.state.context.admission  # type: ignore[attr-defined]
+        with admission.admitted("acme", 1):
+            time.sleep(2.6)  # over two ttls: held only if the renewal ran
+            with pytest.raises(TenantRateLimitedError), admission.admitted("acme", 1):
+                pass
+    with admission.admitted("acme", 1):  # released: the slot is free again
         pass
