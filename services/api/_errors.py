@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 _INVALID = (400, api_errors.BadRequestError.default_type)
 _UNAVAILABLE = (503, api_errors.ServiceUnavailableError.default_type)
 _INTERNAL = (500, api_errors.InternalServerError.default_type)
+# Every 503 (Redis or S3 away, every replica busy or restarting) says when to try again:
+# a supervised Redis is back within about a second, and clients (the SDK, the official
+# openai client) honour the header with their own backoff on top.
+UNAVAILABLE_RETRY_AFTER_S = 1
 
 ERROR_TABLE: dict[type[BaseException], tuple[int, str]] = {
     # The adapter store.
@@ -115,11 +119,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         status, body = status_and_body(exc)
-        headers = (
-            {"Retry-After": exc.retry_after_header}
-            if isinstance(exc, TenantRateLimitedError)
-            else None
-        )
+        headers = None
+        if isinstance(exc, TenantRateLimitedError):
+            headers = {"Retry-After": exc.retry_after_header}
+        elif status == 503:
+            headers = {"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)}
         return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 
     async def handle_http(request: Request, exc: Exception) -> JSONResponse:
