@@ -246,13 +246,17 @@ def _start_service(
     import ray
     from ray import serve
 
-    from services.serve._app import build_app
+    from services.serve._app import REDIS_URL_ENV, build_app
 
     if num_cpus is None:
         # Ray's CPUs are scheduling units: never fewer than the replicas ask for, so a
         # small machine runs every replica rather than leaving some pending forever.
         wanted = settings.replicas * settings.num_cpus + settings.ingress_num_cpus
         num_cpus = max(os.cpu_count() or 1, math.ceil(wanted))
+    # The request router reads the Redis URL from its process's environment, never from
+    # the Serve config; Ray's local workers inherit this process's environment.
+    assert settings.store.redis_url is not None, "_start_redis runs first"
+    os.environ[REDIS_URL_ENV] = settings.store.redis_url
     cleanup.callback(ray.shutdown)
     try:
         context = ray.init(

@@ -7,8 +7,8 @@
 
 The model deployment routes with :class:`services.serve._router.CacheAwareRequestRouter`,
 which reads each replica's ``record_routing_stats`` every ``routing_stats_period_s``
-and, when the store has a ``redis_url``, follows the replicas' residency events on
-Redis (``services.serve._residency``).
+and, when ``LORAMUX_REDIS_URL`` is set in its process, follows the replicas' residency
+events on Redis (``services.serve._residency``).
 Each model replica asks for ``num_gpus`` and ``num_cpus`` of Ray's resources; the
 ingress for ``ingress_num_cpus``; the board for none.
 """
@@ -30,6 +30,8 @@ __all__ = ["MODEL_DEPLOYMENT", "app_builder", "build_app"]
 
 MODEL_DEPLOYMENT = "Model"
 _ROUTER_CLASS = "services.serve:CacheAwareRequestRouter"
+# The store settings' own variable (``StoreSettings.redis_url``).
+REDIS_URL_ENV = "LORAMUX_REDIS_URL"
 
 
 def build_app(settings: ServiceSettings) -> Application:
@@ -46,17 +48,7 @@ def build_app(settings: ServiceSettings) -> Application:
             "num_cpus": settings.num_cpus,
             "num_gpus": settings.replica_num_gpus(),
         },
-        request_router_config=RequestRouterConfig(
-            request_router_class=_ROUTER_CLASS,
-            request_router_kwargs={
-                "policy": settings.routing_policy,
-                "redis_url": settings.store.redis_url,
-                "key_prefix": settings.store.key_prefix,
-                "staleness_bound_s": settings.view_staleness_bound_s,
-                "max_tracked_adapters": settings.router_max_tracked_adapters,
-            },
-            request_routing_stats_period_s=settings.routing_stats_period_s,
-        ),
+        request_router_config=router_config(settings),
         # Loading the base model (and building ``tiny`` on first use) takes a while.
         health_check_timeout_s=120,
         graceful_shutdown_timeout_s=30,
@@ -69,6 +61,24 @@ def build_app(settings: ServiceSettings) -> Application:
         ray_actor_options={"num_cpus": settings.ingress_num_cpus},
     )
     return ingress.bind(settings, model, board)
+
+
+def router_config(settings: ServiceSettings) -> RequestRouterConfig:
+    """How the model deployment routes. The Redis URL is not in it (a Serve config is
+    shown in clear by ``serve status`` and the dashboard, and the URL may hold a
+    password): the router reads it from ``LORAMUX_REDIS_URL`` in its own process, set by
+    ``loramux up`` before Ray starts, or by the deployment's Secret."""
+    return RequestRouterConfig(
+        request_router_class=_ROUTER_CLASS,
+        request_router_kwargs={
+            "policy": settings.routing_policy,
+            "redis_url_env": REDIS_URL_ENV,
+            "key_prefix": settings.store.key_prefix,
+            "staleness_bound_s": settings.view_staleness_bound_s,
+            "max_tracked_adapters": settings.router_max_tracked_adapters,
+        },
+        request_routing_stats_period_s=settings.routing_stats_period_s,
+    )
 
 
 def app_builder(args: dict[str, Any]) -> Application:

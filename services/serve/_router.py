@@ -8,7 +8,8 @@ What the router knows about each replica, merged into one :class:`ReplicaView`:
 
 * the replica's residency and load, from the fresher of two sources, compared by
   timestamp: the :class:`ClusterView` this router keeps from the replicas' Redis events
-  (when ``redis_url`` is given; :class:`services.serve._residency.ResidencySubscriber`,
+  (when ``redis_url_env`` names a set environment variable;
+  :class:`services.serve._residency.ResidencySubscriber`,
   updated as events arrive, at most ``staleness_bound_s`` old while Redis works), and
   the replica's own report, returned by its ``record_routing_stats`` method (build it
   with :func:`routing_stats`, stamped ``at``). Ray's controller polls that every
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -190,7 +192,7 @@ class CacheAwareRequestRouter(RequestRouter):
         placement_ttl_s: float = DEFAULT_PLACEMENT_TTL_S,
         demand_half_life_s: float = 30.0,
         max_tracked_adapters: int = DEFAULT_MAX_TRACKED_ADAPTERS,
-        redis_url: str | None = None,
+        redis_url_env: str | None = None,
         key_prefix: str = "loramux:",
         staleness_bound_s: float = 2.0,
         **options: Any,
@@ -200,10 +202,13 @@ class CacheAwareRequestRouter(RequestRouter):
         ``demand_half_life_s`` is the half-life of the request rates passed to the policy
         (as ``AdapterDemand.rate``), the simulator's setting of the same name; past
         ``max_tracked_adapters`` adapters the coldest half is forgotten (a forgotten
-        adapter that comes back starts at rate 0). With a
-        ``redis_url`` the router follows the replicas' residency events under
-        ``key_prefix`` (the store's) in a task started on the first routing call, on the
-        router's event loop (Ray may call this method outside it).
+        adapter that comes back starts at rate 0). With ``redis_url_env``, the name of
+        the environment variable that holds the Redis URL in this process (the URL may
+        hold a password, so it never travels in the Serve config), the router follows the
+        replicas' residency events under ``key_prefix`` (the store's) in a task started
+        on the first routing call, on the router's event loop (Ray may call this method
+        outside it). If that variable is not set, the router routes on the replicas'
+        reports alone and says so in the log.
 
         Raises:
             UnknownPolicyError: ``policy`` is not registered (the message lists the names).
@@ -222,10 +227,16 @@ class CacheAwareRequestRouter(RequestRouter):
             logger, _POLICY_ERROR_LOG_INTERVAL_S, clock=self._get_curr_time_s
         )
         self._metrics = RoutingMetrics()
-        self._redis_url = redis_url
+        self._redis_url = os.environ.get(redis_url_env) if redis_url_env else None
+        if redis_url_env and not self._redis_url:
+            logger.warning(
+                "%s is not set in this process: routing on the replicas' reports only, "
+                "without the Redis residency view",
+                redis_url_env,
+            )
         self._key_prefix = key_prefix
         self.cluster_view = (
-            ClusterView(staleness_bound_s=staleness_bound_s) if redis_url is not None else None
+            ClusterView(staleness_bound_s=staleness_bound_s) if self._redis_url else None
         )
         self._follow_task: asyncio.Task[None] | None = None
         self._view_logged_at = float("-inf")

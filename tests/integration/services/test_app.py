@@ -9,6 +9,7 @@ the replicas serve. Requests go through the SDK and the official ``openai`` clie
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         admin_key=ADMIN_KEY,
     )
     port = free_port()
+    # As ``loramux up`` does: the router reads the URL from its process's environment.
+    os.environ["LORAMUX_REDIS_URL"] = redis.url
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -93,6 +96,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         serve.shutdown()
         ray.shutdown()
         redis.stop()
+        del os.environ["LORAMUX_REDIS_URL"]
 
 
 @pytest.fixture(scope="module")

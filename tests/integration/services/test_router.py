@@ -10,6 +10,7 @@ follows the replicas' events.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -205,7 +206,9 @@ def test_a_hot_adapter_is_spread_when_the_policy_spreads_it(
 
 @pytest.fixture(scope="module")
 def publishing(handle: DeploymentHandle, redis_server: Any) -> Iterator[DeploymentHandle]:
-    """The Redis-only application, with a routing-stats period no test waits for."""
+    """The Redis-only application, with a routing-stats period no test waits for. The
+    router runs in this process (it holds the handle), so it reads the URL from here."""
+    os.environ["LORAMUX_TEST_ROUTER_REDIS"] = redis_server.url
     deployment = serve.deployment(
         Publishing,
         num_replicas=2,
@@ -215,7 +218,7 @@ def publishing(handle: DeploymentHandle, redis_server: Any) -> Iterator[Deployme
             request_router_kwargs={
                 "policy": "probe",
                 "hot_keys": [],
-                "redis_url": redis_server.url,
+                "redis_url_env": "LORAMUX_TEST_ROUTER_REDIS",
                 "key_prefix": REDIS_PREFIX,
                 "staleness_bound_s": 2.0,
             },

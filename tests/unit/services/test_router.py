@@ -83,6 +83,23 @@ class Clock:
         return self.now
 
 
+@pytest.fixture
+def redis_env(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The name of an environment variable holding a Redis URL. The URL is never dialled:
+    the subscriber starts on the first routing call only."""
+    monkeypatch.setenv("LORAMUX_TEST_ROUTER_REDIS", "redis://127.0.0.1:1/0")
+    return "LORAMUX_TEST_ROUTER_REDIS"
+
+
+def test_the_redis_url_comes_from_the_environment_and_its_absence_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("LORAMUX_TEST_ROUTER_REDIS", raising=False)
+    router = make_router(Clock(), redis_url_env="LORAMUX_TEST_ROUTER_REDIS")
+    assert router.cluster_view is None
+    assert "LORAMUX_TEST_ROUTER_REDIS is not set" in caplog.text
+
+
 def make_router(clock: Clock, **kwargs: Any) -> HoldersFirstRouter:
     router = HoldersFirstRouter(
         deployment_id=DEPLOYMENT,
@@ -208,10 +225,11 @@ async def test_a_placement_counts_as_loading_until_the_replica_reports_it() -> N
     assert after_eviction["a"].tier_of(KEY) is Tier.NONE
 
 
-async def test_the_fresher_of_the_redis_view_and_the_routing_stats_wins() -> None:
+async def test_the_fresher_of_the_redis_view_and_the_routing_stats_wins(
+    redis_env: str,
+) -> None:
     clock = Clock()
-    # The URL is never dialled: the subscriber starts on the first routing call only.
-    router = make_router(clock, redis_url="redis://127.0.0.1:1/0", staleness_bound_s=2.0)
+    router = make_router(clock, redis_url_env=redis_env, staleness_bound_s=2.0)
     replica = FakeReplica("a", routing_stats={"host": ["reported"], "at": 999.0, "pinned": 1})
     router.update_replicas([replica])
     assert router.cluster_view is not None
@@ -227,9 +245,9 @@ async def test_the_fresher_of_the_redis_view_and_the_routing_stats_wins() -> Non
     assert (stats_are_fresher.gpu, stats_are_fresher.host) == (set(), {"reported"})
 
 
-async def test_a_placement_is_applied_to_the_redis_view_too() -> None:
+async def test_a_placement_is_applied_to_the_redis_view_too(redis_env: str) -> None:
     clock = Clock()
-    router = make_router(clock, redis_url="redis://127.0.0.1:1/0")
+    router = make_router(clock, redis_url_env=redis_env)
     replica = FakeReplica("a")
     router.update_replicas([replica])
     assert router.cluster_view is not None

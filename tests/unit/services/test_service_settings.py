@@ -77,3 +77,18 @@ def test_quantize_comes_from_the_environment_and_names_the_choices(
 def test_gpu_slots_are_derived_unless_set() -> None:
     assert ServiceSettings().gpu_slots is None
     assert ServiceSettings(gpu_slots=3).gpu_slots == 3
+
+
+def test_the_router_config_holds_no_redis_url() -> None:
+    """A Serve config is shown in clear (``serve status``, the dashboard): the Redis URL,
+    which may hold a password, stays out of it; the router reads it from its process's
+    environment."""
+    from adapter_store import StoreSettings
+    from services.serve._app import REDIS_URL_ENV, router_config
+
+    secret = "s3cret-redis-password"
+    settings = ServiceSettings(store=StoreSettings(redis_url=f"redis://:{secret}@redis:6379/0"))
+    config = router_config(settings)
+
+    assert secret not in config.model_dump_json()
+    assert config.request_router_kwargs["redis_url_env"] == REDIS_URL_ENV == "LORAMUX_REDIS_URL"
