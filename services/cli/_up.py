@@ -247,6 +247,7 @@ def _start_service(
     from ray import serve
 
     from services.serve._app import REDIS_URL_ENV, build_app
+    from services.serve._heap import ARENA_MAX
 
     if num_cpus is None:
         # Ray's CPUs are scheduling units: never fewer than the replicas ask for, so a
@@ -257,6 +258,8 @@ def _start_service(
     # the Serve config; Ray's local workers inherit this process's environment.
     assert settings.store.redis_url is not None, "_start_redis runs first"
     os.environ[REDIS_URL_ENV] = settings.store.redis_url
+    # Read by glibc when each worker starts: see services.serve._heap.
+    os.environ.setdefault("MALLOC_ARENA_MAX", ARENA_MAX)
     cleanup.callback(ray.shutdown)
     try:
         context = ray.init(

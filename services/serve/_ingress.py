@@ -18,6 +18,7 @@ from services._settings import ServiceSettings
 from services.api import create_api
 from services.client import ReplicaStats
 from services.engine import GenerationChunk, GenerationRequest
+from services.serve._heap import start_heap_trimmer
 
 __all__ = ["IngressServer", "ServeGateway"]
 
@@ -58,6 +59,7 @@ class IngressServer:
         self._settings = settings
         self._store = AdapterStore.from_settings(settings.store)
         self._gateway = ServeGateway(model, board)
+        start_heap_trimmer()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self._store, self._gateway, self._settings)

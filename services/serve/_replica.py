@@ -50,6 +50,7 @@ from services.engine import (
     plan_gpu_slots,
 )
 from services.serve._failure_log import FailureLog
+from services.serve._heap import start_heap_trimmer
 from services.serve._residency import ResidencyPublisher
 from services.serve._router import routing_stats
 
@@ -74,6 +75,7 @@ class ModelReplica:
 
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
+        start_heap_trimmer()
         self._settings = settings
         self._board = board
         self._replica_id = serve.get_replica_context().replica_id.unique_id
