@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from adapter_store import StoreSettings
+from adapter_store import StoreSettings, TenantLimits
 
 __all__ = ["LimitSettings", "ServiceSettings"]
 
@@ -54,6 +54,14 @@ class LimitSettings(BaseSettings):
         gt=1,
         description="an in-flight slot outlives a dead ingress by this; live ones are renewed",
     )
+
+    def tenant_defaults(self) -> TenantLimits:
+        """The request limits of a tenant that has none of its own."""
+        return TenantLimits(
+            requests_per_s=self.tenant_requests_per_s,
+            tokens_per_min=self.tenant_tokens_per_min,
+            max_in_flight=self.tenant_max_in_flight,
+        )
 
 
 class ServiceSettings(BaseSettings):

@@ -62,11 +62,7 @@ class TenantAdmission:
         self._metadata = metadata
         self._settings = settings
         self._clock = clock
-        self.defaults = TenantLimits(
-            requests_per_s=settings.tenant_requests_per_s,
-            tokens_per_min=settings.tenant_tokens_per_min,
-            max_in_flight=settings.tenant_max_in_flight,
-        )
+        self.defaults = settings.tenant_defaults()
         self._held: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 

@@ -6,9 +6,10 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from adapter_store import AdapterStore
+from services.api._admission import TenantAdmission
 from services.api._auth import ApiKey, Context, is_admin
-from services.api._tenants import usage_of
-from services.client import AdapterCounters, Health, ServiceStats, TenantUsage
+from services.api._tenants import limits_of, usage_of
+from services.client import AdapterCounters, Health, ServiceStats, TenantLimitsInfo, TenantUsage
 from services.exceptions import ServiceUnavailableError
 
 __all__ = ["router"]
@@ -41,21 +42,30 @@ async def stats(context: Context, key: ApiKey) -> ServiceStats:
             before the replicas are asked.
     """
     store, gateway = context.store, context.gateway
+    admission = context.admission
     if is_admin(context.settings, key):
-        tenants = await run_in_threadpool(_all_usage, store)
-        return ServiceStats(replicas=await gateway.replica_stats(), tenants=tenants)
+        tenants, limits = await run_in_threadpool(_all_tenants, store, admission)
+        return ServiceStats(
+            replicas=await gateway.replica_stats(), tenants=tenants, tenant_limits=limits
+        )
     tenant = await run_in_threadpool(store.tenant_for_key, key)
     usage, adapters = await run_in_threadpool(_tenant_counters, store, tenant)
+    own_limits = await run_in_threadpool(limits_of, store, admission, tenant)
     replicas = await gateway.replica_stats()
     return ServiceStats(
         replicas=[replica.for_tenant(tenant) for replica in replicas],
         tenant=usage,
         adapters=adapters,
+        limits=own_limits,
     )
 
 
-def _all_usage(store: AdapterStore) -> dict[str, TenantUsage]:
-    return {tenant: usage_of(store, tenant) for tenant in store.list_tenants()}
+def _all_tenants(
+    store: AdapterStore, admission: TenantAdmission
+) -> tuple[dict[str, TenantUsage], dict[str, TenantLimitsInfo]]:
+    names = store.list_tenants()
+    usage = {tenant: usage_of(store, tenant) for tenant in names}
+    return usage, {tenant: limits_of(store, admission, tenant) for tenant in names}
 
 
 def _tenant_counters(

@@ -1,21 +1,24 @@
-"""Tenant administration (admin key only): tenants, API keys and quotas."""
+"""Tenant administration (admin key only): tenants, API keys, quotas and request limits."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from adapter_store import AdapterStore
+from adapter_store import AdapterStore, TenantLimits
+from services.api._admission import TenantAdmission
 from services.api._auth import Admin, Context
 from services.client import (
     KeyRevoke,
     KeyRevoked,
     QuotaUpdate,
+    RequestLimits,
     TenantCreate,
     TenantCreated,
+    TenantLimitsInfo,
     TenantUsage,
 )
 
-__all__ = ["router", "usage_of"]
+__all__ = ["limits_of", "router", "usage_of"]
 
 router = APIRouter(dependencies=[Admin])
 
@@ -45,6 +48,25 @@ def set_quota(context: Context, name: str, body: QuotaUpdate) -> TenantUsage:
 @router.get("/v1/tenants/{name}/usage")
 def tenant_usage(context: Context, name: str) -> TenantUsage:
     return usage_of(context.store, name)
+
+
+@router.put("/v1/tenants/{name}/limits")
+def set_limits(context: Context, name: str, body: RequestLimits) -> TenantLimitsInfo:
+    """Replace the tenant's own limits; every ingress applies them from the next request
+    on (admission reads them from the store with each request)."""
+    context.store.set_limits(name, TenantLimits(**body.model_dump()))
+    return limits_of(context.store, context.admission, name)
+
+
+@router.get("/v1/tenants/{name}/limits")
+def tenant_limits(context: Context, name: str) -> TenantLimitsInfo:
+    return limits_of(context.store, context.admission, name)
+
+
+def limits_of(store: AdapterStore, admission: TenantAdmission, tenant: str) -> TenantLimitsInfo:
+    """The tenant's own and effective request limits (blocking: one round trip)."""
+    own = store.get_limits(tenant)
+    return TenantLimitsInfo.of(tenant, own, own.over(admission.defaults))
 
 
 def usage_of(store: AdapterStore, tenant: str) -> TenantUsage:

@@ -23,6 +23,7 @@ import typer
 
 from services.cli._common import DirectOption, TransferBar, fail, size, transfer_bar, when
 from services.cli._views import AdapterRow, UsageView, VersionRow, VersionView
+from services.client import RequestLimits, TenantLimitsInfo
 
 __all__ = ["Backend", "register"]
 
@@ -62,6 +63,8 @@ class Backend(Protocol):
         self, name: str, max_adapters: int | None, max_bytes: int | None
     ) -> UsageView: ...
     def usage(self, name: str) -> UsageView: ...
+    def limits(self, name: str) -> TenantLimitsInfo: ...
+    def set_limits(self, name: str, limits: RequestLimits) -> TenantLimitsInfo: ...
     def list_tenants(self) -> list[UsageView]: ...
 
 
@@ -271,6 +274,51 @@ def tenant_usage(name: str, direct: DirectOption = False) -> None:
     typer.echo(_usage_line(usage))
 
 
+def tenant_limits(
+    name: str,
+    requests_per_s: Annotated[
+        float | None, typer.Option(min=0.001, help="Requests per second (burst: one second).")
+    ] = None,
+    tokens_per_min: Annotated[
+        int | None, typer.Option(min=1, help="Prompt and completion tokens per minute.")
+    ] = None,
+    max_in_flight: Annotated[int | None, typer.Option(min=1, help="Requests under way.")] = None,
+    reset: Annotated[
+        bool, typer.Option("--reset", help="Drop the tenant's own limits first.")
+    ] = False,
+    direct: DirectOption = False,
+) -> None:
+    """Show a tenant's request limits; with options, set those (the others are kept)."""
+    given = {
+        "requests_per_s": requests_per_s,
+        "tokens_per_min": tokens_per_min,
+        "max_in_flight": max_in_flight,
+    }
+    changes = {field: value for field, value in given.items() if value is not None}
+    with open_backend(direct, admin=True) as backend:
+        info = backend.limits(name)
+        if changes or reset:
+            own = {} if reset else info.own.model_dump()
+            info = backend.set_limits(name, RequestLimits(**{**own, **changes}))
+    typer.echo(_limits_line(info))
+
+
+def _limits_line(info: TenantLimitsInfo) -> str:
+    """``acme: requests_per_s 5 (own), tokens_per_min 1000000 (default), ...``."""
+    own, effective = info.own.model_dump(), info.effective.model_dump()
+    parts = [
+        f"{field} {_limit(value)} ({'default' if own[field] is None else 'own'})"
+        for field, value in effective.items()
+    ]
+    return f"{info.tenant}: " + ", ".join(parts)
+
+
+def _limit(value: float | None) -> str:
+    if value is None:
+        return "unlimited"
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def tenant_ls(direct: DirectOption = False) -> None:
     """List tenants with their usage and quotas."""
     from rich.console import Console
@@ -314,5 +362,6 @@ def register(app: typer.Typer) -> None:
     tenant_app.command("revoke")(tenant_revoke)
     tenant_app.command("quota")(tenant_quota)
     tenant_app.command("usage")(tenant_usage)
+    tenant_app.command("limits")(tenant_limits)
     tenant_app.command("ls")(tenant_ls)
     app.add_typer(tenant_app, name="tenant")

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from services.cli._common import TransferBar, fail
 from services.cli._views import AdapterRow, UsageView, VersionRow, VersionView
-from services.client import Client
+from services.client import Client, RequestLimits, TenantLimitsInfo
 from services.client._models import AdapterVersionInfo
 from services.exceptions import APIConnectionError, LoramuxError
 
@@ -182,6 +182,12 @@ class ServiceBackend:
 
     def usage(self, name: str) -> UsageView:
         return UsageView.of(self._client.tenants.usage(name))
+
+    def limits(self, name: str) -> TenantLimitsInfo:
+        return self._client.tenants.limits(name)
+
+    def set_limits(self, name: str, limits: RequestLimits) -> TenantLimitsInfo:
+        return self._client.tenants.set_limits(name, limits)
 
     def list_tenants(self) -> list[UsageView]:
         # The admin key's /v1/stats carries every tenant's usage.

@@ -23,6 +23,7 @@ import typer
 
 from services.cli._common import TransferBar, fail, size
 from services.cli._views import AdapterRow, UsageView, VersionRow, VersionView
+from services.client import RequestLimits, TenantLimitsInfo
 
 if TYPE_CHECKING:
     from adapter_store import AdapterStore, StoreSettings
@@ -145,6 +146,20 @@ class StoreBackend:
 
     def usage(self, name: str) -> UsageView:
         return UsageView.of(self._store.get_usage(name))
+
+    def limits(self, name: str) -> TenantLimitsInfo:
+        """The tenant's limits over the defaults of this process's settings
+        (``LORAMUX_TENANT_*``), as the service it shares them with applies them."""
+        from services._settings import LimitSettings
+
+        own = self._store.get_limits(name)
+        return TenantLimitsInfo.of(name, own, own.over(LimitSettings().tenant_defaults()))
+
+    def set_limits(self, name: str, limits: RequestLimits) -> TenantLimitsInfo:
+        from adapter_store import TenantLimits
+
+        self._store.set_limits(name, TenantLimits(**limits.model_dump()))
+        return self.limits(name)
 
     def list_tenants(self) -> list[UsageView]:
         return [self.usage(name) for name in self._store.list_tenants()]

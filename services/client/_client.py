@@ -58,8 +58,10 @@ from services.client._models import (
     KeyRevoked,
     ModelList,
     QuotaUpdate,
+    RequestLimits,
     TenantCreate,
     TenantCreated,
+    TenantLimitsInfo,
     TenantUsage,
 )
 from services.client._profile import PROFILE_PATH, read_profile
@@ -1032,6 +1034,16 @@ class _TenantCalls:
         path = f"/v1/tenants/{_segment(name)}/usage"
         return self._client._call("GET", path, TenantUsage)
 
+    def _set_limits(self, name: str, limits: RequestLimits) -> _Call[TenantLimitsInfo]:
+        # Every field is sent, null included: an omitted limit falls back to the default.
+        body = RequestLimits.model_validate(limits.model_dump())
+        path = f"/v1/tenants/{_segment(name)}/limits"
+        return self._client._call("PUT", path, TenantLimitsInfo, body=body)
+
+    def _limits(self, name: str) -> _Call[TenantLimitsInfo]:
+        path = f"/v1/tenants/{_segment(name)}/limits"
+        return self._client._call("GET", path, TenantLimitsInfo)
+
 
 class Tenants(_TenantCalls):
     """``client.tenants``: tenants, their API keys and quotas (admin key only).
@@ -1068,6 +1080,15 @@ class Tenants(_TenantCalls):
         """Tenant ``name``'s adapter count and stored bytes, with its quotas."""
         return self._client._run(self._usage(name))
 
+    def set_limits(self, name: str, limits: RequestLimits) -> TenantLimitsInfo:
+        """Replace tenant ``name``'s own request limits (a ``None`` field: the service
+        default); returns its own and effective limits."""
+        return self._client._run(self._set_limits(name, limits))
+
+    def limits(self, name: str) -> TenantLimitsInfo:
+        """Tenant ``name``'s own request limits and the effective ones."""
+        return self._client._run(self._limits(name))
+
 
 class AsyncTenants(_TenantCalls):
     """``client.tenants`` of :class:`AsyncClient`; see :class:`Tenants`."""
@@ -1090,3 +1111,9 @@ class AsyncTenants(_TenantCalls):
 
     async def usage(self, name: str) -> TenantUsage:
         return await self._client._run(self._usage(name))
+
+    async def set_limits(self, name: str, limits: RequestLimits) -> TenantLimitsInfo:
+        return await self._client._run(self._set_limits(name, limits))
+
+    async def limits(self, name: str) -> TenantLimitsInfo:
+        return await self._client._run(self._limits(name))

@@ -46,10 +46,12 @@ __all__ = [
     "ModelList",
     "NamedToolChoice",
     "QuotaUpdate",
+    "RequestLimits",
     "ResponseFormat",
     "StreamOptions",
     "TenantCreate",
     "TenantCreated",
+    "TenantLimitsInfo",
     "TenantUsage",
     "ToolCall",
     "ToolCallDelta",
@@ -425,6 +427,34 @@ class QuotaUpdate(_Request):
 
     max_adapters: int | None = Field(default=None, ge=0)
     max_bytes: int | None = Field(default=None, ge=0)
+
+
+class RequestLimits(_Request):
+    """A tenant's request limits: ``PUT /v1/tenants/{name}/limits`` (admin key) replaces
+    its own, where ``null`` means the service's default; in an answer's ``effective``,
+    ``null`` means unlimited."""
+
+    requests_per_s: float | None = Field(default=None, gt=0)
+    tokens_per_min: int | None = Field(default=None, gt=0)
+    max_in_flight: int | None = Field(default=None, gt=0)
+
+
+class TenantLimitsInfo(_Response):
+    """A tenant's request limits: its ``own`` (``null``: the service default applies) and
+    the ``effective`` ones admission applies (``null``: unlimited)."""
+
+    tenant: str
+    own: RequestLimits
+    effective: RequestLimits
+
+    @classmethod
+    def of(cls, tenant: str, own: object, effective: object) -> TenantLimitsInfo:
+        """From the store's limits (objects with the three fields, e.g. TenantLimits)."""
+        return cls(
+            tenant=tenant,
+            own=RequestLimits.model_validate(own, from_attributes=True),
+            effective=RequestLimits.model_validate(effective, from_attributes=True),
+        )
 
 
 class TenantUsage(_Response):

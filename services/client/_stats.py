@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from services.client._models import TenantUsage
+from services.client._models import TenantLimitsInfo, TenantUsage
 
 __all__ = [
     "AdapterCounters",
@@ -106,11 +106,14 @@ class AdapterCounters(_Stats):
 
 
 class ServiceStats(_Stats):
-    """``GET /v1/stats``. The admin key gets every replica's full report and ``tenants``
-    (every tenant's usage); a tenant key gets the replicas cut down
-    (:meth:`ReplicaStats.for_tenant`), its own ``tenant`` usage and ``adapters``."""
+    """``GET /v1/stats``. The admin key gets every replica's full report, ``tenants``
+    (every tenant's usage) and ``tenant_limits`` (every tenant's request limits); a
+    tenant key gets the replicas cut down (:meth:`ReplicaStats.for_tenant`), its own
+    ``tenant`` usage, ``limits`` and ``adapters``."""
 
     replicas: list[ReplicaStats]
     tenants: dict[str, TenantUsage] | None = None
+    tenant_limits: dict[str, TenantLimitsInfo] | None = None
     tenant: TenantUsage | None = None
+    limits: TenantLimitsInfo | None = None
     adapters: dict[str, AdapterCounters] | None = None

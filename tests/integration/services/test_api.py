@@ -244,6 +244,10 @@ async def test_health_needs_a_live_replica_and_stats_hide_other_tenants(
     assert everything.replicas == [REPLICA_REPORT]
     assert list(everything.tenants or {}) == ["acme"]
     assert everything.tenant is None and everything.adapters is None
+    # Request limits: a tenant sees its own, the admin every tenant's.
+    assert stats.limits is not None and stats.limits.effective.max_in_flight == 64
+    assert stats.limits.own.max_in_flight is None  # the service default applies
+    assert list(everything.tenant_limits or {}) == ["acme"]
 
 
 async def test_a_tenant_stats_answer_carries_no_counter_field(
@@ -263,7 +267,7 @@ async def test_a_tenant_stats_answer_carries_no_counter_field(
         "base_model_full_bytes",
         "residency",
     }
-    assert set(answer) == {"replicas", "tenant", "adapters"}
+    assert set(answer) == {"replicas", "tenant", "limits", "adapters"}
 
 
 async def test_models_show_the_base_models_quantization_from_its_manifest(

@@ -221,6 +221,28 @@ def test_tenant_commands_use_the_admin_key(
     assert "409 conflict" in admin("tenant", "create", "globex", ok=False).output
 
 
+def test_tenant_limits_are_shown_and_set_through_the_admin_api(
+    service_url: str, acme: Cli, store: AdapterStore, tmp_path: Path
+) -> None:
+    admin = make_cli(service_url, tmp_path / "home", LORAMUX_ADMIN_KEY=ADMIN_KEY)
+
+    shown = admin("tenant", "limits", "acme").output
+    admin("tenant", "limits", "acme", "--requests-per-s", "5")
+    kept = admin("tenant", "limits", "acme", "--max-in-flight", "2").output
+    reset = admin("tenant", "limits", "acme", "--reset").output
+
+    # Unset: the service's defaults (LimitSettings: 50/s, 1e6 tokens/min, 64 in flight).
+    assert shown.strip() == (
+        "acme: requests_per_s 50 (default), tokens_per_min 1000000 (default), "
+        "max_in_flight 64 (default)"
+    )
+    assert "requests_per_s 5 (own)" in kept and "max_in_flight 2 (own)" in kept
+    assert store.get_limits("acme").max_in_flight is None  # reset: the defaults again
+    assert "requests_per_s 50 (default)" in reset
+    assert "need the admin key" in acme("tenant", "limits", "acme", ok=False).output
+    assert "404" in admin("tenant", "limits", "ghost", ok=False).output
+
+
 def test_errors_are_one_line_with_exit_status_1(
     service_url: str, acme: Cli, tmp_path: Path
 ) -> None:
