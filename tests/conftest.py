@@ -41,6 +41,18 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 @pytest.fixture
+def own_redis_server(tmp_path: Path) -> Iterator[object]:
+    """A redis-server of this test alone (appendonly), so the test may kill it and start
+    it again on the same port and files, as a crash and a restart would."""
+    from adapter_store._redis_server import RedisServerProcess
+
+    process = RedisServerProcess(tmp_path / "redis", appendonly=True)
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
 def redis_url(redis_server: object) -> Iterator[str]:
     """URL of the session redis-server, flushed before each test."""
     import redis

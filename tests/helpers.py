@@ -21,3 +21,13 @@ def wait_until(condition: Callable[[], object], timeout_s: float, interval_s: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s:.0f} s")
         time.sleep(interval_s)
+
+
+class Clock:
+    """A clock a test moves by hand: ``clock.now += 5``; starts at 1000 s."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now

@@ -6,7 +6,6 @@ same files, as a crash and a restart would.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,11 +21,8 @@ from tests.integration.adapter_store.conftest import snapshot
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServerProcess]:
-    process = RedisServerProcess(tmp_path / "redis", appendonly=True)
-    process.start()
-    yield process
-    process.stop()
+def server(own_redis_server: RedisServerProcess) -> RedisServerProcess:
+    return own_redis_server
 
 
 def _store(server: RedisServerProcess, blobs: BlobStore, manifest) -> AdapterStore:

@@ -5,7 +5,6 @@ its port and files)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,11 +19,8 @@ from tests.integration.services.test_api import ScriptedGateway
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServerProcess]:
-    process = RedisServerProcess(tmp_path / "redis", appendonly=True)
-    process.start()
-    yield process
-    process.stop()
+def server(own_redis_server: RedisServerProcess) -> RedisServerProcess:
+    return own_redis_server
 
 
 async def test_the_api_answers_503_with_retry_after_while_redis_is_down_then_serves(

@@ -14,14 +14,7 @@ from services._settings import LimitSettings
 from services.api._admission import TenantAdmission, TenantRateLimitedError
 from services.exceptions import BadRequestError
 from tests.fakes import InMemoryMetadataStore
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import Clock
 
 
 @pytest.fixture

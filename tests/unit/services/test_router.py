@@ -31,6 +31,7 @@ from scheduler import (
     UnknownPolicyError,
 )
 from services.serve._router import CacheAwareRequestRouter, replica_view_from_stats, routing_stats
+from tests.helpers import Clock
 
 DEPLOYMENT = DeploymentID(name="model", app_name="loramux")
 KEY = "acme/bot@1"
@@ -73,14 +74,6 @@ class HoldersFirst:
 class HoldersFirstRouter(CacheAwareRequestRouter):
     def create_policy(self, name: str, *, seed: int, **options: Any) -> PlacementPolicy:
         return HoldersFirst()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
