@@ -26,7 +26,13 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import wraps
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from services.client import ReplicaStats
+    from services.engine import GenerationChunk, GenerationRequest
 
 from adapter_store import LATEST, AdapterVersion, Publication, is_version_number
 from adapter_store._blobs import BlobStore
@@ -443,3 +449,24 @@ class InMemoryMetadataStore:
         if quota.max_bytes is not None and row.bytes + size_bytes > quota.max_bytes:
             raise adapter_bytes_exceeded(tenant, name, row.bytes, size_bytes, quota.max_bytes)
         return row
+
+
+class ScriptedGateway:
+    """Answers every request with ``script``: chunks, then possibly an exception."""
+
+    def __init__(self) -> None:
+        self.script: list[GenerationChunk | Exception] = []
+        self.requests: list[GenerationRequest] = []
+        self.replicas: list[dict[str, Any]] = []
+        self.stats_calls = 0
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        self.requests.append(request)
+        for item in self.script:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    async def replica_stats(self) -> list[ReplicaStats]:
+        self.stats_calls += 1
+        return self.replicas

@@ -15,7 +15,7 @@ from adapter_store._redis_server import RedisServerProcess
 from services._settings import ServiceSettings
 from services.api import create_api
 from tests.factories import TinyBase, build_store
-from tests.integration.services.test_api import ScriptedGateway
+from tests.fakes import ScriptedGateway
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """The ``loramux`` commands through a running service (the default, SDK-backed mode).
 
-The real HTTP API (:func:`create_api` over redis-server and file:// blobs) is served by
-uvicorn on a free port in a thread, with ``test_api``'s scripted gateway standing in
-for the model replicas, so the CLI goes through its real SDK client, env settings and
+The real HTTP API (:func:`create_api` over the in-memory metadata and file:// blobs) is
+served by uvicorn on a free port in a thread, with the scripted gateway standing in for
+the model replicas, so the CLI goes through its real SDK client, env settings and
 HTTP; no Ray.
 """
 
@@ -27,7 +27,8 @@ from services.cli import app
 from services.client import PEFT_FILES, ReplicaStats
 from services.engine import GenerationChunk
 from tests.factories import make_peft_adapter, tiny_llama
-from tests.integration.services.test_api import DONE, ScriptedGateway
+from tests.fakes import ScriptedGateway
+from tests.functional.services.test_api import DONE
 
 ADMIN_KEY = "admin-key"
 Cli = Callable[..., Result]

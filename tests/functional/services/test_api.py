@@ -1,4 +1,4 @@
-"""The HTTP API over a real store (redis-server, file:// blobs) and a scripted gateway.
+"""The HTTP API over the store (in-memory metadata, file:// blobs) and a scripted gateway.
 
 The gateway stands in for the model replicas, so these tests pin what the API does with
 what replicas answer (errors before and after the first token, stats) without Ray; the
@@ -15,14 +15,13 @@ from typing import Any
 import httpx
 import pytest
 
-from adapter_store import AdapterStore, StoreSettings, manifest_from_model
+from adapter_store import AdapterStore, LocalBlobStore, StoreSettings, manifest_from_model
 from services._settings import LimitSettings, ServiceSettings
 from services.api import create_api
 from services.client import PEFT_FILES, AsyncClient, ReplicaStats, ResidentKeys
 from services.engine import (
     EngineOverloadedError,
     GenerationChunk,
-    GenerationRequest,
     InvalidRequestError,
     Usage,
 )
@@ -37,30 +36,10 @@ from services.exceptions import (
     UnauthorizedError,
 )
 from tests.factories import make_peft_adapter, tiny_llama
+from tests.fakes import InMemoryMetadataStore, ScriptedGateway
 
 ADMIN_KEY = "admin-key"
 DONE = GenerationChunk("r", "!", (33,), finish_reason="stop", usage=Usage(2, 2))
-
-
-class ScriptedGateway:
-    """Answers every request with ``script``: chunks, then possibly an exception."""
-
-    def __init__(self) -> None:
-        self.script: list[GenerationChunk | Exception] = []
-        self.requests: list[GenerationRequest] = []
-        self.replicas: list[dict[str, Any]] = []
-        self.stats_calls = 0
-
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        self.requests.append(request)
-        for item in self.script:
-            if isinstance(item, Exception):
-                raise item
-            yield item
-
-    async def replica_stats(self) -> list[ReplicaStats]:
-        self.stats_calls += 1
-        return self.replicas
 
 
 @pytest.fixture(scope="module")
@@ -321,15 +300,11 @@ async def test_a_chunked_upload_without_content_length_is_411(
 
 
 async def test_an_upload_above_the_size_cap_is_413(
-    redis_url: str, tmp_path: Path, gateway: ScriptedGateway, adapter_dir: Path
+    tmp_path: Path, gateway: ScriptedGateway, adapter_dir: Path
 ) -> None:
-    settings = StoreSettings(
-        redis_url=redis_url,
-        blob_url=(tmp_path / "blobs").as_uri(),
-        data_dir=tmp_path,
-        max_adapter_bytes=1000,
-    )
-    with AdapterStore.from_settings(settings) as store:
+    settings = StoreSettings(data_dir=tmp_path, max_adapter_bytes=1000)
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    with AdapterStore(InMemoryMetadataStore(), blobs, limits=settings.adapter_limits) as store:
         _, key = store.create_tenant("acme")
         api = create_api(store, gateway, ServiceSettings(store=settings))
         async with client(api, key) as acme:
