@@ -50,12 +50,15 @@ class BodyTooLargeError(PayloadTooLargeError):
     limit = "max_body_bytes"
 
 
-def _exceeded(what: str, value: int, setting: str, limit: int) -> LimitExceededError:
-    return LimitExceededError(
-        f"{what} is {value}, above this service's limit of {limit} "
-        f"(setting LORAMUX_{setting.upper()}); {_HOW[setting]}",
-        limit=setting,
-    )
+def _at_most(what: str, value: int, setting: str, limits: LimitSettings) -> None:
+    """Refuse ``value`` above the limit ``setting`` names, naming both and the fix."""
+    limit = getattr(limits, setting)
+    if value > limit:
+        raise LimitExceededError(
+            f"{what} is {value}, above this service's limit of {limit} "
+            f"(setting LORAMUX_{setting.upper()}); {_HOW[setting]}",
+            limit=setting,
+        )
 
 
 _HOW = {
@@ -91,40 +94,20 @@ def check_generation(
     Raises:
         LimitExceededError (400): the first limit exceeded, named.
     """
-    if body.n > limits.max_n:
-        raise _exceeded("n", body.n, "max_n", limits.max_n)
-    if max_tokens > limits.max_tokens_limit:
-        raise _exceeded("max_tokens", max_tokens, "max_tokens_limit", limits.max_tokens_limit)
+    _at_most("n", body.n, "max_n", limits)
+    _at_most("max_tokens", max_tokens, "max_tokens_limit", limits)
     stops = [body.stop] if isinstance(body.stop, str) else body.stop or []
-    if len(stops) > limits.max_stop_sequences:
-        raise _exceeded(
-            "the number of stop sequences",
-            len(stops),
-            "max_stop_sequences",
-            limits.max_stop_sequences,
-        )
+    _at_most("the number of stop sequences", len(stops), "max_stop_sequences", limits)
     for stop in stops:
-        if _utf8_len(stop) > limits.max_stop_bytes:
-            raise _exceeded(
-                "a stop sequence's size in bytes",
-                _utf8_len(stop),
-                "max_stop_bytes",
-                limits.max_stop_bytes,
-            )
+        _at_most("a stop sequence's size in bytes", _utf8_len(stop), "max_stop_bytes", limits)
     if isinstance(body, ChatCompletionRequest):
-        if len(body.messages) > limits.max_messages:
-            raise _exceeded(
-                "the number of messages", len(body.messages), "max_messages", limits.max_messages
-            )
+        _at_most("the number of messages", len(body.messages), "max_messages", limits)
         # A tool-calling turn has no content; its arguments are bounded by the body size.
         texts: Sequence[str] = [message.content or "" for message in body.messages]
     else:
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     prompt_bytes = sum(_utf8_len(text) for text in texts)
-    if prompt_bytes > limits.max_prompt_bytes:
-        raise _exceeded(
-            "the prompt's size in bytes", prompt_bytes, "max_prompt_bytes", limits.max_prompt_bytes
-        )
+    _at_most("the prompt's size in bytes", prompt_bytes, "max_prompt_bytes", limits)
     return math.ceil(prompt_bytes / BYTES_PER_TOKEN) + max_tokens
 
 
