@@ -80,18 +80,23 @@ def test_exported_names_add_the_ray_prefix_and_the_kind_suffixes() -> None:
     assert len({spec.name for spec in METRICS}) == len(METRICS)
 
 
-def test_a_cold_load_is_timed_per_step_by_source_tier() -> None:
+def timed_loads(*events: ResidencyEvent) -> list[tuple[float, str]]:
+    """The load times ``events`` make the replica's metrics observe, with their source."""
     sink = RecordingSink()
     metrics = ReplicaMetrics(sink)
-    for e in (
+    for e in events:
+        metrics.on_residency_change(e)
+    return [(o[1], o[2]["source"]) for o in sink.observations]
+
+
+def test_a_cold_load_is_timed_per_step_by_source_tier() -> None:
+    assert timed_loads(
         event("a", AdapterState.FETCHING, AdapterState.ABSENT, 1.0),
         event("a", AdapterState.LOADING_HOST, AdapterState.FETCHING, 3.0),
         event("a", AdapterState.IN_HOST, AdapterState.LOADING_HOST, 3.5),
         event("a", AdapterState.ACTIVATING, AdapterState.IN_HOST, 3.5, slot=0),
         event("a", AdapterState.IN_GPU, AdapterState.ACTIVATING, 3.75, slot=0),
-    ):
-        metrics.on_residency_change(e)
-    assert [(o[1], o[2]["source"]) for o in sink.observations] == [
+    ) == [
         (2.0, "store"),
         (0.5, "disk"),
         (0.25, "host"),
@@ -99,25 +104,21 @@ def test_a_cold_load_is_timed_per_step_by_source_tier() -> None:
 
 
 def test_a_load_from_disk_counts_its_lookup_in_the_disk_step() -> None:
-    sink = RecordingSink()
-    metrics = ReplicaMetrics(sink)
-    for e in (
+    assert timed_loads(
         event("a", AdapterState.FETCHING, AdapterState.ON_DISK, 1.0),
         event("a", AdapterState.LOADING_HOST, AdapterState.FETCHING, 1.25),
         event("a", AdapterState.IN_HOST, AdapterState.LOADING_HOST, 2.0),
-    ):
-        metrics.on_residency_change(e)
-    assert [(o[1], o[2]["source"]) for o in sink.observations] == [(1.0, "disk")]
+    ) == [(1.0, "disk")]
 
 
 def test_a_failed_load_step_is_not_timed() -> None:
-    sink = RecordingSink()
-    metrics = ReplicaMetrics(sink)
-    metrics.on_residency_change(event("a", AdapterState.FETCHING, AdapterState.ABSENT, 1.0))
-    metrics.on_residency_change(
-        event("a", AdapterState.ERRORED, AdapterState.FETCHING, 2.0, error="boom")
+    assert (
+        timed_loads(
+            event("a", AdapterState.FETCHING, AdapterState.ABSENT, 1.0),
+            event("a", AdapterState.ERRORED, AdapterState.FETCHING, 2.0, error="boom"),
+        )
+        == []
     )
-    assert sink.observations == []
 
 
 def stats(gpu: tuple[int, int, int], host: tuple[int, int, int], errors: int) -> CacheStats:
