@@ -128,6 +128,13 @@ class ServiceSettings(BaseSettings):
     view_staleness_bound_s: float = Field(
         default=2.0, gt=0, description="replicas republish their Redis snapshot every half"
     )
+    training_num_cpus: float = Field(default=1.0, ge=0, description="per training job")
+    training_num_gpus: float | None = Field(
+        default=None, ge=0, description="per training job; None: 1 where CUDA is, else 0"
+    )
+    training_max_pending: int = Field(
+        default=16, ge=1, description="training jobs queued or running; past it a 503"
+    )
     admin_key: SecretStr | None = None
     metrics_tenant_label: bool = Field(
         default=True, description="label token metrics by tenant; False: one tenant='*'"
@@ -168,8 +175,16 @@ class ServiceSettings(BaseSettings):
 
     def replica_num_gpus(self) -> float:
         """``num_gpus``, or 1 when unset and this machine has CUDA."""
-        if self.num_gpus is not None:
-            return self.num_gpus
-        import torch
+        return _gpus_or_cuda(self.num_gpus)
 
-        return 1.0 if torch.cuda.is_available() else 0.0
+    def training_gpus(self) -> float:
+        """``training_num_gpus``, or 1 when unset and this machine has CUDA."""
+        return _gpus_or_cuda(self.training_num_gpus)
+
+
+def _gpus_or_cuda(chosen: float | None) -> float:
+    if chosen is not None:
+        return chosen
+    import torch
+
+    return 1.0 if torch.cuda.is_available() else 0.0

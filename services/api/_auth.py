@@ -16,7 +16,7 @@ from fastapi import Depends, Header, Request
 from adapter_store import AdapterStore
 from services._settings import ServiceSettings
 from services.api._admission import TenantAdmission
-from services.api._gateway import ModelGateway
+from services.api._gateway import ModelGateway, TrainingGateway
 from services.api._metrics import IngressMetrics
 from services.exceptions import PermissionDeniedError, UnauthorizedError
 
@@ -39,6 +39,7 @@ class ApiContext:
     settings: ServiceSettings
     meter: IngressMetrics
     admission: TenantAdmission
+    trainer: TrainingGateway | None = None
 
 
 async def _context(request: Request) -> ApiContext:

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 import adapter_store.exceptions as store_errors
 import services.engine.exceptions as engine_errors
 import services.exceptions as api_errors
+import services.training.exceptions as training_errors
 from services.api._admission import TenantRateLimitedError
 from services.client._models import ErrorBody, ErrorDetail
 
@@ -62,6 +63,10 @@ ERROR_TABLE: dict[type[BaseException], tuple[int, str]] = {
     engine_errors.EngineOverloadedError: _UNAVAILABLE,
     engine_errors.BaseModelLoadError: _UNAVAILABLE,
     engine_errors.RequestCancelledError: _UNAVAILABLE,
+    # Fine-tuning.
+    training_errors.TrainingError: _INTERNAL,
+    training_errors.TrainingDataError: _INVALID,
+    training_errors.TrainingOptionsError: _INVALID,
     # The API's own refusals, raised by the ingress as the SDK's classes.
     **{
         cls: (cls.status, cls.default_type)

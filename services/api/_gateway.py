@@ -1,14 +1,15 @@
-"""How the API reaches the model replicas: the :class:`ModelGateway` seam."""
+"""How the API reaches the model replicas and the trainer: the :class:`ModelGateway` and
+:class:`TrainingGateway` seams."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from typing import Protocol
 
-from services.client import ReplicaStats
+from services.client import ReplicaStats, TrainingJob, TrainingJobCreate
 from services.engine import GenerationChunk, GenerationRequest
 
-__all__ = ["ModelGateway"]
+__all__ = ["ModelGateway", "TrainingGateway"]
 
 
 class ModelGateway(Protocol):
@@ -21,4 +22,18 @@ class ModelGateway(Protocol):
 
     async def replica_stats(self) -> list[ReplicaStats]:
         """The live replicas' latest statistics."""
+        ...
+
+
+class TrainingGateway(Protocol):
+    """How the ingress reaches the trainer (the Trainer deployment's handle in
+    production, :class:`services.serve.ServeTrainingGateway`; an in-process
+    :class:`services.training.TrainingJobs` in tests)."""
+
+    async def submit(self, tenant: str, body: TrainingJobCreate, examples: int) -> TrainingJob:
+        """Queue a fine-tune of ``body.name`` for ``tenant``; its record, status queued."""
+        ...
+
+    async def get(self, tenant: str, job_id: str) -> TrainingJob:
+        """``tenant``'s job ``job_id``; ResourceNotFoundError for another tenant's."""
         ...

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import _adapters, _generate, _sim, _store, _up
+from services.cli import _adapters, _generate, _sim, _store, _train, _up
 
 __all__ = ["app", "main"]
 
@@ -20,7 +20,7 @@ app = typer.Typer(
 )
 
 # Each module adds its commands to the app; heavy imports stay inside the commands.
-for _module in (_adapters, _generate, _store, _sim, _up):
+for _module in (_adapters, _generate, _store, _sim, _train, _up):
     _module.register(app)
 
 

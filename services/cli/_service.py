@@ -83,6 +83,10 @@ class ServiceBackend:
             self._client.adapters.alias(name, alias, pushed.version)
         return VersionView.of(pushed)
 
+    def base_model_id(self) -> str:
+        """The base model the service serves (the one entry of /v1/models with no parent)."""
+        return next(m.id for m in self._client.models().data if m.parent is None)
+
     def list_page(self, cursor: str | None, limit: int) -> tuple[list[AdapterRow], str | None]:
         page = self._client.adapters.list_page(cursor=cursor, limit=limit)
         counters = self._client.stats().adapters or {}

@@ -84,6 +84,9 @@ class StoreBackend:
         )
         return VersionView.of(version)
 
+    def base_model_id(self) -> str:
+        return self._settings.base_model
+
     def list_page(self, cursor: str | None, limit: int) -> tuple[list[AdapterRow], str | None]:
         page = self._store.list_adapters(self._tenant, cursor=cursor, limit=limit)
         rows = [
@@ -192,7 +195,7 @@ def base_register(
         typer.Argument(
             exists=True,
             file_okay=False,
-            help="Local Hugging Face causal LM directory (omit for the built-in 'tiny').",
+            help="Local Hugging Face causal LM directory (omit for a built-in model).",
         ),
     ] = None,
 ) -> None:
@@ -204,11 +207,14 @@ def base_register(
 
     with _open_store() as (store, settings):
         if directory is None:
-            from services.engine._tiny import TINY_MODEL_NAME, ensure_tiny_model
+            from services.engine import BUILTIN_MODELS, builtin_model_dir
 
-            if model_id != TINY_MODEL_NAME:
-                raise fail(f"give the model directory of {model_id!r}")
-            directory = ensure_tiny_model(settings.data_dir / "models")
+            directory = builtin_model_dir(model_id, settings.data_dir / "models")
+            if directory is None:
+                raise fail(
+                    f"give the model directory of {model_id!r} (built-in models: "
+                    f"{', '.join(BUILTIN_MODELS)})"
+                )
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(directory))
         manifest = manifest_from_model(model_id, model)

@@ -75,8 +75,11 @@ def up(
         ),
     ] = None,
     base_model: Annotated[
-        Path | None,
-        typer.Option(help="Local Hugging Face model directory (default: built-in tiny)."),
+        str | None,
+        typer.Option(
+            help="Built-in model (tiny-en, tiny) or a local Hugging Face model directory "
+            "(default: tiny-en, or LORAMUX_BASE_MODEL when it names a built-in model)."
+        ),
     ] = None,
     redis_url: Annotated[
         str | None, typer.Option(help="External Redis (default: embedded redis-server).")
@@ -106,10 +109,10 @@ def up(
     try:
         overrides = {"data_dir": data_dir, "redis_url": redis_url, "blob_url": blob_url}
         store_settings = StoreSettings(**{k: v for k, v in overrides.items() if v is not None})
-        if base_model is not None and "LORAMUX_BASE_MODEL" not in os.environ:
-            store_settings = store_settings.model_copy(update={"base_model": base_model.name})
+        model_id, model_dir = _base_model(base_model, store_settings.base_model)
+        store_settings = store_settings.model_copy(update={"base_model": model_id})
         options = {
-            "base_model_dir": base_model,
+            "base_model_dir": model_dir,
             "gpu_slots": gpu_slots,
             "admin_key": admin_key,
             "quantize": quantize,
@@ -174,6 +177,37 @@ def _interrupt(signum: int, frame: object) -> None:
 def _on_signals(handler: Callable[[int, Any], None]) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, handler)
+
+
+def _base_model(chosen: str | None, configured: str) -> tuple[str, Path | None]:
+    """The served base model's id and directory (None: the app's own ``tiny``).
+
+    Policy: ``--base-model`` wins; a directory is named by its own name unless
+    ``LORAMUX_BASE_MODEL`` names it. Without the option, ``LORAMUX_BASE_MODEL`` picks a
+    built-in model, and anything else (the unset default included) serves ``tiny-en``.
+    """
+    from services.engine import BUILTIN_MODELS, TINY_EN_MODEL_NAME, TINY_MODEL_NAME
+
+    if chosen is None:
+        chosen = configured if configured in BUILTIN_MODELS and _configured() else None
+        chosen = chosen or TINY_EN_MODEL_NAME
+    if chosen == TINY_MODEL_NAME:
+        return TINY_MODEL_NAME, None
+    if chosen in BUILTIN_MODELS:
+        from services.engine import resolve_base_model
+
+        return chosen, resolve_base_model(chosen)
+    directory = Path(chosen).expanduser()
+    if not (directory / "config.json").is_file():
+        raise _fail(
+            f"--base-model {chosen!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}) "
+            "nor a Hugging Face model directory with config.json"
+        )
+    return (configured if _configured() else directory.name), directory
+
+
+def _configured() -> bool:
+    return "LORAMUX_BASE_MODEL" in os.environ
 
 
 def _check_quantization(settings: ServiceSettings) -> None:
@@ -252,7 +286,11 @@ def _start_service(
     if num_cpus is None:
         # Ray's CPUs are scheduling units: never fewer than the replicas ask for, so a
         # small machine runs every replica rather than leaving some pending forever.
-        wanted = settings.replicas * settings.num_cpus + settings.ingress_num_cpus
+        wanted = (
+            settings.replicas * settings.num_cpus
+            + settings.ingress_num_cpus
+            + settings.training_num_cpus
+        )
         num_cpus = max(os.cpu_count() or 1, math.ceil(wanted))
     # The request router reads the Redis URL from its process's environment, never from
     # the Serve config; Ray's local workers inherit this process's environment.

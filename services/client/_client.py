@@ -30,7 +30,15 @@ import os
 import tarfile
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +71,10 @@ from services.client._models import (
     TenantCreated,
     TenantLimitsInfo,
     TenantUsage,
+    TrainingJob,
+    TrainingJobCreate,
+    TrainingOptions,
+    TrainingProgress,
 )
 from services.client._profile import PROFILE_PATH, read_profile
 from services.client._stats import ServiceStats
@@ -456,6 +468,7 @@ class Client(_BaseClient):
         self.completions = Completions(self)
         self.chat = Chat(self)
         self.tenants = Tenants(self)
+        self.training = Training(self)
 
     def close(self) -> None:
         self._http.close()
@@ -559,6 +572,7 @@ class AsyncClient(_BaseClient):
         self.completions = AsyncCompletions(self)
         self.chat = AsyncChat(self)
         self.tenants = AsyncTenants(self)
+        self.training = AsyncTraining(self)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -1117,3 +1131,104 @@ class AsyncTenants(_TenantCalls):
 
     async def limits(self, name: str) -> TenantLimitsInfo:
         return await self._client._run(self._limits(name))
+
+
+class _TrainingCalls:
+    """The training job endpoints as :class:`_Call` builders (no I/O)."""
+
+    _TERMINAL = frozenset({"succeeded", "failed"})
+
+    def __init__(self, client: _BaseClient) -> None:
+        self._client = client
+
+    def _create(
+        self,
+        data: str | Path,
+        name: str,
+        options: TrainingOptions | None,
+        aliases: Sequence[str],
+    ) -> _Call[TrainingJob]:
+        text = data.read_text(encoding="utf-8") if isinstance(data, Path) else data
+        body = TrainingJobCreate(
+            name=name, data=text, options=options or TrainingOptions(), aliases=list(aliases)
+        )
+        return self._client._call("POST", "/v1/training/jobs", TrainingJob, body=body)
+
+    def _get(self, job_id: str) -> _Call[TrainingJob]:
+        return self._client._call("GET", f"/v1/training/jobs/{_segment(job_id)}", TrainingJob)
+
+
+class Training(_TrainingCalls):
+    """``client.training``: fine-tune an adapter on the service and publish it.
+
+    Raises (every method): BadRequestError naming the data line or option at fault
+    (nothing is trained); ResourceNotFoundError for a job of another tenant.
+    """
+
+    _client: Client
+
+    def create(
+        self,
+        data: str | Path,
+        *,
+        name: str,
+        options: TrainingOptions | None = None,
+        aliases: Sequence[str] = (),
+    ) -> TrainingJob:
+        """Start a job training ``name``'s next version on ``data`` (JSON lines, or a
+        path to them); it runs on the service's Ray cluster."""
+        return self._client._run(self._create(data, name, options, aliases))
+
+    def get(self, job_id: str) -> TrainingJob:
+        """The job's status, progress and, once done, its version or error."""
+        return self._client._run(self._get(job_id))
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        on_progress: Callable[[TrainingProgress], None] | None = None,
+        poll_s: float = 1.0,
+    ) -> TrainingJob:
+        """Poll until the job ends (succeeded or failed); ``on_progress`` sees each poll."""
+        while True:
+            job = self.get(job_id)
+            if on_progress is not None and job.progress is not None:
+                on_progress(job.progress)
+            if job.status in self._TERMINAL:
+                return job
+            self._client._sleep(poll_s)
+
+
+class AsyncTraining(_TrainingCalls):
+    """``client.training`` of :class:`AsyncClient`; see :class:`Training`."""
+
+    _client: AsyncClient
+
+    async def create(
+        self,
+        data: str | Path,
+        *,
+        name: str,
+        options: TrainingOptions | None = None,
+        aliases: Sequence[str] = (),
+    ) -> TrainingJob:
+        return await self._client._run(self._create(data, name, options, aliases))
+
+    async def get(self, job_id: str) -> TrainingJob:
+        return await self._client._run(self._get(job_id))
+
+    async def wait(
+        self,
+        job_id: str,
+        *,
+        on_progress: Callable[[TrainingProgress], None] | None = None,
+        poll_s: float = 1.0,
+    ) -> TrainingJob:
+        while True:
+            job = await self.get(job_id)
+            if on_progress is not None and job.progress is not None:
+                on_progress(job.progress)
+            if job.status in self._TERMINAL:
+                return job
+            await self._client._sleep(poll_s)

@@ -56,6 +56,10 @@ __all__ = [
     "ToolCall",
     "ToolCallDelta",
     "ToolDefinition",
+    "TrainingJob",
+    "TrainingJobCreate",
+    "TrainingOptions",
+    "TrainingProgress",
     "Usage",
 ]
 
@@ -474,3 +478,74 @@ class Health(_Response):
     status: str
     replicas: int | None = None
     expected_replicas: int | None = None
+
+
+# --- training -----------------------------------------------------------------------
+
+
+class TrainingOptions(_Request):
+    """The knobs of a fine-tune (``loramux train``, ``client.training``, the API).
+
+    ``target_modules`` ``None`` adapts every linear layer of the attention and MLP blocks
+    (PEFT's ``all-linear``), which trains best at small ranks. ``max_steps`` caps the
+    optimizer steps whatever ``epochs`` says. ``validation_split`` is the share of
+    examples held out for the eval loss (at least one when above zero and the data has
+    two or more examples).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rank: int = Field(default=8, ge=1, le=256)
+    alpha: float = Field(default=16.0, gt=0, le=4096)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] | None = Field(default=None, min_length=1)
+    epochs: float = Field(default=3.0, gt=0, le=1000)
+    learning_rate: float = Field(default=2e-3, gt=0, le=1)
+    batch_size: int = Field(default=8, ge=1, le=512)
+    max_steps: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_length: int = Field(default=512, ge=8, le=32768, description="tokens per example")
+    seed: int = Field(default=0, ge=0)
+    validation_split: float = Field(default=0.1, ge=0, lt=1)
+
+
+class TrainingJobCreate(_Request):
+    """``POST /v1/training/jobs``: fine-tune ``name`` on ``data`` (JSON lines)."""
+
+    name: str = Field(min_length=1)
+    # 64 MB of text is hundreds of thousands of examples, past what a LoRA needs.
+    data: str = Field(
+        min_length=1, max_length=64_000_000, description="the training file's JSON lines"
+    )
+    options: TrainingOptions = Field(default_factory=TrainingOptions)
+    aliases: list[str] = Field(default_factory=list)
+
+
+class TrainingProgress(_Response):
+    """Where a run stands: optimizer ``step`` of ``total_steps``, the last batch's loss."""
+
+    step: int
+    total_steps: int
+    loss: float | None = None
+    epoch: float = 0.0
+
+
+class TrainingJob(_Response):
+    """One fine-tune. ``status``: ``queued`` -> ``running`` -> ``succeeded`` | ``failed``.
+
+    On success ``version`` is the adapter version it published and ``eval_loss`` the
+    held-out loss (None without a validation split); on failure ``error`` says why and
+    nothing was published.
+    """
+
+    id: str
+    tenant: str
+    name: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    progress: TrainingProgress | None = None
+    eval_loss: float | None = None
+    train_loss: float | None = None
+    version: int | None = None
+    error: str | None = None
+    examples: int = 0
+    created_at: float = 0.0
+    finished_at: float | None = None

@@ -18,10 +18,16 @@ import torch
 
 from adapter_store import BaseModelManifest, manifest_from_model
 from services.engine._quantization import base_model_bytes, plan_quantization
-from services.engine._tiny import TINY_MODEL_NAME, ensure_tiny_model
+from services.engine._tiny import BUILTIN_MODELS, builtin_model_dir
 from services.engine.exceptions import BaseModelLoadError
 
-__all__ = ["BaseModel", "default_models_dir", "load_base_model"]
+__all__ = [
+    "BaseModel",
+    "chat_prompt",
+    "default_models_dir",
+    "load_base_model",
+    "resolve_base_model",
+]
 
 
 def default_models_dir() -> Path:
@@ -72,6 +78,25 @@ class BaseModel:
         return self.model.dtype
 
 
+def resolve_base_model(name_or_path: str | Path, models_dir: Path | None = None) -> Path:
+    """The directory of a built-in model name (``tiny``, ``tiny-en``) or a local directory.
+
+    Raises:
+        BaseModelLoadError: neither a built-in name nor a directory with ``config.json``.
+    """
+    builtin = builtin_model_dir(name_or_path, models_dir or default_models_dir())
+    if builtin is not None:
+        return builtin
+    path = Path(name_or_path).expanduser()
+    if not (path / "config.json").is_file():
+        raise BaseModelLoadError(
+            f"base model {str(name_or_path)!r} is neither a built-in model "
+            f"({', '.join(BUILTIN_MODELS)}) nor a Hugging Face model directory with "
+            "config.json; pass a local directory (nothing is downloaded)"
+        )
+    return path
+
+
 def load_base_model(
     name_or_path: str | Path,
     *,
@@ -95,17 +120,8 @@ def load_base_model(
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    if str(name_or_path) == TINY_MODEL_NAME:
-        path = ensure_tiny_model(models_dir or default_models_dir())
-        model_id = name or TINY_MODEL_NAME
-    else:
-        path = Path(name_or_path)
-        model_id = name or path.name
-        if not (path / "config.json").is_file():
-            raise BaseModelLoadError(
-                f"base model {str(name_or_path)!r} is neither 'tiny' nor a Hugging Face model "
-                "directory with config.json; pass a local directory (nothing is downloaded)"
-            )
+    path = resolve_base_model(name_or_path, models_dir)
+    model_id = name or (str(name_or_path) if str(name_or_path) in BUILTIN_MODELS else path.name)
     target_device = torch.device(device) if device is not None else _default_device()
     target_dtype = dtype or _default_dtype(target_device)
     plan = plan_quantization(path, quantize)

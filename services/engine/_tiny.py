@@ -1,4 +1,11 @@
-"""The built-in ``tiny`` base model, made locally and saved as a normal HF directory.
+"""The built-in base models: ``tiny`` (made locally) and ``tiny-en`` (shipped).
+
+``tiny-en`` is the embedded default of ``loramux up``: a four-layer Llama of 2.9M
+parameters (hidden 256, eight heads of 32) with a BPE tokenizer and a chat template,
+trained by ``scripts/tiny_en/build.py`` on simple English the same directory generates.
+It writes short readable stories and answers simple chat questions, so a newcomer sees
+words, and an adapter trained with ``loramux train`` visibly changes them. It ships inside
+this package (about 11 MB) and loads like any Hugging Face directory.
 
 The embedded default (``loramux up``) and the tests need a base model without a download.
 ``tiny`` is a two-layer Llama with deterministic seeded weights and a byte-level tokenizer
@@ -19,9 +26,19 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["TINY_MODEL_NAME", "build_tiny_model", "ensure_tiny_model"]
+__all__ = [
+    "BUILTIN_MODELS",
+    "TINY_EN_MODEL_NAME",
+    "TINY_MODEL_NAME",
+    "build_tiny_model",
+    "builtin_model_dir",
+    "ensure_tiny_model",
+]
 
 TINY_MODEL_NAME = "tiny"
+TINY_EN_MODEL_NAME = "tiny-en"
+BUILTIN_MODELS = (TINY_EN_MODEL_NAME, TINY_MODEL_NAME)
+_TINY_EN_DIR = Path(__file__).resolve().parent / "_builtin" / TINY_EN_MODEL_NAME
 # Bumped whenever the architecture, seed or tokenizer changes, so a stale directory built
 # by an older loramux is rebuilt instead of silently loaded.
 _TINY_REVISION = 2
@@ -149,3 +166,13 @@ def ensure_tiny_model(models_dir: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def builtin_model_dir(name: str | Path, models_dir: Path) -> Path | None:
+    """The directory of built-in model ``name`` (``tiny`` built under ``models_dir`` on
+    first use), or None when ``name`` is not a built-in model."""
+    if str(name) == TINY_MODEL_NAME:
+        return ensure_tiny_model(models_dir)
+    if str(name) == TINY_EN_MODEL_NAME:
+        return _TINY_EN_DIR
+    return None

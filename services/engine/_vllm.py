@@ -36,7 +36,7 @@ from adapter_store import (
     manifest_from_model,
     parse_lora_config,
 )
-from services.engine._base_model import chat_prompt, default_models_dir
+from services.engine._base_model import chat_prompt, resolve_base_model
 from services.engine._cache import AdapterCache, SlotLease
 from services.engine._engine_options import CacheHooks, EngineKind, EngineOptions
 from services.engine._requests import (
@@ -49,7 +49,7 @@ from services.engine._requests import (
     Usage,
 )
 from services.engine._sampling import SamplingParams
-from services.engine._tiny import TINY_MODEL_NAME, ensure_tiny_model
+from services.engine._tiny import BUILTIN_MODELS
 from services.engine.exceptions import (
     AdapterLoadError,
     AdapterMismatchError,
@@ -99,10 +99,10 @@ class VllmEngine:
 
         self._options = options
         self._hooks = hooks
-        path = _model_path(options)
+        path = resolve_base_model(options.base_model, options.models_dir)
         self.path = path
         self._name = options.name or (
-            TINY_MODEL_NAME if str(options.base_model) == TINY_MODEL_NAME else path.name
+            str(options.base_model) if str(options.base_model) in BUILTIN_MODELS else path.name
         )
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self._manifest, self._base_model_bytes = _skeleton_facts(self._name, path, options)
@@ -323,18 +323,6 @@ def prepare_adapter(version: AdapterVersion, path: Path, *, max_lora_rank: int) 
             "vllm does not serve; use engine hf"
         )
     return VllmAdapter(version.key, path, spec, size)
-
-
-def _model_path(options: EngineOptions) -> Path:
-    if str(options.base_model) == TINY_MODEL_NAME:
-        return ensure_tiny_model(options.models_dir or default_models_dir())
-    path = Path(options.base_model)
-    if not (path / "config.json").is_file():
-        raise BaseModelLoadError(
-            f"base model {str(options.base_model)!r} is neither 'tiny' nor a Hugging Face "
-            "model directory with config.json; pass a local directory"
-        )
-    return path
 
 
 def _skeleton_facts(name: str, path: Path, options: EngineOptions) -> tuple[BaseModelManifest, int]:

@@ -1,16 +1,18 @@
-"""The Ray Serve application: ingress, model deployment and stats board, wired.
+"""The Ray Serve application: ingress, model deployment, stats board and trainer, wired.
 
 ::
 
     HTTP ──► IngressServer (FastAPI)  ──handle(multiplexed_model_id=adapter key)──►
              CacheAwareRequestRouter ──► ModelReplica × replicas ──reports──► StatsBoard
+             IngressServer ──handle──► TrainerServer ──Ray task per job (num_gpus)──►
 
 The model deployment routes with :class:`services.serve._router.CacheAwareRequestRouter`,
 which reads each replica's ``record_routing_stats`` every ``routing_stats_period_s``
 and, when ``LORAMUX_REDIS_URL`` is set in its process, follows the replicas' residency
 events on Redis (``services.serve._residency``).
 Each model replica asks for ``num_gpus`` and ``num_cpus`` of Ray's resources; the
-ingress for ``ingress_num_cpus``; the board for none.
+ingress for ``ingress_num_cpus``; the board and the trainer for none (each training job
+is a Ray task with ``training_num_cpus`` and ``training_num_gpus``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from services._settings import ServiceSettings
 from services.serve._ingress import IngressServer
 from services.serve._replica import ModelReplica, stale_after_s
 from services.serve._stats_board import StatsBoard
+from services.serve._trainer import TrainerServer
 
 __all__ = ["MODEL_DEPLOYMENT", "app_builder", "build_app"]
 
@@ -53,6 +56,9 @@ def build_app(settings: ServiceSettings) -> Application:
         health_check_timeout_s=120,
         graceful_shutdown_timeout_s=30,
     ).bind(settings, board)
+    trainer = serve.deployment(
+        TrainerServer, name="Trainer", num_replicas=1, ray_actor_options={"num_cpus": 0}
+    ).bind(settings)
     ingress = serve.deployment(
         serve.ingress()(IngressServer),
         name="Ingress",
@@ -60,7 +66,7 @@ def build_app(settings: ServiceSettings) -> Application:
         max_ongoing_requests=1024,
         ray_actor_options={"num_cpus": settings.ingress_num_cpus},
     )
-    return ingress.bind(settings, model, board)
+    return ingress.bind(settings, model, board, trainer)
 
 
 def router_config(settings: ServiceSettings) -> RequestRouterConfig:

@@ -19,6 +19,7 @@ from services.api import create_api
 from services.client import ReplicaStats
 from services.engine import GenerationChunk, GenerationRequest
 from services.serve._heap import start_heap_trimmer
+from services.serve._trainer import ServeTrainingGateway
 
 __all__ = ["IngressServer", "ServeGateway"]
 
@@ -55,14 +56,17 @@ class IngressServer:
     :meth:`__serve_build_asgi_app__` after the constructor.
     """
 
-    def __init__(self, settings: ServiceSettings, model: Any, board: Any) -> None:
+    def __init__(
+        self, settings: ServiceSettings, model: Any, board: Any, trainer: Any = None
+    ) -> None:
         self._settings = settings
         self._store = AdapterStore.from_settings(settings.store)
         self._gateway = ServeGateway(model, board)
+        self._trainer = None if trainer is None else ServeTrainingGateway(trainer)
         start_heap_trimmer()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self._store, self._gateway, self._settings)
+        return create_api(self._store, self._gateway, self._settings, trainer=self._trainer)
 
     def __del__(self) -> None:
         self._store.close()
