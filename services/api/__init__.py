@@ -2,12 +2,12 @@
 
 Server side only (FastAPI, the adapter store, the engine's request types); Ray Serve
 mounts it in :mod:`services.serve`, and tests serve it over ASGI with a fake
-:class:`ModelGateway`. The error table (which exception answers with which status) is
+:class:`ModelGateway` (and an in-process :class:`TrainingGateway`). The error table (which exception answers with which status) is
 :data:`ERROR_TABLE`.
 """
 
 from services.api._app import create_api
 from services.api._errors import ERROR_TABLE
-from services.api._gateway import ModelGateway
+from services.api._gateway import ModelGateway, TrainingGateway
 
-__all__ = ["ERROR_TABLE", "ModelGateway", "create_api"]
+__all__ = ["ERROR_TABLE", "ModelGateway", "TrainingGateway", "create_api"]

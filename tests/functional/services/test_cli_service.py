@@ -10,27 +10,22 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import uvicorn
 from click.testing import Result
 from typer.testing import CliRunner
 
-from adapter_store import AdapterStore, StoreSettings
-from services._settings import ServiceSettings
-from services.api import create_api
+from adapter_store import AdapterStore
 from services.cli import app
 from services.client import PEFT_FILES, ReplicaStats
 from services.engine import GenerationChunk
 from tests.factories import make_peft_adapter, tiny_llama
 from tests.fakes import ScriptedGateway
+from tests.functional.services.conftest import ADMIN_KEY
 from tests.functional.services.test_api import DONE
 
-ADMIN_KEY = "admin-key"
 Cli = Callable[..., Result]
 
 
@@ -39,33 +34,6 @@ def adapters(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("cli-service")
     model = tiny_llama()
     return make_peft_adapter(model, root / "a0", seed=0), make_peft_adapter(model, root / "a1")
-
-
-@pytest.fixture
-def gateway() -> ScriptedGateway:
-    return ScriptedGateway()
-
-
-@pytest.fixture
-def service_url(store: AdapterStore, gateway: ScriptedGateway, tmp_path: Path) -> Iterator[str]:
-    """The API served over HTTP on 127.0.0.1 (a free port) until the test ends."""
-    settings = ServiceSettings(store=StoreSettings(data_dir=tmp_path), admin_key=ADMIN_KEY)
-    api = create_api(store, gateway, settings)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(api, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 def make_cli(url: str, home: Path, **env: str) -> Cli:

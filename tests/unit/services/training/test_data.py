@@ -55,5 +55,5 @@ def test_a_bad_line_is_refused_naming_its_number_and_the_fix(bad: object, messag
 
 
 def test_a_file_without_examples_is_refused_showing_the_formats() -> None:
-    with pytest.raises(TrainingDataError, match='no example in the data.*"prompt"'):
+    with pytest.raises(TrainingDataError, match=r'no example in the data.*"prompt"'):
         parse_training_data(["", "   "])
