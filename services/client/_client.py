@@ -1157,6 +1157,21 @@ class _TrainingCalls:
     def _get(self, job_id: str) -> _Call[TrainingJob]:
         return self._client._call("GET", f"/v1/training/jobs/{_segment(job_id)}", TrainingJob)
 
+    def _finished(
+        self,
+        job: TrainingJob,
+        on_progress: Callable[[TrainingProgress], None] | None,
+        deadline: float | None,
+    ) -> bool:
+        """One poll of ``wait``: report progress; whether the job has ended."""
+        if on_progress is not None and job.progress is not None:
+            on_progress(job.progress)
+        if job.status in self._TERMINAL:
+            return True
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"training job {job.id} is still {job.status}")
+        return False
+
 
 class Training(_TrainingCalls):
     """``client.training``: fine-tune an adapter on the service and publish it.
@@ -1189,13 +1204,17 @@ class Training(_TrainingCalls):
         *,
         on_progress: Callable[[TrainingProgress], None] | None = None,
         poll_s: float = 1.0,
+        timeout_s: float | None = None,
     ) -> TrainingJob:
-        """Poll until the job ends (succeeded or failed); ``on_progress`` sees each poll."""
+        """Poll until the job ends (succeeded or failed); ``on_progress`` sees each poll.
+
+        Raises:
+            TimeoutError: the job is still queued or running after ``timeout_s``.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             job = self.get(job_id)
-            if on_progress is not None and job.progress is not None:
-                on_progress(job.progress)
-            if job.status in self._TERMINAL:
+            if self._finished(job, on_progress, deadline):
                 return job
             self._client._sleep(poll_s)
 
@@ -1224,11 +1243,11 @@ class AsyncTraining(_TrainingCalls):
         *,
         on_progress: Callable[[TrainingProgress], None] | None = None,
         poll_s: float = 1.0,
+        timeout_s: float | None = None,
     ) -> TrainingJob:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             job = await self.get(job_id)
-            if on_progress is not None and job.progress is not None:
-                on_progress(job.progress)
-            if job.status in self._TERMINAL:
+            if self._finished(job, on_progress, deadline):
                 return job
             await self._client._sleep(poll_s)

@@ -74,6 +74,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         num_cpus=0.5,
         ingress_num_cpus=0.25,
         num_gpus=0,
+        training_num_cpus=0.5,
         torch_threads=1,
         gpu_slots=2,
         max_batch_size=4,
@@ -381,3 +382,23 @@ def test_request_features_cross_ray_to_the_replicas(service: Service, acme: Clie
     assert all(0 <= json.loads(c.message.content)["n"] <= 9 for c in reply.choices)
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens <= 4
     assert client.models.retrieve("support").root == "tiny"
+
+
+def test_a_training_job_runs_as_a_ray_task_and_its_adapter_serves_at_once(
+    acme: Client, globex: Client
+) -> None:
+    from services.client import TrainingOptions
+
+    lines = [f'{{"prompt": "{i} plus 1?", "completion": " {i + 1}"}}' for i in range(6)]
+    options = TrainingOptions(max_steps=3, batch_size=2, rank=4)
+
+    job = acme.training.create("\n".join(lines), name="trained", options=options)
+    done = acme.training.wait(job.id, poll_s=0.2, timeout_s=READY_TIMEOUT_S)
+    reply = acme.completions.create(model="trained", prompt=PROMPT, max_tokens=2)
+
+    assert done.status == "succeeded", done.error
+    assert (done.version, done.progress.step if done.progress else None) == (1, 3)
+    assert acme.adapters.get("trained").latest.rank == 4
+    assert reply.usage.completion_tokens >= 1
+    with pytest.raises(ResourceNotFoundError):
+        globex.training.get(job.id)
