@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Literal
 
 from adapter_store.exceptions import InvalidNameError, InvalidReferenceError
 
@@ -19,6 +20,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "AdapterRef",
     "AdapterVersion",
+    "Origin",
     "Publication",
     "is_version_number",
     "validate_alias",
@@ -28,6 +30,8 @@ __all__ = [
 
 MAX_NAME_LENGTH = 64
 LATEST = "latest"
+Origin = Literal["pushed", "trained"]
+"""How a version came to be: uploaded by its tenant, or trained by the service."""
 # A leading alphanumeric and no slash, backslash or ".." keep a name from escaping a
 # directory or an S3 prefix, and from being confused with a version number or alias.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -194,6 +198,7 @@ class AdapterVersion:
     rank: int = field(compare=False)
     base_model: str = field(compare=False)
     created_at: float = field(compare=False, default=0.0)
+    origin: Origin = field(compare=False, default="pushed")
 
     @property
     def key(self) -> str:
@@ -233,6 +238,7 @@ class Publication:
     created_at: float
     generations: tuple[int, int] = (0, 0)
     aliases: tuple[str, ...] = ()
+    origin: Origin = "pushed"
 
     def version(self, number: int) -> AdapterVersion:
         """The version this publication becomes once the store numbered it."""
@@ -246,4 +252,5 @@ class Publication:
             self.rank,
             self.base_model,
             self.created_at,
+            self.origin,
         )

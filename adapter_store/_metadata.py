@@ -141,7 +141,8 @@ for _, blob in ipairs(announced) do
 end
 local ver = redis.call('HINCRBY', adapter_key, 'n', 1)
 redis.call('HSET', args.version_prefix .. ver, 'd', args.digest, 'c', args.config_digest,
-  's', args.size_bytes, 'r', args.rank, 'b', args.base_model, 't', args.created_at)
+  's', args.size_bytes, 'r', args.rank, 'b', args.base_model, 't', args.created_at,
+  'o', args.origin)
 redis.call('ZADD', versions_key, ver, ver)
 if live == 0 then
   redis.call('HSET', adapter_key, 'c', args.created_at)
@@ -161,7 +162,7 @@ return ver
 
 # Resolves an alias or a version (args.by) to the version's fields in one call.
 # Returns {'A'} (no such adapter), {'L'} (no such alias), {'V'} (no such live version)
-# or {version, digest, config digest, size, rank, base model, created}.
+# or {version, digest, config digest, size, rank, base model, created, origin}.
 _RESOLVE = _Lua(
     keys=("adapter_key", "versions_key"),
     body="""
@@ -171,9 +172,9 @@ if args.by == 'alias' then
 end
 local f = false
 if ver then
-  f = redis.call('HMGET', args.version_prefix .. ver, 'd', 'c', 's', 'r', 'b', 't', 'x')
+  f = redis.call('HMGET', args.version_prefix .. ver, 'd', 'c', 's', 'r', 'b', 't', 'o', 'x')
 end
-if f and f[1] and not f[7] then return {ver, f[1], f[2], f[3], f[4], f[5], f[6]} end
+if f and f[1] and not f[8] then return {ver, f[1], f[2], f[3], f[4], f[5], f[6], f[7] or ''} end
 if redis.call('ZCARD', versions_key) == 0 then return {'A'} end
 if args.by == 'alias' then return {'L'} end
 return {'V'}
@@ -384,7 +385,7 @@ return 'claimed'
 """,
 )
 
-_VERSION_FIELDS = ("d", "c", "s", "r", "b", "t")
+_VERSION_FIELDS = ("d", "c", "s", "r", "b", "t", "o")
 
 
 class RedisMetadataStore:
@@ -774,6 +775,7 @@ class RedisMetadataStore:
             "rank": str(p.rank),
             "base_model": p.base_model,
             "created_at": repr(p.created_at),
+            "origin": p.origin,
             "token_ttl_s": str(_PUSH_TOKEN_TTL_S),
             "check_only": check_only,
             "digest_generation": str(digest_generation),
@@ -953,10 +955,10 @@ class RedisMetadataStore:
             by_version.setdefault(number, []).append(alias)
         items = tuple(
             VersionInfo(
-                version=_version(tenant, name, number, row[:6]),
+                version=_version(tenant, name, number, row[:7]),
                 aliases=tuple(sorted(by_version.get(int(number), ()))),
-                request_count=int(row[6] or 0),
-                last_used_at=_float_or_none(row[7]),
+                request_count=int(row[7] or 0),
+                last_used_at=_float_or_none(row[8]),
             )
             for number, row in zip(numbers, rows, strict=True)
         )
@@ -1058,8 +1060,11 @@ def _script_error(message: str, what: str) -> Exception:
     )
 
 
-def _version(tenant: str, name: str, number: str | int, fields: Sequence[str]) -> AdapterVersion:
-    digest, config_digest, size, rank, base_model, created = fields
+def _version(
+    tenant: str, name: str, number: str | int, fields: Sequence[str | None]
+) -> AdapterVersion:
+    digest, config_digest, size, rank, base_model, created, origin = fields
+    assert digest and config_digest and size and rank and base_model and created
     return AdapterVersion(
         tenant=tenant,
         name=name,
@@ -1070,6 +1075,8 @@ def _version(tenant: str, name: str, number: str | int, fields: Sequence[str]) -
         rank=int(rank),
         base_model=base_model,
         created_at=float(created),
+        # Versions published before origins were recorded were all pushed.
+        origin="trained" if origin == "trained" else "pushed",
     )
 
 

@@ -37,6 +37,7 @@ from adapter_store._disk_cache import DiskCache, download_verified
 from adapter_store._identity import (
     AdapterRef,
     AdapterVersion,
+    Origin,
     Publication,
     is_version_number,
     validate_alias,
@@ -187,12 +188,14 @@ class AdapterStore:
         base_model: str,
         aliases: Sequence[str] = (),
         on_progress: ProgressCallback | None = None,
+        origin: Origin = "pushed",
     ) -> AdapterVersion:
         """Validate an adapter and publish it as the next version of ``tenant/name``.
 
         ``source`` is a PEFT directory, an archive of one, the two file paths, or the
         files' bytes. ``latest`` and ``aliases`` move to the new version atomically.
-        ``on_progress`` receives byte counts as the blobs are uploaded.
+        ``on_progress`` receives byte counts as the blobs are uploaded. ``origin`` records
+        how the version came to be (``trained`` by the service's trainer, else ``pushed``).
 
         Raises:
             InvalidNameError: tenant, name or an alias breaks the naming rules.
@@ -231,6 +234,7 @@ class AdapterStore:
                             generations[adapter.config_digest],
                         ),
                         aliases=tuple(aliases),
+                        origin=origin,
                     )
                 )
                 break

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         BaseModelManifest,
         BlobStore,
         MetadataStore,
+        Origin,
     )
 
 
@@ -82,6 +83,7 @@ def publish_version(
     size: int = 100,
     aliases: tuple[str, ...] = (),
     now: float = 10.0,
+    origin: Origin = "pushed",
 ) -> AdapterVersion:
     """Publish a version of ``tenant/name`` whose blobs are the digests of ``content``
     (weights) and ``content + "-config"``, rank 8 on base model ``tiny``; no blob behind
@@ -89,9 +91,10 @@ def publish_version(
     from adapter_store import Publication
 
     digest, config_digest = sha256_hex(content), sha256_hex(content + "-config")
-    return meta.publish(
-        Publication(tenant, name, digest, config_digest, size, 8, "tiny", now, aliases=aliases)
+    publication = Publication(
+        tenant, name, digest, config_digest, size, 8, "tiny", now, aliases=aliases, origin=origin
     )
+    return meta.publish(publication)
 
 
 def tiny_llama(seed: int = 0, **overrides: Any):  # -> transformers.LlamaForCausalLM

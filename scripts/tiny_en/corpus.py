@@ -39,11 +39,29 @@ COLOURS = ("red", "blue", "green", "yellow", "white", "brown", "pink", "orange",
 THINGS = (
     "ball", "kite", "book", "hat", "box", "cake", "flower", "apple", "boat", "toy",
     "drum", "map", "key", "shell", "stone", "cup", "bell", "leaf", "star", "sock",
+    "lamp", "shoe", "bag", "chair", "clock", "ring", "bottle", "basket", "candle",
+    "blanket", "coat", "spoon", "plate", "pencil", "brush", "rope", "wheel", "jar",
+    "feather", "button", "mirror", "ladder", "bucket", "whistle", "scarf", "cookie",
+)  # fmt: skip
+FOODS = (
+    "bread", "jam", "pie", "milk", "cheese", "soup", "honey", "cookies", "apples",
+    "carrots", "eggs", "tea", "butter", "rice", "pears", "plums", "berries", "cake",
+)  # fmt: skip
+SHOPS = ("shop", "bakery", "market", "store", "stall", "cafe")
+SELLERS = ("Mr. Brown", "Mrs. Green", "Mr. Oak", "Mrs. Bell", "Miss Rose", "Mr. Stone")
+DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_SYLLABLES = (
+    "ba", "bi", "bo", "da", "di", "do", "fa", "fi", "ga", "ka", "ki", "ko", "la", "li",
+    "lo", "ma", "mi", "mo", "na", "ni", "no", "pa", "pi", "po", "ra", "ri", "ro", "sa",
+    "si", "so", "ta", "ti", "to", "va", "vi", "zo", "zu", "bel", "dor", "fin", "gal",
+    "kin", "lin", "mor", "nell", "pen", "quin", "rik", "sel", "tam", "vin", "wick", "zel",
+    "ber", "cus", "ox", "ump", "jy", "ash", "eth", "yl", "ix",
 )  # fmt: skip
 HOMES = ("house", "tree", "hole", "nest", "barn", "cave", "hut")
 PLACES = (
     "park", "forest", "garden", "river", "school", "beach", "farm", "town", "hill",
-    "lake", "market", "meadow", "pond", "field",
+    "lake", "market", "meadow", "pond", "field", "library", "castle", "village", "mill",
+    "road", "station", "zoo", "island", "mountain", "kitchen", "bridge", "harbor",
 )  # fmt: skip
 FEELINGS = ("happy", "sad", "scared", "excited", "tired", "proud", "surprised", "worried")
 GOOD_FEELINGS = ("happy", "proud", "excited", "glad")
@@ -120,9 +138,46 @@ def _subject(name: str) -> tuple[str, str]:
     return ("he", "his") if HE_SHE.get(name) == "he" else ("she", "her")
 
 
+def made_up_name(rng: random.Random) -> str:
+    """A pronounceable name no list holds: its pieces teach the model to spell new words
+    (the names, products and places an adapter will bring)."""
+    return "".join(rng.choice(_SYLLABLES) for _ in range(rng.choice((2, 2, 3)))).capitalize()
+
+
+def _name(rng: random.Random) -> str:
+    return made_up_name(rng) if rng.random() < 0.3 else rng.choice(NAMES)
+
+
+def shopping(rng: random.Random) -> str:
+    """A visit to a shop: names, days, times, prices."""
+    a = _name(rng)
+    he, his = _subject(a)
+    shop = rng.choice(SHOPS)
+    food, other = rng.sample(FOODS, 2)
+    seller = rng.choice(SELLERS)
+    opens, price = rng.randint(6, 10), rng.randint(1, 9)
+    shop_name = made_up_name(rng) if rng.random() < 0.5 else f"the {rng.choice(LOOKS)} {shop}"
+    lines = [
+        f"On {rng.choice(DAYS)}, {a} went to the {shop} to buy some {food}.",
+        f"The {shop} was called {shop_name.removeprefix('the ')}."
+        if shop_name[0].isupper()
+        else f"{a} liked {shop_name}.",
+        f"It opens at {_NUMBER_WORDS[opens]} in the morning, and {seller} owns it.",
+        f'"Good morning, {seller}," said {a}. "How much is the {food}?"',
+        f'"It costs {_NUMBER_WORDS[price]} coins," said {seller}.',
+        f"{a} paid {_NUMBER_WORDS[price]} coins and also got some {other}.",
+        f"Then {he} walked home past the {rng.choice(PLACES)} with {his} {food}.",
+    ]
+    return " ".join(lines)
+
+
 def story(rng: random.Random) -> str:
     """One short story: a character, a thing, a problem or a wish, a friend, an end."""
-    a, b = rng.sample(NAMES, 2)
+    if rng.random() < 0.2:
+        return shopping(rng)
+    a, b = _name(rng), _name(rng)
+    while b == a:
+        b = _name(rng)
     he, his = _subject(a)
     kind = rng.choice(KINDS)
     look = rng.choice(LOOKS)
@@ -161,7 +216,7 @@ def story(rng: random.Random) -> str:
     else:
         weather = rng.choice(WEATHER)
         lines.append(f"{time}, it was {weather}, and {a} wanted to {activity}.")
-        lines.append(f"But {a} did not have a {thing}.")
+        lines.append(f"But {a} did not have {_a(thing)}.")
         lines.append(f'{b} saw that {a} was sad. "You can use my {thing}," said {b}.')
         lines.append(f'{a} was so {rng.choice(GOOD_FEELINGS)}. "Thank you!" {he} said.')
         lines.append(f"They went to the {place} to {activity} together.")
@@ -186,13 +241,30 @@ def chat_turn(rng: random.Random) -> tuple[str, str]:
             (f"What is {x} plus {y}?", f"What is {_NUMBER_WORDS[x]} plus {_NUMBER_WORDS[y]}?")
         )
         return question, f"{x} plus {y} is {x + y}."
-    if kind < 0.9:
+    if kind < 0.8:
         question, answer = rng.choice(_GREETINGS)
         return question, answer if answer is not None else story(rng)
+    if kind < 0.9:
+        return _shop_question(rng)
     animal = rng.choice(ANIMALS)
     return f"Tell me about {_a(animal)}.", (
         f"{_a(animal).capitalize()} is an animal. Some {animal}s live in the {rng.choice(PLACES)}."
     )
+
+
+def _shop_question(rng: random.Random) -> tuple[str, str]:
+    """Questions about one shop whose facts are in the question: reading, not knowing."""
+    name, seller = made_up_name(rng), rng.choice(SELLERS)
+    hour, day, food = rng.randint(6, 10), rng.choice(DAYS), rng.choice(FOODS)
+    facts = f"{name} is a shop. It opens at {hour} on {day} and sells {food}. {seller} owns it."
+    question, answer = rng.choice(
+        (
+            ("Who owns it?", f"{seller} owns {name}."),
+            ("When does it open?", f"{name} opens at {hour} on {day}."),
+            ("What does it sell?", f"{name} sells {food}."),
+        )
+    )
+    return f"{facts} {question}", answer
 
 
 def chat(rng: random.Random, template: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -35,6 +36,7 @@ from services.client import (
     AdapterVersionInfo,
     AliasUpdate,
     Deleted,
+    Origin,
 )
 from services.exceptions import BadRequestError
 
@@ -72,19 +74,19 @@ def _aliases_of(adapter: StoredAdapter, version: int) -> list[str]:
 async def push_adapter(context: Context, request: Request, tenant: Tenant) -> AdapterVersionInfo:
     store = context.store
     with context.meter.failures("push"):
-        name, files = await _read_upload(request, store.limits.max_bytes)
+        upload = await _read_upload(request, store.limits.max_bytes)
         version = await run_in_threadpool(
-            _push_files, store, tenant, name, files, context.settings.base_model_id
+            _push_files, store, tenant, upload, context.settings.base_model_id
         )
     context.meter.pushed(version.size_bytes)
     return version_info(version, ["latest"])
 
 
 def _push_files(
-    store: AdapterStore, tenant: str, name: str, files: dict[str, bytes], base_model: str
+    store: AdapterStore, tenant: str, upload: _Upload, base_model: str
 ) -> AdapterVersion:
-    adapter = read_adapter_upload(files, store.limits)
-    return store.push(tenant, name, adapter, base_model=base_model)
+    adapter = read_adapter_upload(upload.files, store.limits)
+    return store.push(tenant, upload.name, adapter, base_model=base_model, origin=upload.origin)
 
 
 @router.get("/v1/adapters")
@@ -156,8 +158,16 @@ def download_adapter(context: Context, ref: str, tenant: Tenant) -> FileResponse
     )
 
 
-async def _read_upload(request: Request, max_bytes: int) -> tuple[str, dict[str, bytes]]:
-    """The ``name`` field and the uploaded files (by file name), each read up to the cap.
+@dataclass(frozen=True, slots=True)
+class _Upload:
+    name: str
+    origin: Origin
+    files: dict[str, bytes]
+
+
+async def _read_upload(request: Request, max_bytes: int) -> _Upload:
+    """The ``name`` and ``origin`` fields and the uploaded files (by file name), each
+    read up to the cap.
 
     The body must declare its size (``Content-Length``): the cap is checked on it
     before Starlette spools the file parts to disk, which it would otherwise do without
@@ -165,7 +175,8 @@ async def _read_upload(request: Request, max_bytes: int) -> tuple[str, dict[str,
 
     Raises:
         HTTPException (411): no ``Content-Length`` (a chunked upload).
-        BadRequestError: no name, or not one ``archive`` part or ``files`` parts.
+        BadRequestError: no name, an origin other than pushed or trained, or not one
+            ``archive`` part or ``files`` parts.
         AdapterTooLargeError: the declared body, or a part, is above ``max_bytes``.
     """
     declared = request.headers.get("content-length", "")
@@ -185,6 +196,9 @@ async def _read_upload(request: Request, max_bytes: int) -> tuple[str, dict[str,
         name = form.get("name")
         if not isinstance(name, str) or not name:
             raise BadRequestError("the upload needs a 'name' form field: the adapter's name")
+        origin = form.get("origin") or "pushed"
+        if origin not in ("pushed", "trained"):
+            raise BadRequestError(f"origin {origin!r}: send 'pushed' (the default) or 'trained'")
         parts = [
             (field, part)
             for field, part in form.multi_items()
@@ -200,6 +214,6 @@ async def _read_upload(request: Request, max_bytes: int) -> tuple[str, dict[str,
         for _, part in parts:
             # One byte past the cap is enough for the store's reader to refuse it.
             files[part.filename or "upload"] = await part.read(max_bytes + 1)
-        return name, files
+        return _Upload(name, origin, files)
     finally:
         await form.close()

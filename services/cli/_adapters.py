@@ -23,7 +23,7 @@ import typer
 
 from services.cli._common import DirectOption, TransferBar, fail, size, transfer_bar, when
 from services.cli._views import AdapterRow, UsageView, VersionRow, VersionView
-from services.client import RequestLimits, TenantLimitsInfo
+from services.client import Origin, RequestLimits, TenantLimitsInfo
 
 __all__ = ["Backend", "register"]
 
@@ -48,7 +48,13 @@ class Backend(Protocol):
     """
 
     def push(
-        self, path: Path, name: str, aliases: list[str], base_model: str | None, bar: TransferBar
+        self,
+        path: Path,
+        name: str,
+        aliases: list[str],
+        base_model: str | None,
+        bar: TransferBar,
+        origin: Origin = "pushed",
     ) -> VersionView: ...
     def list_page(self, cursor: str | None, limit: int) -> tuple[list[AdapterRow], str | None]: ...
     def base_model_id(self) -> str: ...
@@ -132,12 +138,15 @@ def ls(
 
     with open_backend(direct, tenant=tenant) as backend:
         rows, next_cursor = backend.list_page(cursor, limit)
-    table = Table("name", "latest", "versions", "aliases", "size", "requests", "last used")
+    table = Table(
+        "name", "latest", "origin", "versions", "aliases", "size", "requests", "last used"
+    )
     for row in rows:
         aliases = ", ".join(f"{a}→{v}" for a, v in row.aliases.items() if a != "latest")
         table.add_row(
             row.name,
             str(row.latest.version),
+            row.latest.origin,
             str(row.version_count),
             aliases or "-",
             *_usage_cells(row.latest.size_bytes, row.requests, row.last_used_at),
@@ -162,10 +171,11 @@ def show(
         f"{ref} -> {version.key}  base {version.base_model}  rank {version.rank}  "
         f"{size(version.size_bytes)}  sha256 {version.digest}"
     )
-    table = Table("version", "aliases", "created", "size", "requests", "last used")
+    table = Table("version", "origin", "aliases", "created", "size", "requests", "last used")
     for row in rows:
         table.add_row(
             str(row.version.version),
+            row.version.origin,
             ", ".join(row.aliases) or "-",
             when(row.version.created_at),
             *_usage_cells(row.version.size_bytes, row.requests, row.last_used_at),

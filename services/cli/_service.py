@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from services.cli._common import TransferBar, fail
 from services.cli._views import AdapterRow, UsageView, VersionRow, VersionView
-from services.client import Client, RequestLimits, TenantLimitsInfo
+from services.client import Client, Origin, RequestLimits, TenantLimitsInfo
 from services.client._models import AdapterVersionInfo
 from services.exceptions import APIConnectionError, LoramuxError
 
@@ -72,13 +72,19 @@ class ServiceBackend:
     # --- adapters -----------------------------------------------------------------
 
     def push(
-        self, path: Path, name: str, aliases: list[str], base_model: str | None, bar: TransferBar
+        self,
+        path: Path,
+        name: str,
+        aliases: list[str],
+        base_model: str | None,
+        bar: TransferBar,
+        origin: Origin = "pushed",
     ) -> VersionView:
         if base_model is not None:
             raise fail(
                 "--base-model needs --direct: the service pushes for the base model it serves"
             )
-        pushed = self._client.adapters.push(path, name, on_progress=bar.report)
+        pushed = self._client.adapters.push(path, name, on_progress=bar.report, origin=origin)
         for alias in aliases:
             self._client.adapters.alias(name, alias, pushed.version)
         return VersionView.of(pushed)

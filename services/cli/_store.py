@@ -23,7 +23,7 @@ import typer
 
 from services.cli._common import TransferBar, fail, size
 from services.cli._views import AdapterRow, UsageView, VersionRow, VersionView
-from services.client import RequestLimits, TenantLimitsInfo
+from services.client import Origin, RequestLimits, TenantLimitsInfo
 
 if TYPE_CHECKING:
     from adapter_store import AdapterStore, StoreSettings
@@ -66,7 +66,13 @@ class StoreBackend:
     # --- adapters -----------------------------------------------------------------
 
     def push(
-        self, path: Path, name: str, aliases: list[str], base_model: str | None, bar: TransferBar
+        self,
+        path: Path,
+        name: str,
+        aliases: list[str],
+        base_model: str | None,
+        bar: TransferBar,
+        origin: Origin = "pushed",
     ) -> VersionView:
         from adapter_store import read_adapter_source
 
@@ -81,6 +87,7 @@ class StoreBackend:
             base_model=base_model or self._settings.base_model,
             aliases=aliases,
             on_progress=bar.advance,
+            origin=origin,
         )
         return VersionView.of(version)
 

@@ -187,7 +187,9 @@ def _train_here(
             except TrainingError as exc:
                 raise fail(f"{exc}; nothing was published") from None
             with transfer_bar(f"push {name}") as transfer:
-                version = backend.push(out, name, aliases, model_id if direct else None, transfer)
+                version = backend.push(
+                    out, name, aliases, model_id if direct else None, transfer, "trained"
+                )
     typer.echo(_summary(result.steps, result.seconds, result.train_loss, result.eval_loss))
     typer.echo(f"pushed {version.key} ({size(version.size_bytes)}, rank {version.rank})")
 

@@ -28,6 +28,7 @@ class VersionView:
     digest: str
     base_model: str
     created_at: float
+    origin: str
 
     @classmethod
     def of(cls, version: object) -> VersionView:

@@ -65,6 +65,7 @@ from services.client._models import (
     KeyRevoke,
     KeyRevoked,
     ModelList,
+    Origin,
     QuotaUpdate,
     RequestLimits,
     TenantCreate,
@@ -682,10 +683,12 @@ class _AdapterCalls:
         path: str | os.PathLike[str],
         name: str,
         on_progress: ProgressCallback | None,
+        origin: Origin,
     ) -> _Call[AdapterVersionInfo]:
         files = _open_upload(stack, Path(path), on_progress)
+        data = {"name": name, "origin": origin}
         return self._client._call(
-            "POST", "/v1/adapters", AdapterVersionInfo, data={"name": name}, files=files
+            "POST", "/v1/adapters", AdapterVersionInfo, data=data, files=files
         )
 
     def _download_request(self, ref: str) -> httpx.Request:
@@ -703,10 +706,12 @@ class Adapters(_AdapterCalls):
         name: str,
         *,
         on_progress: ProgressCallback | None = None,
+        origin: Origin = "pushed",
     ) -> AdapterVersionInfo:
         """Upload a PEFT adapter directory (or a .tar.gz/.zip of one) as a new version.
 
         ``on_progress(bytes_sent, bytes_total)`` is called as the files are read.
+        ``origin`` ``trained`` marks an adapter fine-tuned by ``loramux train --local``.
 
         Raises:
             InvalidAdapterPathError: ``path`` is not a PEFT adapter (checked before upload).
@@ -714,7 +719,7 @@ class Adapters(_AdapterCalls):
             PayloadTooLargeError, OverQuotaError, ResourceConflictError: as named.
         """
         with ExitStack() as stack:
-            return self._client._run(self._push(stack, path, name, on_progress))
+            return self._client._run(self._push(stack, path, name, on_progress, origin))
 
     def list_page(self, *, cursor: str | None = None, limit: int = 100) -> AdapterPage:
         return self._client._run(self._list_page(cursor, limit))
@@ -788,9 +793,10 @@ class AsyncAdapters(_AdapterCalls):
         name: str,
         *,
         on_progress: ProgressCallback | None = None,
+        origin: Origin = "pushed",
     ) -> AdapterVersionInfo:
         with ExitStack() as stack:
-            return await self._client._run(self._push(stack, path, name, on_progress))
+            return await self._client._run(self._push(stack, path, name, on_progress, origin))
 
     async def list_page(self, *, cursor: str | None = None, limit: int = 100) -> AdapterPage:
         return await self._client._run(self._list_page(cursor, limit))

@@ -45,6 +45,7 @@ __all__ = [
     "Model",
     "ModelList",
     "NamedToolChoice",
+    "Origin",
     "QuotaUpdate",
     "RequestLimits",
     "ResponseFormat",
@@ -349,6 +350,10 @@ class ModelList(_Response):
 # --- adapters -----------------------------------------------------------------------
 
 
+Origin = Literal["pushed", "trained"]
+"""How an adapter version came to be: uploaded, or fine-tuned by ``loramux train``."""
+
+
 class AdapterVersionInfo(_Response):
     """One immutable adapter version (``POST /v1/adapters`` answers with the new one)."""
 
@@ -363,6 +368,9 @@ class AdapterVersionInfo(_Response):
     base_model: str
     created_at: float
     aliases: list[str] = Field(default_factory=list)
+    origin: Origin = Field(
+        default="pushed", description="uploaded by the tenant, or trained by the service"
+    )
 
 
 class AdapterInfo(_Response):

@@ -4,6 +4,7 @@
 
     HTTP ──► IngressServer (the api's FastAPI app) ──► CacheAwareRequestRouter
          ──► ModelReplica × replicas (the engine) ──reports──► StatsBoard
+    IngressServer ──► TrainerServer ──► a Ray task per training job
 
 A Serve config names :func:`app_builder` (``import_path: services.serve:app_builder``)
 and :class:`CacheAwareRequestRouter` (``services.serve:CacheAwareRequestRouter``).
@@ -15,6 +16,7 @@ from services.serve._ingress import IngressServer, ServeGateway
 from services.serve._replica import ModelReplica, stale_after_s
 from services.serve._router import CacheAwareRequestRouter
 from services.serve._stats_board import StatsBoard
+from services.serve._trainer import ServeTrainingGateway, TrainerServer
 
 __all__ = [
     "MODEL_DEPLOYMENT",
@@ -22,7 +24,9 @@ __all__ = [
     "IngressServer",
     "ModelReplica",
     "ServeGateway",
+    "ServeTrainingGateway",
     "StatsBoard",
+    "TrainerServer",
     "app_builder",
     "build_app",
     "stale_after_s",

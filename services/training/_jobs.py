@@ -206,6 +206,7 @@ def run_training(
             out,
             base_model=base_model_id,
             aliases=list(request.aliases),
+            origin="trained",
         )
     return TrainingOutcome(
         version=version.version,

@@ -197,6 +197,7 @@ def _summarize(store: AdapterStore, tenants: list[str]) -> _Summary:
                     "tenant": tenant,
                     "requests": adapter.request_count,
                     "versions": len(adapter.versions),
+                    "origin": adapter.latest.origin,
                 }
             )
         stored += usage.bytes
@@ -212,6 +213,7 @@ def _summarize(store: AdapterStore, tenants: list[str]) -> _Summary:
         storage={
             "tenants": len(tenants),
             "adapters": len(adapters),
+            "trained": sum(1 for row in adapters if row["origin"] == "trained"),
             "versions": versions,
             "bytes": stored,
         },

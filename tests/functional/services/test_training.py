@@ -78,6 +78,9 @@ def test_train_runs_a_job_on_the_service_and_publishes_the_next_version(
     assert "pushed acme/bot@1" in result.output
     published = store.resolve("acme", "bot:prod")
     assert published.version == 1 and published.base_model == "tiny"
+    assert published.origin == "trained"
+    listing = acme("ls").output
+    assert "bot" in listing and "trained" in listing
 
 
 def test_the_sdk_job_reports_progress_and_the_held_out_loss(
@@ -135,6 +138,7 @@ def test_train_local_trains_here_and_pushes_through_the_service(
 
     assert "trained 4 steps" in result.output and "pushed acme/bot@1" in result.output
     assert store.resolve("acme", "bot").base_model == "tiny"
+    assert store.resolve("acme", "bot").origin == "trained"
 
 
 @pytest.mark.parametrize("trainer", [None])

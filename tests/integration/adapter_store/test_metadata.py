@@ -37,6 +37,7 @@ def test_publish_writes_the_documented_version_hash_with_exact_times(
         "r": "8",
         "b": "tiny",
         "t": repr(now),
+        "o": "pushed",
     }
     assert meta.resolve("acme", "chat", "prod") == version
     assert version.created_at == now

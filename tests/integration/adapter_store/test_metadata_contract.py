@@ -72,6 +72,16 @@ def test_publish_allocates_consecutive_versions_and_moves_latest(meta: MetadataS
     )
 
 
+def test_each_version_keeps_its_origin_through_resolve_and_listings(meta: MetadataStore) -> None:
+    publish_version(meta, content="a")
+    publish_version(meta, content="b", origin="trained")
+
+    assert [meta.resolve("acme", "chat", n).origin for n in ("1", "2")] == ["pushed", "trained"]
+    listed = meta.list_versions("acme", "chat", cursor=None, limit=10).items
+    assert [v.version.origin for v in listed] == ["pushed", "trained"]
+    assert meta.get_adapter("acme", "chat").latest.origin == "trained"
+
+
 def test_concurrent_pushes_of_one_name_get_distinct_consecutive_versions(
     meta: MetadataStore,
 ) -> None:

@@ -303,6 +303,7 @@ def test_push_uploads_the_peft_files_with_progress(sleeps: list[float], peft_dir
     parts = multipart_parts(server.requests[0])
     assert parts == [
         ("name", None, b"bot"),
+        ("origin", None, b"pushed"),
         *[("files", name, (peft_dir / name).read_bytes()) for name in PEFT_FILES],
     ]
     total = sum((peft_dir / name).stat().st_size for name in PEFT_FILES)
@@ -327,7 +328,7 @@ def test_push_uploads_an_archive_as_is(sleeps: list[float], tmp_path: Path) -> N
 
     make_client(server, sleeps).adapters.push(archive, "bot")
 
-    assert multipart_parts(server.requests[0])[1] == ("archive", "bot.tar.gz", archive.read_bytes())
+    assert multipart_parts(server.requests[0])[2] == ("archive", "bot.tar.gz", archive.read_bytes())
 
 
 def test_push_of_a_pickle_adapter_fails_before_upload_and_says_how_to_fix(
@@ -649,7 +650,7 @@ async def test_async_client_pushes_and_downloads(
         pushed = await client.adapters.push(peft_dir, "bot")
         dest = await client.adapters.download(pushed.key.split("/")[1], tmp_path / "out")
 
-    assert [part[2] for part in multipart_parts(server.requests[0])[1:]] == list(files.values())
+    assert [part[2] for part in multipart_parts(server.requests[0])[2:]] == list(files.values())
     assert {path.name: path.read_bytes() for path in dest.iterdir()} == files
 
 

@@ -437,6 +437,13 @@
       count.className = "count";
       count.textContent = String(row.requests);
       div.append(name, svg, count);
+      if (row.origin) {
+        // Where the adapter's latest version came from: pushed by its tenant or trained here.
+        const origin = document.createElement("span");
+        origin.className = `origin origin-${row.origin}`;
+        origin.textContent = row.origin;
+        div.append(origin);
+      }
       return div;
     });
     container.replaceChildren(...children);
@@ -447,7 +454,7 @@
     const base = data.base_model;
     const tiles = [
       ["tenants", String(s.tenants), ""],
-      ["adapters", String(s.adapters), `${s.versions} versions`],
+      ["adapters", String(s.adapters), `${s.versions} versions · ${s.trained} trained here`],
       ["stored", bytes(s.bytes), "all live versions"],
       ["base model", base.bytes === null ? "—" : bytes(base.bytes),
         !base.quantization || base.quantization === "none" ? base.id :
