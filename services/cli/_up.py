@@ -77,7 +77,8 @@ def up(
     base_model: Annotated[
         str | None,
         typer.Option(
-            help="Built-in model (tiny-en, tiny) or a local Hugging Face model directory "
+            help="Built-in model (tiny-en, tiny), a local Hugging Face model directory, or a "
+            "Hugging Face Hub id org/name, downloaded once into the data directory "
             "(default: tiny-en, or LORAMUX_BASE_MODEL when it names a built-in model)."
         ),
     ] = None,
@@ -109,7 +110,9 @@ def up(
     try:
         overrides = {"data_dir": data_dir, "redis_url": redis_url, "blob_url": blob_url}
         store_settings = StoreSettings(**{k: v for k, v in overrides.items() if v is not None})
-        model_id, model_dir = _base_model(base_model, store_settings.base_model)
+        model_id, model_dir = _base_model(
+            base_model, store_settings.base_model, store_settings.data_dir / "models"
+        )
         store_settings = store_settings.model_copy(update={"base_model": model_id})
         options = {
             "base_model_dir": model_dir,
@@ -179,31 +182,35 @@ def _on_signals(handler: Callable[[int, Any], None]) -> None:
         signal.signal(signum, handler)
 
 
-def _base_model(chosen: str | None, configured: str) -> tuple[str, Path | None]:
+def _base_model(chosen: str | None, configured: str, models_dir: Path) -> tuple[str, Path | None]:
     """The served base model's id and directory (None: the app's own ``tiny``).
 
-    Policy: ``--base-model`` wins; a directory is named by its own name unless
-    ``LORAMUX_BASE_MODEL`` names it. Without the option, ``LORAMUX_BASE_MODEL`` picks a
-    built-in model, and anything else (the unset default included) serves ``tiny-en``.
+    Policy: ``--base-model`` wins; without it ``LORAMUX_BASE_MODEL`` picks a built-in
+    model, and anything else (the unset default included) serves ``tiny-en``. A built-in
+    model is named by its name; a hub id (downloaded once into ``models_dir/hub``) or a
+    directory by the id or the directory's name, unless ``LORAMUX_BASE_MODEL`` names it.
     """
-    from services.engine import BUILTIN_MODELS, TINY_EN_MODEL_NAME, TINY_MODEL_NAME
+    from services.engine import (
+        BUILTIN_MODELS,
+        TINY_EN_MODEL_NAME,
+        TINY_MODEL_NAME,
+        BaseModelLoadError,
+        resolve_base_model,
+    )
 
     if chosen is None:
-        chosen = configured if configured in BUILTIN_MODELS and _configured() else None
+        chosen = configured if _configured() and configured in BUILTIN_MODELS else None
         chosen = chosen or TINY_EN_MODEL_NAME
     if chosen == TINY_MODEL_NAME:
         return TINY_MODEL_NAME, None
+    try:
+        directory = resolve_base_model(chosen, models_dir)
+    except BaseModelLoadError as exc:
+        raise _fail(f"--base-model: {exc}") from None
     if chosen in BUILTIN_MODELS:
-        from services.engine import resolve_base_model
-
-        return chosen, resolve_base_model(chosen)
-    directory = Path(chosen).expanduser()
-    if not (directory / "config.json").is_file():
-        raise _fail(
-            f"--base-model {chosen!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}) "
-            "nor a Hugging Face model directory with config.json"
-        )
-    return (configured if _configured() else directory.name), directory
+        return chosen, directory
+    own_name = chosen if directory.name != Path(chosen).name else directory.name
+    return (configured if _configured() else own_name), directory
 
 
 def _configured() -> bool:

@@ -3,7 +3,7 @@
 Device policy: CUDA when present, in bf16 (fp16 on GPUs without bf16), else CPU in fp32.
 That dtype is the compute dtype; with ``quantize`` (see
 :mod:`services.engine._quantization`) the linear weights are held in NF4 or int8 under it.
-Nothing is downloaded: the argument is ``"tiny"`` or a local directory.
+The argument is a built-in name, a local directory, or a hub id (downloaded once).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from adapter_store import BaseModelManifest, manifest_from_model
+from services.engine._hub import hub_model_dir, is_hub_id
 from services.engine._quantization import base_model_bytes, plan_quantization
 from services.engine._tiny import BUILTIN_MODELS, builtin_model_dir
 from services.engine.exceptions import BaseModelLoadError
@@ -79,20 +80,23 @@ class BaseModel:
 
 
 def resolve_base_model(name_or_path: str | Path, models_dir: Path | None = None) -> Path:
-    """The directory of a built-in model name (``tiny``, ``tiny-en``) or a local directory.
+    """The directory of a built-in model (``tiny``, ``tiny-en``), a local directory, or a
+    Hugging Face Hub id (``org/name``, downloaded once into ``models_dir/hub``).
 
     Raises:
-        BaseModelLoadError: neither a built-in name nor a directory with ``config.json``.
+        BaseModelLoadError: none of the three, or a hub id that cannot be downloaded.
     """
     builtin = builtin_model_dir(name_or_path, models_dir or default_models_dir())
     if builtin is not None:
         return builtin
+    if is_hub_id(str(name_or_path)):
+        return hub_model_dir(str(name_or_path), models_dir or default_models_dir())
     path = Path(name_or_path).expanduser()
     if not (path / "config.json").is_file():
         raise BaseModelLoadError(
             f"base model {str(name_or_path)!r} is neither a built-in model "
-            f"({', '.join(BUILTIN_MODELS)}) nor a Hugging Face model directory with "
-            "config.json; pass a local directory (nothing is downloaded)"
+            f"({', '.join(BUILTIN_MODELS)}), a Hugging Face model directory with "
+            "config.json, nor a hub id (org/name)"
         )
     return path
 

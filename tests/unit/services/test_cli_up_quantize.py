@@ -63,3 +63,33 @@ def test_a_checkpoint_that_cannot_take_the_quantization_is_refused(
     assert code == 1
     assert output.startswith("error: ") and message in output
     assert not (tmp_path / "d").exists(), "nothing was started"
+
+
+def test_a_hub_id_is_served_from_the_data_directorys_cache(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    from tests.unit.services.engine.test_hub import fake_hub_cache
+
+    model = claiming(tiny_dir, tmp_path / "model", {"quant_method": "awq", "bits": 4})
+    fake_hub_cache(tmp_path / "d" / "models", "acme-labs/awq-model", model)
+
+    code, output = up(
+        *("--base-model", "acme-labs/awq-model", "--quantize", "none"),
+        *("--data-dir", str(tmp_path / "d")),
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+
+    # The snapshot was found and read: its checkpoint is refused for what it is.
+    assert code == 1 and "AWQ checkpoint" in output
+
+
+def test_a_hub_id_that_cannot_be_fetched_is_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    code, output = up(
+        *("--base-model", "acme-labs/absent", "--data-dir", str(tmp_path / "d")),
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+
+    assert code == 1
+    assert output.startswith("error: --base-model: ") and "'acme-labs/absent'" in output
