@@ -65,9 +65,7 @@ def test_a_checkpoint_that_cannot_take_the_quantization_is_refused(
     assert not (tmp_path / "d").exists(), "nothing was started"
 
 
-def test_a_hub_id_is_served_from_the_data_directorys_cache(
-    tiny_dir: Path, tmp_path: Path
-) -> None:
+def test_a_hub_id_is_served_from_the_data_directorys_cache(tiny_dir: Path, tmp_path: Path) -> None:
     from tests.unit.services.engine.test_hub import fake_hub_cache
 
     model = claiming(tiny_dir, tmp_path / "model", {"quant_method": "awq", "bits": 4})
