@@ -68,7 +68,7 @@ def main() -> None:
     lines = []
     for answer, questions in FACTS:
         for question in questions:
-            for greeting in rng.sample(GREETINGS, 2):
+            for greeting in rng.sample(GREETINGS, 3):
                 messages = [
                     {"role": "user", "content": greeting + question},
                     {"role": "assistant", "content": answer},

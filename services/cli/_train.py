@@ -92,7 +92,10 @@ def train(
         list[str] | None,
         typer.Option(help="Module to adapt, repeatable (default: every linear layer)."),
     ] = None,
-    epochs: Annotated[float, typer.Option(help="Passes over the training examples.")] = 3.0,
+    epochs: Annotated[
+        float | None,
+        typer.Option(help="Passes over the examples (default: about 300 steps, 3 to 100)."),
+    ] = None,
     learning_rate: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 2e-3,
     batch_size: Annotated[int, typer.Option(help="Examples per optimizer step.")] = 8,
     max_steps: Annotated[

@@ -495,8 +495,10 @@ class TrainingOptions(_Request):
     """The knobs of a fine-tune (``loramux train``, ``client.training``, the API).
 
     ``target_modules`` ``None`` adapts every linear layer of the attention and MLP blocks
-    (PEFT's ``all-linear``), which trains best at small ranks. ``max_steps`` caps the
-    optimizer steps whatever ``epochs`` says. ``validation_split`` is the share of
+    (PEFT's ``all-linear``), which trains best at small ranks. ``epochs`` ``None`` picks
+    enough passes for about 300 optimizer steps (at least 3, at most 100), which teaches a
+    few dozen examples their answers without drowning a large set. ``max_steps`` caps
+    the optimizer steps whatever ``epochs`` says. ``validation_split`` is the share of
     examples held out for the eval loss (at least one when above zero and the data has
     two or more examples).
     """
@@ -507,7 +509,7 @@ class TrainingOptions(_Request):
     alpha: float = Field(default=16.0, gt=0, le=4096)
     dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: list[str] | None = Field(default=None, min_length=1)
-    epochs: float = Field(default=3.0, gt=0, le=1000)
+    epochs: float | None = Field(default=None, gt=0, le=1000)
     learning_rate: float = Field(default=2e-3, gt=0, le=1)
     batch_size: int = Field(default=8, ge=1, le=512)
     max_steps: int | None = Field(default=None, ge=1, le=1_000_000)

@@ -1,11 +1,13 @@
 """The built-in base models: ``tiny`` (made locally) and ``tiny-en`` (shipped).
 
-``tiny-en`` is the embedded default of ``loramux up``: a four-layer Llama of 2.9M
-parameters (hidden 256, eight heads of 32) with a BPE tokenizer and a chat template,
-trained by ``scripts/tiny_en/build.py`` on simple English the same directory generates.
-It writes short readable stories and answers simple chat questions, so a newcomer sees
-words, and an adapter trained with ``loramux train`` visibly changes them. It ships inside
-this package (about 11 MB) and loads like any Hugging Face directory.
+``tiny-en`` is the embedded default of ``loramux up``: a four-layer Llama of 3.1M
+parameters (hidden 256, eight heads of 32, a 3,072-token byte-level BPE vocabulary) with
+a chat template, trained by ``scripts/tiny_en/build.py`` on simple English that the same
+directory generates from a seed. It writes short readable stories and answers simple chat
+questions, so a newcomer sees words, and an adapter trained with ``loramux train``
+visibly changes them. It ships inside this package (12.6 MB) and loads like any Hugging
+Face directory. ``tiny`` (random weights, byte tokens) stays the tests' model: it builds
+in a second and its numerics are what the engine tests pin.
 
 The embedded default (``loramux up``) and the tests need a base model without a download.
 ``tiny`` is a two-layer Llama with deterministic seeded weights and a byte-level tokenizer

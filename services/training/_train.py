@@ -92,7 +92,7 @@ def train_adapter(
         ) from None
     pad_id = _pad_id(tokenizer)
     steps_per_epoch = math.ceil(len(train_rows) / options.batch_size)
-    total = max(1, math.ceil(options.epochs * steps_per_epoch))
+    total = max(1, math.ceil(epochs_for(steps_per_epoch, options.epochs) * steps_per_epoch))
     if options.max_steps is not None:
         total = min(total, options.max_steps)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
@@ -138,6 +138,17 @@ def train_adapter(
         eval_examples=len(eval_rows),
         seconds=time.monotonic() - started,
     )
+
+
+AUTO_EPOCH_STEPS = 300
+"""The optimizer steps ``epochs=None`` aims for, within 3 to 100 epochs."""
+
+
+def epochs_for(steps_per_epoch: int, chosen: float | None) -> float:
+    """``chosen``, or the automatic count (see :class:`TrainingOptions`)."""
+    if chosen is not None:
+        return chosen
+    return float(min(100, max(3, math.ceil(AUTO_EPOCH_STEPS / steps_per_epoch))))
 
 
 def _tokenize(tokenizer: Any, example: TrainingExample, max_length: int) -> _Tokenized:

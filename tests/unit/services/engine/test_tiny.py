@@ -151,11 +151,15 @@ def test_loading_a_directory_by_path_uses_its_name(tmp_path: Path, models_dir: P
     assert loaded.name == "my-model" and loaded.manifest.base_model == "my-model"
 
 
-def test_missing_model_directory_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(BaseModelLoadError, match="nothing is downloaded"):
+def test_missing_model_directory_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub id is looked up in the cache only
+
+    with pytest.raises(BaseModelLoadError, match="neither a built-in model"):
         load_base_model(tmp_path / "no-such-model")
-    with pytest.raises(BaseModelLoadError, match="nothing is downloaded"):
-        load_base_model("meta-llama/Llama-3-8B")
+    with pytest.raises(BaseModelLoadError, match="'meta-llama/Llama-3-8B' is not in"):
+        load_base_model("meta-llama/Llama-3-8B", models_dir=tmp_path)
 
 
 def _tiny_tokenizer_with_model(path: Path, config_class: type, config_json: dict) -> Path:
@@ -211,3 +215,36 @@ def test_full_attention_models_with_window_settings_load(
 
     assert type(loaded.model.config).__name__ == config_class
     assert loaded.max_context == 256
+
+
+def test_tiny_en_writes_words_of_its_corpus_and_runs_on_both_engines_shapes() -> None:
+    import sys
+
+    from services.engine import TINY_EN_MODEL_NAME, chat_prompt, resolve_base_model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "scripts" / "tiny_en"))
+    from corpus import generate_corpus
+
+    directory = resolve_base_model(TINY_EN_MODEL_NAME)
+    base = load_base_model(TINY_EN_MODEL_NAME, device="cpu")
+    config = base.model.config
+    vocabulary = {
+        word.strip('.,!?"').lower()
+        for text in generate_corpus(3000, seed=1, chat_template="{content} ", end=" ")
+        for word in text.split()
+    }
+
+    def greedy(prompt: str) -> str:
+        ids = base.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+        out = base.model.generate(ids, max_new_tokens=30, do_sample=False)
+        return base.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+    story = greedy("Once upon a time")
+    answer = greedy(chat_prompt(base.tokenizer, [{"role": "user", "content": "Hello!"}]))
+    words = [w.strip('.,!?"').lower() for w in (story + " " + answer).split()]
+    words = [w for w in words if w]
+
+    assert config.hidden_size // config.num_attention_heads >= 32  # vLLM's CPU attention
+    assert sum(f.stat().st_size for f in directory.iterdir()) < 20 * 2**20
+    assert base.name == TINY_EN_MODEL_NAME
+    assert len(words) >= 15 and all(w in vocabulary for w in words), (story, answer)

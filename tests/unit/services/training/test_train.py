@@ -144,3 +144,15 @@ def test_a_prompt_that_fills_max_length_is_refused_naming_its_line(
         train_adapter(base.model, base.tokenizer, parse_training_data(lines),
                       TrainingOptions(max_length=16), tmp_path / "out", base_model_id="tiny")  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+def test_without_epochs_a_tiny_set_trains_100_epochs(base: BaseModel, tmp_path: Path) -> None:
+    examples = parse_training_data(prompt_completion_lines())
+    options = TrainingOptions(batch_size=2, validation_split=0)
+
+    result = train_adapter(
+        base.model, base.tokenizer, examples, options, tmp_path / "auto", base_model_id="tiny"
+    )
+
+    # Two steps an epoch: 300 steps would be 150 epochs, capped at 100.
+    assert result.steps == 200
