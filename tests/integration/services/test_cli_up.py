@@ -162,8 +162,9 @@ def test_up_serves_keeps_adapters_across_a_restart_and_stops_on_sigterm(
     from services.engine import load_base_model
     from tests.factories import make_peft_adapter
 
-    tiny = load_base_model("tiny", models_dir=tmp_path / "models", device="cpu").model
-    adapter_dir = make_peft_adapter(copy.deepcopy(tiny), tmp_path / "bot", seed=1)
+    # The base model ``loramux up`` serves by default.
+    tiny_en = load_base_model("tiny-en", device="cpu").model
+    adapter_dir = make_peft_adapter(copy.deepcopy(tiny_en), tmp_path / "bot", seed=1)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     profile = tmp_path / ".loramux" / "profile.json"
