@@ -42,6 +42,8 @@ class TrainingResult:
     steps: int
     train_loss: float
     eval_loss: float | None
+    tokens: int
+    """Tokens the optimizer steps ran forward and backward (padding excluded)."""
     train_examples: int
     eval_examples: int
     seconds: float
@@ -105,9 +107,12 @@ def train_adapter(
     device = next(model.parameters()).device
     peft_model.train()
     losses: list[float] = []
+    tokens = 0
     batches = _batches(train_rows, options.batch_size, order)
     for step in range(1, total + 1):
-        batch = _collate(next(batches), pad_id, device)
+        rows = next(batches)
+        tokens += sum(len(row.input_ids) for row in rows)
+        batch = _collate(rows, pad_id, device)
         loss = peft_model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -134,6 +139,7 @@ def train_adapter(
         steps=total,
         train_loss=sum(window) / len(window),
         eval_loss=eval_loss,
+        tokens=tokens,
         train_examples=len(train_rows),
         eval_examples=len(eval_rows),
         seconds=time.monotonic() - started,
