@@ -4,20 +4,17 @@ gateway standing in for the model replicas, and the API served over HTTP."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from adapter_store import AdapterStore, LocalBlobStore, StoreSettings, manifest_from_model
 from services._settings import ServiceSettings
 from services.api import TrainingGateway, create_api
 from tests.factories import tiny_llama
 from tests.fakes import InMemoryMetadataStore, ScriptedGateway
+from tests.helpers import served
 
 ADMIN_KEY = "admin-key"
 
@@ -49,19 +46,5 @@ def service_url(
 ) -> Iterator[str]:
     """The API served over HTTP on 127.0.0.1 (a free port) until the test ends."""
     settings = ServiceSettings(store=StoreSettings(data_dir=tmp_path), admin_key=ADMIN_KEY)
-    api = create_api(store, gateway, settings, trainer=trainer)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(api, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with served(create_api(store, gateway, settings, trainer=trainer)) as url:
+        yield url

@@ -131,6 +131,26 @@ def test_a_job_is_seen_by_its_own_tenant_only(
         globex.training.get(job.id)
 
 
+def test_a_trained_adapter_pulls_back_as_a_peft_directory_peft_loads(
+    acme: Cli, tmp_path: Path, base: BaseModel
+) -> None:
+    from peft import PeftModel
+
+    text = tmp_path / "text.jsonl"
+    text.write_text(
+        "\n".join(json.dumps({"text": f"Story {i}: once upon a time."}) for i in range(4))
+    )
+    acme("train", text, "--name", "storyteller", *QUICK)
+
+    out = tmp_path / "pulled"
+    assert "pulled acme/storyteller@1" in acme("pull", "storyteller", out).output
+    tuned = PeftModel.from_pretrained(base.model, str(out))
+    try:
+        assert tuned.peft_config["default"].r == 8
+    finally:
+        tuned.unload()
+
+
 def test_train_local_trains_here_and_pushes_through_the_service(
     acme: Cli, data: Path, store: AdapterStore
 ) -> None:

@@ -109,7 +109,9 @@ def traffic(service: Service) -> int:  # noqa: F811
     sent = 0
     for tenant, name, adapter, count in TRAFFIC:
         with Client(service.url, keys[tenant], max_retries=0, timeout=120) as client:
-            client.adapters.push(adapter_dirs[adapter], name)
+            # The first adapter is marked as `loramux train --local` marks its pushes.
+            origin = "trained" if sent == 0 else "pushed"
+            client.adapters.push(adapter_dirs[adapter], name, origin=origin)
             for i in range(count):
                 client.completions.create(model=name, prompt=f"Hi {i}", max_tokens=2)
                 sent += 1
@@ -167,6 +169,7 @@ def test_routing_decisions_are_counted(dom: Dom) -> None:
 
 def test_storage_panel_shows_the_saving(dom: Dom) -> None:
     assert dom.number("storage", "adapters") == len(TRAFFIC)
+    assert dom.number("storage", "trained") == 1
     assert dom.number("storage", "versions") == len(TRAFFIC)
     stored = dom.number("storage", "bytes")
     full_copies = dom.number("storage", "full-copies-bytes")

@@ -78,13 +78,18 @@ def adapter_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 @pytest.fixture
 def keys(store: AdapterStore, adapter_files: dict[str, bytes]) -> dict[str, str]:
-    """acme: support (2 versions, 3 requests) and sales (1 request); globex: bot (none)."""
+    """acme: support (2 versions, 3 requests) and sales (1 request, trained); globex:
+    bot (none)."""
     keys = {name: store.create_tenant(name)[1] for name in ("acme", "globex")}
     pushes = [("acme", "support", 1), ("acme", "support", 2), ("acme", "sales", 1)]
     pushes.append(("globex", "bot", 0))
     for tenant, name, requests in pushes:
         version = store.push(
-            tenant, name, read_adapter_upload(adapter_files, store.limits), base_model="tiny"
+            tenant,
+            name,
+            read_adapter_upload(adapter_files, store.limits),
+            base_model="tiny",
+            origin="trained" if name == "sales" else "pushed",
         )
         for _ in range(requests):
             store.record_usage(version)
@@ -133,15 +138,16 @@ async def test_the_admin_key_sees_every_tenant_and_the_storage_saving(
     assert data["storage"] == {
         "tenants": 2,
         "adapters": 3,
+        "trained": 1,
         "versions": 4,
         "bytes": stored,
         "full_copies_bytes": 3 * BASE_MODEL_BYTES,
         "saved_bytes": 3 * BASE_MODEL_BYTES - stored,
     }
-    assert [(row["adapter"], row["requests"]) for row in data["top_adapters"]] == [
-        ("acme/support", 3),
-        ("acme/sales", 1),
-        ("globex/bot", 0),
+    assert [(r["adapter"], r["requests"], r["origin"]) for r in data["top_adapters"]] == [
+        ("acme/support", 3, "pushed"),
+        ("acme/sales", 1, "trained"),
+        ("globex/bot", 0, "pushed"),
     ]
     assert [(row["tenant"], row["requests"]) for row in data["top_tenants"]] == [
         ("acme", 4),

@@ -11,9 +11,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +33,7 @@ from services.engine import (
     load_base_model,
 )
 from tests.factories import make_peft_adapter
+from tests.helpers import served
 
 openai = pytest.importorskip("openai")
 
@@ -99,7 +97,6 @@ class Service:
 @pytest.fixture(scope="module")
 def service(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     import redis
-    import uvicorn
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("openai")
@@ -121,29 +118,18 @@ def service(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
     )
     gateway = EngineGateway(Engine(base, model, cache, max_batch_size=8))
     settings = ServiceSettings(store=StoreSettings(data_dir=root), default_max_tokens=8)
-    server = uvicorn.Server(
-        uvicorn.Config(create_api(store, gateway, settings), log_level="warning", lifespan="off")
-    )
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
     _, key = store.create_tenant("acme")
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
-        with Client(url, key, max_retries=0) as sdk:
-            sdk.adapters.push(adapter_dir, "support")
-        yield Service(url, key)
+        with served(create_api(store, gateway, settings)) as url:
+            try:
+                with Client(url, key, max_retries=0) as sdk:
+                    sdk.adapters.push(adapter_dir, "support")
+                yield Service(url, key)
+            finally:
+                if gateway.loop is not None:
+                    future = asyncio.run_coroutine_threadsafe(gateway.engine.aclose(), gateway.loop)
+                    future.result(30)
     finally:
-        if gateway.loop is not None:
-            asyncio.run_coroutine_threadsafe(gateway.engine.aclose(), gateway.loop).result(30)
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
         store.close()
 
 

@@ -477,7 +477,7 @@
       }
       return tile;
     }));
-    for (const field of ["adapters", "versions", "bytes"]) {
+    for (const field of ["adapters", "trained", "versions", "bytes"]) {
       container.dataset[field] = String(s[field]);
     }
     container.dataset.fullCopiesBytes = String(s.full_copies_bytes);
