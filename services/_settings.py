@@ -99,6 +99,10 @@ class ServiceSettings(BaseSettings):
     quantize: Literal["none", "nf4", "int8"] = Field(
         default="none", description="hold the base model's weights in NF4 or int8"
     )
+    engine: Literal["hf", "vllm"] | None = Field(
+        default=None,
+        description="replica engine backend; None: vllm where CUDA and vLLM are, else hf",
+    )
     num_gpus: float | None = Field(default=None, ge=0, description="per model replica")
     num_cpus: float = Field(default=1.0, ge=0, description="per model replica")
     ingress_replicas: int = Field(default=1, ge=1)

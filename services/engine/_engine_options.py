@@ -24,7 +24,10 @@ ENGINE_KINDS: tuple[EngineKind, ...] = ("hf", "vllm")
 class EngineOptions:
     """What a backend is built from; fields a backend does not use are ignored by it.
 
-    ``base_model`` is ``"tiny"`` or a local Hugging Face directory. The ``vllm_*``
+    ``base_model`` is a built-in model name, a local Hugging Face directory or a hub
+    id. ``gpu_slots`` ``None`` lets the backend size its slots (``hf``: from the memory the
+    loaded base left free, 8 on a CPU; ``vllm``: 8). ``quantize`` holds the base's
+    weights in NF4 or int8 (``hf`` only). The ``vllm_*``
     fields go to vLLM's engine arguments (``vllm_kv_cache_bytes`` wins over
     ``vllm_gpu_memory_utilization`` when set; on the CPU build the utilization is a
     fraction of host memory).
@@ -33,8 +36,9 @@ class EngineOptions:
     base_model: str | Path = "tiny"
     name: str | None = None
     models_dir: Path | None = None
-    gpu_slots: int = 4
+    gpu_slots: int | None = 4
     max_lora_rank: int = 64
+    quantize: str = "none"
     host_budget_bytes: int = 1 << 30
     max_batch_size: int = 32
     max_batch_tokens: int = 32768

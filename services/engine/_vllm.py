@@ -49,6 +49,7 @@ from services.engine._requests import (
     Usage,
 )
 from services.engine._sampling import SamplingParams
+from services.engine._sizing import CPU_DEFAULT_SLOTS
 from services.engine._tiny import BUILTIN_MODELS
 from services.engine.exceptions import (
     AdapterLoadError,
@@ -97,6 +98,7 @@ class VllmEngine:
         """
         from transformers import AutoTokenizer
 
+        self.gpu_slots = options.gpu_slots or CPU_DEFAULT_SLOTS
         self._options = options
         self._hooks = hooks
         path = resolve_base_model(options.base_model, options.models_dir)
@@ -106,7 +108,7 @@ class VllmEngine:
         )
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self._manifest, self._base_model_bytes = _skeleton_facts(self._name, path, options)
-        self._llm = _start_vllm(path, options)
+        self._llm = _start_vllm(path, options, self.gpu_slots)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ids = itertools.count(1)
         self._registered: dict[int, Any] = {}  # slot -> vllm LoRARequest
@@ -115,7 +117,7 @@ class VllmEngine:
         self._waiting = 0
         self._closing = False
         self.cache = AdapterCache(
-            gpu_slots=options.gpu_slots,
+            gpu_slots=self.gpu_slots,
             host_budget_bytes=options.host_budget_bytes,
             fetch_to_disk=hooks.fetch_to_disk,
             load_host=self._prepare,
@@ -138,6 +140,14 @@ class VllmEngine:
 
     @property
     def base_model_bytes(self) -> int:
+        return self._base_model_bytes
+
+    @property
+    def quantization(self) -> str:
+        return "none"
+
+    @property
+    def full_precision_bytes(self) -> int:
         return self._base_model_bytes
 
     @property
@@ -351,7 +361,7 @@ def _dtype(options: EngineOptions) -> Any:
     return torch.bfloat16 if torch.cuda.is_available() else torch.float32
 
 
-def _start_vllm(path: Path, options: EngineOptions) -> Any:
+def _start_vllm(path: Path, options: EngineOptions, gpu_slots: int) -> Any:
     import torch
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -362,7 +372,7 @@ def _start_vllm(path: Path, options: EngineOptions) -> Any:
         kv_bytes = _CPU_KV_CACHE_BYTES
     # vLLM's CPU LoRA path reads a row without adapter (index -1) from the last LoRA
     # slot: one spare slot that loramux never fills keeps those rows on the bare base.
-    vllm_slots = options.gpu_slots + 1 if on_cpu else options.gpu_slots
+    vllm_slots = gpu_slots + 1 if on_cpu else gpu_slots
     args = AsyncEngineArgs(
         model=str(path),
         tokenizer=str(path),

@@ -13,7 +13,7 @@ Importing this package imports Ray and torch.
 
 from services.serve._app import MODEL_DEPLOYMENT, app_builder, build_app
 from services.serve._ingress import IngressServer, ServeGateway
-from services.serve._replica import ModelReplica, stale_after_s
+from services.serve._replica import ModelReplica, engine_options, stale_after_s
 from services.serve._router import CacheAwareRequestRouter
 from services.serve._stats_board import StatsBoard
 from services.serve._trainer import ServeTrainingGateway, TrainerServer
@@ -29,5 +29,6 @@ __all__ = [
     "TrainerServer",
     "app_builder",
     "build_app",
+    "engine_options",
     "stale_after_s",
 ]

@@ -15,6 +15,10 @@ latencies and load to the :class:`StatsBoard` deployment, which ``/v1/stats`` an
 same period it records its metrics (:class:`services.api._metrics.ReplicaMetrics`); load
 latencies are timed from the cache's residency events as they happen.
 
+The engine is the backend ``settings.engine`` names (``hf`` or ``vllm``, through
+:func:`services.engine.open_engine`; unset: ``vllm`` where CUDA and vLLM are, else
+``hf``); routing, residency and statistics read the same whichever it is.
+
 Failure modes: a replica whose base model does not load fails its constructor, and Ray
 Serve retries it. A crashed engine loop fails the requests it held, and the next request
 restarts the loop (see :class:`Engine`).
@@ -38,23 +42,20 @@ from services._settings import ServiceSettings
 from services.api._metrics import ReplicaMetrics
 from services.client import LoadLatency, ReplicaStats, ResidentKeys, TierCounters
 from services.engine import (
-    AdapterCache,
-    Engine,
+    CacheHooks,
     EngineError,
+    EngineOptions,
     GenerationChunk,
     GenerationRequest,
-    HostAdapter,
-    MultiLoraModel,
     ResidencyEvent,
-    load_base_model,
-    plan_gpu_slots,
+    open_engine,
 )
 from services.serve._failure_log import FailureLog
 from services.serve._heap import start_heap_trimmer
 from services.serve._residency import ResidencyPublisher
 from services.serve._router import routing_stats
 
-__all__ = ["ModelReplica", "stale_after_s"]
+__all__ = ["ModelReplica", "engine_options", "stale_after_s"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,56 +81,32 @@ class ModelReplica:
         self._board = board
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         self._store = AdapterStore.from_settings(settings.store)
-        base = await asyncio.to_thread(
-            load_base_model,
-            settings.base_model_dir or "tiny",
-            models_dir=settings.models_dir,
-            name=settings.base_model_id,
-            quantize=settings.quantize,
-        )
-        self._base = base
-        # Derived from the memory the (possibly quantized) base left free, unless set.
-        self._gpu_slots = plan_gpu_slots(
-            base,
-            max_rank=settings.max_lora_rank,
-            max_batch_tokens=settings.max_batch_tokens,
-            explicit=settings.gpu_slots,
-        )
-        model = MultiLoraModel(
-            base.model, max_slots=self._gpu_slots, max_rank=settings.max_lora_rank
-        )
-        disk_cache = self._store.disk_cache
         self._metrics = ReplicaMetrics()
         self._publisher = self._residency_publisher()
-        self._cache = AdapterCache(
-            gpu_slots=self._gpu_slots,
-            host_budget_bytes=settings.host_budget_bytes,
+        disk_cache = self._store.disk_cache
+        hooks = CacheHooks(
             fetch_to_disk=self._store.fetch,
-            load_host=lambda version, path: HostAdapter.from_dir(version.key, path, model),
-            activate_slot=model.load_slot,
-            deactivate_slot=model.clear_slot,
             disk_keys=disk_cache.keys if disk_cache is not None else None,
             eviction_policy=make_policy(settings.routing_policy).new_eviction_policy,
             on_change=self._on_residency_change,
-        )
-        self._engine = Engine(
-            base,
-            model,
-            self._cache,
-            max_batch_size=settings.max_batch_size,
-            max_batch_tokens=settings.max_batch_tokens,
-            max_waiting=settings.max_waiting,
             on_manifest=lambda manifest: asyncio.to_thread(self._store.register_manifest, manifest),
         )
+        # The base model loads here, off the event loop.
+        self._engine = await asyncio.to_thread(
+            open_engine, settings.engine, engine_options(settings), hooks
+        )
+        self._cache = self._engine.cache
+        self._gpu_slots = self._engine.gpu_slots
         await self._engine.start()
         self._served = 0
         self._publisher.start()
         self._report_task = asyncio.create_task(self._report_forever())
         logger.info(
-            "replica %s serves %s (quantization %s, %d GPU slots)",
+            "replica %s serves %s on engine %s (quantization %s, %d GPU slots)",
             self._replica_id,
-            base.name,
-            base.quantization,
+            self._engine.base_name,
+            self._engine.kind,
+            self._engine.quantization,
             self._gpu_slots,
         )
 
@@ -211,9 +188,9 @@ class ModelReplica:
                 pinned=sorted(key for key, count in residency.pinned.items() if count > 0),
             ),
             gpu_slots=self._gpu_slots,
-            quantization=self._base.quantization,
-            base_model_bytes=self._base.weight_bytes,
-            base_model_full_bytes=self._base.full_precision_bytes,
+            quantization=self._engine.quantization,
+            base_model_bytes=self._engine.base_model_bytes,
+            base_model_full_bytes=self._engine.full_precision_bytes,
             in_flight=self._engine.num_running,
             queued=self._engine.num_waiting,
             requests_served=self._served,
@@ -262,9 +239,24 @@ class ModelReplica:
             await self._report_task
         await self._publisher.aclose()
         await self._redis.aclose()
-        await self._engine.aclose()
-        await self._cache.aclose()
+        await self._engine.aclose()  # its adapter cache too
         self._store.close()
+
+
+def engine_options(settings: ServiceSettings) -> EngineOptions:
+    """What each replica's engine is built from (the backend is ``settings.engine``)."""
+    return EngineOptions(
+        base_model=settings.base_model_dir or "tiny",
+        name=settings.base_model_id,
+        models_dir=settings.models_dir,
+        gpu_slots=settings.gpu_slots,
+        max_lora_rank=settings.max_lora_rank,
+        quantize=settings.quantize,
+        host_budget_bytes=settings.host_budget_bytes,
+        max_batch_size=settings.max_batch_size,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_waiting=settings.max_waiting,
+    )
 
 
 def stale_after_s(settings: ServiceSettings) -> float:

@@ -91,3 +91,18 @@ def test_a_hub_id_that_cannot_be_fetched_is_refused_before_anything_starts(
 
     assert code == 1
     assert output.startswith("error: --base-model: ") and "'acme-labs/absent'" in output
+
+
+def test_an_engine_that_cannot_run_here_is_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    from services.engine import vllm_installed
+
+    unknown = up("--engine", "cuda", "--data-dir", str(tmp_path / "a"))
+    vllm = up("--engine", "vllm", "--quantize", "nf4", "--data-dir", str(tmp_path / "b"))
+
+    assert unknown[0] == 1 and "engine" in unknown[1] and "'hf' or 'vllm'" in unknown[1]
+    assert vllm[0] == 1
+    expected = "runs on engine hf only" if vllm_installed() else "--engine vllm needs vLLM"
+    assert expected in vllm[1]
+    assert not (tmp_path / "b").exists(), "nothing was started"
