@@ -241,6 +241,9 @@ def _service(args: argparse.Namespace, root: Path, env: dict[str, str]) -> Itera
         str(args.replicas),
         "--gpu-slots",
         str(args.gpu_slots),
+        # The model its adapters are made for (``loramux up`` serves tiny-en by default).
+        "--base-model",
+        "tiny",
         "--dev-key",
         dev_key,
         "--ready-timeout",

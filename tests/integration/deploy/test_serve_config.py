@@ -5,7 +5,8 @@ One module-scoped session: a local Ray, Serve's proxy on a free port, a private
 redis-server and a ``file://`` blob store. The config is the file in deploy/, with only
 what a CPU test machine needs changed: the endpoints and keys in its
 ``runtime_env.env_vars`` (as an operator's environment would set them), the built-in
-``tiny`` model instead of a mounted one, no GPUs and one small replica per deployment.
+``tiny`` model instead of a mounted one, engine ``hf`` instead of ``vllm`` (no vLLM
+here), no GPUs and one small replica per deployment.
 It is validated as Ray's ``ServeDeploySchema`` and applied through Serve's controller,
 the path ``serve run CONFIG`` takes; test_serve_run_cli.py runs the CLI itself.
 """
@@ -61,6 +62,7 @@ def config_for_this_machine(root: Path, redis_url: str, port: int) -> dict[str, 
     args = app["args"]
     del args["base_model_dir"]
     args.update(
+        engine="hf",
         models_dir=str(root / "models"),
         replicas=1,
         gpu_slots=2,
