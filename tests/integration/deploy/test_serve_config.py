@@ -151,9 +151,15 @@ def test_traffic_shows_up_on_rays_metrics_endpoint(deployed: Deployed) -> None:
     }
     found: dict[str, list[str]] = {}
 
+    # Every routing decision the traffic made, not only the first one Ray exported.
+    decided = ('decision="resident"', 'decision="base"')
+
     def exported() -> bool:
         found.update(_series(httpx.get(deployed.metrics_url, timeout=30).text))
-        return all(any(label in s for s in found.get(name, ())) for name, label in wanted.items())
+        decisions = " ".join(found.get("ray_loramux_routing_decisions_total", ()))
+        return all(
+            any(label in s for s in found.get(name, ())) for name, label in wanted.items()
+        ) and all(label in decisions for label in decided)
 
     try:
         wait_until(exported, METRICS_TIMEOUT_S)
