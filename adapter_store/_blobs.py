@@ -25,14 +25,24 @@ import os
 import re
 import stat
 import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from collections.abc import Callable
+from collections.abc import Iterator
+from concurrent.futures import Future
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import as_completed
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
-from urllib.parse import parse_qs, quote, urlsplit
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import BinaryIO
+from typing import Protocol
+from typing import runtime_checkable
+from urllib.parse import parse_qs
+from urllib.parse import quote
+from urllib.parse import urlsplit
 
 from adapter_store._retry import call_with_retries
-from adapter_store.exceptions import BackendUnavailableError, NotFoundError
+from adapter_store.exceptions import BackendUnavailableError
+from adapter_store.exceptions import NotFoundError
 
 if TYPE_CHECKING:
     from botocore.exceptions import ClientError

@@ -68,14 +68,21 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapter_store._blobs import BlobStore, ProgressCallback, blob_key
-from adapter_store._identity import AdapterVersion, validate_name
-from adapter_store.exceptions import IntegrityError, LocalDiskError, NotFoundError
+from adapter_store._blobs import BlobStore
+from adapter_store._blobs import ProgressCallback
+from adapter_store._blobs import blob_key
+from adapter_store._identity import AdapterVersion
+from adapter_store._identity import validate_name
+from adapter_store.exceptions import IntegrityError
+from adapter_store.exceptions import LocalDiskError
+from adapter_store.exceptions import NotFoundError
 
 __all__ = ["DiskCache", "DiskCacheStats"]
 

@@ -10,10 +10,12 @@ the cache key and the routing key.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Literal
 
-from adapter_store.exceptions import InvalidNameError, InvalidReferenceError
+from adapter_store.exceptions import InvalidNameError
+from adapter_store.exceptions import InvalidReferenceError
 
 __all__ = [
     "LATEST",

@@ -29,33 +29,45 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable
+from collections.abc import Collection
+from collections.abc import Iterable
+from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import TypeVar
 
-from adapter_store._identity import LATEST, AdapterVersion, Publication, is_version_number
-from adapter_store._metadata_store import (
-    GC_CLAIM_TTL_S,
-    GcClaim,
-    Missing,
-    adapter_bytes_exceeded,
-    adapter_count_exceeded,
-    adapter_not_found,
-    blob_collected,
-    no_such_tenant,
-    tenant_exists,
-    tenant_not_found,
-    unknown_key,
-)
-from adapter_store._rate_limits import IN_FLIGHT_RETRY_S, Admission, Lease, TenantLimits
-from adapter_store._records import AdapterInfo, Page, Tenant, TenantUsage, VersionInfo
+from adapter_store._identity import LATEST
+from adapter_store._identity import AdapterVersion
+from adapter_store._identity import Publication
+from adapter_store._identity import is_version_number
+from adapter_store._metadata_store import GC_CLAIM_TTL_S
+from adapter_store._metadata_store import GcClaim
+from adapter_store._metadata_store import Missing
+from adapter_store._metadata_store import adapter_bytes_exceeded
+from adapter_store._metadata_store import adapter_count_exceeded
+from adapter_store._metadata_store import adapter_not_found
+from adapter_store._metadata_store import blob_collected
+from adapter_store._metadata_store import no_such_tenant
+from adapter_store._metadata_store import tenant_exists
+from adapter_store._metadata_store import tenant_not_found
+from adapter_store._metadata_store import unknown_key
+from adapter_store._rate_limits import IN_FLIGHT_RETRY_S
+from adapter_store._rate_limits import Admission
+from adapter_store._rate_limits import Lease
+from adapter_store._rate_limits import TenantLimits
+from adapter_store._records import AdapterInfo
+from adapter_store._records import Page
+from adapter_store._records import Tenant
+from adapter_store._records import TenantUsage
+from adapter_store._records import VersionInfo
 from adapter_store._retry import call_with_retries
-from adapter_store.exceptions import (
-    AdapterNotFoundError,
-    BackendUnavailableError,
-    QuotaExceededError,
-    TenantNotFoundError,
-)
+from adapter_store.exceptions import AdapterNotFoundError
+from adapter_store.exceptions import BackendUnavailableError
+from adapter_store.exceptions import QuotaExceededError
+from adapter_store.exceptions import TenantNotFoundError
 
 if TYPE_CHECKING:
     import redis

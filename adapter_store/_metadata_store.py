@@ -8,20 +8,30 @@ these exact errors, so a caller (and a test) sees the same message from either.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Literal, Protocol, runtime_checkable
+from collections.abc import Collection
+from collections.abc import Iterable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Literal
+from typing import Protocol
+from typing import runtime_checkable
 
-from adapter_store._identity import AdapterVersion, Publication
-from adapter_store._rate_limits import Admission, Lease, TenantLimits
-from adapter_store._records import AdapterInfo, Page, Tenant, TenantUsage, VersionInfo
-from adapter_store.exceptions import (
-    AdapterNotFoundError,
-    AuthenticationError,
-    BlobCollectedError,
-    ConflictError,
-    QuotaExceededError,
-    TenantNotFoundError,
-)
+from adapter_store._identity import AdapterVersion
+from adapter_store._identity import Publication
+from adapter_store._rate_limits import Admission
+from adapter_store._rate_limits import Lease
+from adapter_store._rate_limits import TenantLimits
+from adapter_store._records import AdapterInfo
+from adapter_store._records import Page
+from adapter_store._records import Tenant
+from adapter_store._records import TenantUsage
+from adapter_store._records import VersionInfo
+from adapter_store.exceptions import AdapterNotFoundError
+from adapter_store.exceptions import AuthenticationError
+from adapter_store.exceptions import BlobCollectedError
+from adapter_store.exceptions import ConflictError
+from adapter_store.exceptions import QuotaExceededError
+from adapter_store.exceptions import TenantNotFoundError
 
 __all__ = ["MetadataStore"]
 

@@ -27,7 +27,8 @@ import re
 
 import re2
 
-from adapter_store.exceptions import InvalidConfigError, UnsupportedPatternError
+from adapter_store.exceptions import InvalidConfigError
+from adapter_store.exceptions import UnsupportedPatternError
 
 __all__ = ["MAX_PATTERN_CHARS", "ModulePattern", "compile_module_pattern"]
 

@@ -22,16 +22,16 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from types import MappingProxyType
 from typing import Any
 
-from adapter_store._module_patterns import ModulePattern, compile_module_pattern
-from adapter_store.exceptions import (
-    InvalidConfigError,
-    UnsupportedFeatureError,
-    UnsupportedPatternError,
-)
+from adapter_store._module_patterns import ModulePattern
+from adapter_store._module_patterns import compile_module_pattern
+from adapter_store.exceptions import InvalidConfigError
+from adapter_store.exceptions import UnsupportedFeatureError
+from adapter_store.exceptions import UnsupportedPatternError
 
 __all__ = ["ALL_LINEAR", "LoraSpec", "parse_lora_config"]
 

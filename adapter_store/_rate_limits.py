@@ -16,7 +16,8 @@ negative) rather than taking budget from the future.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from dataclasses import replace
 from typing import Literal
 
 __all__ = ["Admission", "Lease", "TenantLimits"]

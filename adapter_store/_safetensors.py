@@ -25,7 +25,8 @@ import functools
 import json
 import math
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
+from pydantic import field_validator
+from pydantic_settings import BaseSettings
+from pydantic_settings import SettingsConfigDict
 
-from adapter_store._identity import validate_base_model_id, validate_name
+from adapter_store._identity import validate_base_model_id
+from adapter_store._identity import validate_name
 from adapter_store._source import AdapterLimits
 
 __all__ = ["StoreSettings"]

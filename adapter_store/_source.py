@@ -32,18 +32,18 @@ import struct
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
+from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from adapter_store.exceptions import (
-    AdapterTooLargeError,
-    InvalidAdapterError,
-    InvalidConfigError,
-    MalformedWeightsError,
-    UnsafeFormatError,
-)
+from adapter_store.exceptions import AdapterTooLargeError
+from adapter_store.exceptions import InvalidAdapterError
+from adapter_store.exceptions import InvalidConfigError
+from adapter_store.exceptions import MalformedWeightsError
+from adapter_store.exceptions import UnsafeFormatError
 
 __all__ = [
     "CONFIG_NAME",

@@ -28,44 +28,49 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from adapter_store._blobs import BLOB_PREFIX, BlobStore, blob_key, open_blob_store
-from adapter_store._disk_cache import DiskCache, download_verified
-from adapter_store._identity import (
-    AdapterRef,
-    AdapterVersion,
-    Origin,
-    Publication,
-    is_version_number,
-    validate_alias,
-    validate_base_model_id,
-    validate_name,
-)
+from adapter_store._blobs import BLOB_PREFIX
+from adapter_store._blobs import BlobStore
+from adapter_store._blobs import blob_key
+from adapter_store._blobs import open_blob_store
+from adapter_store._disk_cache import DiskCache
+from adapter_store._disk_cache import download_verified
+from adapter_store._identity import AdapterRef
+from adapter_store._identity import AdapterVersion
+from adapter_store._identity import Origin
+from adapter_store._identity import Publication
+from adapter_store._identity import is_version_number
+from adapter_store._identity import validate_alias
+from adapter_store._identity import validate_base_model_id
+from adapter_store._identity import validate_name
 from adapter_store._manifest import BaseModelManifest
 from adapter_store._metadata import RedisMetadataStore
 from adapter_store._metadata_store import MetadataStore
 from adapter_store._rate_limits import TenantLimits
-from adapter_store._records import AdapterInfo, GcReport, Page, Tenant, TenantUsage, VersionInfo
-from adapter_store._source import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    AdapterFiles,
-    AdapterLimits,
-    read_adapter_source,
-)
+from adapter_store._records import AdapterInfo
+from adapter_store._records import GcReport
+from adapter_store._records import Page
+from adapter_store._records import Tenant
+from adapter_store._records import TenantUsage
+from adapter_store._records import VersionInfo
+from adapter_store._source import CONFIG_NAME
+from adapter_store._source import WEIGHTS_NAME
+from adapter_store._source import AdapterFiles
+from adapter_store._source import AdapterLimits
+from adapter_store._source import read_adapter_source
 from adapter_store._validate import validate_adapter
-from adapter_store.exceptions import (
-    AuthenticationError,
-    BackendUnavailableError,
-    BlobCollectedError,
-    ConflictError,
-    IntegrityError,
-    InvalidReferenceError,
-    ManifestNotFoundError,
-)
+from adapter_store.exceptions import AuthenticationError
+from adapter_store.exceptions import BackendUnavailableError
+from adapter_store.exceptions import BlobCollectedError
+from adapter_store.exceptions import ConflictError
+from adapter_store.exceptions import IntegrityError
+from adapter_store.exceptions import InvalidReferenceError
+from adapter_store.exceptions import ManifestNotFoundError
 
 if TYPE_CHECKING:
     from adapter_store._settings import StoreSettings

@@ -28,27 +28,26 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from adapter_store._manifest import BaseModelManifest
-from adapter_store._peft_config import LoraSpec, parse_lora_config
-from adapter_store._safetensors import (
-    FLOAT_DTYPES,
-    TensorInfo,
-    check_values,
-    parse_safetensors_header,
-)
-from adapter_store._source import AdapterFiles, AdapterLimits
-from adapter_store.exceptions import (
-    AdapterTooLargeError,
-    IncompatibleAdapterError,
-    InvalidConfigError,
-    MalformedWeightsError,
-    UnsupportedFeatureError,
-    ValidationBudgetExceededError,
-)
+from adapter_store._peft_config import LoraSpec
+from adapter_store._peft_config import parse_lora_config
+from adapter_store._safetensors import FLOAT_DTYPES
+from adapter_store._safetensors import TensorInfo
+from adapter_store._safetensors import check_values
+from adapter_store._safetensors import parse_safetensors_header
+from adapter_store._source import AdapterFiles
+from adapter_store._source import AdapterLimits
+from adapter_store.exceptions import AdapterTooLargeError
+from adapter_store.exceptions import IncompatibleAdapterError
+from adapter_store.exceptions import InvalidConfigError
+from adapter_store.exceptions import MalformedWeightsError
+from adapter_store.exceptions import UnsupportedFeatureError
+from adapter_store.exceptions import ValidationBudgetExceededError
 
 __all__ = ["ModuleLora", "ValidatedAdapter", "lora_weight_names", "validate_adapter"]
 

@@ -29,16 +29,18 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import RANKS, bench_version, decode_parser, make_distinct_adapters
+from benchmarks._common import RANKS
+from benchmarks._common import bench_version
+from benchmarks._common import decode_parser
+from benchmarks._common import make_distinct_adapters
 from scheduler import Tier
-from services.engine import (
-    CacheHooks,
-    EngineOptions,
-    GenerationRequest,
-    SamplingParams,
-    open_engine,
-)
-from tests.factories import save_model_dir, tiny_llama
+from services.engine import CacheHooks
+from services.engine import EngineOptions
+from services.engine import GenerationRequest
+from services.engine import SamplingParams
+from services.engine import open_engine
+from tests.factories import save_model_dir
+from tests.factories import tiny_llama
 
 MODEL_NAME = "bench-llama"
 MODEL = {

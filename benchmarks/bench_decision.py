@@ -28,15 +28,13 @@ import random
 import statistics
 import time
 
-from scheduler import (
-    POLICY_NAMES,
-    AdapterDemand,
-    DemandTracker,
-    ReplicaView,
-    make_policy,
-    percentile,
-    select_replica,
-)
+from scheduler import POLICY_NAMES
+from scheduler import AdapterDemand
+from scheduler import DemandTracker
+from scheduler import ReplicaView
+from scheduler import make_policy
+from scheduler import percentile
+from scheduler import select_replica
 
 # What each policy's figures cover; the router's per-candidate view building is not in
 # them (see the module docstring).

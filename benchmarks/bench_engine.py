@@ -50,32 +50,26 @@ from typing import Any
 
 import torch
 
-from adapter_store import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    AdapterVersion,
-    DiskCache,
-    LocalBlobStore,
-    blob_key,
-)
-from benchmarks._common import (
-    ATTENTION_TARGETS,
-    LLAMA_100M,
-    RANKS,
-    bench_version,
-    decode_parser,
-    make_distinct_adapters,
-)
-from services.engine import (
-    NO_ADAPTER_SLOT,
-    Engine,
-    GenerationRequest,
-    HostAdapter,
-    MultiLoraModel,
-    SamplingParams,
-    ensure_tiny_model,
-    load_base_model,
-)
+from adapter_store import CONFIG_NAME
+from adapter_store import WEIGHTS_NAME
+from adapter_store import AdapterVersion
+from adapter_store import DiskCache
+from adapter_store import LocalBlobStore
+from adapter_store import blob_key
+from benchmarks._common import ATTENTION_TARGETS
+from benchmarks._common import LLAMA_100M
+from benchmarks._common import RANKS
+from benchmarks._common import bench_version
+from benchmarks._common import decode_parser
+from benchmarks._common import make_distinct_adapters
+from services.engine import NO_ADAPTER_SLOT
+from services.engine import Engine
+from services.engine import GenerationRequest
+from services.engine import HostAdapter
+from services.engine import MultiLoraModel
+from services.engine import SamplingParams
+from services.engine import ensure_tiny_model
+from services.engine import load_base_model
 from services.engine._batching import KvBatch
 from tests.factories import make_peft_adapter
 
@@ -356,7 +350,8 @@ async def bench_quantized(args, work: Path) -> dict[str, Any]:
 
 
 def _llama_100m():  # -> (model, parameter count)
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
+    from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**LLAMA_100M)).eval()

@@ -49,7 +49,9 @@ def main() -> None:
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from adapter_store import DiskCache, S3BlobStore, blob_key
+    from adapter_store import DiskCache
+    from adapter_store import S3BlobStore
+    from adapter_store import blob_key
     from adapter_store._redis_server import free_port
 
     port = free_port()

@@ -25,7 +25,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from adapter_store import Lease, RedisMetadataStore, TenantLimits
+from adapter_store import Lease
+from adapter_store import RedisMetadataStore
+from adapter_store import TenantLimits
 from adapter_store._redis_server import RedisServerProcess
 from services._settings import LimitSettings
 from services.api._request_limits import check_generation

@@ -34,16 +34,18 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import RANKS, bench_version, decode_parser
-from benchmarks.bench_engine import _PreloadedSlots, _prompt, load_distinct_adapters
-from services.engine import (
-    Engine,
-    GenerationRequest,
-    Grammar,
-    MultiLoraModel,
-    SamplingParams,
-    load_base_model,
-)
+from benchmarks._common import RANKS
+from benchmarks._common import bench_version
+from benchmarks._common import decode_parser
+from benchmarks.bench_engine import _PreloadedSlots
+from benchmarks.bench_engine import _prompt
+from benchmarks.bench_engine import load_distinct_adapters
+from services.engine import Engine
+from services.engine import GenerationRequest
+from services.engine import Grammar
+from services.engine import MultiLoraModel
+from services.engine import SamplingParams
+from services.engine import load_base_model
 
 SCHEMA = {
     "type": "object",

@@ -26,7 +26,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from adapter_store import AdapterStore, LocalBlobStore, Publication, RedisMetadataStore
+from adapter_store import AdapterStore
+from adapter_store import LocalBlobStore
+from adapter_store import Publication
+from adapter_store import RedisMetadataStore
 from adapter_store._metadata import _PUBLISH
 from adapter_store._redis_server import RedisServerProcess
 from scheduler import percentile

@@ -20,10 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from adapter_store import AdapterStore, StoreSettings, manifest_from_model
-from services.client import TrainingOptions, TrainingProgress
-from services.engine import TINY_EN_MODEL_NAME, load_base_model
-from services.training import parse_training_data, train_adapter
+from adapter_store import AdapterStore
+from adapter_store import StoreSettings
+from adapter_store import manifest_from_model
+from services.client import TrainingOptions
+from services.client import TrainingProgress
+from services.engine import TINY_EN_MODEL_NAME
+from services.engine import load_base_model
+from services.training import parse_training_data
+from services.training import train_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
 

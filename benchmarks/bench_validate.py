@@ -42,7 +42,8 @@ def make_adapter(out: Path) -> Path:
     """A rank-64 adapter on every linear layer of a 12-layer, 1024-wide Llama."""
     import torch
     import transformers
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
+    from peft import get_peft_model
 
     from adapter_store import manifest_from_model
 

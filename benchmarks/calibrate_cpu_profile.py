@@ -35,15 +35,14 @@ from typing import Any
 
 import torch
 
-from benchmarks.bench_engine import (
-    BATCH_SIZES,
-    RANKS,
-    bench_loads,
-    bench_prefill,
-    bench_step_time,
-    load_distinct_adapters,
-)
-from services.engine import MultiLoraModel, load_base_model
+from benchmarks.bench_engine import BATCH_SIZES
+from benchmarks.bench_engine import RANKS
+from benchmarks.bench_engine import bench_loads
+from benchmarks.bench_engine import bench_prefill
+from benchmarks.bench_engine import bench_step_time
+from benchmarks.bench_engine import load_distinct_adapters
+from services.engine import MultiLoraModel
+from services.engine import load_base_model
 
 # Profile tier -> bench_loads key.
 _TIERS = {"s3": "blob_fetch_ms", "disk": "disk_to_host_ms", "h2d": "host_to_slot_ms"}

@@ -31,24 +31,24 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import ATTENTION_TARGETS, LLAMA_1B, RANKS, bench_version
-from benchmarks.bench_engine import (
-    _PreloadedSlots,
-    _prompt,
-    _tokens_per_second,
-)
-from services.engine import (
-    NO_ADAPTER_SLOT,
-    Engine,
-    GenerationRequest,
-    HostAdapter,
-    MultiLoraModel,
-    SamplingParams,
-    ensure_tiny_model,
-    load_base_model,
-)
+from benchmarks._common import ATTENTION_TARGETS
+from benchmarks._common import LLAMA_1B
+from benchmarks._common import RANKS
+from benchmarks._common import bench_version
+from benchmarks.bench_engine import _PreloadedSlots
+from benchmarks.bench_engine import _prompt
+from benchmarks.bench_engine import _tokens_per_second
+from services.engine import NO_ADAPTER_SLOT
+from services.engine import Engine
+from services.engine import GenerationRequest
+from services.engine import HostAdapter
+from services.engine import MultiLoraModel
+from services.engine import SamplingParams
+from services.engine import ensure_tiny_model
+from services.engine import load_base_model
 from services.engine._batching import KvBatch
-from tests.factories import make_peft_adapter, tiny_llama
+from tests.factories import make_peft_adapter
+from tests.factories import tiny_llama
 
 CONFIGS = {
     "1b": LLAMA_1B,
@@ -67,7 +67,8 @@ CONFIGS = {
 def build_model_dir(config: dict[str, Any], work: Path, device: str, dtype: torch.dtype) -> Path:
     """A Llama with seeded random weights, saved with the built-in model's tokenizer
     (its ids fit any vocabulary of 512 or more)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
+    from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
     with torch.device(device):
@@ -84,7 +85,8 @@ def build_model_dir(config: dict[str, Any], work: Path, device: str, dtype: torc
 def save_adapters(model, work: Path, count: int) -> list[Path]:
     """``count`` PEFT adapters of ranks cycling through :data:`RANKS`, seeded weights;
     one PEFT wrap per rank, re-randomized and saved per adapter."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
+    from peft import get_peft_model
 
     dirs: list[Path] = [work / f"adapter-{i}" for i in range(count)]
     for rank in RANKS:

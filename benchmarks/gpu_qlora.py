@@ -38,24 +38,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from benchmarks._common import LLAMA_1B, bench_version
-from benchmarks.bench_engine import (
-    RANKS,
-    _PreloadedSlots,
-    _prompt,
-    _tokens_per_second,
-    _ttft_ms,
-    load_adapters,
-)
-from services.engine import (
-    Engine,
-    GenerationRequest,
-    MultiLoraModel,
-    SamplingParams,
-    ensure_tiny_model,
-    load_base_model,
-    plan_gpu_slots,
-)
+from benchmarks._common import LLAMA_1B
+from benchmarks._common import bench_version
+from benchmarks.bench_engine import RANKS
+from benchmarks.bench_engine import _PreloadedSlots
+from benchmarks.bench_engine import _prompt
+from benchmarks.bench_engine import _tokens_per_second
+from benchmarks.bench_engine import _ttft_ms
+from benchmarks.bench_engine import load_adapters
+from services.engine import Engine
+from services.engine import GenerationRequest
+from services.engine import MultiLoraModel
+from services.engine import SamplingParams
+from services.engine import ensure_tiny_model
+from services.engine import load_base_model
+from services.engine import plan_gpu_slots
 
 SMOKE = {
     **LLAMA_1B,
@@ -74,7 +71,9 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 def build_model(shape: dict[str, int], directory: Path, device: torch.device) -> int:
     """Save a random bf16 Llama of ``shape`` with ``tiny``'s tokenizer; return its
     parameter count. Built on ``device``: initialising 1B weights on a CPU is slow."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
+    from transformers import LlamaConfig
+    from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
     with torch.device(device):

@@ -21,23 +21,22 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
-from scheduler import (
-    POLICY_NAMES,
-    DemandAwareEviction,
-    SimConfig,
-    SimResult,
-    SynthSpec,
-    TraceRequest,
-    convert_alibaba,
-    convert_azure,
-    cost_profile,
-    make_policy,
-    simulate,
-    synthesize,
-)
+from scheduler import POLICY_NAMES
+from scheduler import DemandAwareEviction
+from scheduler import SimConfig
+from scheduler import SimResult
+from scheduler import SynthSpec
+from scheduler import TraceRequest
+from scheduler import convert_alibaba
+from scheduler import convert_azure
+from scheduler import cost_profile
+from scheduler import make_policy
+from scheduler import simulate
+from scheduler import synthesize
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT.parent / "shared" / "traces"

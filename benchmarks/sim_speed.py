@@ -14,7 +14,12 @@ import argparse
 import json
 import time
 
-from scheduler import SimConfig, SynthSpec, cost_profile, make_policy, simulate, synthesize
+from scheduler import SimConfig
+from scheduler import SynthSpec
+from scheduler import cost_profile
+from scheduler import make_policy
+from scheduler import simulate
+from scheduler import synthesize
 
 
 def main() -> None:

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scheduler.exceptions import SchedulerError, UnknownProfileError
+from scheduler.exceptions import SchedulerError
+from scheduler.exceptions import UnknownProfileError
 
 __all__ = ["PROFILE_NAMES", "CostProfile", "cost_profile"]
 

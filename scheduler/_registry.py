@@ -5,16 +5,15 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from scheduler._policies import (
-    AdaptivePolicy,
-    CacheAwarePolicy,
-    ConsistentHashPolicy,
-    LeastLoadedPolicy,
-    RayMultiplexPolicy,
-    RoundRobinPolicy,
-)
+from scheduler._policies import AdaptivePolicy
+from scheduler._policies import CacheAwarePolicy
+from scheduler._policies import ConsistentHashPolicy
+from scheduler._policies import LeastLoadedPolicy
+from scheduler._policies import RayMultiplexPolicy
+from scheduler._policies import RoundRobinPolicy
 from scheduler._types import PlacementPolicy
-from scheduler.exceptions import PolicyOptionError, UnknownPolicyError
+from scheduler.exceptions import PolicyOptionError
+from scheduler.exceptions import UnknownPolicyError
 
 __all__ = ["POLICY_NAMES", "make_policy"]
 

@@ -51,8 +51,10 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
 
 from scheduler._bound import belady_bound
 from scheduler._cost import CostProfile
@@ -60,7 +62,11 @@ from scheduler._demand import DemandTracker
 from scheduler._percentile import percentile
 from scheduler._policies import select_replica
 from scheduler._trace import TraceRequest
-from scheduler._types import AdapterDemand, EvictionPolicy, PlacementPolicy, ReplicaView, Tier
+from scheduler._types import AdapterDemand
+from scheduler._types import EvictionPolicy
+from scheduler._types import PlacementPolicy
+from scheduler._types import ReplicaView
+from scheduler._types import Tier
 from scheduler.exceptions import SchedulerError
 
 __all__ = ["RequestOutcome", "SimConfig", "SimResult", "simulate"]

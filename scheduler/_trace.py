@@ -20,13 +20,17 @@ import csv
 import math
 import random
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
 from datetime import datetime
 from itertools import accumulate
 from pathlib import Path
 
-from scheduler.exceptions import SynthSpecError, TraceFormatError
+from scheduler.exceptions import SynthSpecError
+from scheduler.exceptions import TraceFormatError
 
 __all__ = [
     "SynthSpec",

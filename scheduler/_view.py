@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
-from scheduler._types import ReplicaView, Tier
-from scheduler.exceptions import UnknownReplicaError, ViewEventError
+from scheduler._types import ReplicaView
+from scheduler._types import Tier
+from scheduler.exceptions import UnknownReplicaError
+from scheduler.exceptions import ViewEventError
 
 __all__ = [
     "ClusterView",

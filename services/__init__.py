@@ -11,7 +11,9 @@ Its rooms, each imported on use:
 - ``services.engine``: the replica engine (torch).
 """
 
-from services.client import AsyncClient, Client, ProgressCallback
+from services.client import AsyncClient
+from services.client import Client
+from services.client import ProgressCallback
 from services.client._models import *  # noqa: F403
 from services.client._models import __all__ as _api_models_all
 from services.client._stats import *  # noqa: F403

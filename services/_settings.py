@@ -12,10 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
+from pydantic import SecretStr
+from pydantic import field_validator
+from pydantic import model_validator
+from pydantic_settings import BaseSettings
+from pydantic_settings import SettingsConfigDict
 
-from adapter_store import StoreSettings, TenantLimits
+from adapter_store import StoreSettings
+from adapter_store import TenantLimits
 
 __all__ = ["LimitSettings", "ServiceSettings"]
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import TinyBase, make_tiny_base
+from tests.factories import TinyBase
+from tests.factories import make_tiny_base
 
 # Tests never reach AWS: credentials are dummies understood by the moto server.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")

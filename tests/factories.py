@@ -9,17 +9,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from typing import Any
 
 if TYPE_CHECKING:
-    from adapter_store import (
-        AdapterStore,
-        AdapterVersion,
-        BaseModelManifest,
-        BlobStore,
-        MetadataStore,
-        Origin,
-    )
+    from adapter_store import AdapterStore
+    from adapter_store import AdapterVersion
+    from adapter_store import BaseModelManifest
+    from adapter_store import BlobStore
+    from adapter_store import MetadataStore
+    from adapter_store import Origin
 
 
 # The id the tiny Llama's manifest is registered under (the malformed corpus uses it too).
@@ -53,7 +52,8 @@ def build_store(
 ) -> AdapterStore:
     """An AdapterStore over these backends with ``manifest`` registered and the tenant
     ``acme`` created; with ``cache_dir``, a 1 GiB disk cache there."""
-    from adapter_store import AdapterStore, DiskCache
+    from adapter_store import AdapterStore
+    from adapter_store import DiskCache
 
     cache = None if cache_dir is None else DiskCache(cache_dir, blobs, 1 << 30)
     store = AdapterStore(metadata, blobs, disk_cache=cache)
@@ -100,7 +100,8 @@ def publish_version(
 def tiny_llama(seed: int = 0, **overrides: Any):  # -> transformers.LlamaForCausalLM
     """A two-layer Llama small enough for unit tests (hidden 64, vocab 256)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
+    from transformers import LlamaForCausalLM
 
     params: dict[str, Any] = {
         "vocab_size": 256,
@@ -134,7 +135,8 @@ def make_peft_adapter(
     import copy
 
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
+    from peft import get_peft_model
 
     kwargs: dict[str, Any] = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}
     kwargs.update(lora_kwargs)

@@ -23,33 +23,52 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from collections.abc import Collection
+from collections.abc import Iterable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from dataclasses import replace
 from functools import wraps
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import TypeVar
+from typing import cast
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from services.client import ReplicaStats
-    from services.engine import GenerationChunk, GenerationRequest
+    from services.engine import GenerationChunk
+    from services.engine import GenerationRequest
 
-from adapter_store import LATEST, AdapterVersion, Publication, is_version_number
+from adapter_store import LATEST
+from adapter_store import AdapterVersion
+from adapter_store import Publication
+from adapter_store import is_version_number
 from adapter_store._blobs import BlobStore
-from adapter_store._metadata_store import (
-    GC_CLAIM_TTL_S,
-    GcClaim,
-    adapter_bytes_exceeded,
-    adapter_count_exceeded,
-    adapter_not_found,
-    blob_collected,
-    no_such_tenant,
-    tenant_exists,
-    tenant_not_found,
-    unknown_key,
-)
-from adapter_store._rate_limits import Admission, Buckets, Lease, TenantLimits, admit
-from adapter_store._records import AdapterInfo, Page, Tenant, TenantUsage, VersionInfo
+from adapter_store._metadata_store import GC_CLAIM_TTL_S
+from adapter_store._metadata_store import GcClaim
+from adapter_store._metadata_store import adapter_bytes_exceeded
+from adapter_store._metadata_store import adapter_count_exceeded
+from adapter_store._metadata_store import adapter_not_found
+from adapter_store._metadata_store import blob_collected
+from adapter_store._metadata_store import no_such_tenant
+from adapter_store._metadata_store import tenant_exists
+from adapter_store._metadata_store import tenant_not_found
+from adapter_store._metadata_store import unknown_key
+from adapter_store._rate_limits import Admission
+from adapter_store._rate_limits import Buckets
+from adapter_store._rate_limits import Lease
+from adapter_store._rate_limits import TenantLimits
+from adapter_store._rate_limits import admit
+from adapter_store._records import AdapterInfo
+from adapter_store._records import Page
+from adapter_store._records import Tenant
+from adapter_store._records import TenantUsage
+from adapter_store._records import VersionInfo
 
 F = TypeVar("F", bound=Callable[..., Any])
 

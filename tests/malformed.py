@@ -30,23 +30,22 @@ import struct
 import tarfile
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from adapter_store import (
-    AdapterLimits,
-    AdapterTooLargeError,
-    IncompatibleAdapterError,
-    InvalidAdapterError,
-    InvalidConfigError,
-    MalformedWeightsError,
-    UnsafeFormatError,
-    UnsupportedFeatureError,
-    UnsupportedPatternError,
-)
+from adapter_store import AdapterLimits
+from adapter_store import AdapterTooLargeError
+from adapter_store import IncompatibleAdapterError
+from adapter_store import InvalidAdapterError
+from adapter_store import InvalidConfigError
+from adapter_store import MalformedWeightsError
+from adapter_store import UnsafeFormatError
+from adapter_store import UnsupportedFeatureError
+from adapter_store import UnsupportedPatternError
 
 __all__ = [
     "MALFORMED_CASES",
@@ -138,7 +137,8 @@ def _edit_tensors(
     edit: Callable[[dict[str, np.ndarray]], None], **config_changes: Any
 ) -> Callable[[Path, Path], Path]:
     """A writer that edits the tensors (and optionally the config) and re-saves them."""
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import load_file
+    from safetensors.numpy import save_file
 
     def write(valid: Path, work: Path) -> Path:
         _edit_config(**config_changes)(valid, work)

@@ -12,7 +12,8 @@ import random
 from collections.abc import Sequence
 
 from scheduler._types import ReplicaView
-from scheduler.exceptions import NoReplicasError, PolicyOptionError
+from scheduler.exceptions import NoReplicasError
+from scheduler.exceptions import PolicyOptionError
 
 
 def require_replicas(replicas: Sequence[ReplicaView], policy: str) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from typing import Generic, TypeVar
+from typing import Generic
+from typing import TypeVar
 
 from scheduler._policies._common import stable_hash64
 from scheduler._types import ReplicaView

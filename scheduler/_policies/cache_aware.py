@@ -9,9 +9,13 @@ from typing import Any
 
 from scheduler._demand import DemandTracker
 from scheduler._eviction import DemandAwareEviction
-from scheduler._policies._common import pow2_pair, require_positive, require_replicas
+from scheduler._policies._common import pow2_pair
+from scheduler._policies._common import require_positive
+from scheduler._policies._common import require_replicas
 from scheduler._policies._hashing import RendezvousRanking
-from scheduler._types import AdapterDemand, EvictionPolicy, ReplicaView
+from scheduler._types import AdapterDemand
+from scheduler._types import EvictionPolicy
+from scheduler._types import ReplicaView
 from scheduler.exceptions import PolicyOptionError
 
 __all__ = ["AdaptivePolicy", "CacheAwarePolicy"]

@@ -6,7 +6,9 @@ from collections.abc import Sequence
 
 from scheduler._eviction import LRUEviction
 from scheduler._policies._common import require_replicas
-from scheduler._types import AdapterDemand, EvictionPolicy, ReplicaView
+from scheduler._types import AdapterDemand
+from scheduler._types import EvictionPolicy
+from scheduler._types import ReplicaView
 
 __all__ = ["RoundRobinPolicy"]
 

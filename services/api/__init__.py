@@ -8,6 +8,7 @@ mounts it in :mod:`services.serve`, and tests serve it over ASGI with a fake
 
 from services.api._app import create_api
 from services.api._errors import ERROR_TABLE
-from services.api._gateway import ModelGateway, TrainingGateway
+from services.api._gateway import ModelGateway
+from services.api._gateway import TrainingGateway
 
 __all__ = ["ERROR_TABLE", "ModelGateway", "TrainingGateway", "create_api"]

@@ -14,30 +14,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter
+from fastapi import Query
+from fastapi import Request
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from adapter_store import (
-    MAX_PAGE_SIZE,
-    AdapterStore,
-    AdapterTooLargeError,
-    AdapterVersion,
-    read_adapter_upload,
-)
+from adapter_store import MAX_PAGE_SIZE
 from adapter_store import AdapterInfo as StoredAdapter
-from services.api._auth import Context, Tenant
-from services.client import (
-    AdapterInfo,
-    AdapterPage,
-    AdapterVersionInfo,
-    AliasUpdate,
-    Deleted,
-    Origin,
-)
+from adapter_store import AdapterStore
+from adapter_store import AdapterTooLargeError
+from adapter_store import AdapterVersion
+from adapter_store import read_adapter_upload
+from services.api._auth import Context
+from services.api._auth import Tenant
+from services.client import AdapterInfo
+from services.client import AdapterPage
+from services.client import AdapterVersionInfo
+from services.client import AliasUpdate
+from services.client import Deleted
+from services.client import Origin
 from services.exceptions import BadRequestError
 
 __all__ = ["adapter_info", "router", "version_info"]

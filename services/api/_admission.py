@@ -22,12 +22,16 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from contextlib import contextmanager
 
-from adapter_store import Lease, MetadataStore, TenantLimits
+from adapter_store import Lease
+from adapter_store import MetadataStore
+from adapter_store import TenantLimits
 from services._settings import LimitSettings
-from services.exceptions import BadRequestError, RateLimitError
+from services.exceptions import BadRequestError
+from services.exceptions import RateLimitError
 
 __all__ = ["TenantAdmission", "TenantRateLimitedError"]
 

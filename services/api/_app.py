@@ -24,12 +24,17 @@ from fastapi import FastAPI
 
 from adapter_store import AdapterStore
 from services._settings import ServiceSettings
-from services.api import _adapters, _generation, _stats, _tenants, _training
+from services.api import _adapters
+from services.api import _generation
+from services.api import _stats
+from services.api import _tenants
+from services.api import _training
 from services.api._admission import TenantAdmission
 from services.api._auth import ApiContext
 from services.api._dashboard import dashboard_router
 from services.api._errors import install_error_handlers
-from services.api._gateway import ModelGateway, TrainingGateway
+from services.api._gateway import ModelGateway
+from services.api._gateway import TrainingGateway
 from services.api._metrics import IngressMetrics
 from services.api._request_limits import BodySizeLimit
 

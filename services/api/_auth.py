@@ -11,14 +11,18 @@ import secrets
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends
+from fastapi import Header
+from fastapi import Request
 
 from adapter_store import AdapterStore
 from services._settings import ServiceSettings
 from services.api._admission import TenantAdmission
-from services.api._gateway import ModelGateway, TrainingGateway
+from services.api._gateway import ModelGateway
+from services.api._gateway import TrainingGateway
 from services.api._metrics import IngressMetrics
-from services.exceptions import PermissionDeniedError, UnauthorizedError
+from services.exceptions import PermissionDeniedError
+from services.exceptions import UnauthorizedError
 
 __all__ = [
     "Admin",

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray.exceptions import RayActorError
-from ray.serve.exceptions import (
-    BackPressureError,
-    DeploymentUnavailableError,
-    ReplicaUnavailableError,
-)
+from ray.serve.exceptions import BackPressureError
+from ray.serve.exceptions import DeploymentUnavailableError
+from ray.serve.exceptions import ReplicaUnavailableError
 from starlette.exceptions import HTTPException
 
 import adapter_store.exceptions as store_errors
@@ -27,7 +26,8 @@ import services.engine.exceptions as engine_errors
 import services.exceptions as api_errors
 import services.training.exceptions as training_errors
 from services.api._admission import TenantRateLimitedError
-from services.client._models import ErrorBody, ErrorDetail
+from services.client._models import ErrorBody
+from services.client._models import ErrorDetail
 
 __all__ = ["ERROR_TABLE", "error_body", "install_error_handlers", "status_and_body", "status_of"]
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Protocol
 
-from services.client import ReplicaStats, TrainingJob, TrainingJobCreate
-from services.engine import GenerationChunk, GenerationRequest
+from services.client import ReplicaStats
+from services.client import TrainingJob
+from services.client import TrainingJobCreate
+from services.engine import GenerationChunk
+from services.engine import GenerationRequest
 
 __all__ = ["ModelGateway", "TrainingGateway"]
 

@@ -14,7 +14,9 @@ becomes one ``data: {"error": ...}`` event of the stream.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator
+from collections.abc import AsyncIterator
+from collections.abc import Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -23,28 +25,33 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from adapter_store import AdapterVersion, ManifestNotFoundError
-from services.api._auth import ApiContext, ApiKey, Context, Tenant
+from adapter_store import AdapterVersion
+from adapter_store import ManifestNotFoundError
+from services.api._auth import ApiContext
+from services.api._auth import ApiKey
+from services.api._auth import Context
+from services.api._auth import Tenant
 from services.api._errors import error_body
-from services.api._openai import (
-    ResponseIds,
-    ResponsePlan,
-    chat_completion,
-    chat_events,
-    completion,
-    completion_events,
-    generation_request,
-    response_plan,
-)
+from services.api._openai import ResponseIds
+from services.api._openai import ResponsePlan
+from services.api._openai import chat_completion
+from services.api._openai import chat_events
+from services.api._openai import completion
+from services.api._openai import completion_events
+from services.api._openai import generation_request
+from services.api._openai import response_plan
 from services.api._request_limits import check_generation
-from services.api._responses import (
-    ResponseRequest,
-    chat_request,
-    response_events,
-    response_object,
-)
-from services.client import ChatCompletionRequest, CompletionRequest, Model, ModelList
-from services.engine import GenerationChunk, GenerationRequest, GenerationResult
+from services.api._responses import ResponseRequest
+from services.api._responses import chat_request
+from services.api._responses import response_events
+from services.api._responses import response_object
+from services.client import ChatCompletionRequest
+from services.client import CompletionRequest
+from services.client import Model
+from services.client import ModelList
+from services.engine import GenerationChunk
+from services.engine import GenerationRequest
+from services.engine import GenerationResult
 from services.exceptions import BadRequestError
 
 __all__ = ["PATHS", "router"]

@@ -35,21 +35,24 @@ import asyncio
 import collections
 import contextlib
 import functools
-from collections.abc import AsyncGenerator, Iterable, Iterator
+from collections.abc import AsyncGenerator
+from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import Any
+from typing import Literal
+from typing import Protocol
 
-from scheduler import ReplicaView, Tier
+from scheduler import ReplicaView
+from scheduler import Tier
 from services.api._errors import status_of
-from services.engine import (
-    AdapterState,
-    CacheStats,
-    GenerationChunk,
-    Residency,
-    ResidencyEvent,
-    Usage,
-)
+from services.engine import AdapterState
+from services.engine import CacheStats
+from services.engine import GenerationChunk
+from services.engine import Residency
+from services.engine import ResidencyEvent
+from services.engine import Usage
 
 __all__ = [
     "LOAD_SECONDS_BUCKETS",

@@ -19,38 +19,36 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
+from typing import Literal
 
 from pydantic import BaseModel
 
 from adapter_store import AdapterVersion
-from services.client._models import (
-    ChatCompletion,
-    ChatCompletionChoice,
-    ChatCompletionChunk,
-    ChatCompletionChunkChoice,
-    ChatCompletionRequest,
-    ChatMessage,
-    ChoiceDelta,
-    Completion,
-    CompletionChoice,
-    CompletionRequest,
-    FunctionCall,
-    NamedToolChoice,
-    ToolCall,
-    ToolCallDelta,
-    Usage,
-)
-from services.engine import (
-    GenerationChunk,
-    GenerationRequest,
-    GenerationResult,
-    Grammar,
-    SamplingParams,
-    TokenLogprob,
-)
+from services.client._models import ChatCompletion
+from services.client._models import ChatCompletionChoice
+from services.client._models import ChatCompletionChunk
+from services.client._models import ChatCompletionChunkChoice
+from services.client._models import ChatCompletionRequest
+from services.client._models import ChatMessage
+from services.client._models import ChoiceDelta
+from services.client._models import Completion
+from services.client._models import CompletionChoice
+from services.client._models import CompletionRequest
+from services.client._models import FunctionCall
+from services.client._models import NamedToolChoice
+from services.client._models import ToolCall
+from services.client._models import ToolCallDelta
+from services.client._models import Usage
+from services.engine import GenerationChunk
+from services.engine import GenerationRequest
+from services.engine import GenerationResult
+from services.engine import Grammar
+from services.engine import SamplingParams
+from services.engine import TokenLogprob
 from services.exceptions import BadRequestError
 
 __all__ = [

@@ -14,15 +14,22 @@ and never dependent on the adapter.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
+from collections.abc import Sequence
 
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
+from starlette.types import Message
+from starlette.types import Receive
+from starlette.types import Scope
+from starlette.types import Send
 
 from services._settings import LimitSettings
 from services.api._errors import status_and_body
-from services.client._models import ChatCompletionRequest, CompletionRequest
-from services.exceptions import BadRequestError, PayloadTooLargeError
+from services.client._models import ChatCompletionRequest
+from services.client._models import CompletionRequest
+from services.exceptions import BadRequestError
+from services.exceptions import PayloadTooLargeError
 
 __all__ = [
     "BYTES_PER_TOKEN",

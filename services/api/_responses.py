@@ -11,13 +11,19 @@ sent whole, as with chat).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
+from pydantic import ConfigDict
+from pydantic import Field
 
 from services.api._openai import ResponseIds
-from services.client import ChatCompletionRequest, ContentPart, ResponseFormat
-from services.engine import GenerationChunk, GenerationResult
+from services.client import ChatCompletionRequest
+from services.client import ContentPart
+from services.client import ResponseFormat
+from services.engine import GenerationChunk
+from services.engine import GenerationResult
 from services.exceptions import BadRequestError
 
 __all__ = [

@@ -7,9 +7,16 @@ from starlette.concurrency import run_in_threadpool
 
 from adapter_store import AdapterStore
 from services.api._admission import TenantAdmission
-from services.api._auth import ApiKey, Context, is_admin
-from services.api._tenants import limits_of, usage_of
-from services.client import AdapterCounters, Health, ServiceStats, TenantLimitsInfo, TenantUsage
+from services.api._auth import ApiKey
+from services.api._auth import Context
+from services.api._auth import is_admin
+from services.api._tenants import limits_of
+from services.api._tenants import usage_of
+from services.client import AdapterCounters
+from services.client import Health
+from services.client import ServiceStats
+from services.client import TenantLimitsInfo
+from services.client import TenantUsage
 from services.exceptions import ServiceUnavailableError
 
 __all__ = ["router"]

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from adapter_store import AdapterStore, TenantLimits
+from adapter_store import AdapterStore
+from adapter_store import TenantLimits
 from services.api._admission import TenantAdmission
-from services.api._auth import Admin, Context
-from services.client import (
-    KeyRevoke,
-    KeyRevoked,
-    QuotaUpdate,
-    RequestLimits,
-    TenantCreate,
-    TenantCreated,
-    TenantLimitsInfo,
-    TenantUsage,
-)
+from services.api._auth import Admin
+from services.api._auth import Context
+from services.client import KeyRevoke
+from services.client import KeyRevoked
+from services.client import QuotaUpdate
+from services.client import RequestLimits
+from services.client import TenantCreate
+from services.client import TenantCreated
+from services.client import TenantLimitsInfo
+from services.client import TenantUsage
 
 __all__ = ["limits_of", "router", "usage_of"]
 

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from adapter_store import validate_alias, validate_name
-from services.api._auth import ApiContext, Context, Tenant
+from adapter_store import validate_alias
+from adapter_store import validate_name
+from services.api._auth import ApiContext
+from services.api._auth import Context
+from services.api._auth import Tenant
 from services.api._gateway import TrainingGateway
-from services.client import TrainingJob, TrainingJobCreate
+from services.client import TrainingJob
+from services.client import TrainingJobCreate
 from services.exceptions import ServiceUnavailableError
 from services.training import parse_training_data
 

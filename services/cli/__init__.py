@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import _adapters, _generate, _sim, _store, _train, _up
+from services.cli import _adapters
+from services.cli import _generate
+from services.cli import _sim
+from services.cli import _store
+from services.cli import _train
+from services.cli import _up
 
 __all__ = ["app", "main"]
 

@@ -17,13 +17,24 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Protocol
+from typing import Annotated
+from typing import Protocol
 
 import typer
 
-from services.cli._common import DirectOption, TransferBar, fail, size, transfer_bar, when
-from services.cli._views import AdapterRow, UsageView, VersionRow, VersionView
-from services.client import Origin, RequestLimits, TenantLimitsInfo
+from services.cli._common import DirectOption
+from services.cli._common import TransferBar
+from services.cli._common import fail
+from services.cli._common import size
+from services.cli._common import transfer_bar
+from services.cli._common import when
+from services.cli._views import AdapterRow
+from services.cli._views import UsageView
+from services.cli._views import VersionRow
+from services.cli._views import VersionView
+from services.client import Origin
+from services.client import RequestLimits
+from services.client import TenantLimitsInfo
 
 __all__ = ["Backend", "register"]
 

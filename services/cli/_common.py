@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
+from typing import Annotated
 
 import typer
 
 if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
+    from rich.progress import Progress
+    from rich.progress import TaskID
 
 __all__ = [
     "DirectOption",
@@ -61,13 +63,11 @@ class TransferBar:
 def transfer_bar(description: str) -> Iterator[TransferBar]:
     """A transient bar (bytes, speed) on stderr for the duration of the block."""
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TransferSpeedColumn,
-    )
+    from rich.progress import BarColumn
+    from rich.progress import DownloadColumn
+    from rich.progress import Progress
+    from rich.progress import TextColumn
+    from rich.progress import TransferSpeedColumn
 
     columns = (
         TextColumn("{task.description}"),

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated
+from typing import Any
 
 import typer
 
-from services.cli._service import open_client, service_errors
-from services.client import ReplicaStats, TierCounters
+from services.cli._service import open_client
+from services.cli._service import service_errors
+from services.client import ReplicaStats
+from services.client import TierCounters
 
 __all__ = ["register"]
 

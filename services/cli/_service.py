@@ -16,11 +16,19 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from services.cli._common import TransferBar, fail
-from services.cli._views import AdapterRow, UsageView, VersionRow, VersionView
-from services.client import Client, Origin, RequestLimits, TenantLimitsInfo
+from services.cli._common import TransferBar
+from services.cli._common import fail
+from services.cli._views import AdapterRow
+from services.cli._views import UsageView
+from services.cli._views import VersionRow
+from services.cli._views import VersionView
+from services.client import Client
+from services.client import Origin
+from services.client import RequestLimits
+from services.client import TenantLimitsInfo
 from services.client._models import AdapterVersionInfo
-from services.exceptions import APIConnectionError, LoramuxError
+from services.exceptions import APIConnectionError
+from services.exceptions import LoramuxError
 
 __all__ = ["ServiceBackend", "admin_key", "open_client", "service_errors"]
 

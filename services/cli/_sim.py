@@ -76,7 +76,11 @@ def sim(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Replay a trace on simulated replicas with one placement policy."""
-    from scheduler import SchedulerError, SimConfig, cost_profile, make_policy, read_trace
+    from scheduler import SchedulerError
+    from scheduler import SimConfig
+    from scheduler import cost_profile
+    from scheduler import make_policy
+    from scheduler import read_trace
     from scheduler import simulate as run_simulation
 
     try:
@@ -164,7 +168,11 @@ def trace_synth(
 ) -> None:
     """Write a synthetic trace: Zipf adapter popularity, Gamma arrivals, lognormal lengths,
     optionally with popularity drift, flash crowds and tenant churn."""
-    from scheduler import SchedulerError, SynthSpec, cost_profile, synthesize, write_trace
+    from scheduler import SchedulerError
+    from scheduler import SynthSpec
+    from scheduler import cost_profile
+    from scheduler import synthesize
+    from scheduler import write_trace
 
     try:
         if load is not None:
@@ -199,7 +207,9 @@ def trace_azure(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Convert an Azure LLM 2023 trace; adapters are assigned by a Zipf law."""
-    from scheduler import SchedulerError, convert_azure, write_trace
+    from scheduler import SchedulerError
+    from scheduler import convert_azure
+    from scheduler import write_trace
 
     try:
         converted = convert_azure(
@@ -219,7 +229,9 @@ def trace_alibaba(
     rank: Annotated[int, typer.Option(min=0, help="Adapter rank (0: profile default).")] = 0,
 ) -> None:
     """Convert the Alibaba GenAI 2026 LoRA trace: one adapter per tenant, time compressed."""
-    from scheduler import SchedulerError, convert_alibaba, write_trace
+    from scheduler import SchedulerError
+    from scheduler import convert_alibaba
+    from scheduler import write_trace
 
     try:
         converted = convert_alibaba(source, target_rps=rate, rank=rank)

@@ -17,16 +17,25 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
+from typing import Annotated
 
 import typer
 
-from services.cli._common import TransferBar, fail, size
-from services.cli._views import AdapterRow, UsageView, VersionRow, VersionView
-from services.client import Origin, RequestLimits, TenantLimitsInfo
+from services.cli._common import TransferBar
+from services.cli._common import fail
+from services.cli._common import size
+from services.cli._views import AdapterRow
+from services.cli._views import UsageView
+from services.cli._views import VersionRow
+from services.cli._views import VersionView
+from services.client import Origin
+from services.client import RequestLimits
+from services.client import TenantLimitsInfo
 
 if TYPE_CHECKING:
-    from adapter_store import AdapterStore, StoreSettings
+    from adapter_store import AdapterStore
+    from adapter_store import StoreSettings
 
 __all__ = ["StoreBackend", "open_store_backend", "register"]
 
@@ -36,7 +45,9 @@ def _open_store() -> Iterator[tuple[AdapterStore, StoreSettings]]:
     """The configured store; store errors and bad settings end the command cleanly."""
     from pydantic import ValidationError
 
-    from adapter_store import AdapterStore, AdapterStoreError, StoreSettings
+    from adapter_store import AdapterStore
+    from adapter_store import AdapterStoreError
+    from adapter_store import StoreSettings
 
     try:
         settings = StoreSettings()
@@ -208,13 +219,15 @@ def base_register(
 ) -> None:
     """Register a base model's module shapes, read from its config (no weights loaded)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
+    from transformers import AutoModelForCausalLM
 
     from adapter_store import manifest_from_model
 
     with _open_store() as (store, settings):
         if directory is None:
-            from services.engine import BUILTIN_MODELS, builtin_model_dir
+            from services.engine import BUILTIN_MODELS
+            from services.engine import builtin_model_dir
 
             directory = builtin_model_dir(model_id, settings.data_dir / "models")
             if directory is None:

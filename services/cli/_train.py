@@ -18,17 +18,24 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
 
 from services.cli._adapters import open_backend
-from services.cli._common import DirectOption, fail, size, transfer_bar
-from services.client import TrainingJob, TrainingOptions, TrainingProgress
+from services.cli._common import DirectOption
+from services.cli._common import fail
+from services.cli._common import size
+from services.cli._common import transfer_bar
+from services.client import TrainingJob
+from services.client import TrainingOptions
+from services.client import TrainingProgress
 
 if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
+    from rich.progress import Progress
+    from rich.progress import TaskID
 
     from services.training import TrainingExample
 
@@ -54,14 +61,12 @@ class _StepBar:
 @contextlib.contextmanager
 def _step_bar(description: str) -> Iterator[_StepBar]:
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn
+    from rich.progress import MofNCompleteColumn
+    from rich.progress import Progress
+    from rich.progress import TextColumn
+    from rich.progress import TimeElapsedColumn
+    from rich.progress import TimeRemainingColumn
 
     columns = (
         TextColumn("{task.description}"),
@@ -123,7 +128,8 @@ def train(
     DATA holds one JSON object per line: {"messages": [...]} (OpenAI's fine-tuning
     format), {"prompt": ..., "completion": ...} or {"text": ...}.
     """
-    from services.training import TrainingDataError, parse_training_data
+    from services.training import TrainingDataError
+    from services.training import parse_training_data
 
     try:
         options = TrainingOptions(
@@ -161,8 +167,11 @@ def _train_here(
     base_model: str | None,
     direct: bool,
 ) -> None:
-    from services.engine import BaseModelLoadError, load_base_model, resolve_base_model
-    from services.training import TrainingError, train_adapter
+    from services.engine import BaseModelLoadError
+    from services.engine import load_base_model
+    from services.engine import resolve_base_model
+    from services.training import TrainingError
+    from services.training import train_adapter
 
     with open_backend(direct) as backend:
         model_id = backend.base_model_id()

@@ -34,11 +34,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING
+from typing import Annotated
+from typing import Any
 
 import typer
 
-from services.client import read_profile, write_profile
+from services.client import read_profile
+from services.client import write_profile
 from services.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -109,9 +112,11 @@ def up(
     ] = 600.0,
 ) -> None:
     """Run loramux locally: Ray, Redis, blob store, base model, API; Ctrl-C stops it."""
-    from pydantic import SecretStr, ValidationError
+    from pydantic import SecretStr
+    from pydantic import ValidationError
 
-    from adapter_store import AdapterStoreError, StoreSettings
+    from adapter_store import AdapterStoreError
+    from adapter_store import StoreSettings
     from services._settings import ServiceSettings
 
     try:
@@ -199,13 +204,11 @@ def _base_model(chosen: str | None, configured: str, models_dir: Path) -> tuple[
     model is named by its name; a hub id (downloaded once into ``models_dir/hub``) or a
     directory by the id or the directory's name, unless ``LORAMUX_BASE_MODEL`` names it.
     """
-    from services.engine import (
-        BUILTIN_MODELS,
-        TINY_EN_MODEL_NAME,
-        TINY_MODEL_NAME,
-        BaseModelLoadError,
-        resolve_base_model,
-    )
+    from services.engine import BUILTIN_MODELS
+    from services.engine import TINY_EN_MODEL_NAME
+    from services.engine import TINY_MODEL_NAME
+    from services.engine import BaseModelLoadError
+    from services.engine import resolve_base_model
 
     if chosen is None:
         chosen = configured if _configured() and configured in BUILTIN_MODELS else None
@@ -230,12 +233,10 @@ def _check_quantization(settings: ServiceSettings) -> None:
     """Refuse, before anything starts, a quantization the base model or the engine
     cannot take: each replica would otherwise fail to load it and be restarted by Serve
     forever."""
-    from services.engine import (
-        BaseModelLoadError,
-        default_models_dir,
-        ensure_tiny_model,
-        plan_quantization,
-    )
+    from services.engine import BaseModelLoadError
+    from services.engine import default_models_dir
+    from services.engine import ensure_tiny_model
+    from services.engine import plan_quantization
 
     model_dir = settings.base_model_dir or ensure_tiny_model(
         settings.models_dir or default_models_dir()
@@ -249,7 +250,8 @@ def _check_quantization(settings: ServiceSettings) -> None:
 def _with_engine(settings: ServiceSettings) -> ServiceSettings:
     """``settings`` with its engine chosen (the default rule when unset), refused before
     anything starts when it cannot run here or cannot take the quantization."""
-    from services.engine import default_engine_kind, vllm_installed
+    from services.engine import default_engine_kind
+    from services.engine import vllm_installed
 
     engine = settings.engine or default_engine_kind()
     if engine == "vllm" and not vllm_installed():
@@ -316,7 +318,8 @@ def _start_service(
     import ray
     from ray import serve
 
-    from services.serve._app import REDIS_URL_ENV, build_app
+    from services.serve._app import REDIS_URL_ENV
+    from services.serve._app import build_app
     from services.serve._heap import ARENA_MAX
 
     if num_cpus is None:

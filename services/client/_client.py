@@ -30,61 +30,63 @@ import os
 import tarfile
 import tempfile
 import time
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Iterable,
-    Iterator,
-    Mapping,
-    Sequence,
-)
+from collections.abc import AsyncIterator
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Iterator
+from collections.abc import Mapping
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Generic, Literal, TypeVar, overload
+from typing import IO
+from typing import Any
+from typing import Generic
+from typing import Literal
+from typing import TypeVar
+from typing import overload
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
+from pydantic import ValidationError
 
-from adapter_store import CONFIG_NAME, WEIGHTS_NAME
-from services.client._models import (
-    AdapterInfo,
-    AdapterPage,
-    AdapterVersionInfo,
-    AliasUpdate,
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    Completion,
-    CompletionRequest,
-    Deleted,
-    ErrorBody,
-    Health,
-    KeyRevoke,
-    KeyRevoked,
-    ModelList,
-    Origin,
-    QuotaUpdate,
-    RequestLimits,
-    TenantCreate,
-    TenantCreated,
-    TenantLimitsInfo,
-    TenantUsage,
-    TrainingJob,
-    TrainingJobCreate,
-    TrainingOptions,
-    TrainingProgress,
-)
-from services.client._profile import PROFILE_PATH, read_profile
+from adapter_store import CONFIG_NAME
+from adapter_store import WEIGHTS_NAME
+from services.client._models import AdapterInfo
+from services.client._models import AdapterPage
+from services.client._models import AdapterVersionInfo
+from services.client._models import AliasUpdate
+from services.client._models import ChatCompletion
+from services.client._models import ChatCompletionChunk
+from services.client._models import ChatCompletionRequest
+from services.client._models import Completion
+from services.client._models import CompletionRequest
+from services.client._models import Deleted
+from services.client._models import ErrorBody
+from services.client._models import Health
+from services.client._models import KeyRevoke
+from services.client._models import KeyRevoked
+from services.client._models import ModelList
+from services.client._models import Origin
+from services.client._models import QuotaUpdate
+from services.client._models import RequestLimits
+from services.client._models import TenantCreate
+from services.client._models import TenantCreated
+from services.client._models import TenantLimitsInfo
+from services.client._models import TenantUsage
+from services.client._models import TrainingJob
+from services.client._models import TrainingJobCreate
+from services.client._models import TrainingOptions
+from services.client._models import TrainingProgress
+from services.client._profile import PROFILE_PATH
+from services.client._profile import read_profile
 from services.client._stats import ServiceStats
-from services.exceptions import (
-    APIConnectionError,
-    APIStatusError,
-    InvalidAdapterPathError,
-    error_for,
-)
+from services.exceptions import APIConnectionError
+from services.exceptions import APIStatusError
+from services.exceptions import InvalidAdapterPathError
+from services.exceptions import error_for
 
 __all__ = [
     "DEFAULT_URL",

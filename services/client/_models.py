@@ -12,9 +12,12 @@ older client keeps working against a newer server.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
+from pydantic import ConfigDict
+from pydantic import Field
 
 __all__ = [
     "AdapterInfo",
@@ -177,16 +180,21 @@ class CompletionChoice(_Response):
     logprobs: dict[str, Any] | None = None
 
 
-class Completion(_Response):
-    """A completion, or one chunk of a streamed completion (same shape, as in OpenAI)."""
+class _CompletionEnvelope(_Response):
+    """What every completion answer and stream chunk carries around its choices."""
 
     id: str
-    object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
-    choices: list[CompletionChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+
+
+class Completion(_CompletionEnvelope):
+    """A completion, or one chunk of a streamed completion (same shape, as in OpenAI)."""
+
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
 
 
 class FunctionCall(_Response):
@@ -271,14 +279,9 @@ class ChatCompletionChoice(_Response):
     logprobs: dict[str, Any] | None = None
 
 
-class ChatCompletion(_Response):
-    id: str
+class ChatCompletion(_CompletionEnvelope):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
     choices: list[ChatCompletionChoice]
-    usage: Usage | None = None
-    system_fingerprint: str | None = None
 
 
 class _FunctionCallDelta(_Response):
@@ -312,16 +315,11 @@ class ChatCompletionChunkChoice(_Response):
     logprobs: dict[str, Any] | None = None
 
 
-class ChatCompletionChunk(_Response):
+class ChatCompletionChunk(_CompletionEnvelope):
     """One ``data:`` event of a streamed chat completion."""
 
-    id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
     choices: list[ChatCompletionChunkChoice]
-    usage: Usage | None = None
-    system_fingerprint: str | None = None
 
 
 class Model(_Response):

@@ -9,9 +9,11 @@ JSON, since they sum every tenant's traffic.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
+from pydantic import ConfigDict
 
-from services.client._models import TenantLimitsInfo, TenantUsage
+from services.client._models import TenantLimitsInfo
+from services.client._models import TenantUsage
 
 __all__ = [
     "AdapterCounters",

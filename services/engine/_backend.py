@@ -18,16 +18,23 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any
+from typing import Protocol
 
 from adapter_store import BaseModelManifest
-from services.engine._base_model import BaseModel, load_base_model
+from services.engine._base_model import BaseModel
+from services.engine._base_model import load_base_model
 from services.engine._cache import AdapterCache
 from services.engine._engine import Engine
-from services.engine._engine_options import ENGINE_KINDS, CacheHooks, EngineKind, EngineOptions
+from services.engine._engine_options import ENGINE_KINDS
+from services.engine._engine_options import CacheHooks
+from services.engine._engine_options import EngineKind
+from services.engine._engine_options import EngineOptions
 from services.engine._host_adapter import HostAdapter
 from services.engine._lora_layers import MultiLoraModel
-from services.engine._requests import GenerationChunk, GenerationRequest, GenerationResult
+from services.engine._requests import GenerationChunk
+from services.engine._requests import GenerationRequest
+from services.engine._requests import GenerationResult
 from services.engine._sizing import plan_gpu_slots
 from services.engine.exceptions import BaseModelLoadError
 

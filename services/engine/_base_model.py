@@ -16,10 +16,14 @@ from typing import Any
 
 import torch
 
-from adapter_store import BaseModelManifest, manifest_from_model
-from services.engine._hub import hub_model_dir, is_hub_id
-from services.engine._quantization import base_model_bytes, plan_quantization
-from services.engine._tiny import BUILTIN_MODELS, builtin_model_dir
+from adapter_store import BaseModelManifest
+from adapter_store import manifest_from_model
+from services.engine._hub import hub_model_dir
+from services.engine._hub import is_hub_id
+from services.engine._quantization import base_model_bytes
+from services.engine._quantization import plan_quantization
+from services.engine._tiny import BUILTIN_MODELS
+from services.engine._tiny import builtin_model_dir
 from services.engine.exceptions import BaseModelLoadError
 
 __all__ = [
@@ -122,7 +126,9 @@ def load_base_model(
             other than full attention, or the quantization is refused (see
             :func:`plan_quantization`); the message says which.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig
+    from transformers import AutoModelForCausalLM
+    from transformers import AutoTokenizer
 
     path = resolve_base_model(name_or_path, models_dir)
     model_id = name or (str(name_or_path) if str(name_or_path) in BUILTIN_MODELS else path.name)

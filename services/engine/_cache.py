@@ -31,19 +31,31 @@ import asyncio
 import heapq
 import logging
 import time
-from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable
-from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections import Counter
+from collections import OrderedDict
+from collections import deque
+from collections.abc import Callable
+from collections.abc import Iterable
+from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from dataclasses import field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+from typing import Protocol
 
 from adapter_store import AdapterVersion
 from adapter_store.exceptions import AdapterStoreError
-from scheduler import EvictionPolicy, LRUEviction, Tier, percentile
-from services.engine._tiered import RoomQueue, TierCache, TierCounters
-from services.engine.exceptions import AdapterLoadError, EngineError
+from scheduler import EvictionPolicy
+from scheduler import LRUEviction
+from scheduler import Tier
+from scheduler import percentile
+from services.engine._tiered import RoomQueue
+from services.engine._tiered import TierCache
+from services.engine._tiered import TierCounters
+from services.engine.exceptions import AdapterLoadError
+from services.engine.exceptions import EngineError
 
 __all__ = [
     "AdapterCache",

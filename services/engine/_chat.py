@@ -12,7 +12,8 @@ output with a grammar instead of trusting it.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 from services.engine._base_model import chat_prompt

@@ -37,37 +37,43 @@ import asyncio
 import inspect
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Protocol
 
 import torch
 
-from adapter_store import AdapterVersion, BaseModelManifest
+from adapter_store import AdapterVersion
+from adapter_store import BaseModelManifest
 from services.engine._base_model import BaseModel
 from services.engine._batching import KvBatch
 from services.engine._chat import render_chat
-from services.engine._grammar import CompiledGrammar, GrammarCompiler, RowGrammar
-from services.engine._lora_layers import NO_ADAPTER_SLOT, MultiLoraModel
-from services.engine._requests import (
-    FinishReason,
-    GenerationChunk,
-    GenerationRequest,
-    GenerationResult,
-    TokenLogprob,
-    TopLogprob,
-    Usage,
-)
-from services.engine._sampling import SampledToken, SamplingParams, sample_batch
+from services.engine._grammar import CompiledGrammar
+from services.engine._grammar import GrammarCompiler
+from services.engine._grammar import RowGrammar
+from services.engine._lora_layers import NO_ADAPTER_SLOT
+from services.engine._lora_layers import MultiLoraModel
+from services.engine._requests import FinishReason
+from services.engine._requests import GenerationChunk
+from services.engine._requests import GenerationRequest
+from services.engine._requests import GenerationResult
+from services.engine._requests import TokenLogprob
+from services.engine._requests import TopLogprob
+from services.engine._requests import Usage
+from services.engine._sampling import SampledToken
+from services.engine._sampling import SamplingParams
+from services.engine._sampling import sample_batch
 from services.engine._text import TextStream
-from services.engine.exceptions import (
-    AdapterOverflowError,
-    EngineError,
-    EngineOverloadedError,
-    InvalidRequestError,
-    RequestCancelledError,
-)
+from services.engine.exceptions import AdapterOverflowError
+from services.engine.exceptions import EngineError
+from services.engine.exceptions import EngineOverloadedError
+from services.engine.exceptions import InvalidRequestError
+from services.engine.exceptions import RequestCancelledError
 
 __all__ = ["AdapterLease", "AdapterLeaseSource", "Engine"]
 

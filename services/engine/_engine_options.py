@@ -5,13 +5,18 @@ Shared by the seam (``_backend``) and each backend, so no backend imports the se
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Iterable
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 from typing import Literal
 
-from adapter_store import AdapterVersion, BaseModelManifest
-from scheduler import EvictionPolicy, LRUEviction
+from adapter_store import AdapterVersion
+from adapter_store import BaseModelManifest
+from scheduler import EvictionPolicy
+from scheduler import LRUEviction
 from services.engine._cache import ResidencyEvent
 
 __all__ = ["ENGINE_KINDS", "CacheHooks", "EngineKind", "EngineOptions"]

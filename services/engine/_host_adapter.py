@@ -14,8 +14,13 @@ from typing import Protocol
 
 import torch
 
-from adapter_store import CONFIG_NAME, WEIGHTS_NAME, AdapterStoreError, LoraSpec, parse_lora_config
-from services.engine.exceptions import AdapterLoadError, AdapterMismatchError
+from adapter_store import CONFIG_NAME
+from adapter_store import WEIGHTS_NAME
+from adapter_store import AdapterStoreError
+from adapter_store import LoraSpec
+from adapter_store import parse_lora_config
+from services.engine.exceptions import AdapterLoadError
+from services.engine.exceptions import AdapterMismatchError
 
 __all__ = ["HostAdapter"]
 

@@ -38,7 +38,8 @@ def hub_model_dir(repo_id: str, models_dir: Path) -> Path:
         BaseModelLoadError: not cached and not downloadable (the message says why).
     """
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     cache = Path(models_dir) / "hub"
     try:

@@ -28,7 +28,9 @@ layer whose slots used by the batch are all empty skips the LoRA math altogether
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import Literal
 
 import torch
 from torch import nn

@@ -17,7 +17,10 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, get_args
+from typing import Any
+from typing import Final
+from typing import Literal
+from typing import get_args
 
 from services.engine.exceptions import BaseModelLoadError
 

@@ -15,13 +15,17 @@ any adjustment, temperature and filtering), as the OpenAI API and vLLM report th
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection
+from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from services.engine._grammar import Grammar, RowGrammar, mask_logits
+from services.engine._grammar import Grammar
+from services.engine._grammar import RowGrammar
+from services.engine._grammar import mask_logits
 from services.engine.exceptions import InvalidRequestError
 
 __all__ = ["MAX_CHOICES", "MAX_LOGPROBS", "SamplingParams"]

@@ -16,7 +16,9 @@ Failure mode: when not even one slot fits, the replica refuses to start with
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import Final
 
 from services.engine.exceptions import BaseModelLoadError
 

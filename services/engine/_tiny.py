@@ -81,7 +81,10 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def _build_tokenizer():  # -> transformers.PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer
+    from tokenizers import decoders
+    from tokenizers import models
+    from tokenizers import pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {char: byte for byte, char in _bytes_to_unicode().items()}
@@ -101,7 +104,8 @@ def _build_tokenizer():  # -> transformers.PreTrainedTokenizerFast
 
 def _build_model(tokenizer, seed: int):  # -> transformers.LlamaForCausalLM
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
+    from transformers import LlamaForCausalLM
 
     # Special token ids go in at construction: the generation config is derived from it.
     config = LlamaConfig(

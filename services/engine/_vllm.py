@@ -26,40 +26,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapter_store import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    AdapterStoreError,
-    AdapterVersion,
-    BaseModelManifest,
-    LoraSpec,
-    manifest_from_model,
-    parse_lora_config,
-)
-from services.engine._base_model import chat_prompt, resolve_base_model
-from services.engine._cache import AdapterCache, SlotLease
-from services.engine._engine_options import CacheHooks, EngineKind, EngineOptions
-from services.engine._requests import (
-    FinishReason,
-    GenerationChunk,
-    GenerationRequest,
-    GenerationResult,
-    TokenLogprob,
-    TopLogprob,
-    Usage,
-)
+from adapter_store import CONFIG_NAME
+from adapter_store import WEIGHTS_NAME
+from adapter_store import AdapterStoreError
+from adapter_store import AdapterVersion
+from adapter_store import BaseModelManifest
+from adapter_store import LoraSpec
+from adapter_store import manifest_from_model
+from adapter_store import parse_lora_config
+from services.engine._base_model import chat_prompt
+from services.engine._base_model import resolve_base_model
+from services.engine._cache import AdapterCache
+from services.engine._cache import SlotLease
+from services.engine._engine_options import CacheHooks
+from services.engine._engine_options import EngineKind
+from services.engine._engine_options import EngineOptions
+from services.engine._requests import FinishReason
+from services.engine._requests import GenerationChunk
+from services.engine._requests import GenerationRequest
+from services.engine._requests import GenerationResult
+from services.engine._requests import TokenLogprob
+from services.engine._requests import TopLogprob
+from services.engine._requests import Usage
 from services.engine._sampling import SamplingParams
 from services.engine._sizing import CPU_DEFAULT_SLOTS
 from services.engine._tiny import BUILTIN_MODELS
-from services.engine.exceptions import (
-    AdapterLoadError,
-    AdapterMismatchError,
-    BaseModelLoadError,
-    EngineError,
-    EngineOverloadedError,
-    InvalidRequestError,
-    RequestCancelledError,
-)
+from services.engine.exceptions import AdapterLoadError
+from services.engine.exceptions import AdapterMismatchError
+from services.engine.exceptions import BaseModelLoadError
+from services.engine.exceptions import EngineError
+from services.engine.exceptions import EngineOverloadedError
+from services.engine.exceptions import InvalidRequestError
+from services.engine.exceptions import RequestCancelledError
 
 __all__ = ["VllmAdapter", "VllmEngine", "prepare_adapter"]
 
@@ -339,7 +337,8 @@ def _skeleton_facts(name: str, path: Path, options: EngineOptions) -> tuple[Base
     """The manifest (module shapes) and parameter bytes, read from a weightless copy of
     the model: vLLM holds the real weights in its own process."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
+    from transformers import AutoModelForCausalLM
 
     try:
         config = AutoConfig.from_pretrained(str(path), local_files_only=True)

@@ -11,12 +11,18 @@ and :class:`CacheAwareRequestRouter` (``services.serve:CacheAwareRequestRouter``
 Importing this package imports Ray and torch.
 """
 
-from services.serve._app import MODEL_DEPLOYMENT, app_builder, build_app
-from services.serve._ingress import IngressServer, ServeGateway
-from services.serve._replica import ModelReplica, engine_options, stale_after_s
+from services.serve._app import MODEL_DEPLOYMENT
+from services.serve._app import app_builder
+from services.serve._app import build_app
+from services.serve._ingress import IngressServer
+from services.serve._ingress import ServeGateway
+from services.serve._replica import ModelReplica
+from services.serve._replica import engine_options
+from services.serve._replica import stale_after_s
 from services.serve._router import CacheAwareRequestRouter
 from services.serve._stats_board import StatsBoard
-from services.serve._trainer import ServeTrainingGateway, TrainerServer
+from services.serve._trainer import ServeTrainingGateway
+from services.serve._trainer import TrainerServer
 
 __all__ = [
     "MODEL_DEPLOYMENT",

@@ -25,7 +25,8 @@ from ray.serve.deployment import Application
 
 from services._settings import ServiceSettings
 from services.serve._ingress import IngressServer
-from services.serve._replica import ModelReplica, stale_after_s
+from services.serve._replica import ModelReplica
+from services.serve._replica import stale_after_s
 from services.serve._stats_board import StatsBoard
 from services.serve._trainer import TrainerServer
 

@@ -12,7 +12,8 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 
 __all__ = ["FailureLog"]
 

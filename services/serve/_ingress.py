@@ -17,7 +17,8 @@ from adapter_store import AdapterStore
 from services._settings import ServiceSettings
 from services.api import create_api
 from services.client import ReplicaStats
-from services.engine import GenerationChunk, GenerationRequest
+from services.engine import GenerationChunk
+from services.engine import GenerationRequest
 from services.serve._heap import start_heap_trimmer
 from services.serve._trainer import ServeTrainingGateway
 

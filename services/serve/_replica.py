@@ -37,19 +37,21 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from adapter_store import AdapterStore
-from scheduler import ReplicaView, make_policy
+from scheduler import ReplicaView
+from scheduler import make_policy
 from services._settings import ServiceSettings
 from services.api._metrics import ReplicaMetrics
-from services.client import LoadLatency, ReplicaStats, ResidentKeys, TierCounters
-from services.engine import (
-    CacheHooks,
-    EngineError,
-    EngineOptions,
-    GenerationChunk,
-    GenerationRequest,
-    ResidencyEvent,
-    open_engine,
-)
+from services.client import LoadLatency
+from services.client import ReplicaStats
+from services.client import ResidentKeys
+from services.client import TierCounters
+from services.engine import CacheHooks
+from services.engine import EngineError
+from services.engine import EngineOptions
+from services.engine import GenerationChunk
+from services.engine import GenerationRequest
+from services.engine import ResidencyEvent
+from services.engine import open_engine
 from services.serve._failure_log import FailureLog
 from services.serve._heap import start_heap_trimmer
 from services.serve._residency import ResidencyPublisher

@@ -27,22 +27,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from scheduler import (
-    ClusterView,
-    LoadChanged,
-    ReplicaGone,
-    ReplicaSnapshot,
-    ReplicaView,
-    ResidencyChanged,
-    Tier,
-    ViewEvent,
-    decode_event,
-    encode_event,
-    replica_key,
-    residency_channel,
-    snapshot_from_hash,
-    snapshot_to_hash,
-)
+from scheduler import ClusterView
+from scheduler import LoadChanged
+from scheduler import ReplicaGone
+from scheduler import ReplicaSnapshot
+from scheduler import ReplicaView
+from scheduler import ResidencyChanged
+from scheduler import Tier
+from scheduler import ViewEvent
+from scheduler import decode_event
+from scheduler import encode_event
+from scheduler import replica_key
+from scheduler import residency_channel
+from scheduler import snapshot_from_hash
+from scheduler import snapshot_to_hash
 from scheduler.exceptions import ViewEventError
 from services.serve._failure_log import FailureLog
 

@@ -47,27 +47,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any
 
-from ray.serve.request_router import (
-    PendingRequest,
-    ReplicaID,
-    ReplicaResult,
-    RequestRouter,
-    RunningReplica,
-)
+from ray.serve.request_router import PendingRequest
+from ray.serve.request_router import ReplicaID
+from ray.serve.request_router import ReplicaResult
+from ray.serve.request_router import RequestRouter
+from ray.serve.request_router import RunningReplica
 
-from scheduler import (
-    AdapterDemand,
-    ClusterView,
-    DemandTracker,
-    PlacementPolicy,
-    ReplicaView,
-    Tier,
-    make_policy,
-)
-from services.api._metrics import RoutingMetrics, classify_routing
+from scheduler import AdapterDemand
+from scheduler import ClusterView
+from scheduler import DemandTracker
+from scheduler import PlacementPolicy
+from scheduler import ReplicaView
+from scheduler import Tier
+from scheduler import make_policy
+from services.api._metrics import RoutingMetrics
+from services.api._metrics import classify_routing
 from services.serve._failure_log import FailureLog
 
 __all__ = [

@@ -24,14 +24,14 @@ import ray
 from ray.exceptions import RayTaskError
 
 from services._settings import ServiceSettings
-from services.client import TrainingJob, TrainingJobCreate, TrainingProgress
+from services.client import TrainingJob
+from services.client import TrainingJobCreate
+from services.client import TrainingProgress
 from services.exceptions import LoramuxError
-from services.training import (
-    ProgressSink,
-    TrainingJobs,
-    TrainingOutcome,
-    TrainingRequest,
-)
+from services.training import ProgressSink
+from services.training import TrainingJobs
+from services.training import TrainingOutcome
+from services.training import TrainingRequest
 
 __all__ = ["ServeTrainingGateway", "TrainerServer"]
 

@@ -19,19 +19,20 @@ import tempfile
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from services.client._models import (
-    TrainingJob,
-    TrainingJobCreate,
-    TrainingOptions,
-)
-from services.exceptions import ResourceNotFoundError, ServiceUnavailableError
+from services.client._models import TrainingJob
+from services.client._models import TrainingJobCreate
+from services.client._models import TrainingOptions
+from services.exceptions import ResourceNotFoundError
+from services.exceptions import ServiceUnavailableError
 from services.training._data import parse_training_data
-from services.training._train import ProgressSink, train_adapter
+from services.training._train import ProgressSink
+from services.training._train import train_adapter
 
 if TYPE_CHECKING:
     from adapter_store import AdapterStore

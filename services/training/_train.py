@@ -16,14 +16,18 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from typing import Any
 
-from services.client._models import TrainingOptions, TrainingProgress
+from services.client._models import TrainingOptions
+from services.client._models import TrainingProgress
 from services.training._data import TrainingExample
-from services.training.exceptions import TrainingDataError, TrainingOptionsError
+from services.training.exceptions import TrainingDataError
+from services.training.exceptions import TrainingOptionsError
 
 if TYPE_CHECKING:
     import torch
@@ -72,7 +76,8 @@ def train_adapter(
         TrainingOptionsError: ``target_modules`` names no module of the model.
     """
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
+    from peft import get_peft_model
 
     started = time.monotonic()
     tokenized = [_tokenize(tokenizer, example, options.max_length) for example in examples]

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from adapter_store import AdapterStore, LocalBlobStore
-from tests.factories import TinyBase, build_store
+from adapter_store import AdapterStore
+from adapter_store import LocalBlobStore
+from tests.factories import TinyBase
+from tests.factories import build_store
 from tests.fakes import InMemoryMetadataStore
 
 _HERE = Path(__file__).parent

@@ -37,7 +37,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+from typing import Protocol
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
@@ -45,7 +46,8 @@ from starlette.concurrency import run_in_threadpool
 
 from adapter_store import AdapterStore
 from services._settings import ServiceSettings
-from services.api._auth import ApiKey, is_admin
+from services.api._auth import ApiKey
+from services.api._auth import is_admin
 from services.api._metrics import routing_decision_counts
 from services.client import ReplicaStats
 from services.exceptions import ResourceNotFoundError

@@ -14,18 +14,20 @@ from typing import Any
 
 import pytest
 
-from adapter_store import (
-    AdapterNotFoundError,
-    AdapterStore,
-    AuthenticationError,
-    ConflictError,
-    InvalidReferenceError,
-    QuotaExceededError,
-    read_adapter_source,
-)
-from tests.factories import BASE, TinyBase, blob_key_of
-from tests.fakes import HookedBlobs, InMemoryMetadataStore
-from tests.malformed import MALFORMED_CASES, MalformedCase
+from adapter_store import AdapterNotFoundError
+from adapter_store import AdapterStore
+from adapter_store import AuthenticationError
+from adapter_store import ConflictError
+from adapter_store import InvalidReferenceError
+from adapter_store import QuotaExceededError
+from adapter_store import read_adapter_source
+from tests.factories import BASE
+from tests.factories import TinyBase
+from tests.factories import blob_key_of
+from tests.fakes import HookedBlobs
+from tests.fakes import InMemoryMetadataStore
+from tests.malformed import MALFORMED_CASES
+from tests.malformed import MalformedCase
 
 FILES = ("adapter_config.json", "adapter_model.safetensors")
 

@@ -9,11 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from adapter_store import AdapterStore, LocalBlobStore, StoreSettings, manifest_from_model
+from adapter_store import AdapterStore
+from adapter_store import LocalBlobStore
+from adapter_store import StoreSettings
+from adapter_store import manifest_from_model
 from services._settings import ServiceSettings
-from services.api import TrainingGateway, create_api
+from services.api import TrainingGateway
+from services.api import create_api
 from tests.factories import tiny_llama
-from tests.fakes import InMemoryMetadataStore, ScriptedGateway
+from tests.fakes import InMemoryMetadataStore
+from tests.fakes import ScriptedGateway
 from tests.helpers import served
 
 ADMIN_KEY = "admin-key"

@@ -7,7 +7,9 @@ whole service with Ray is ``test_app.py``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from collections.abc import Awaitable
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,28 +17,33 @@ from typing import Any
 import httpx
 import pytest
 
-from adapter_store import AdapterStore, LocalBlobStore, StoreSettings, manifest_from_model
-from services._settings import LimitSettings, ServiceSettings
+from adapter_store import AdapterStore
+from adapter_store import LocalBlobStore
+from adapter_store import StoreSettings
+from adapter_store import manifest_from_model
+from services._settings import LimitSettings
+from services._settings import ServiceSettings
 from services.api import create_api
-from services.client import PEFT_FILES, AsyncClient, ReplicaStats, ResidentKeys
-from services.engine import (
-    EngineOverloadedError,
-    GenerationChunk,
-    InvalidRequestError,
-    Usage,
-)
-from services.exceptions import (
-    BadRequestError,
-    OverQuotaError,
-    PayloadTooLargeError,
-    PermissionDeniedError,
-    ResourceConflictError,
-    ResourceNotFoundError,
-    ServiceUnavailableError,
-    UnauthorizedError,
-)
-from tests.factories import make_peft_adapter, tiny_llama
-from tests.fakes import InMemoryMetadataStore, ScriptedGateway
+from services.client import PEFT_FILES
+from services.client import AsyncClient
+from services.client import ReplicaStats
+from services.client import ResidentKeys
+from services.engine import EngineOverloadedError
+from services.engine import GenerationChunk
+from services.engine import InvalidRequestError
+from services.engine import Usage
+from services.exceptions import BadRequestError
+from services.exceptions import OverQuotaError
+from services.exceptions import PayloadTooLargeError
+from services.exceptions import PermissionDeniedError
+from services.exceptions import ResourceConflictError
+from services.exceptions import ResourceNotFoundError
+from services.exceptions import ServiceUnavailableError
+from services.exceptions import UnauthorizedError
+from tests.factories import make_peft_adapter
+from tests.factories import tiny_llama
+from tests.fakes import InMemoryMetadataStore
+from tests.fakes import ScriptedGateway
 
 ADMIN_KEY = "admin-key"
 DONE = GenerationChunk("r", "!", (33,), finish_reason="stop", usage=Usage(2, 2))

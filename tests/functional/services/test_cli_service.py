@@ -19,9 +19,11 @@ from typer.testing import CliRunner
 
 from adapter_store import AdapterStore
 from services.cli import app
-from services.client import PEFT_FILES, ReplicaStats
+from services.client import PEFT_FILES
+from services.client import ReplicaStats
 from services.engine import GenerationChunk
-from tests.factories import make_peft_adapter, tiny_llama
+from tests.factories import make_peft_adapter
+from tests.factories import tiny_llama
 from tests.fakes import ScriptedGateway
 from tests.functional.services.conftest import ADMIN_KEY
 from tests.functional.services.test_api import DONE

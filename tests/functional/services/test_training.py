@@ -15,17 +15,19 @@ import httpx
 import pytest
 
 from adapter_store import AdapterStore
-from services.client import Client, TrainingOptions
-from services.engine import BaseModel, load_base_model
-from services.exceptions import BadRequestError, ResourceNotFoundError
-from services.training import (
-    ProgressSink,
-    TrainingJobs,
-    TrainingOutcome,
-    TrainingRequest,
-    run_training,
-)
-from tests.functional.services.test_cli_service import Cli, make_cli
+from services.client import Client
+from services.client import TrainingOptions
+from services.engine import BaseModel
+from services.engine import load_base_model
+from services.exceptions import BadRequestError
+from services.exceptions import ResourceNotFoundError
+from services.training import ProgressSink
+from services.training import TrainingJobs
+from services.training import TrainingOutcome
+from services.training import TrainingRequest
+from services.training import run_training
+from tests.functional.services.test_cli_service import Cli
+from tests.functional.services.test_cli_service import make_cli
 
 LINES = [json.dumps({"prompt": f"{i} plus 1?", "completion": f" {i + 1}"}) for i in range(6)]
 QUICK = ["--max-steps", "4", "--batch-size", "2"]

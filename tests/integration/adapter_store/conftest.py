@@ -12,7 +12,8 @@ import pytest
 from adapter_store._blobs import open_blob_store
 from adapter_store._metadata import RedisMetadataStore
 from adapter_store._store import AdapterStore
-from tests.factories import TinyBase, build_store
+from tests.factories import TinyBase
+from tests.factories import build_store
 
 
 @pytest.fixture

@@ -13,16 +13,15 @@ from typing import Any
 
 import pytest
 
-from adapter_store import (
-    BackendUnavailableError,
-    BlobStore,
-    LocalBlobStore,
-    NotFoundError,
-    S3BlobStore,
-    open_blob_store,
-)
+from adapter_store import BackendUnavailableError
+from adapter_store import BlobStore
+from adapter_store import LocalBlobStore
+from adapter_store import NotFoundError
+from adapter_store import S3BlobStore
+from adapter_store import open_blob_store
 from adapter_store._redis_server import free_port
-from tests.factories import blob_key_of, sha256_hex
+from tests.factories import blob_key_of
+from tests.factories import sha256_hex
 
 
 def test_put_head_get_delete_round_trip(blob_url: str) -> None:

@@ -10,28 +10,29 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from collections.abc import Iterator
+from concurrent.futures import Future
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from adapter_store import (
-    BackendUnavailableError,
-    BlobStore,
-    DiskCache,
-    IntegrityError,
-    InvalidNameError,
-    InvalidReferenceError,
-    LocalBlobStore,
-    S3BlobStore,
-    blob_key,
-    open_blob_store,
-)
+from adapter_store import BackendUnavailableError
+from adapter_store import BlobStore
+from adapter_store import DiskCache
+from adapter_store import IntegrityError
+from adapter_store import InvalidNameError
+from adapter_store import InvalidReferenceError
+from adapter_store import LocalBlobStore
+from adapter_store import S3BlobStore
+from adapter_store import blob_key
+from adapter_store import open_blob_store
 from adapter_store._blobs import Hasher
 from adapter_store._redis_server import free_port
-from tests.factories import blob_key_of, sha256_hex
+from tests.factories import blob_key_of
+from tests.factories import sha256_hex
 
 
 class CountingBlobStore:
@@ -108,7 +109,8 @@ def counting(blob_url: str) -> CountingBlobStore:
 
 @pytest.fixture(scope="module")
 def peft_adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.factories import make_peft_adapter, tiny_llama
+    from tests.factories import make_peft_adapter
+    from tests.factories import tiny_llama
 
     return make_peft_adapter(tiny_llama(), tmp_path_factory.mktemp("adapter"), seed=3)
 

@@ -14,25 +14,22 @@ import signal
 import socket
 import socketserver
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from adapter_store import (
-    BackendUnavailableError,
-    DiskCache,
-    LocalDiskError,
-    S3BlobStore,
-    open_blob_store,
-)
+from adapter_store import BackendUnavailableError
+from adapter_store import DiskCache
+from adapter_store import LocalDiskError
+from adapter_store import S3BlobStore
+from adapter_store import open_blob_store
 from adapter_store._disk_cache import MANIFEST_NAME
-from tests.integration.adapter_store.test_disk_cache import (
-    CountingBlobStore,
-    adapter_files,
-    push,
-)
+from tests.integration.adapter_store.test_disk_cache import CountingBlobStore
+from tests.integration.adapter_store.test_disk_cache import adapter_files
+from tests.integration.adapter_store.test_disk_cache import push
 from tests.unit.adapter_store.test_validate import within_bound
 
 

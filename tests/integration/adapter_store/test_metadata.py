@@ -10,9 +10,12 @@ import pytest
 import redis
 
 from adapter_store import Publication
-from adapter_store._metadata import _PUBLISH, RedisMetadataStore
-from adapter_store.exceptions import BackendUnavailableError, TenantNotFoundError
-from tests.factories import publish_version, sha256_hex
+from adapter_store._metadata import _PUBLISH
+from adapter_store._metadata import RedisMetadataStore
+from adapter_store.exceptions import BackendUnavailableError
+from adapter_store.exceptions import TenantNotFoundError
+from tests.factories import publish_version
+from tests.factories import sha256_hex
 
 
 @pytest.fixture

@@ -14,24 +14,22 @@ from typing import Any
 
 import pytest
 
-from adapter_store import (
-    Admission,
-    Lease,
-    MetadataStore,
-    Publication,
-    RedisMetadataStore,
-    TenantLimits,
-)
-from adapter_store._rate_limits import Buckets, admit
-from adapter_store.exceptions import (
-    AdapterNotFoundError,
-    AuthenticationError,
-    BlobCollectedError,
-    ConflictError,
-    QuotaExceededError,
-    TenantNotFoundError,
-)
-from tests.factories import publish_version, sha256_hex
+from adapter_store import Admission
+from adapter_store import Lease
+from adapter_store import MetadataStore
+from adapter_store import Publication
+from adapter_store import RedisMetadataStore
+from adapter_store import TenantLimits
+from adapter_store._rate_limits import Buckets
+from adapter_store._rate_limits import admit
+from adapter_store.exceptions import AdapterNotFoundError
+from adapter_store.exceptions import AuthenticationError
+from adapter_store.exceptions import BlobCollectedError
+from adapter_store.exceptions import ConflictError
+from adapter_store.exceptions import QuotaExceededError
+from adapter_store.exceptions import TenantNotFoundError
+from tests.factories import publish_version
+from tests.factories import sha256_hex
 from tests.fakes import InMemoryMetadataStore
 from tests.integration.adapter_store.conftest import redis_state
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from adapter_store import BackendUnavailableError, RedisMetadataStore
+from adapter_store import BackendUnavailableError
+from adapter_store import RedisMetadataStore
 from adapter_store._redis_server import RedisServerProcess
 from tests.factories import publish_version
 

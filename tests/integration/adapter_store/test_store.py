@@ -7,30 +7,35 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
+from typing import cast
 
 import pytest
 
 from adapter_store._blobs import blob_key
 from adapter_store._identity import AdapterVersion
 from adapter_store._metadata import RedisMetadataStore
-from adapter_store._source import AdapterFiles, read_adapter_source
+from adapter_store._source import AdapterFiles
+from adapter_store._source import read_adapter_source
 from adapter_store._store import AdapterStore
-from adapter_store.exceptions import (
-    AdapterNotFoundError,
-    AuthenticationError,
-    BackendUnavailableError,
-    ConflictError,
-    InvalidNameError,
-    InvalidReferenceError,
-    ManifestNotFoundError,
-    QuotaExceededError,
-    TenantNotFoundError,
-)
-from tests.factories import BASE, TinyBase, blob_key_of, sha256_hex, tiny_llama
+from adapter_store.exceptions import AdapterNotFoundError
+from adapter_store.exceptions import AuthenticationError
+from adapter_store.exceptions import BackendUnavailableError
+from adapter_store.exceptions import ConflictError
+from adapter_store.exceptions import InvalidNameError
+from adapter_store.exceptions import InvalidReferenceError
+from adapter_store.exceptions import ManifestNotFoundError
+from adapter_store.exceptions import QuotaExceededError
+from adapter_store.exceptions import TenantNotFoundError
+from tests.factories import BASE
+from tests.factories import TinyBase
+from tests.factories import blob_key_of
+from tests.factories import sha256_hex
+from tests.factories import tiny_llama
 from tests.fakes import HookedBlobs
 from tests.integration.adapter_store.conftest import snapshot
-from tests.malformed import MALFORMED_CASES, MalformedCase
+from tests.malformed import MALFORMED_CASES
+from tests.malformed import MalformedCase
 
 
 def _lora_tensors(model: object) -> dict[str, object]:

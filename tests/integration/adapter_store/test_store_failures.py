@@ -10,12 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from adapter_store._blobs import BlobStore, open_blob_store
+from adapter_store._blobs import BlobStore
+from adapter_store._blobs import open_blob_store
 from adapter_store._metadata import RedisMetadataStore
 from adapter_store._redis_server import RedisServerProcess
 from adapter_store._store import AdapterStore
-from adapter_store.exceptions import AdapterNotFoundError, BackendUnavailableError
-from tests.factories import BASE, TinyBase, build_store
+from adapter_store.exceptions import AdapterNotFoundError
+from adapter_store.exceptions import BackendUnavailableError
+from tests.factories import BASE
+from tests.factories import TinyBase
+from tests.factories import build_store
 from tests.fakes import HookedBlobs
 from tests.integration.adapter_store.conftest import snapshot
 

@@ -88,7 +88,8 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     from ray.serve._private.api import serve_start
     from ray.serve.schema import ServeDeploySchema
 
-    from adapter_store._redis_server import RedisServerProcess, free_port
+    from adapter_store._redis_server import RedisServerProcess
+    from adapter_store._redis_server import free_port
     from services.engine import load_base_model
     from tests.factories import make_peft_adapter
 

@@ -20,7 +20,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.deploy.test_serve_config import READY_TIMEOUT_S, config_for_this_machine
+from tests.integration.deploy.test_serve_config import READY_TIMEOUT_S
+from tests.integration.deploy.test_serve_config import config_for_this_machine
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -28,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_serve_run_of_the_config_answers_healthz_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    from adapter_store._redis_server import RedisServerProcess, free_port
+    from adapter_store._redis_server import RedisServerProcess
+    from adapter_store._redis_server import free_port
 
     port = free_port()
     with RedisServerProcess(tmp_path / "redis", appendonly=False) as redis:

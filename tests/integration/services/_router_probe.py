@@ -11,7 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scheduler import AdapterDemand, EvictionPolicy, LRUEviction, ReplicaView, Tier
+from scheduler import AdapterDemand
+from scheduler import EvictionPolicy
+from scheduler import LRUEviction
+from scheduler import ReplicaView
+from scheduler import Tier
 
 SEEN: list[tuple[AdapterDemand, list[ReplicaView]]] = []
 """Every ranking request the router made: the demand and the views."""

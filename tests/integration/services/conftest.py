@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from adapter_store import AdapterStore, StoreSettings, manifest_from_model
+from adapter_store import AdapterStore
+from adapter_store import StoreSettings
+from adapter_store import manifest_from_model
 from tests.factories import tiny_llama
 
 

@@ -18,12 +18,10 @@ import httpx
 import pytest
 
 from services.client import Client
-from services.exceptions import (
-    BadRequestError,
-    PermissionDeniedError,
-    ResourceNotFoundError,
-    UnauthorizedError,
-)
+from services.exceptions import BadRequestError
+from services.exceptions import PermissionDeniedError
+from services.exceptions import ResourceNotFoundError
+from services.exceptions import UnauthorizedError
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -49,7 +47,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     from ray import serve
 
     from adapter_store import StoreSettings
-    from adapter_store._redis_server import RedisServerProcess, free_port
+    from adapter_store._redis_server import RedisServerProcess
+    from adapter_store._redis_server import free_port
     from services._settings import ServiceSettings
     from services.engine import load_base_model
     from services.serve import build_app
@@ -331,7 +330,9 @@ def test_stats_show_residency_and_counters(admin: Client, acme: Client) -> None:
 def test_replicas_publish_their_residency_to_redis(service: Service, acme: Client) -> None:
     import redis
 
-    from scheduler import ReplicaSnapshot, replica_key, snapshot_from_hash
+    from scheduler import ReplicaSnapshot
+    from scheduler import replica_key
+    from scheduler import snapshot_from_hash
 
     acme.completions.create(model="support@1", prompt=PROMPT, max_tokens=1)
     client = redis.Redis.from_url(service.redis_url)

@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from services.cli import app
-from tests.factories import make_peft_adapter, tiny_llama
+from tests.factories import make_peft_adapter
+from tests.factories import tiny_llama
 
 
 @pytest.fixture(scope="module")

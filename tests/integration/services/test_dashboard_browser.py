@@ -25,12 +25,10 @@ from services.client import Client
 from tests.helpers import wait_until
 
 # The whole-service fixture of test_app.py: the same app, in this module's Ray session.
-from tests.integration.services.test_app import (
-    ADMIN_KEY,
-    READY_TIMEOUT_S,
-    Service,
-    service,  # noqa: F401 (a fixture)
-)
+from tests.integration.services.test_app import ADMIN_KEY
+from tests.integration.services.test_app import READY_TIMEOUT_S
+from tests.integration.services.test_app import Service
+from tests.integration.services.test_app import service  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

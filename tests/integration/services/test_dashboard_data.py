@@ -12,12 +12,15 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from adapter_store import AdapterStore, StoreSettings, read_adapter_upload
+from adapter_store import AdapterStore
+from adapter_store import StoreSettings
+from adapter_store import read_adapter_upload
 from services._settings import ServiceSettings
 from services.api import create_api
 from services.api._dashboard import dashboard_router
 from services.client import ReplicaStats
-from tests.factories import make_peft_adapter, tiny_llama
+from tests.factories import make_peft_adapter
+from tests.factories import tiny_llama
 
 ADMIN_KEY = "admin-key"
 BASE_MODEL_BYTES = 1_000_000  # unquantized: one full fine-tuned copy

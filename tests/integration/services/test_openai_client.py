@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,19 +20,18 @@ import jsonschema
 import pytest
 import torch
 
-from adapter_store import AdapterStore, StoreSettings
+from adapter_store import AdapterStore
+from adapter_store import StoreSettings
 from services._settings import ServiceSettings
 from services.api import create_api
 from services.client import Client
-from services.engine import (
-    AdapterCache,
-    Engine,
-    GenerationChunk,
-    GenerationRequest,
-    HostAdapter,
-    MultiLoraModel,
-    load_base_model,
-)
+from services.engine import AdapterCache
+from services.engine import Engine
+from services.engine import GenerationChunk
+from services.engine import GenerationRequest
+from services.engine import HostAdapter
+from services.engine import MultiLoraModel
+from services.engine import load_base_model
 from tests.factories import make_peft_adapter
 from tests.helpers import served
 

@@ -10,11 +10,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from adapter_store import RedisMetadataStore, StoreSettings, open_blob_store
+from adapter_store import RedisMetadataStore
+from adapter_store import StoreSettings
+from adapter_store import open_blob_store
 from adapter_store._redis_server import RedisServerProcess
 from services._settings import ServiceSettings
 from services.api import create_api
-from tests.factories import TinyBase, build_store
+from tests.factories import TinyBase
+from tests.factories import build_store
 from tests.fakes import ScriptedGateway
 
 

@@ -9,25 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
-from adapter_store._redis_server import RedisServerProcess, free_port
-from scheduler import (
-    ClusterView,
-    ReplicaSnapshot,
-    ReplicaView,
-    ResidencyChanged,
-    Tier,
-    encode_event,
-    replica_key,
-    residency_channel,
-    snapshot_to_hash,
-)
-from services.serve._residency import ResidencyPublisher, ResidencySubscriber
+from adapter_store._redis_server import RedisServerProcess
+from adapter_store._redis_server import free_port
+from scheduler import ClusterView
+from scheduler import ReplicaSnapshot
+from scheduler import ReplicaView
+from scheduler import ResidencyChanged
+from scheduler import Tier
+from scheduler import encode_event
+from scheduler import replica_key
+from scheduler import residency_channel
+from scheduler import snapshot_to_hash
+from services.serve._residency import ResidencyPublisher
+from services.serve._residency import ResidencySubscriber
 
 PREFIX = "t:"
 WAIT_S = 30.0

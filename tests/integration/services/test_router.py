@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,9 +23,12 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
-from scheduler import PlacementPolicy, ReplicaView, Tier
+from scheduler import PlacementPolicy
+from scheduler import ReplicaView
+from scheduler import Tier
 from services.serve._residency import ResidencyPublisher
-from services.serve._router import CacheAwareRequestRouter, routing_stats
+from services.serve._router import CacheAwareRequestRouter
+from services.serve._router import routing_stats
 from tests.integration.services import _router_probe
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

@@ -19,17 +19,17 @@ import torch
 
 from adapter_store import AdapterVersion
 from scheduler import Tier
-from services.engine import (
-    AdapterMismatchError,
-    CacheHooks,
-    EngineOptions,
-    GenerationRequest,
-    InvalidRequestError,
-    SamplingParams,
-    open_engine,
-)
+from services.engine import AdapterMismatchError
+from services.engine import CacheHooks
+from services.engine import EngineOptions
+from services.engine import GenerationRequest
+from services.engine import InvalidRequestError
+from services.engine import SamplingParams
+from services.engine import open_engine
 from services.engine._vllm import prepare_adapter
-from tests.factories import make_peft_adapter, save_model_dir, tiny_llama
+from tests.factories import make_peft_adapter
+from tests.factories import save_model_dir
+from tests.factories import tiny_llama
 from tests.unit.services.engine.test_lora_numerics import LLAMA_OPTIONS
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]

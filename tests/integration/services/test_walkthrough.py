@@ -15,12 +15,16 @@ import re
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 
 import pytest
 
-from tests.integration.services.test_cli_up import log_tail, start, stop, wait_ready
+from tests.integration.services.test_cli_up import log_tail
+from tests.integration.services.test_cli_up import start
+from tests.integration.services.test_cli_up import stop
+from tests.integration.services.test_cli_up import wait_ready
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

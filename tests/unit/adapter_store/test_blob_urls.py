@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from adapter_store import LocalBlobStore, S3BlobStore, blob_key, open_blob_store
+from adapter_store import LocalBlobStore
+from adapter_store import S3BlobStore
+from adapter_store import blob_key
+from adapter_store import open_blob_store
 
 DIGEST = "ab" + "0123456789abcdef" * 3 + "0123456789abcd"
 

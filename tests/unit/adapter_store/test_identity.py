@@ -8,16 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapter_store._identity import (
-    MAX_NAME_LENGTH,
-    AdapterRef,
-    AdapterVersion,
-    is_version_number,
-    validate_alias,
-    validate_base_model_id,
-    validate_name,
-)
-from adapter_store.exceptions import InvalidNameError, InvalidReferenceError
+from adapter_store._identity import MAX_NAME_LENGTH
+from adapter_store._identity import AdapterRef
+from adapter_store._identity import AdapterVersion
+from adapter_store._identity import is_version_number
+from adapter_store._identity import validate_alias
+from adapter_store._identity import validate_base_model_id
+from adapter_store._identity import validate_name
+from adapter_store.exceptions import InvalidNameError
+from adapter_store.exceptions import InvalidReferenceError
 
 _SAFE = string.ascii_letters + string.digits + "._-"
 names = st.text(alphabet=_SAFE, min_size=1, max_size=MAX_NAME_LENGTH).filter(

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from adapter_store import (
-    BaseModelManifest,
-    InvalidManifestError,
-    InvalidNameError,
-    manifest_from_model,
-    parse_lora_config,
-)
+from adapter_store import BaseModelManifest
+from adapter_store import InvalidManifestError
+from adapter_store import InvalidNameError
+from adapter_store import manifest_from_model
+from adapter_store import parse_lora_config
 from tests.factories import TinyBase
 
 LORA = {"peft_type": "LORA", "r": 8, "lora_alpha": 16}

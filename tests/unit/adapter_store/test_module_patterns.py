@@ -6,12 +6,19 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck
+from hypothesis import example
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 
-from adapter_store import InvalidConfigError, UnsupportedPatternError, parse_lora_config
-from adapter_store._module_patterns import ModulePattern, compile_module_pattern
-from adapter_store._peft_config import _LAYERS_PATTERN_TEMPLATE, _PATTERN_KEY_TEMPLATE
+from adapter_store import InvalidConfigError
+from adapter_store import UnsupportedPatternError
+from adapter_store import parse_lora_config
+from adapter_store._module_patterns import ModulePattern
+from adapter_store._module_patterns import compile_module_pattern
+from adapter_store._peft_config import _LAYERS_PATTERN_TEMPLATE
+from adapter_store._peft_config import _PATTERN_KEY_TEMPLATE
 from tests.unit.adapter_store.test_validate import within_bound
 
 PATHS = [

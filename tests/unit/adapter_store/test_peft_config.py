@@ -9,13 +9,11 @@ from typing import Any
 
 import pytest
 
-from adapter_store import (
-    ALL_LINEAR,
-    InvalidConfigError,
-    LoraSpec,
-    UnsupportedFeatureError,
-    parse_lora_config,
-)
+from adapter_store import ALL_LINEAR
+from adapter_store import InvalidConfigError
+from adapter_store import LoraSpec
+from adapter_store import UnsupportedFeatureError
+from adapter_store import parse_lora_config
 from adapter_store._peft_config import _UNSUPPORTED_FIELDS
 
 MINIMAL = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from adapter_store import TenantLimits
-from adapter_store._rate_limits import Buckets, admit, fits
+from adapter_store._rate_limits import Buckets
+from adapter_store._rate_limits import admit
+from adapter_store._rate_limits import fits
 
 
 def test_a_request_bucket_allows_one_second_of_burst_then_the_rate() -> None:

@@ -8,14 +8,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.numpy import save
 
 from adapter_store import MalformedWeightsError
 from adapter_store import _safetensors as st_mod
-from adapter_store._safetensors import check_values, parse_safetensors_header
+from adapter_store._safetensors import check_values
+from adapter_store._safetensors import parse_safetensors_header
 
 
 def raw_file(header: dict[str, Any], body: bytes, *, pad: int = 0) -> bytes:

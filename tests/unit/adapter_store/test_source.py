@@ -11,22 +11,21 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 
-from adapter_store import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    AdapterFiles,
-    AdapterLimits,
-    AdapterTooLargeError,
-    InvalidAdapterError,
-    InvalidConfigError,
-    MalformedWeightsError,
-    UnsafeFormatError,
-    read_adapter_source,
-    read_adapter_upload,
-)
+from adapter_store import CONFIG_NAME
+from adapter_store import WEIGHTS_NAME
+from adapter_store import AdapterFiles
+from adapter_store import AdapterLimits
+from adapter_store import AdapterTooLargeError
+from adapter_store import InvalidAdapterError
+from adapter_store import InvalidConfigError
+from adapter_store import MalformedWeightsError
+from adapter_store import UnsafeFormatError
+from adapter_store import read_adapter_source
+from adapter_store import read_adapter_upload
 
 CONFIG = b'{"peft_type": "LORA"}'
 WEIGHTS = b"\x08\x00\x00\x00\x00\x00\x00\x00{}      "

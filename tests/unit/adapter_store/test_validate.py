@@ -16,17 +16,16 @@ from typing import Any
 
 import pytest
 
-from adapter_store import (
-    AdapterLimits,
-    BaseModelManifest,
-    ValidatedAdapter,
-    lora_weight_names,
-    manifest_from_model,
-    read_adapter_source,
-    validate_adapter,
-)
+from adapter_store import AdapterLimits
+from adapter_store import BaseModelManifest
+from adapter_store import ValidatedAdapter
+from adapter_store import lora_weight_names
+from adapter_store import manifest_from_model
+from adapter_store import read_adapter_source
+from adapter_store import validate_adapter
 from tests.factories import TinyBase
-from tests.malformed import MALFORMED_CASES, write_valid_adapter
+from tests.malformed import MALFORMED_CASES
+from tests.malformed import write_valid_adapter
 
 PEFT_PREFIX = "base_model.model."
 # Every refusal is bounded work: milliseconds here, so 2 s is not a timing measurement
@@ -78,7 +77,8 @@ def save_peft_adapter(
     model: Any, out_dir: Path, *, save_kwargs: dict[str, Any] | None = None, **lora_kwargs: Any
 ) -> dict[str, tuple[int, float]]:
     """Save a PEFT adapter; return PEFT's own {module path: (rank, scaling)} for it."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
+    from peft import get_peft_model
     from peft.tuners.lora import LoraLayer
 
     peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(**lora_kwargs))
@@ -362,7 +362,8 @@ REAL_ADAPTERS = [
 
 def train_briefly(model: Any, out_dir: Path, steps: int = 3, **lora_kwargs: Any) -> Path:
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
+    from peft import get_peft_model
 
     torch.manual_seed(0)
     threads = torch.get_num_threads()

@@ -15,7 +15,8 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from services._settings import ServiceSettings
-from services.api._metrics import METRICS, exported_names
+from services.api._metrics import METRICS
+from services.api._metrics import exported_names
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 SERVE_CONFIG = DEPLOY / "serve" / "loramux.yaml"

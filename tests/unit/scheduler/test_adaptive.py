@@ -11,8 +11,12 @@ import itertools
 
 import pytest
 
-from scheduler import AdapterDemand, ReplicaView, make_policy, select_replica
-from scheduler._policies import AdaptivePolicy, CacheAwarePolicy
+from scheduler import AdapterDemand
+from scheduler import ReplicaView
+from scheduler import make_policy
+from scheduler import select_replica
+from scheduler._policies import AdaptivePolicy
+from scheduler._policies import CacheAwarePolicy
 
 BACKGROUND = [f"tenant{i}/steady{i}@1" for i in range(40)]
 

@@ -6,7 +6,11 @@ import math
 
 import pytest
 
-from scheduler import AdapterDemand, DemandTracker, ReplicaView, make_policy, select_replica
+from scheduler import AdapterDemand
+from scheduler import DemandTracker
+from scheduler import ReplicaView
+from scheduler import make_policy
+from scheduler import select_replica
 from scheduler._policies import CacheAwarePolicy
 from scheduler.exceptions import PolicyOptionError
 

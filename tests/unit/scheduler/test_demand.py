@@ -6,7 +6,9 @@ import math
 
 import pytest
 
-from scheduler import AdapterDemand, DemandTracker, PolicyOptionError
+from scheduler import AdapterDemand
+from scheduler import DemandTracker
+from scheduler import PolicyOptionError
 
 
 def test_steady_stream_rate_converges_to_arrival_rate() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from scheduler import DemandAwareEviction, LRUEviction, make_policy
+from scheduler import DemandAwareEviction
+from scheduler import LRUEviction
+from scheduler import make_policy
 
 
 def test_lru_evicts_the_least_recently_touched_candidate() -> None:

@@ -6,16 +6,14 @@ import random
 
 import pytest
 
-from scheduler import (
-    POLICY_NAMES,
-    AdapterDemand,
-    NoReplicasError,
-    PolicyOptionError,
-    ReplicaView,
-    UnknownPolicyError,
-    make_policy,
-    select_replica,
-)
+from scheduler import POLICY_NAMES
+from scheduler import AdapterDemand
+from scheduler import NoReplicasError
+from scheduler import PolicyOptionError
+from scheduler import ReplicaView
+from scheduler import UnknownPolicyError
+from scheduler import make_policy
+from scheduler import select_replica
 
 ADAPTER = AdapterDemand("tenant/adapter@1", size_bytes=1 << 20, rank=8, rate=1.0)
 

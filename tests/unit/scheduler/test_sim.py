@@ -7,25 +7,25 @@ import math
 from collections.abc import Sequence
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 
-from scheduler import (
-    POLICY_NAMES,
-    AdapterDemand,
-    CostProfile,
-    EvictionPolicy,
-    LRUEviction,
-    ReplicaView,
-    SchedulerError,
-    SimConfig,
-    Tier,
-    TraceRequest,
-    UnknownProfileError,
-    cost_profile,
-    make_policy,
-    simulate,
-)
+from scheduler import POLICY_NAMES
+from scheduler import AdapterDemand
+from scheduler import CostProfile
+from scheduler import EvictionPolicy
+from scheduler import LRUEviction
+from scheduler import ReplicaView
+from scheduler import SchedulerError
+from scheduler import SimConfig
+from scheduler import Tier
+from scheduler import TraceRequest
+from scheduler import UnknownProfileError
+from scheduler import cost_profile
+from scheduler import make_policy
+from scheduler import simulate
 
 # Round numbers so the schedule below can be worked out by hand: a 100-byte adapter
 # takes 2 + 1 = 3 s from S3 and 0.5 + 1 = 1.5 s from host to GPU; a step over b

@@ -9,17 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from scheduler import (
-    SynthSpec,
-    SynthSpecError,
-    TraceFormatError,
-    TraceRequest,
-    convert_alibaba,
-    convert_azure,
-    read_trace,
-    synthesize,
-    write_trace,
-)
+from scheduler import SynthSpec
+from scheduler import SynthSpecError
+from scheduler import TraceFormatError
+from scheduler import TraceRequest
+from scheduler import convert_alibaba
+from scheduler import convert_azure
+from scheduler import read_trace
+from scheduler import synthesize
+from scheduler import write_trace
 
 
 def _write(path: Path, text: str) -> Path:

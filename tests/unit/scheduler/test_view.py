@@ -7,25 +7,23 @@ import json
 import pytest
 
 from scheduler import AdapterDemand as Demand
-from scheduler import (
-    ClusterView,
-    LoadChanged,
-    ReplicaGone,
-    ReplicaSnapshot,
-    ReplicaView,
-    ResidencyChanged,
-    Tier,
-    UnknownReplicaError,
-    ViewEventError,
-    decode_event,
-    encode_event,
-    make_policy,
-    replica_key,
-    residency_channel,
-    select_replica,
-    snapshot_from_hash,
-    snapshot_to_hash,
-)
+from scheduler import ClusterView
+from scheduler import LoadChanged
+from scheduler import ReplicaGone
+from scheduler import ReplicaSnapshot
+from scheduler import ReplicaView
+from scheduler import ResidencyChanged
+from scheduler import Tier
+from scheduler import UnknownReplicaError
+from scheduler import ViewEventError
+from scheduler import decode_event
+from scheduler import encode_event
+from scheduler import make_policy
+from scheduler import replica_key
+from scheduler import residency_channel
+from scheduler import select_replica
+from scheduler import snapshot_from_hash
+from scheduler import snapshot_to_hash
 
 KEY = "tenant/adapter@1"
 

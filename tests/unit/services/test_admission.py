@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from adapter_store import AdapterStore, LocalBlobStore, TenantLimits
+from adapter_store import AdapterStore
+from adapter_store import LocalBlobStore
+from adapter_store import TenantLimits
 from services._settings import LimitSettings
-from services.api._admission import TenantAdmission, TenantRateLimitedError
+from services.api._admission import TenantAdmission
+from services.api._admission import TenantRateLimitedError
 from services.exceptions import BadRequestError
 from tests.fakes import InMemoryMetadataStore
 from tests.helpers import Clock

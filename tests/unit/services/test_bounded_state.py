@@ -14,15 +14,23 @@ import asyncio
 import random
 from collections.abc import AsyncGenerator
 
-from ray.serve._private.common import DeploymentHandleSource, RequestMetadata
+from ray.serve._private.common import DeploymentHandleSource
+from ray.serve._private.common import RequestMetadata
 from ray.serve.request_router import PendingRequest
 
-from adapter_store.exceptions import NotFoundError, QuotaExceededError
-from services.api._metrics import IngressMetrics, Outcome, RoutingDecision, RoutingMetrics
-from services.engine import GenerationChunk, Usage
+from adapter_store.exceptions import NotFoundError
+from adapter_store.exceptions import QuotaExceededError
+from services.api._metrics import IngressMetrics
+from services.api._metrics import Outcome
+from services.api._metrics import RoutingDecision
+from services.api._metrics import RoutingMetrics
+from services.engine import GenerationChunk
+from services.engine import Usage
 from services.serve._router import CacheAwareRequestRouter
 from tests.unit.services.test_metrics import RecordingSink
-from tests.unit.services.test_router import DEPLOYMENT, Clock, FakeReplica
+from tests.unit.services.test_router import DEPLOYMENT
+from tests.unit.services.test_router import Clock
+from tests.unit.services.test_router import FakeReplica
 
 REQUESTS = 3000
 ADAPTERS = 400

@@ -15,26 +15,24 @@ import httpx
 import pydantic
 import pytest
 
-from services import (
-    AdapterInfo,
-    APIConnectionError,
-    APIStatusError,
-    AsyncClient,
-    BadRequestError,
-    ChatCompletion,
-    Client,
-    ConfigurationError,
-    InternalServerError,
-    InvalidAdapterPathError,
-    OverQuotaError,
-    PayloadTooLargeError,
-    PermissionDeniedError,
-    RateLimitError,
-    ResourceConflictError,
-    ResourceNotFoundError,
-    ServiceUnavailableError,
-    UnauthorizedError,
-)
+from services import AdapterInfo
+from services import APIConnectionError
+from services import APIStatusError
+from services import AsyncClient
+from services import BadRequestError
+from services import ChatCompletion
+from services import Client
+from services import ConfigurationError
+from services import InternalServerError
+from services import InvalidAdapterPathError
+from services import OverQuotaError
+from services import PayloadTooLargeError
+from services import PermissionDeniedError
+from services import RateLimitError
+from services import ResourceConflictError
+from services import ResourceNotFoundError
+from services import ServiceUnavailableError
+from services import UnauthorizedError
 from services.client import PEFT_FILES
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -276,7 +274,8 @@ def test_list_follows_the_cursor_across_pages(sleeps: list[float]) -> None:
 
 @pytest.fixture(scope="module")
 def peft_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.factories import make_peft_adapter, tiny_llama
+    from tests.factories import make_peft_adapter
+    from tests.factories import tiny_llama
 
     return make_peft_adapter(tiny_llama(), tmp_path_factory.mktemp("adapter"))
 

@@ -4,7 +4,8 @@ types and security headers, and self-contained (no URL to any other host)."""
 from __future__ import annotations
 
 import re
-from typing import Any, cast
+from typing import Any
+from typing import cast
 
 import httpx
 import pytest
@@ -12,7 +13,8 @@ from fastapi import FastAPI
 
 from adapter_store import AdapterStore
 from services._settings import ServiceSettings
-from services.api._dashboard import ASSETS, dashboard_router
+from services.api._dashboard import ASSETS
+from services.api._dashboard import dashboard_router
 from services.api._dashboard._routes import STATIC_DIR
 from services.api._errors import install_error_handlers
 from services.client import ReplicaStats

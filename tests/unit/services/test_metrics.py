@@ -9,27 +9,25 @@ from pathlib import Path
 
 import pytest
 
-from adapter_store.exceptions import NotFoundError, QuotaExceededError
-from scheduler import ReplicaView, Tier
-from services.api._metrics import (
-    METRICS,
-    IngressMetrics,
-    Outcome,
-    ReplicaMetrics,
-    RoutingDecision,
-    classify_routing,
-    exported_names,
-    outcome_of,
-)
-from services.engine import (
-    AdapterState,
-    CacheStats,
-    GenerationChunk,
-    Residency,
-    ResidencyEvent,
-    TierStats,
-    Usage,
-)
+from adapter_store.exceptions import NotFoundError
+from adapter_store.exceptions import QuotaExceededError
+from scheduler import ReplicaView
+from scheduler import Tier
+from services.api._metrics import METRICS
+from services.api._metrics import IngressMetrics
+from services.api._metrics import Outcome
+from services.api._metrics import ReplicaMetrics
+from services.api._metrics import RoutingDecision
+from services.api._metrics import classify_routing
+from services.api._metrics import exported_names
+from services.api._metrics import outcome_of
+from services.engine import AdapterState
+from services.engine import CacheStats
+from services.engine import GenerationChunk
+from services.engine import Residency
+from services.engine import ResidencyEvent
+from services.engine import TierStats
+from services.engine import Usage
 from services.engine.exceptions import AdapterLoadError
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "metrics.md"
@@ -221,7 +219,11 @@ def test_routing_decisions_are_classified_by_residency_and_homes() -> None:
 
 async def test_the_router_counts_each_placement_by_kind() -> None:
     from services.api._metrics import RoutingMetrics
-    from tests.unit.services.test_router import KEY, Clock, FakeReplica, make_router, request
+    from tests.unit.services.test_router import KEY
+    from tests.unit.services.test_router import Clock
+    from tests.unit.services.test_router import FakeReplica
+    from tests.unit.services.test_router import make_router
+    from tests.unit.services.test_router import request
 
     sink = RecordingSink()
     router = make_router(Clock())

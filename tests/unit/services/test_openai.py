@@ -9,25 +9,22 @@ import pytest
 
 from adapter_store import AdapterVersion
 from services import engine
-from services.api._openai import (
-    ResponseIds,
-    ResponsePlan,
-    chat_completion,
-    chat_events,
-    completion,
-    completion_events,
-    generation_request,
-)
+from services.api._openai import ResponseIds
+from services.api._openai import ResponsePlan
+from services.api._openai import chat_completion
+from services.api._openai import chat_events
+from services.api._openai import completion
+from services.api._openai import completion_events
+from services.api._openai import generation_request
 from services.client import _models as _api_models
-from services.client._models import ChatCompletionRequest, CompletionRequest
-from services.engine import (
-    GenerationChunk,
-    GenerationResult,
-    InvalidRequestError,
-    TokenLogprob,
-    TopLogprob,
-    Usage,
-)
+from services.client._models import ChatCompletionRequest
+from services.client._models import CompletionRequest
+from services.engine import GenerationChunk
+from services.engine import GenerationResult
+from services.engine import InvalidRequestError
+from services.engine import TokenLogprob
+from services.engine import TopLogprob
+from services.engine import Usage
 from services.exceptions import BadRequestError
 
 ADAPTER = AdapterVersion("acme", "bot", 2, "0" * 64, "1" * 64, 10, 8, "tiny")

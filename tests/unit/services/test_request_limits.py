@@ -14,12 +14,11 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from services._settings import LimitSettings
-from services.api._request_limits import (
-    BodySizeLimit,
-    LimitExceededError,
-    check_generation,
-)
-from services.client._models import ChatCompletionRequest, CompletionRequest
+from services.api._request_limits import BodySizeLimit
+from services.api._request_limits import LimitExceededError
+from services.api._request_limits import check_generation
+from services.client._models import ChatCompletionRequest
+from services.client._models import CompletionRequest
 
 LIMITS = LimitSettings(
     max_body_bytes=2048,

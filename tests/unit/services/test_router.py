@@ -11,26 +11,24 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from ray.serve._private.common import (
-    DeploymentHandleSource,
-    DeploymentID,
-    ReplicaID,
-    RequestMetadata,
-)
+from ray.serve._private.common import DeploymentHandleSource
+from ray.serve._private.common import DeploymentID
+from ray.serve._private.common import ReplicaID
+from ray.serve._private.common import RequestMetadata
 from ray.serve.request_router import PendingRequest
 
-from scheduler import (
-    AdapterDemand,
-    EvictionPolicy,
-    LRUEviction,
-    PlacementPolicy,
-    PolicyOptionError,
-    ReplicaSnapshot,
-    ReplicaView,
-    Tier,
-    UnknownPolicyError,
-)
-from services.serve._router import CacheAwareRequestRouter, replica_view_from_stats, routing_stats
+from scheduler import AdapterDemand
+from scheduler import EvictionPolicy
+from scheduler import LRUEviction
+from scheduler import PlacementPolicy
+from scheduler import PolicyOptionError
+from scheduler import ReplicaSnapshot
+from scheduler import ReplicaView
+from scheduler import Tier
+from scheduler import UnknownPolicyError
+from services.serve._router import CacheAwareRequestRouter
+from services.serve._router import replica_view_from_stats
+from services.serve._router import routing_stats
 from tests.helpers import Clock
 
 DEPLOYMENT = DeploymentID(name="model", app_name="loramux")

@@ -84,7 +84,8 @@ def test_the_router_config_holds_no_redis_url() -> None:
     which may hold a password, stays out of it; the router reads it from its process's
     environment."""
     from adapter_store import StoreSettings
-    from services.serve._app import REDIS_URL_ENV, router_config
+    from services.serve._app import REDIS_URL_ENV
+    from services.serve._app import router_config
 
     secret = "s3cret-redis-password"
     settings = ServiceSettings(store=StoreSettings(redis_url=f"redis://:{secret}@redis:6379/0"))

@@ -7,16 +7,14 @@ from pathlib import Path
 import pytest
 
 from services._settings import ServiceSettings
-from services.engine import (
-    CPU_DEFAULT_SLOTS,
-    BaseModelLoadError,
-    CacheHooks,
-    EngineOptions,
-    GenerationRequest,
-    SamplingParams,
-    open_engine,
-    vllm_installed,
-)
+from services.engine import CPU_DEFAULT_SLOTS
+from services.engine import BaseModelLoadError
+from services.engine import CacheHooks
+from services.engine import EngineOptions
+from services.engine import GenerationRequest
+from services.engine import SamplingParams
+from services.engine import open_engine
+from services.engine import vllm_installed
 from services.serve import engine_options
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +17,16 @@ from typing import ClassVar
 
 import pytest
 
-from adapter_store import AdapterNotFoundError, AdapterVersion, IntegrityError
-from scheduler import LRUEviction, Tier
-from services.engine import (
-    AdapterCache,
-    AdapterLoadError,
-    AdapterState,
-    EngineError,
-    ResidencyEvent,
-)
+from adapter_store import AdapterNotFoundError
+from adapter_store import AdapterVersion
+from adapter_store import IntegrityError
+from scheduler import LRUEviction
+from scheduler import Tier
+from services.engine import AdapterCache
+from services.engine import AdapterLoadError
+from services.engine import AdapterState
+from services.engine import EngineError
+from services.engine import ResidencyEvent
 
 MB = 1_000_000
 
@@ -704,7 +706,8 @@ async def test_prefetch_to_an_unknown_tier_is_rejected(make_cache):
 @pytest.fixture(scope="module")
 def peft_adapters(tmp_path_factory):
     """A tiny base model and three real PEFT adapters for it (one of rank 16)."""
-    from tests.factories import make_peft_adapter, tiny_llama
+    from tests.factories import make_peft_adapter
+    from tests.factories import tiny_llama
 
     base = tiny_llama()
     root = tmp_path_factory.mktemp("adapters")
@@ -723,7 +726,9 @@ async def test_real_adapters_cycle_through_one_slot_and_match_peft(make_cache, p
     import torch
     from peft import PeftModel
 
-    from services.engine import AdapterMismatchError, HostAdapter, MultiLoraModel
+    from services.engine import AdapterMismatchError
+    from services.engine import HostAdapter
+    from services.engine import MultiLoraModel
 
     base, dirs = peft_adapters
     model = MultiLoraModel(copy.deepcopy(base), max_slots=1, max_rank=8)

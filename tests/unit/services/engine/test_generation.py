@@ -19,19 +19,17 @@ import pytest
 import torch
 
 from adapter_store import AdapterVersion
-from services.engine import (
-    Engine,
-    EngineError,
-    EngineOverloadedError,
-    GenerationChunk,
-    GenerationRequest,
-    HostAdapter,
-    InvalidRequestError,
-    MultiLoraModel,
-    RequestCancelledError,
-    SamplingParams,
-    load_base_model,
-)
+from services.engine import Engine
+from services.engine import EngineError
+from services.engine import EngineOverloadedError
+from services.engine import GenerationChunk
+from services.engine import GenerationRequest
+from services.engine import HostAdapter
+from services.engine import InvalidRequestError
+from services.engine import MultiLoraModel
+from services.engine import RequestCancelledError
+from services.engine import SamplingParams
+from services.engine import load_base_model
 from services.engine._batching import KvBatch
 from services.engine._text import TextStream
 from tests.factories import make_peft_adapter

@@ -7,12 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from services.engine import (
-    BaseModelLoadError,
-    ensure_tiny_model,
-    load_base_model,
-    resolve_base_model,
-)
+from services.engine import BaseModelLoadError
+from services.engine import ensure_tiny_model
+from services.engine import load_base_model
+from services.engine import resolve_base_model
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -20,18 +20,17 @@ import copy
 import pytest
 import torch
 
-from services.engine import (
-    AdapterOverflowError,
-    Engine,
-    GenerationRequest,
-    GenerationResult,
-    HostAdapter,
-    MultiLoraModel,
-    SamplingParams,
-    load_base_model,
-)
+from services.engine import AdapterOverflowError
+from services.engine import Engine
+from services.engine import GenerationRequest
+from services.engine import GenerationResult
+from services.engine import HostAdapter
+from services.engine import MultiLoraModel
+from services.engine import SamplingParams
+from services.engine import load_base_model
 from tests.factories import make_peft_adapter
-from tests.unit.services.engine.test_generation import PreloadedSlots, version
+from tests.unit.services.engine.test_generation import PreloadedSlots
+from tests.unit.services.engine.test_generation import version
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -14,20 +14,20 @@ from typing import Any
 import pytest
 import torch
 
-from services.engine import (
-    NO_ADAPTER_SLOT,
-    AdapterLoadError,
-    AdapterMismatchError,
-    HostAdapter,
-    MultiLoraModel,
-)
-from tests.factories import make_peft_adapter, tiny_llama
+from services.engine import NO_ADAPTER_SLOT
+from services.engine import AdapterLoadError
+from services.engine import AdapterMismatchError
+from services.engine import HostAdapter
+from services.engine import MultiLoraModel
+from tests.factories import make_peft_adapter
+from tests.factories import tiny_llama
 
 ATOL = 1e-4
 
 
 def tiny_gpt2():  # -> transformers.GPT2LMHeadModel, whose linear layers are Conv1D
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config
+    from transformers import GPT2LMHeadModel
 
     torch.manual_seed(0)
     config = GPT2Config(
@@ -230,7 +230,8 @@ def test_config_that_disagrees_with_the_weights_is_incompatible(
 
 
 def test_extra_tensors_are_rejected(llama, multi: MultiLoraModel, tmp_path: Path) -> None:
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+    from safetensors.torch import save_file
 
     adapter_dir = make_peft_adapter(llama, tmp_path / "extra")
     weights = adapter_dir / "adapter_model.safetensors"

@@ -19,19 +19,18 @@ from typing import Any
 import pytest
 import torch
 
-from services.engine import (
-    NO_ADAPTER_SLOT,
-    BaseModel,
-    Engine,
-    GenerationRequest,
-    HostAdapter,
-    MultiLoraModel,
-    SamplingParams,
-    ensure_tiny_model,
-    load_base_model,
-)
+from services.engine import NO_ADAPTER_SLOT
+from services.engine import BaseModel
+from services.engine import Engine
+from services.engine import GenerationRequest
+from services.engine import HostAdapter
+from services.engine import MultiLoraModel
+from services.engine import SamplingParams
+from services.engine import ensure_tiny_model
+from services.engine import load_base_model
 from tests.factories import make_peft_adapter
-from tests.unit.services.engine.test_generation import PreloadedSlots, version
+from tests.unit.services.engine.test_generation import PreloadedSlots
+from tests.unit.services.engine.test_generation import version
 from tests.unit.services.engine.test_lora_numerics import LLAMA_OPTIONS
 
 pytest.importorskip("bitsandbytes", reason="bitsandbytes is a server dependency")

@@ -12,17 +12,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from services.engine import (
-    CPU_DEFAULT_SLOTS,
-    BaseModelLoadError,
-    derive_gpu_slots,
-    ensure_tiny_model,
-    kv_cache_bytes_per_token,
-    load_base_model,
-    lora_slot_bytes,
-    plan_gpu_slots,
-    plan_quantization,
-)
+from services.engine import CPU_DEFAULT_SLOTS
+from services.engine import BaseModelLoadError
+from services.engine import derive_gpu_slots
+from services.engine import ensure_tiny_model
+from services.engine import kv_cache_bytes_per_token
+from services.engine import load_base_model
+from services.engine import lora_slot_bytes
+from services.engine import plan_gpu_slots
+from services.engine import plan_quantization
 
 pytest.importorskip("bitsandbytes", reason="bitsandbytes is a server dependency")
 

@@ -15,13 +15,21 @@ import math
 import jsonschema
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 
-from services.engine import Engine, GenerationRequest, Grammar, InvalidRequestError, SamplingParams
+from services.engine import Engine
+from services.engine import GenerationRequest
+from services.engine import Grammar
+from services.engine import InvalidRequestError
+from services.engine import SamplingParams
 from services.engine._sampling import sample_batch
 from tests.unit.services.engine import test_generation as generation
-from tests.unit.services.engine.test_generation import PreloadedSlots, World, version
+from tests.unit.services.engine.test_generation import PreloadedSlots
+from tests.unit.services.engine.test_generation import World
+from tests.unit.services.engine.test_generation import version
 
 # The generation tests' tiny model, adapters and engine (module fixtures), shared as is.
 world = generation.world

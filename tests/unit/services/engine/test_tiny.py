@@ -8,13 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.engine import (
-    TINY_MODEL_NAME,
-    BaseModelLoadError,
-    build_tiny_model,
-    ensure_tiny_model,
-    load_base_model,
-)
+from services.engine import TINY_MODEL_NAME
+from services.engine import BaseModelLoadError
+from services.engine import build_tiny_model
+from services.engine import ensure_tiny_model
+from services.engine import load_base_model
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +164,8 @@ def _tiny_tokenizer_with_model(path: Path, config_class: type, config_json: dict
     """A local directory with the tiny tokenizer and a small, freshly initialised
     ``config_class`` model whose config.json is then updated with ``config_json`` (as a
     published checkpoint's reads); nothing is downloaded."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
+    from transformers import AutoModelForCausalLM
 
     build_tiny_model(path)
     config = config_class(
@@ -220,7 +219,9 @@ def test_full_attention_models_with_window_settings_load(
 def test_tiny_en_writes_words_of_its_corpus_and_runs_on_both_engines_shapes() -> None:
     import sys
 
-    from services.engine import TINY_EN_MODEL_NAME, chat_prompt, resolve_base_model
+    from services.engine import TINY_EN_MODEL_NAME
+    from services.engine import chat_prompt
+    from services.engine import resolve_base_model
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "scripts" / "tiny_en"))
     from corpus import generate_corpus

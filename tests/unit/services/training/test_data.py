@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from services.training import TrainingDataError, TrainingExample, parse_training_data
+from services.training import TrainingDataError
+from services.training import TrainingExample
+from services.training import parse_training_data
 
 
 def lines(*records: object) -> list[str]:

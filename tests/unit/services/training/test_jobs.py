@@ -6,14 +6,14 @@ import asyncio
 
 import pytest
 
-from services.client import TrainingJobCreate, TrainingProgress
-from services.exceptions import ResourceNotFoundError, ServiceUnavailableError
-from services.training import (
-    TrainingDataError,
-    TrainingJobs,
-    TrainingOutcome,
-    TrainingRequest,
-)
+from services.client import TrainingJobCreate
+from services.client import TrainingProgress
+from services.exceptions import ResourceNotFoundError
+from services.exceptions import ServiceUnavailableError
+from services.training import TrainingDataError
+from services.training import TrainingJobs
+from services.training import TrainingOutcome
+from services.training import TrainingRequest
 from services.training._train import ProgressSink
 
 BODY = TrainingJobCreate(name="bot", data='{"text": "hi"}\n')

@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.client import TrainingOptions, TrainingProgress
-from services.engine import BaseModel, chat_prompt, load_base_model
-from services.training import (
-    TrainingDataError,
-    TrainingOptionsError,
-    parse_training_data,
-    train_adapter,
-)
+from services.client import TrainingOptions
+from services.client import TrainingProgress
+from services.engine import BaseModel
+from services.engine import chat_prompt
+from services.engine import load_base_model
+from services.training import TrainingDataError
+from services.training import TrainingOptionsError
+from services.training import parse_training_data
+from services.training import train_adapter
 
 PAIRS = [("color of sky?", " blue"), ("cat says?", " meow"), ("2 plus 2?", " four")]
 MEMORIZE = TrainingOptions(epochs=60, batch_size=4, learning_rate=1e-2, validation_split=0)
