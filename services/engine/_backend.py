@@ -21,15 +21,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 from typing import Protocol
 
-from adapter_store import BaseModelManifest
 from services.engine._base_model import BaseModel
 from services.engine._base_model import load_base_model
 from services.engine._cache import AdapterCache
 from services.engine._engine import Engine
 from services.engine._engine_options import ENGINE_KINDS
+from services.engine._engine_options import BaseModelFacts
 from services.engine._engine_options import CacheHooks
 from services.engine._engine_options import EngineKind
 from services.engine._engine_options import EngineOptions
+from services.engine._engine_options import StartedOnEnter
 from services.engine._host_adapter import HostAdapter
 from services.engine._lora_layers import MultiLoraModel
 from services.engine._requests import GenerationChunk
@@ -40,6 +41,7 @@ from services.engine.exceptions import BaseModelLoadError
 
 __all__ = [
     "ENGINE_KINDS",
+    "BaseModelFacts",
     "CacheHooks",
     "EngineKind",
     "EngineOptions",
@@ -59,27 +61,7 @@ class ReplicaEngine(Protocol):
     cache: AdapterCache
     gpu_slots: int
     """The adapter slots, as given or as the backend sized them."""
-
-    @property
-    def base_name(self) -> str: ...
-
-    @property
-    def quantization(self) -> str:
-        """How the base's weights are held: ``none``, ``nf4`` or ``int8``."""
-        ...
-
-    @property
-    def full_precision_bytes(self) -> int:
-        """The base's weights unquantized: one full fine-tuned copy's size."""
-        ...
-
-    @property
-    def manifest(self) -> BaseModelManifest: ...
-
-    @property
-    def base_model_bytes(self) -> int:
-        """The bytes the base model's weights hold as loaded (quantized or not)."""
-        ...
+    facts: BaseModelFacts
 
     @property
     def num_running(self) -> int: ...
@@ -96,7 +78,7 @@ class ReplicaEngine(Protocol):
     async def complete(self, request: GenerationRequest) -> GenerationResult: ...
 
 
-class HfEngine:
+class HfEngine(StartedOnEnter):
     """The ``hf`` backend: :class:`Engine` over :class:`MultiLoraModel`, with the adapter
     cache's GPU tier being the model's slots and its host tier :class:`HostAdapter`."""
 
@@ -104,6 +86,11 @@ class HfEngine:
 
     def __init__(self, base: BaseModel, options: EngineOptions, hooks: CacheHooks) -> None:
         self.base = base
+        self.facts = BaseModelFacts(
+            manifest=base.manifest,
+            weight_bytes=base.weight_bytes,
+            full_precision_bytes=base.full_precision_bytes,
+        )
         # Sized from the memory the (possibly quantized) base left free, unless given;
         # before the LoRA layers allocate their slots.
         self.gpu_slots = plan_gpu_slots(
@@ -115,16 +102,12 @@ class HfEngine:
         self.model = MultiLoraModel(
             base.model, max_slots=self.gpu_slots, max_rank=options.max_lora_rank
         )
-        self.cache = AdapterCache(
-            gpu_slots=self.gpu_slots,
-            host_budget_bytes=options.host_budget_bytes,
-            fetch_to_disk=hooks.fetch_to_disk,
+        self.cache = hooks.adapter_cache(
+            options,
+            self.gpu_slots,
             load_host=lambda version, path: HostAdapter.from_dir(version.key, path, self.model),
             activate_slot=self.model.load_slot,
             deactivate_slot=self.model.clear_slot,
-            disk_keys=hooks.disk_keys,
-            eviction_policy=hooks.eviction_policy,
-            on_change=hooks.on_change,
         )
         self.engine = Engine(
             base,
@@ -135,26 +118,6 @@ class HfEngine:
             max_waiting=options.max_waiting,
             on_manifest=hooks.on_manifest,
         )
-
-    @property
-    def base_name(self) -> str:
-        return self.base.name
-
-    @property
-    def manifest(self) -> BaseModelManifest:
-        return self.base.manifest
-
-    @property
-    def quantization(self) -> str:
-        return self.base.quantization
-
-    @property
-    def full_precision_bytes(self) -> int:
-        return self.base.full_precision_bytes
-
-    @property
-    def base_model_bytes(self) -> int:
-        return self.base.weight_bytes
 
     @property
     def num_running(self) -> int:
@@ -176,13 +139,6 @@ class HfEngine:
 
     async def complete(self, request: GenerationRequest) -> GenerationResult:
         return await self.engine.complete(request)
-
-    async def __aenter__(self) -> HfEngine:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
 
 def vllm_installed() -> bool:

@@ -53,6 +53,7 @@ from adapter_store import BaseModelManifest
 from services.engine._base_model import BaseModel
 from services.engine._batching import KvBatch
 from services.engine._chat import render_chat
+from services.engine._engine_options import StartedOnEnter
 from services.engine._grammar import CompiledGrammar
 from services.engine._grammar import GrammarCompiler
 from services.engine._grammar import RowGrammar
@@ -121,7 +122,7 @@ class _Sequence:
         return len(self.prompt_ids) + self.request.sampling.max_tokens
 
 
-class Engine:
+class Engine(StartedOnEnter):
     """Generation over one base model with per-request adapters, continuously batched.
 
     ``adapters`` pins adapters in ``model``'s slots (the adapter cache). ``on_manifest``
@@ -193,13 +194,6 @@ class Engine:
         self._executor.shutdown(wait=True)
         # Not waited for: a preparation still running ends in RequestCancelledError.
         self._tokenizing.shutdown(wait=False)
-
-    async def __aenter__(self) -> Engine:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     async def complete(self, request: GenerationRequest) -> GenerationResult:
         """Run a single-choice ``request`` to the end and return the joined result.

@@ -11,15 +11,26 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
+from typing import Any
 from typing import Literal
+from typing import Self
 
 from adapter_store import AdapterVersion
 from adapter_store import BaseModelManifest
 from scheduler import EvictionPolicy
 from scheduler import LRUEviction
+from services.engine._cache import AdapterCache
+from services.engine._cache import HostAdapterLike
 from services.engine._cache import ResidencyEvent
 
-__all__ = ["ENGINE_KINDS", "CacheHooks", "EngineKind", "EngineOptions"]
+__all__ = [
+    "ENGINE_KINDS",
+    "BaseModelFacts",
+    "CacheHooks",
+    "EngineKind",
+    "EngineOptions",
+    "StartedOnEnter",
+]
 
 EngineKind = Literal["hf", "vllm"]
 ENGINE_KINDS: tuple[EngineKind, ...] = ("hf", "vllm")
@@ -70,3 +81,55 @@ class CacheHooks:
     on_manifest: Callable[[BaseModelManifest], Awaitable[object] | object] | None = field(
         default=None
     )
+
+    def adapter_cache(
+        self,
+        options: EngineOptions,
+        gpu_slots: int,
+        *,
+        load_host: Callable[[AdapterVersion, Path], HostAdapterLike],
+        activate_slot: Callable[[int, Any], None],
+        deactivate_slot: Callable[[int], None],
+    ) -> AdapterCache:
+        """The adapter cache of a backend whose GPU tier is ``gpu_slots`` slots that
+        ``activate_slot`` fills and ``deactivate_slot`` empties."""
+        return AdapterCache(
+            gpu_slots=gpu_slots,
+            host_budget_bytes=options.host_budget_bytes,
+            fetch_to_disk=self.fetch_to_disk,
+            load_host=load_host,
+            activate_slot=activate_slot,
+            deactivate_slot=deactivate_slot,
+            disk_keys=self.disk_keys,
+            eviction_policy=self.eviction_policy,
+            on_change=self.on_change,
+        )
+
+
+@dataclass(frozen=True)
+class BaseModelFacts:
+    """What a replica reports of the base model its engine serves: its manifest (its id
+    and quantization too) and its weights' bytes."""
+
+    manifest: BaseModelManifest
+    weight_bytes: int
+    """The bytes the weights hold as loaded (quantized or not)."""
+    full_precision_bytes: int
+    """The weights unquantized: one full fine-tuned copy's size."""
+
+
+class StartedOnEnter:
+    """``async with`` for anything with ``start`` and ``aclose``."""
+
+    async def start(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -36,11 +36,12 @@ from adapter_store import manifest_from_model
 from adapter_store import parse_lora_config
 from services.engine._base_model import chat_prompt
 from services.engine._base_model import resolve_base_model
-from services.engine._cache import AdapterCache
 from services.engine._cache import SlotLease
+from services.engine._engine_options import BaseModelFacts
 from services.engine._engine_options import CacheHooks
 from services.engine._engine_options import EngineKind
 from services.engine._engine_options import EngineOptions
+from services.engine._engine_options import StartedOnEnter
 from services.engine._requests import FinishReason
 from services.engine._requests import GenerationChunk
 from services.engine._requests import GenerationRequest
@@ -81,7 +82,7 @@ class VllmAdapter:
     size_bytes: int
 
 
-class VllmEngine:
+class VllmEngine(StartedOnEnter):
     """The ``vllm`` backend of :class:`~services.engine._backend.ReplicaEngine` (see the
     module docstring for the tier mapping and the failure modes)."""
 
@@ -101,60 +102,33 @@ class VllmEngine:
         self._hooks = hooks
         path = resolve_base_model(options.base_model, options.models_dir)
         self.path = path
-        self._name = options.name or (
+        name = options.name or (
             str(options.base_model) if str(options.base_model) in BUILTIN_MODELS else path.name
         )
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self._manifest, self._base_model_bytes = _skeleton_facts(self._name, path, options)
+        manifest, weight_bytes = _skeleton_facts(name, path, options)
+        self.facts = BaseModelFacts(
+            manifest=manifest,
+            weight_bytes=weight_bytes,
+            full_precision_bytes=weight_bytes,
+        )
         self._llm = _start_vllm(path, options, self.gpu_slots)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ids = itertools.count(1)
         self._registered: dict[int, Any] = {}  # slot -> vllm LoRARequest
         self._removals: dict[int, asyncio.Future[Any]] = {}
-        self._running = 0
-        self._waiting = 0
+        self.num_running = 0
+        self.num_waiting = 0
         self._closing = False
-        self.cache = AdapterCache(
-            gpu_slots=self.gpu_slots,
-            host_budget_bytes=options.host_budget_bytes,
-            fetch_to_disk=hooks.fetch_to_disk,
+        self.cache = hooks.adapter_cache(
+            options,
+            self.gpu_slots,
             load_host=self._prepare,
             activate_slot=self._register,
             deactivate_slot=self._unregister,
-            disk_keys=hooks.disk_keys,
-            eviction_policy=hooks.eviction_policy,
-            on_change=hooks.on_change,
         )
 
     # ------------------------------------------------------------ ReplicaEngine
-
-    @property
-    def base_name(self) -> str:
-        return self._name
-
-    @property
-    def manifest(self) -> BaseModelManifest:
-        return self._manifest
-
-    @property
-    def base_model_bytes(self) -> int:
-        return self._base_model_bytes
-
-    @property
-    def quantization(self) -> str:
-        return "none"
-
-    @property
-    def full_precision_bytes(self) -> int:
-        return self._base_model_bytes
-
-    @property
-    def num_running(self) -> int:
-        return self._running
-
-    @property
-    def num_waiting(self) -> int:
-        return self._waiting
 
     async def registered_adapters(self) -> dict[str, int]:
         """vLLM's own view: adapter key -> LoRA id for every LoRA it holds (tests and
@@ -167,7 +141,7 @@ class VllmEngine:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         if self._hooks.on_manifest is not None:
-            result = self._hooks.on_manifest(self._manifest)
+            result = self._hooks.on_manifest(self.facts.manifest)
             if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
                 await result
 
@@ -178,13 +152,6 @@ class VllmEngine:
             with contextlib.suppress(Exception):
                 await removal
         self._llm.shutdown()
-
-    async def __aenter__(self) -> VllmEngine:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     async def complete(self, request: GenerationRequest) -> GenerationResult:
         return GenerationResult.from_chunks([chunk async for chunk in self.generate(request)])
@@ -204,24 +171,24 @@ class VllmEngine:
         if self._closing:
             raise RequestCancelledError("the engine is shutting down")
         if (
-            self._waiting + self._running
+            self.num_waiting + self.num_running
             >= self._options.max_waiting + self._options.max_batch_size
         ):
             raise EngineOverloadedError(
-                f"{self._waiting} requests are waiting (max_waiting="
+                f"{self.num_waiting} requests are waiting (max_waiting="
                 f"{self._options.max_waiting}); retry later"
             )
         prompt = self._prompt_text(request)
         params = _vllm_sampling(request.sampling)
         lease: SlotLease | None = None
-        self._waiting += 1
+        self.num_waiting += 1
         try:
             if request.adapter is not None:
                 lease = await self.cache.acquire(request.adapter)
         finally:
-            self._waiting -= 1
+            self.num_waiting -= 1
         finished = False
-        self._running += 1
+        self.num_running += 1
         try:
             lora = self._registered[lease.slot] if lease is not None else None
             stream = self._llm.generate(
@@ -252,7 +219,7 @@ class VllmEngine:
             except Exception as exc:
                 raise _engine_error(exc) from exc
         finally:
-            self._running -= 1
+            self.num_running -= 1
             if not finished:
                 with contextlib.suppress(Exception):
                     await self._llm.abort(request.request_id)

@@ -63,6 +63,17 @@ logger = logging.getLogger(__name__)
 
 # A replica that has not reported for this many periods is no longer counted live.
 _STALE_PERIODS = 3.0
+# The settings an engine takes as they are, under the same names.
+_ENGINE_SETTINGS = (
+    "models_dir",
+    "gpu_slots",
+    "max_lora_rank",
+    "quantize",
+    "host_budget_bytes",
+    "max_batch_size",
+    "max_batch_tokens",
+    "max_waiting",
+)
 # A stats step that keeps failing is logged with its traceback at most this often.
 _FAILURE_LOG_INTERVAL_S = 60.0
 
@@ -106,9 +117,9 @@ class ModelReplica:
         logger.info(
             "replica %s serves %s on engine %s (quantization %s, %d GPU slots)",
             self._replica_id,
-            self._engine.base_name,
+            self._engine.facts.manifest.base_model,
             self._engine.kind,
-            self._engine.quantization,
+            self._engine.facts.manifest.quantization,
             self._gpu_slots,
         )
 
@@ -190,9 +201,9 @@ class ModelReplica:
                 pinned=sorted(key for key, count in residency.pinned.items() if count > 0),
             ),
             gpu_slots=self._gpu_slots,
-            quantization=self._engine.quantization,
-            base_model_bytes=self._engine.base_model_bytes,
-            base_model_full_bytes=self._engine.full_precision_bytes,
+            quantization=self._engine.facts.manifest.quantization,
+            base_model_bytes=self._engine.facts.weight_bytes,
+            base_model_full_bytes=self._engine.facts.full_precision_bytes,
             in_flight=self._engine.num_running,
             queued=self._engine.num_waiting,
             requests_served=self._served,
@@ -246,18 +257,12 @@ class ModelReplica:
 
 
 def engine_options(settings: ServiceSettings) -> EngineOptions:
-    """What each replica's engine is built from (the backend is ``settings.engine``)."""
+    """What each replica's engine is built from (the backend is ``settings.engine``):
+    the settings of the same names, and the base model as the settings resolve it."""
     return EngineOptions(
         base_model=settings.base_model_dir or "tiny",
         name=settings.base_model_id,
-        models_dir=settings.models_dir,
-        gpu_slots=settings.gpu_slots,
-        max_lora_rank=settings.max_lora_rank,
-        quantize=settings.quantize,
-        host_budget_bytes=settings.host_budget_bytes,
-        max_batch_size=settings.max_batch_size,
-        max_batch_tokens=settings.max_batch_tokens,
-        max_waiting=settings.max_waiting,
+        **{name: getattr(settings, name) for name in _ENGINE_SETTINGS},
     )
 
 

@@ -45,11 +45,10 @@ async def test_the_hf_backend_sizes_its_slots_and_reports_the_base(tmp_path: Pat
 
     assert engine.kind == "hf" and engine.gpu_slots == CPU_DEFAULT_SLOTS
     assert engine.cache.residency().gpu == {}
-    assert (engine.base_name, engine.quantization) == ("tiny", "none")
+    facts = engine.facts
+    assert (facts.manifest.base_model, facts.manifest.quantization) == ("tiny", "none")
     # Unquantized, what the base holds is its full-precision size (up to the norms).
-    assert (
-        abs(engine.base_model_bytes - engine.full_precision_bytes) < engine.base_model_bytes / 100
-    )
+    assert abs(facts.weight_bytes - facts.full_precision_bytes) < facts.weight_bytes / 100
     assert result.usage.completion_tokens == 3
 
 
