@@ -34,6 +34,29 @@ class TinyBase:
     adapters: tuple[Path, ...]
 
 
+def adapter_version(
+    name: str,
+    *,
+    tenant: str = "acme",
+    size_bytes: int = 1,
+    base_model: str = "tiny",
+) -> AdapterVersion:
+    """Version 1 of ``name`` with placeholder digests, for engines and caches that never
+    read the store."""
+    from adapter_store import AdapterVersion
+
+    return AdapterVersion(
+        tenant=tenant,
+        name=name,
+        version=1,
+        digest="0" * 64,
+        config_digest="1" * 64,
+        size_bytes=size_bytes,
+        rank=8,
+        base_model=base_model,
+    )
+
+
 def make_tiny_base(root: Path) -> TinyBase:
     """The tiny Llama with adapters seeded 0, 1, 2 saved under ``root``."""
     from adapter_store import manifest_from_model

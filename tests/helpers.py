@@ -12,6 +12,19 @@ from typing import Any
 
 import httpx
 
+# What a tenant's key sees of a replica in /v1/stats and the dashboard: its
+# configuration and its own residency, never the counters that sum every tenant.
+TENANT_REPLICA_FIELDS = frozenset(
+    {
+        "replica_id",
+        "gpu_slots",
+        "quantization",
+        "base_model_bytes",
+        "base_model_full_bytes",
+        "residency",
+    }
+)
+
 
 def wait_until(condition: Callable[[], object], timeout_s: float, interval_s: float = 0.5) -> None:
     """Poll ``condition`` until it is truthy; an HTTP error counts as not yet (a service

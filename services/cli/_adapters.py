@@ -29,10 +29,10 @@ from services.cli._common import size
 from services.cli._common import transfer_bar
 from services.cli._common import when
 from services.cli._views import AdapterRow
+from services.cli._views import PushRequest
 from services.cli._views import UsageView
 from services.cli._views import VersionRow
 from services.cli._views import VersionView
-from services.client import Origin
 from services.client import RequestLimits
 from services.client import TenantLimitsInfo
 
@@ -58,15 +58,7 @@ class Backend(Protocol):
     :func:`open_backend` opens.
     """
 
-    def push(
-        self,
-        path: Path,
-        name: str,
-        aliases: list[str],
-        base_model: str | None,
-        bar: TransferBar,
-        origin: Origin = "pushed",
-    ) -> VersionView: ...
+    def push(self, request: PushRequest, bar: TransferBar) -> VersionView: ...
     def list_page(self, cursor: str | None, limit: int) -> tuple[list[AdapterRow], str | None]: ...
     def base_model_id(self) -> str: ...
     def show(self, ref: str) -> tuple[VersionView, list[VersionRow]]: ...
@@ -130,7 +122,7 @@ def push(
 ) -> None:
     """Validate a PEFT adapter and publish it as the next version of NAME."""
     with open_backend(direct, tenant=tenant) as backend, transfer_bar(f"push {name}") as bar:
-        version = backend.push(directory, name, alias or [], base_model, bar)
+        version = backend.push(PushRequest(directory, name, alias or [], base_model), bar)
     typer.echo(
         f"pushed {version.key} ({size(version.size_bytes)}, rank {version.rank}, "
         f"sha256 {version.digest[:12]})"

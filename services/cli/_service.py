@@ -19,11 +19,11 @@ from pydantic import ValidationError
 from services.cli._common import TransferBar
 from services.cli._common import fail
 from services.cli._views import AdapterRow
+from services.cli._views import PushRequest
 from services.cli._views import UsageView
 from services.cli._views import VersionRow
 from services.cli._views import VersionView
 from services.client import Client
-from services.client import Origin
 from services.client import RequestLimits
 from services.client import TenantLimitsInfo
 from services.client._models import AdapterVersionInfo
@@ -79,22 +79,16 @@ class ServiceBackend:
 
     # --- adapters -----------------------------------------------------------------
 
-    def push(
-        self,
-        path: Path,
-        name: str,
-        aliases: list[str],
-        base_model: str | None,
-        bar: TransferBar,
-        origin: Origin = "pushed",
-    ) -> VersionView:
-        if base_model is not None:
+    def push(self, request: PushRequest, bar: TransferBar) -> VersionView:
+        if request.base_model is not None:
             raise fail(
                 "--base-model needs --direct: the service pushes for the base model it serves"
             )
-        pushed = self._client.adapters.push(path, name, on_progress=bar.report, origin=origin)
-        for alias in aliases:
-            self._client.adapters.alias(name, alias, pushed.version)
+        pushed = self._client.adapters.push(
+            request.path, request.name, on_progress=bar.report, origin=request.origin
+        )
+        for alias in request.aliases:
+            self._client.adapters.alias(request.name, alias, pushed.version)
         return VersionView.of(pushed)
 
     def base_model_id(self) -> str:

@@ -26,10 +26,10 @@ from services.cli._common import TransferBar
 from services.cli._common import fail
 from services.cli._common import size
 from services.cli._views import AdapterRow
+from services.cli._views import PushRequest
 from services.cli._views import UsageView
 from services.cli._views import VersionRow
 from services.cli._views import VersionView
-from services.client import Origin
 from services.client import RequestLimits
 from services.client import TenantLimitsInfo
 
@@ -76,29 +76,21 @@ class StoreBackend:
 
     # --- adapters -----------------------------------------------------------------
 
-    def push(
-        self,
-        path: Path,
-        name: str,
-        aliases: list[str],
-        base_model: str | None,
-        bar: TransferBar,
-        origin: Origin = "pushed",
-    ) -> VersionView:
+    def push(self, request: PushRequest, bar: TransferBar) -> VersionView:
         from adapter_store import read_adapter_source
 
         if self._tenant == self._settings.tenant:
             self._store.ensure_tenant(self._tenant)  # the default tenant appears on first use
-        files = read_adapter_source(path, self._store.limits)
+        files = read_adapter_source(request.path, self._store.limits)
         bar.start(files.size_bytes)
         version = self._store.push(
             self._tenant,
-            name,
+            request.name,
             files,
-            base_model=base_model or self._settings.base_model,
-            aliases=aliases,
+            base_model=request.base_model or self._settings.base_model,
+            aliases=request.aliases,
             on_progress=bar.advance,
-            origin=origin,
+            origin=request.origin,
         )
         return VersionView.of(version)
 

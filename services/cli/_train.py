@@ -29,6 +29,7 @@ from services.cli._common import DirectOption
 from services.cli._common import fail
 from services.cli._common import size
 from services.cli._common import transfer_bar
+from services.cli._views import PushRequest
 from services.client import TrainingJob
 from services.client import TrainingOptions
 from services.client import TrainingProgress
@@ -199,9 +200,10 @@ def _train_here(
             except TrainingError as exc:
                 raise fail(f"{exc}; nothing was published") from None
             with transfer_bar(f"push {name}") as transfer:
-                version = backend.push(
-                    out, name, aliases, model_id if direct else None, transfer, "trained"
+                request = PushRequest(
+                    out, name, aliases, model_id if direct else None, origin="trained"
                 )
+                version = backend.push(request, transfer)
     typer.echo(_summary(result.steps, result.seconds, result.train_loss, result.eval_loss))
     typer.echo(f"pushed {version.key} ({size(version.size_bytes)}, rank {version.rank})")
 

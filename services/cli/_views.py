@@ -9,11 +9,29 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Literal
 from typing import TypeVar
 
-__all__ = ["AdapterRow", "UsageView", "VersionRow", "VersionView"]
+__all__ = ["AdapterRow", "PushRequest", "UsageView", "VersionRow", "VersionView"]
 
 _View = TypeVar("_View", "VersionView", "UsageView")
+
+
+@dataclass(frozen=True)
+class PushRequest:
+    """What ``loramux push`` (or ``train --local``) asks a backend to publish.
+
+    ``base_model`` is given with ``--direct`` only: the service pushes for the base it
+    serves.
+    """
+
+    path: Path
+    name: str
+    aliases: list[str] = field(default_factory=list)
+    base_model: str | None = None
+    origin: Literal["pushed", "trained"] = "pushed"
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from services.engine._cache import *  # noqa: F403
 from services.engine._cache import __all__ as _cache_all
 from services.engine._engine import *  # noqa: F403
 from services.engine._engine import __all__ as _engine_all
+from services.engine._engine_options import *  # noqa: F403
+from services.engine._engine_options import __all__ as _engine_options_all
 from services.engine._grammar import *  # noqa: F403
 from services.engine._grammar import __all__ as _grammar_all
 from services.engine._host_adapter import *  # noqa: F403
@@ -36,6 +38,7 @@ __all__ = [
     *_base_model_all,
     *_cache_all,
     *_engine_all,
+    *_engine_options_all,
     *_grammar_all,
     *_host_adapter_all,
     *_lora_layers_all,

@@ -39,18 +39,7 @@ from services.engine._requests import GenerationResult
 from services.engine._sizing import plan_gpu_slots
 from services.engine.exceptions import BaseModelLoadError
 
-__all__ = [
-    "ENGINE_KINDS",
-    "BaseModelFacts",
-    "CacheHooks",
-    "EngineKind",
-    "EngineOptions",
-    "HfEngine",
-    "ReplicaEngine",
-    "default_engine_kind",
-    "open_engine",
-    "vllm_installed",
-]
+__all__ = ["HfEngine", "ReplicaEngine", "default_engine_kind", "open_engine", "vllm_installed"]
 
 
 class ReplicaEngine(Protocol):

@@ -23,14 +23,7 @@ from services.engine._cache import AdapterCache
 from services.engine._cache import HostAdapterLike
 from services.engine._cache import ResidencyEvent
 
-__all__ = [
-    "ENGINE_KINDS",
-    "BaseModelFacts",
-    "CacheHooks",
-    "EngineKind",
-    "EngineOptions",
-    "StartedOnEnter",
-]
+__all__ = ["ENGINE_KINDS", "BaseModelFacts", "CacheHooks", "EngineKind", "EngineOptions"]
 
 EngineKind = Literal["hf", "vllm"]
 ENGINE_KINDS: tuple[EngineKind, ...] = ("hf", "vllm")

@@ -44,6 +44,7 @@ from tests.factories import make_peft_adapter
 from tests.factories import tiny_llama
 from tests.fakes import InMemoryMetadataStore
 from tests.fakes import ScriptedGateway
+from tests.helpers import TENANT_REPLICA_FIELDS
 
 ADMIN_KEY = "admin-key"
 DONE = GenerationChunk("r", "!", (33,), finish_reason="stop", usage=Usage(2, 2))
@@ -245,14 +246,7 @@ async def test_a_tenant_stats_answer_carries_no_counter_field(
     async with httpx.AsyncClient(transport=transport, base_url="http://loramux.test") as raw:
         answer = (await raw.get("/v1/stats", headers={"Authorization": f"Bearer {key}"})).json()
 
-    assert set(answer["replicas"][0]) == {
-        "replica_id",
-        "gpu_slots",
-        "quantization",
-        "base_model_bytes",
-        "base_model_full_bytes",
-        "residency",
-    }
+    assert set(answer["replicas"][0]) == TENANT_REPLICA_FIELDS
     assert set(answer) == {"replicas", "tenant", "limits", "adapters"}
 
 

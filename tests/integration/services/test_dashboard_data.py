@@ -21,6 +21,7 @@ from services.api._dashboard import dashboard_router
 from services.client import ReplicaStats
 from tests.factories import make_peft_adapter
 from tests.factories import tiny_llama
+from tests.helpers import TENANT_REPLICA_FIELDS
 
 ADMIN_KEY = "admin-key"
 BASE_MODEL_BYTES = 1_000_000  # unquantized: one full fine-tuned copy
@@ -169,14 +170,7 @@ async def test_a_tenant_key_sees_only_its_own_adapters(get: Any, keys: dict[str,
     assert (data["storage"]["adapters"], data["storage"]["versions"]) == (1, 1)
     # As in /v1/stats: the replicas' counters sum every tenant's traffic, so a tenant
     # sees none of them, only the configuration.
-    assert set(data["replicas"][0]) == {
-        "replica_id",
-        "gpu_slots",
-        "quantization",
-        "base_model_bytes",
-        "base_model_full_bytes",
-        "residency",
-    }
+    assert set(data["replicas"][0]) == TENANT_REPLICA_FIELDS
 
 
 async def test_no_key_or_an_unknown_one_is_refused(get: Any, keys: dict[str, str]) -> None:

@@ -27,6 +27,7 @@ from services.engine import InvalidRequestError
 from services.engine import SamplingParams
 from services.engine import open_engine
 from services.engine._vllm import prepare_adapter
+from tests.factories import adapter_version
 from tests.factories import make_peft_adapter
 from tests.factories import save_model_dir
 from tests.factories import tiny_llama
@@ -75,16 +76,7 @@ def adapters(work: Path, llama) -> dict[str, Path]:
 
 
 def _version(name: str) -> AdapterVersion:
-    return AdapterVersion(
-        tenant="t",
-        name=name,
-        version=1,
-        digest="0" * 64,
-        config_digest="1" * 64,
-        size_bytes=1,
-        rank=8,
-        base_model="llama-h64",
-    )
+    return adapter_version(name, tenant="t", base_model="llama-h64")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

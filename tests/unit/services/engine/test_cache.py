@@ -27,21 +27,13 @@ from services.engine import AdapterLoadError
 from services.engine import AdapterState
 from services.engine import EngineError
 from services.engine import ResidencyEvent
+from tests.factories import adapter_version
 
 MB = 1_000_000
 
 
 def version(name: str, size_bytes: int = MB, tenant: str = "acme") -> AdapterVersion:
-    return AdapterVersion(
-        tenant=tenant,
-        name=name,
-        version=1,
-        digest="0" * 64,
-        config_digest="1" * 64,
-        size_bytes=size_bytes,
-        rank=8,
-        base_model="tiny",
-    )
+    return adapter_version(name, tenant=tenant, size_bytes=size_bytes)
 
 
 A, B, C, D = (version(name) for name in "abcd")

@@ -32,20 +32,12 @@ from services.engine import SamplingParams
 from services.engine import load_base_model
 from services.engine._batching import KvBatch
 from services.engine._text import TextStream
+from tests.factories import adapter_version
 from tests.factories import make_peft_adapter
 
 
 def version(name: str) -> AdapterVersion:
-    return AdapterVersion(
-        tenant="acme",
-        name=name,
-        version=1,
-        digest="0" * 64,
-        config_digest="1" * 64,
-        size_bytes=1,
-        rank=8,
-        base_model="tiny",
-    )
+    return adapter_version(name)
 
 
 class PreloadedSlots:
