@@ -69,6 +69,15 @@ class ModulePattern:
         return f"ModulePattern({self.source!r})"
 
 
+def _re_error(pattern: str) -> Exception | None:
+    """Why Python's ``re`` cannot compile ``pattern`` (None: it can)."""
+    try:
+        re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as e:
+        return e
+    return None
+
+
 def compile_module_pattern(pattern: str, field: str, template: str = "{}") -> ModulePattern:
     """Compile ``template.format(pattern)`` with RE2, after checking PEFT could use it.
 
@@ -96,23 +105,18 @@ def compile_module_pattern(pattern: str, field: str, template: str = "{}") -> Mo
             f"POSIX class, '{{,n}}' repeat); write it another way: {_HOW}"
         )
     full = template.format(pattern)
-    try:
-        re.compile(full)
-    except (re.error, RecursionError, OverflowError) as e:
+    if (error := _re_error(full)) is not None:
         raise InvalidConfigError(
             f"adapter_config.json: {field} is {pattern!r}; it must be a valid regular "
-            f"expression ({e})"
-        ) from e
-    if template != "{}":
-        # A pattern that parses only inside the template (say ")|(?i:") rewrites the
-        # template's own groups, and then the engines can disagree: refuse it.
-        try:
-            re.compile(pattern)
-        except (re.error, RecursionError, OverflowError) as e:
-            raise UnsupportedPatternError(
-                f"adapter_config.json: {field} pattern {shown!r} is not a regular expression "
-                f"on its own ({e}); balance its groups: {_HOW}"
-            ) from e
+            f"expression ({error})"
+        ) from error
+    # A pattern that parses only inside the template (say ")|(?i:") rewrites the
+    # template's own groups, and then the engines can disagree: refuse it.
+    if template != "{}" and (error := _re_error(pattern)) is not None:
+        raise UnsupportedPatternError(
+            f"adapter_config.json: {field} pattern {shown!r} is not a regular expression "
+            f"on its own ({error}); balance its groups: {_HOW}"
+        ) from error
     options = re2.Options()
     options.max_mem = _MAX_PROGRAM_BYTES
     options.log_errors = False

@@ -72,3 +72,8 @@ def served(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+def asgi_http(app: Any) -> httpx.AsyncClient:
+    """An HTTP client that calls the ASGI ``app`` in process (use as ``async with``)."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://loramux.test")

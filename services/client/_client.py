@@ -45,6 +45,7 @@ from typing import Any
 from typing import Generic
 from typing import Literal
 from typing import TypeVar
+from typing import cast
 from typing import overload
 from urllib.parse import quote
 
@@ -141,6 +142,29 @@ class _RetryPolicy:
     max_retries: int
     backoff_s: float
     max_backoff_s: float
+
+    def settle(
+        self,
+        attempt: int,
+        request: httpx.Request,
+        outcome: httpx.Response | httpx.TransportError,
+    ) -> float | None:
+        """What follows attempt number ``attempt``: seconds to wait before the next one,
+        or None when ``outcome`` is the success to return.
+
+        Raises:
+            APIConnectionError: the attempt failed in transport and may not be retried.
+            APIStatusError: (a subclass) an error answer that may not be retried; its
+                body has been read.
+        """
+        delay = self.delay(attempt, request, outcome)
+        if delay is not None:
+            return delay
+        if isinstance(outcome, httpx.TransportError):
+            raise _connection_error(request, outcome) from outcome
+        if outcome.is_error:
+            raise _error_from_response(outcome)
+        return None
 
     def delay(
         self, attempt: int, request: httpx.Request, outcome: httpx.Response | Exception
@@ -498,20 +522,18 @@ class Client(_BaseClient):
         attempt = 0
         while True:
             try:
-                response = self._http.send(request, stream=stream)
+                outcome: httpx.Response | httpx.TransportError = self._http.send(
+                    request, stream=stream
+                )
             except httpx.TransportError as exc:
-                delay = self._retry.delay(attempt, request, exc)
-                if delay is None:
-                    raise _connection_error(request, exc) from exc
+                outcome = exc
             else:
-                delay = self._retry.delay(attempt, request, response)
-                if delay is None:
-                    if not response.is_error:
-                        return response
-                    response.read()
-                    response.close()
-                    raise _error_from_response(response)
-                response.close()
+                if outcome.is_error:  # its body names the error; a retry drops it
+                    outcome.read()
+                    outcome.close()
+            delay = self._retry.settle(attempt, request, outcome)
+            if delay is None:
+                return cast(httpx.Response, outcome)
             self._sleep(delay)
             attempt += 1
 
@@ -602,20 +624,18 @@ class AsyncClient(_BaseClient):
         attempt = 0
         while True:
             try:
-                response = await self._http.send(request, stream=stream)
+                outcome: httpx.Response | httpx.TransportError = await self._http.send(
+                    request, stream=stream
+                )
             except httpx.TransportError as exc:
-                delay = self._retry.delay(attempt, request, exc)
-                if delay is None:
-                    raise _connection_error(request, exc) from exc
+                outcome = exc
             else:
-                delay = self._retry.delay(attempt, request, response)
-                if delay is None:
-                    if not response.is_error:
-                        return response
-                    await response.aread()
-                    await response.aclose()
-                    raise _error_from_response(response)
-                await response.aclose()
+                if outcome.is_error:  # its body names the error; a retry drops it
+                    await outcome.aread()
+                    await outcome.aclose()
+            delay = self._retry.settle(attempt, request, outcome)
+            if delay is None:
+                return cast(httpx.Response, outcome)
             await self._sleep(delay)
             attempt += 1
 

@@ -45,6 +45,7 @@ from tests.factories import tiny_llama
 from tests.fakes import InMemoryMetadataStore
 from tests.fakes import ScriptedGateway
 from tests.helpers import TENANT_REPLICA_FIELDS
+from tests.helpers import asgi_http
 
 ADMIN_KEY = "admin-key"
 DONE = GenerationChunk("r", "!", (33,), finish_reason="stop", usage=Usage(2, 2))
@@ -242,8 +243,7 @@ async def test_a_tenant_stats_answer_carries_no_counter_field(
 ) -> None:
     gateway.replicas = [REPLICA_REPORT]
     _, key = store.create_tenant("initech")
-    transport = httpx.ASGITransport(app=api)
-    async with httpx.AsyncClient(transport=transport, base_url="http://loramux.test") as raw:
+    async with asgi_http(api) as raw:
         answer = (await raw.get("/v1/stats", headers={"Authorization": f"Bearer {key}"})).json()
 
     assert set(answer["replicas"][0]) == TENANT_REPLICA_FIELDS
@@ -410,9 +410,7 @@ async def test_a_tenant_over_its_rate_gets_429_with_retry_after_and_others_are_a
     _, beta_key = store.create_tenant("beta")
     gateway.script = [DONE]
     body = {"model": "tiny", "prompt": "x", "max_tokens": 4}
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=api), base_url="http://loramux.test"
-    ) as http:
+    async with asgi_http(api) as http:
 
         def post(key: str) -> Awaitable[httpx.Response]:
             return http.post(

@@ -22,6 +22,7 @@ from services.client import ReplicaStats
 from tests.factories import make_peft_adapter
 from tests.factories import tiny_llama
 from tests.helpers import TENANT_REPLICA_FIELDS
+from tests.helpers import asgi_http
 
 ADMIN_KEY = "admin-key"
 BASE_MODEL_BYTES = 1_000_000  # unquantized: one full fine-tuned copy
@@ -114,9 +115,7 @@ def replicas() -> Replicas:
 async def get(store: AdapterStore, replicas: Replicas, tmp_path: Path) -> AsyncIterator[Any]:
     settings = ServiceSettings(store=StoreSettings(data_dir=tmp_path), admin_key=ADMIN_KEY)
     api = create_api(store, replicas, settings)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=api), base_url="http://loramux.test"
-    ) as http:
+    async with asgi_http(api) as http:
 
         async def get(key: str | None) -> httpx.Response:
             headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -203,9 +202,7 @@ async def test_the_store_summary_is_reused_within_its_ttl(
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
     async def adapters() -> int:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://loramux.test"
-        ) as http:
+        async with asgi_http(app) as http:
             return (await http.get("/dashboard/data", headers=headers)).json()["storage"][
                 "adapters"
             ]

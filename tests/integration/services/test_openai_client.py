@@ -14,6 +14,7 @@ import json
 from collections.abc import AsyncIterator
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -38,38 +39,9 @@ from tests.helpers import served
 openai = pytest.importorskip("openai")
 
 CHAT = [{"role": "user", "content": "Hi"}]
-PERSON = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 8},
-        "age": {"type": "integer", "minimum": 0, "maximum": 150},
-    },
-    "required": ["name", "age"],
-    "additionalProperties": False,
-}
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "weather",
-        "description": "The weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"enum": ["Oslo", "Lima"]},
-                "days": {"type": "integer", "minimum": 1, "maximum": 7},
-            },
-            "required": ["city", "days"],
-            "additionalProperties": False,
-        },
-    },
-}
-CLOCK = {
-    "type": "function",
-    "function": {
-        "name": "clock",
-        "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
-    },
-}
+# A JSON schema and two tools, as an application would send them.
+_SCHEMAS = json.loads((Path(__file__).parents[2] / "data" / "openai_schemas.json").read_text())
+PERSON, WEATHER, CLOCK = _SCHEMAS["person"], _SCHEMAS["weather"], _SCHEMAS["clock"]
 
 
 class EngineGateway:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from adapter_store import RedisMetadataStore
@@ -19,6 +18,7 @@ from services.api import create_api
 from tests.factories import TinyBase
 from tests.factories import build_store
 from tests.fakes import ScriptedGateway
+from tests.helpers import asgi_http
 
 
 @pytest.fixture
@@ -35,9 +35,7 @@ async def test_the_api_answers_503_with_retry_after_while_redis_is_down_then_ser
     settings = ServiceSettings(store=StoreSettings(data_dir=tmp_path), admin_key="admin")
     api = create_api(store, ScriptedGateway(), settings)
     headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=api), base_url="http://loramux.test"
-    ) as http:
+    async with asgi_http(api) as http:
         assert (await http.get("/v1/models", headers=headers)).status_code == 200
 
         server.kill()

@@ -18,6 +18,7 @@ from services.api._dashboard import dashboard_router
 from services.api._dashboard._routes import STATIC_DIR
 from services.api._errors import install_error_handlers
 from services.client import ReplicaStats
+from tests.helpers import asgi_http
 
 # The SVG namespace is an identifier that no browser fetches.
 _NAMESPACES = {"http://www.w3.org/2000/svg"}
@@ -40,9 +41,7 @@ def dashboard_app() -> FastAPI:
 
 @pytest.fixture
 async def http() -> Any:
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=dashboard_app()), base_url="http://loramux.test"
-    ) as client:
+    async with asgi_http(dashboard_app()) as client:
         yield client
 
 
