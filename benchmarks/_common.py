@@ -47,6 +47,15 @@ def bench_version(index: int, base_model: str = "tiny") -> AdapterVersion:
     )
 
 
+def int_options(doc: str, **defaults: int) -> argparse.ArgumentParser:
+    """A parser described by ``doc``'s first line, with one ``--name N`` option per
+    keyword (underscores become dashes), defaulting to its value."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for name, default in defaults.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+    return parser
+
+
 def decode_parser(description: str, *, max_tokens: int, threads: int) -> argparse.ArgumentParser:
     """Options of a decode workload: concurrent requests, tokens each, repeats, torch
     threads, and ``--quick`` for a smoke run."""

@@ -28,6 +28,7 @@ import random
 import statistics
 import time
 
+from benchmarks._common import int_options
 from scheduler import POLICY_NAMES
 from scheduler import AdapterDemand
 from scheduler import DemandTracker
@@ -122,11 +123,7 @@ def timer_overhead_ns() -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--replicas", type=int, default=64)
-    parser.add_argument("--adapters", type=int, default=10_000)
-    parser.add_argument("--decisions", type=int, default=20_000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = int_options(__doc__, replicas=64, adapters=10_000, decisions=20_000, seed=0)
     parser.add_argument("--policies", nargs="*", default=list(POLICY_NAMES))
     args = parser.parse_args()
     results = {name: bench_policy(name, args) for name in args.policies}

@@ -15,7 +15,6 @@ Prints one JSON object. Run: ``python benchmarks/bench_resolve.py``.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import random
@@ -32,6 +31,7 @@ from adapter_store import Publication
 from adapter_store import RedisMetadataStore
 from adapter_store._metadata import _PUBLISH
 from adapter_store._redis_server import RedisServerProcess
+from benchmarks._common import int_options
 from scheduler import percentile
 
 
@@ -54,12 +54,9 @@ def _used_memory(store: AdapterStore) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--versions", type=int, default=100_000)
-    parser.add_argument("--adapters", type=int, default=10_000)
-    parser.add_argument("--resolves", type=int, default=20_000)
-    parser.add_argument("--seed", type=int, default=0)
-    opts = parser.parse_args()
+    opts = int_options(
+        __doc__, versions=100_000, adapters=10_000, resolves=20_000, seed=0
+    ).parse_args()
     rng = random.Random(opts.seed)
 
     with (

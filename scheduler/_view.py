@@ -62,6 +62,12 @@ def residency_channel(prefix: str) -> str:
     return f"{prefix}residency"
 
 
+# A snapshot's residency sets and load figures, by field name (the same in the view,
+# the snapshot and the wire format).
+_TIER_SETS = ("gpu", "host", "disk", "loading")
+_LOAD_FIELDS = ("in_flight", "queued", "gpu_slots")
+
+
 @dataclass(frozen=True, slots=True)
 class ReplicaSnapshot:
     """Everything a replica holds and its load, replacing what the view knew of it."""
@@ -82,17 +88,12 @@ class ReplicaSnapshot:
     def of(cls, view: ReplicaView, *, epoch: str, seq: int, at: float) -> ReplicaSnapshot:
         """The snapshot a replica publishes of its own state (``view``)."""
         return cls(
-            replica_id=view.replica_id,
-            epoch=epoch,
-            seq=seq,
-            at=at,
-            gpu=frozenset(view.gpu),
-            host=frozenset(view.host),
-            disk=frozenset(view.disk),
-            loading=frozenset(view.loading),
-            in_flight=view.in_flight,
-            queued=view.queued,
-            gpu_slots=view.gpu_slots,
+            view.replica_id,
+            epoch,
+            seq,
+            at,
+            **{name: frozenset(getattr(view, name)) for name in _TIER_SETS},
+            **{name: getattr(view, name) for name in _LOAD_FIELDS},
         )
 
 
@@ -419,13 +420,8 @@ def encode_event(event: ViewEvent) -> str:
     if isinstance(event, ReplicaSnapshot):
         fields.update(
             kind="snapshot",
-            gpu=sorted(event.gpu),
-            host=sorted(event.host),
-            disk=sorted(event.disk),
-            loading=sorted(event.loading),
-            in_flight=event.in_flight,
-            queued=event.queued,
-            gpu_slots=event.gpu_slots,
+            **{name: sorted(getattr(event, name)) for name in _TIER_SETS},
+            **{name: getattr(event, name) for name in _LOAD_FIELDS},
         )
     elif isinstance(event, ResidencyChanged):
         fields.update(
@@ -470,13 +466,8 @@ def decode_event(text: str | bytes) -> ViewEvent:
     if kind == "snapshot":
         return ReplicaSnapshot(
             **common,
-            gpu=reader.keys("gpu"),
-            host=reader.keys("host"),
-            disk=reader.keys("disk"),
-            loading=reader.keys("loading"),
-            in_flight=reader.count("in_flight"),
-            queued=reader.count("queued"),
-            gpu_slots=reader.count("gpu_slots"),
+            **{name: reader.keys(name) for name in _TIER_SETS},
+            **{name: reader.count(name) for name in _LOAD_FIELDS},
         )
     if kind == "residency":
         tier_name = reader.string("tier")

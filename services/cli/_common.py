@@ -8,17 +8,20 @@ import datetime
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 from typing import Annotated
+from typing import Any
 
 import typer
 
 if TYPE_CHECKING:
     from rich.progress import Progress
+    from rich.progress import ProgressColumn
     from rich.progress import TaskID
 
 __all__ = [
     "DirectOption",
     "TransferBar",
     "fail",
+    "progress_task",
     "size",
     "transfer_bar",
     "when",
@@ -60,23 +63,29 @@ class TransferBar:
 
 
 @contextlib.contextmanager
-def transfer_bar(description: str) -> Iterator[TransferBar]:
-    """A transient bar (bytes, speed) on stderr for the duration of the block."""
+def progress_task(
+    description: str, *columns: ProgressColumn, transient: bool = True, **fields: Any
+) -> Iterator[tuple[Progress, TaskID]]:
+    """A rich bar on stderr for the duration of the block: the description and the bar,
+    then ``columns``; ``fields`` are the task's own (``{task.fields[...]}``)."""
     from rich.console import Console
     from rich.progress import BarColumn
-    from rich.progress import DownloadColumn
     from rich.progress import Progress
     from rich.progress import TextColumn
+
+    leading = (TextColumn("{task.description}"), BarColumn())
+    with Progress(*leading, *columns, transient=transient, console=Console(stderr=True)) as bar:
+        yield bar, bar.add_task(description, total=None, **fields)
+
+
+@contextlib.contextmanager
+def transfer_bar(description: str) -> Iterator[TransferBar]:
+    """A transient bar (bytes, speed) on stderr for the duration of the block."""
+    from rich.progress import DownloadColumn
     from rich.progress import TransferSpeedColumn
 
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-    )
-    with Progress(*columns, transient=True, console=Console(stderr=True)) as progress:
-        yield TransferBar(progress, progress.add_task(description, total=None))
+    with progress_task(description, DownloadColumn(), TransferSpeedColumn()) as (bar, task):
+        yield TransferBar(bar, task)
 
 
 def when(timestamp: float | None) -> str:

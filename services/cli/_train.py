@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from services.cli._adapters import open_backend
 from services.cli._common import DirectOption
 from services.cli._common import fail
+from services.cli._common import progress_task
 from services.cli._common import size
 from services.cli._common import transfer_bar
 from services.cli._views import PushRequest
@@ -61,24 +62,19 @@ class _StepBar:
 
 @contextlib.contextmanager
 def _step_bar(description: str) -> Iterator[_StepBar]:
-    from rich.console import Console
-    from rich.progress import BarColumn
     from rich.progress import MofNCompleteColumn
-    from rich.progress import Progress
     from rich.progress import TextColumn
     from rich.progress import TimeElapsedColumn
     from rich.progress import TimeRemainingColumn
 
     columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
         MofNCompleteColumn(),
         TextColumn("steps  loss {task.fields[loss]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=Console(stderr=True)) as progress:
-        yield _StepBar(progress, progress.add_task(description, total=None, loss="-"))
+    with progress_task(description, *columns, transient=False, loss="-") as (bar, task):
+        yield _StepBar(bar, task)
 
 
 def train(

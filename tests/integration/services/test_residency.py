@@ -8,6 +8,7 @@ deadline and never assert on time.
 from __future__ import annotations
 
 import asyncio
+import copy as copy_module
 import time
 from collections.abc import AsyncIterator
 from collections.abc import Callable
@@ -78,16 +79,7 @@ def publisher(client: aioredis.Redis, state: ReplicaView, **options: object) -> 
 
 
 def copy(view: ReplicaView) -> ReplicaView:
-    return ReplicaView(
-        view.replica_id,
-        gpu=set(view.gpu),
-        host=set(view.host),
-        disk=set(view.disk),
-        loading=set(view.loading),
-        in_flight=view.in_flight,
-        queued=view.queued,
-        gpu_slots=view.gpu_slots,
-    )
+    return copy_module.deepcopy(view)
 
 
 async def put_snapshot(client: aioredis.Redis, snapshot: ReplicaSnapshot) -> None:
