@@ -40,6 +40,9 @@ from typing import cast
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from scheduler import AdapterDemand
+    from scheduler import EvictionPolicy
+    from scheduler import ReplicaView
     from services.client import ReplicaStats
     from services.engine import GenerationChunk
     from services.engine import GenerationRequest
@@ -489,3 +492,22 @@ class ScriptedGateway:
     async def replica_stats(self) -> list[ReplicaStats]:
         self.stats_calls += 1
         return self.replicas
+
+
+class RecordingPolicy:
+    """A placement policy that records every placement (``placed``: the demand and the
+    replica); subclasses say how replicas rank. Evicts LRU."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+
+        self.placed: list[tuple[AdapterDemand, ReplicaView]] = []
+
+    def on_placed(self, adapter: AdapterDemand, replica: ReplicaView, now: float) -> None:
+        self.placed.append((adapter, replica))
+
+    def new_eviction_policy(self) -> EvictionPolicy:
+        from scheduler import LRUEviction
+
+        return LRUEviction()

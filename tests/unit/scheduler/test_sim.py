@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck
@@ -26,6 +28,7 @@ from scheduler import UnknownProfileError
 from scheduler import cost_profile
 from scheduler import make_policy
 from scheduler import simulate
+from tests.fakes import RecordingPolicy
 
 # Round numbers so the schedule below can be worked out by hand: a 100-byte adapter
 # takes 2 + 1 = 3 s from S3 and 0.5 + 1 = 1.5 s from host to GPU; a step over b
@@ -48,24 +51,15 @@ HAND = CostProfile(
 )
 
 
-class FirstReplicaPolicy:
+class FirstReplicaPolicy(RecordingPolicy):
     """Every request to the first replica; records what it was told."""
 
     name = "first_replica"
-
-    def __init__(self) -> None:
-        self.placed: list[tuple[str, str]] = []
 
     def rank_replicas(
         self, adapter: AdapterDemand, replicas: Sequence[ReplicaView], now: float
     ) -> list[list[ReplicaView]]:
         return [list(replicas)]
-
-    def on_placed(self, adapter: AdapterDemand, replica: ReplicaView, now: float) -> None:
-        self.placed.append((adapter.key, replica.replica_id))
-
-    def new_eviction_policy(self) -> EvictionPolicy:
-        return LRUEviction()
 
 
 def test_one_replica_matches_the_hand_computed_schedule() -> None:
@@ -96,7 +90,9 @@ def test_one_replica_matches_the_hand_computed_schedule() -> None:
     assert result.throughput_rps == pytest.approx(5 / 18.5)
     # Busy 2.5-4, 4.5-11 and 15.5-18.5: 11 s of the 18.5 s span.
     assert result.mean_utilization == pytest.approx(11 / 18.5)
-    assert policy.placed == [(r.adapter, "replica-000") for r in trace]
+    assert [(a.key, r.replica_id) for a, r in policy.placed] == [
+        (r.adapter, "replica-000") for r in trace
+    ]
 
 
 def test_imbalance_is_max_over_mean_busy_time() -> None:
@@ -252,41 +248,28 @@ def test_the_a100_profile_matches_its_documented_figures() -> None:
     assert profile.step_seconds(1) == pytest.approx(0.0155)
 
 
-class RateRecordingPolicy(FirstReplicaPolicy):
-    """FirstReplicaPolicy that records the adapter rate it is given at each decision."""
+class MeasuringPolicy(FirstReplicaPolicy):
+    """FirstReplicaPolicy that records ``measure(adapter, replicas)`` at each decision."""
 
-    def __init__(self) -> None:
+    def __init__(self, measure: Callable[[AdapterDemand, Sequence[ReplicaView]], Any]) -> None:
         super().__init__()
-        self.rates: list[float] = []
+        self._measure = measure
+        self.seen: list[Any] = []
 
     def rank_replicas(
         self, adapter: AdapterDemand, replicas: Sequence[ReplicaView], now: float
     ) -> list[list[ReplicaView]]:
-        self.rates.append(adapter.rate)
+        self.seen.append(self._measure(adapter, replicas))
         return super().rank_replicas(adapter, replicas, now)
 
 
 def test_the_rate_a_policy_ranks_with_excludes_the_request_being_placed() -> None:
     # As in the services router: demand is counted once the request is placed.
     trace = [TraceRequest(0.0, "a", 0, 1), TraceRequest(0.0, "a", 0, 1)]
-    policy = RateRecordingPolicy()
+    policy = MeasuringPolicy(lambda adapter, replicas: adapter.rate)
     simulate(trace, policy, SimConfig(replicas=1, gpu_slots=1, profile=HAND))
     tau = 30.0 / math.log(2)  # SimConfig's default demand half-life
-    assert policy.rates == [0.0, pytest.approx(1.0 / tau)]
-
-
-class PinnedRecordingPolicy(FirstReplicaPolicy):
-    """FirstReplicaPolicy that records the first replica's ``pinned`` at each decision."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.pinned: list[int] = []
-
-    def rank_replicas(
-        self, adapter: AdapterDemand, replicas: Sequence[ReplicaView], now: float
-    ) -> list[list[ReplicaView]]:
-        self.pinned.append(replicas[0].pinned)
-        return super().rank_replicas(adapter, replicas, now)
+    assert policy.seen == [0.0, pytest.approx(1.0 / tau)]
 
 
 @pytest.mark.parametrize("refresh", [0.0, 0.001])
@@ -298,10 +281,10 @@ def test_views_report_pinned_slots(refresh: float) -> None:
         TraceRequest(2.5, "", 0, 1),  # a loading, b waiting for the slot: 2
         TraceRequest(8.0, "a", 0, 1),  # a on the GPU with a request running, b waiting: 2
     ]
-    policy = PinnedRecordingPolicy()
+    policy = MeasuringPolicy(lambda adapter, replicas: replicas[0].pinned)
     config = SimConfig(replicas=1, gpu_slots=1, profile=HAND, view_refresh_s=refresh)
     result = simulate(trace, policy, config)
-    assert policy.pinned == [0, 1, 1, 2, 2]
+    assert policy.seen == [0, 1, 1, 2, 2]
     # Only r4 hit the GPU (TTFT 3.0); r3, the base-model request, is not counted.
     assert result.ttft_p99_gpu_hit_s == pytest.approx(3.0)
 
@@ -312,8 +295,8 @@ def test_stale_views_take_the_routers_optimistic_update_between_refreshes() -> N
         TraceRequest(0.1, "a", 0, 1),  # the view still has the first refresh: 0 pins
         TraceRequest(0.2, "b", 0, 1),
     ]
-    policy = PinnedRecordingPolicy()
+    policy = MeasuringPolicy(lambda adapter, replicas: replicas[0].pinned)
     config = SimConfig(replicas=1, gpu_slots=2, profile=HAND, view_refresh_s=100.0)
     simulate(trace, policy, config)
     # a marked loading (one slot) on its first placement; its second joins that load.
-    assert policy.pinned == [0, 1, 1]
+    assert policy.seen == [0, 1, 1]

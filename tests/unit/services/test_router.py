@@ -18,8 +18,6 @@ from ray.serve._private.common import RequestMetadata
 from ray.serve.request_router import PendingRequest
 
 from scheduler import AdapterDemand
-from scheduler import EvictionPolicy
-from scheduler import LRUEviction
 from scheduler import PlacementPolicy
 from scheduler import PolicyOptionError
 from scheduler import ReplicaSnapshot
@@ -29,6 +27,7 @@ from scheduler import UnknownPolicyError
 from services.serve._router import CacheAwareRequestRouter
 from services.serve._router import replica_view_from_stats
 from services.serve._router import routing_stats
+from tests.fakes import RecordingPolicy
 from tests.helpers import Clock
 
 DEPLOYMENT = DeploymentID(name="model", app_name="loramux")
@@ -48,25 +47,16 @@ class FakeReplica:
         return 0
 
 
-class HoldersFirst:
+class HoldersFirst(RecordingPolicy):
     """Replicas holding the key (best tier first), then the rest; records placements."""
 
     name = "holders_first"
-
-    def __init__(self) -> None:
-        self.placed: list[tuple[AdapterDemand, ReplicaView]] = []
 
     def rank_replicas(
         self, adapter: AdapterDemand, replicas: Sequence[ReplicaView], now: float
     ) -> list[list[ReplicaView]]:
         ordered = sorted(replicas, key=lambda view: (view.tier_of(adapter.key), view.replica_id))
         return [[view] for view in ordered]
-
-    def on_placed(self, adapter: AdapterDemand, replica: ReplicaView, now: float) -> None:
-        self.placed.append((adapter, replica))
-
-    def new_eviction_policy(self) -> EvictionPolicy:
-        return LRUEviction()
 
 
 class HoldersFirstRouter(CacheAwareRequestRouter):
