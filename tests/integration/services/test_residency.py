@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -72,6 +73,13 @@ async def follow(client: aioredis.Redis) -> AsyncIterator[Callable[..., Residenc
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def synced(follow: Callable[..., ResidencySubscriber], **options: Any) -> ResidencySubscriber:
+    """A subscriber started by ``follow`` that has made its initial resync."""
+    subscriber = follow(**options)
+    await eventually(lambda: subscriber.stats.resyncs >= 1, "the initial resync")
+    return subscriber
+
+
 def publisher(client: aioredis.Redis, state: ReplicaView, **options: object) -> ResidencyPublisher:
     return ResidencyPublisher(
         client, key_prefix=PREFIX, replica_id=state.replica_id, view=lambda: state, **options
@@ -89,9 +97,8 @@ async def put_snapshot(client: aioredis.Redis, snapshot: ReplicaSnapshot) -> Non
 async def test_published_changes_reach_the_view_in_order(
     client: aioredis.Redis, follow: Callable[..., ResidencySubscriber]
 ) -> None:
-    subscriber = follow()
+    subscriber = await synced(follow)
     view = subscriber.view
-    await eventually(lambda: subscriber.stats.resyncs >= 1, "the initial resync")
     state = ReplicaView("r1", host={"acme/a@1"}, gpu_slots=4)
     pub = publisher(client, state)
     pub.start()
@@ -181,9 +188,8 @@ async def test_a_replica_whose_hash_expired_is_dropped(
     # A crashed replica: its hash expires and it publishes nothing more.
     await put_snapshot(client, ReplicaSnapshot("dead", "e1", 1, time.time()))
     await client.pexpire(replica_key(PREFIX, "dead"), 300)
-    subscriber = follow(bound_s=0.2)
+    subscriber = await synced(follow, bound_s=0.2)
     view = subscriber.view
-    await eventually(lambda: subscriber.stats.resyncs >= 1, "the initial resync")
     assert "dead" in view
 
     await eventually(lambda: "dead" not in view, "the expired replica left the view")
@@ -192,9 +198,8 @@ async def test_a_replica_whose_hash_expired_is_dropped(
 async def test_a_clean_shutdown_removes_the_replica(
     client: aioredis.Redis, follow: Callable[..., ResidencySubscriber]
 ) -> None:
-    subscriber = follow()
+    subscriber = await synced(follow)
     view = subscriber.view
-    await eventually(lambda: subscriber.stats.resyncs >= 1, "the initial resync")
     pub = publisher(client, ReplicaView("r1"))
     pub.start()
     await eventually(lambda: "r1" in view, "r1 joined")
@@ -208,9 +213,8 @@ async def test_a_clean_shutdown_removes_the_replica(
 async def test_the_lag_of_events_is_measured(
     client: aioredis.Redis, follow: Callable[..., ResidencySubscriber]
 ) -> None:
-    subscriber = follow()
+    subscriber = await synced(follow)
     view = subscriber.view
-    await eventually(lambda: subscriber.stats.resyncs >= 1, "the initial resync")
     # The publisher's clock runs 5 s behind the router's: every event arrives 5 s late.
     pub = publisher(client, ReplicaView("r1"), clock=lambda: time.time() - 5.0)
     pub.start()
