@@ -213,33 +213,36 @@ def _parse(model: type[ModelT], payload: str | bytes) -> ModelT:
         ) from exc
 
 
-class _SSEDecoder:
-    """Server-sent events, line by line: returns an event's data once it is complete."""
+class _ChunkReader(Generic[ModelT]):
+    """Server-sent events of ``model`` chunks, fed line by line.
 
-    def __init__(self) -> None:
+    :meth:`feed` returns a chunk once its event is complete; after the final
+    ``[DONE]`` event ``done`` is True. An event that carries an error raises it.
+    """
+
+    def __init__(self, model: type[ModelT]) -> None:
+        self._model = model
         self._data: list[str] = []
+        self.done = False
 
-    def feed(self, line: str) -> str | None:
-        if not line:  # a blank line ends the event
-            data, self._data = "\n".join(self._data), []
-            return data or None
+    def feed(self, line: str) -> ModelT | None:
         if line.startswith("data:"):
             self._data.append(line[5:].removeprefix(" "))
-        return None  # comments (":") and other fields (event:, id:) carry nothing we use
-
-
-def _chunk_or_done(model: type[ModelT], data: str) -> ModelT | None:
-    """One stream event: a chunk, None for the final ``[DONE]``, or the error it carries."""
-    if data == _DONE:
-        return None
-    if data.startswith('{"error"'):
-        try:
-            detail = ErrorBody.model_validate_json(data).error
-        except ValidationError:
-            pass  # not an error event after all; parse it as a chunk
-        else:
-            raise error_for(None, detail.type, detail.message)
-    return _parse(model, data)
+            return None
+        if line or not self._data:
+            return None  # comments (":") and other fields (event:, id:) carry nothing we use
+        data, self._data = "\n".join(self._data), []  # a blank line ends the event
+        if data == _DONE:
+            self.done = True
+            return None
+        if data.startswith('{"error"'):
+            try:
+                detail = ErrorBody.model_validate_json(data).error
+            except ValidationError:
+                pass  # not an error event after all; parse it as a chunk
+            else:
+                raise error_for(None, detail.type, detail.message)
+        return _parse(self._model, data)
 
 
 def _truncated(request: httpx.Request) -> APIConnectionError:
@@ -364,19 +367,39 @@ def _extract_adapter(archive: Path, dest: Path) -> None:
         ) from exc
 
 
-class _DownloadProgress:
-    """Counts a download's bytes against the answer's Content-Length."""
+class _AdapterDownload:
+    """A downloaded adapter archive as it arrives: written to a temporary file in
+    ``directory``, counted against the answer's Content-Length for ``on_progress``, and
+    unpacked into ``directory`` when the block ends without an error."""
 
-    def __init__(self, response: httpx.Response, callback: ProgressCallback | None) -> None:
+    def __init__(
+        self,
+        dest: str | os.PathLike[str],
+        response: httpx.Response,
+        on_progress: ProgressCallback | None,
+    ) -> None:
+        self.directory = Path(dest)
+        self.directory.mkdir(parents=True, exist_ok=True)
         declared = response.headers.get("content-length", "")
         self._total = int(declared) if declared.isdigit() else 0
         self._received = 0
-        self._callback = callback
+        self._on_progress = on_progress
+        self._archive = tempfile.NamedTemporaryFile(dir=self.directory, suffix=".tar.gz")  # noqa: SIM115
 
-    def received(self, chunk: bytes) -> None:
+    def __enter__(self) -> _AdapterDownload:
+        return self
+
+    def write(self, chunk: bytes) -> None:
+        self._archive.write(chunk)
         self._received += len(chunk)
-        if self._callback is not None:
-            self._callback(self._received, self._total)
+        if self._on_progress is not None:
+            self._on_progress(self._received, self._total)
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        with self._archive:
+            if exc_type is None:
+                self._archive.flush()
+                _extract_adapter(Path(self._archive.name), self.directory)
 
 
 def _segment(text: str) -> str:
@@ -546,16 +569,13 @@ class Client(_BaseClient):
 
     @staticmethod
     def _iter_chunks(response: httpx.Response, chunk: type[ModelT]) -> Iterator[ModelT]:
-        decoder = _SSEDecoder()
+        reader = _ChunkReader(chunk)
         try:
             for line in response.iter_lines():
-                data = decoder.feed(line)
-                if data is None:
-                    continue
-                parsed = _chunk_or_done(chunk, data)
-                if parsed is None:
+                if (parsed := reader.feed(line)) is not None:
+                    yield parsed
+                elif reader.done:
                     return
-                yield parsed
         except httpx.TransportError as exc:
             raise _connection_error(response.request, exc) from exc
         finally:
@@ -648,16 +668,13 @@ class AsyncClient(_BaseClient):
 
     @staticmethod
     async def _iter_chunks(response: httpx.Response, chunk: type[ModelT]) -> AsyncIterator[ModelT]:
-        decoder = _SSEDecoder()
+        reader = _ChunkReader(chunk)
         try:
             async for line in response.aiter_lines():
-                data = decoder.feed(line)
-                if data is None:
-                    continue
-                parsed = _chunk_or_done(chunk, data)
-                if parsed is None:
+                if (parsed := reader.feed(line)) is not None:
+                    yield parsed
+                elif reader.done:
                     return
-                yield parsed
         except httpx.TransportError as exc:
             raise _connection_error(response.request, exc) from exc
         finally:
@@ -786,22 +803,16 @@ class Adapters(_AdapterCalls):
         Returns the directory, which then loads with PEFT's ``PeftModel.from_pretrained``.
         ``on_progress(bytes_received, bytes_total)`` is called as the archive arrives.
         """
-        directory = Path(dest)
-        directory.mkdir(parents=True, exist_ok=True)
         response = self._client._send(self._download_request(ref), stream=True)
-        progress = _DownloadProgress(response, on_progress)
-        with tempfile.NamedTemporaryFile(dir=directory, suffix=".tar.gz") as archive:
+        with _AdapterDownload(dest, response, on_progress) as download:
             try:
                 for chunk in response.iter_bytes():
-                    archive.write(chunk)
-                    progress.received(chunk)
+                    download.write(chunk)
             except httpx.TransportError as exc:
                 raise _connection_error(response.request, exc) from exc
             finally:
                 response.close()
-            archive.flush()
-            _extract_adapter(Path(archive.name), directory)
-        return directory
+        return download.directory
 
 
 class AsyncAdapters(_AdapterCalls):
@@ -855,22 +866,16 @@ class AsyncAdapters(_AdapterCalls):
         *,
         on_progress: ProgressCallback | None = None,
     ) -> Path:
-        directory = Path(dest)
-        directory.mkdir(parents=True, exist_ok=True)
         response = await self._client._send(self._download_request(ref), stream=True)
-        progress = _DownloadProgress(response, on_progress)
-        with tempfile.NamedTemporaryFile(dir=directory, suffix=".tar.gz") as archive:
+        with _AdapterDownload(dest, response, on_progress) as download:
             try:
                 async for chunk in response.aiter_bytes():
-                    archive.write(chunk)
-                    progress.received(chunk)
+                    download.write(chunk)
             except httpx.TransportError as exc:
                 raise _connection_error(response.request, exc) from exc
             finally:
                 await response.aclose()
-            archive.flush()
-            _extract_adapter(Path(archive.name), directory)
-        return directory
+        return download.directory
 
 
 class _GenerationCalls:
