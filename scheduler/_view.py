@@ -264,6 +264,15 @@ class ClusterView:
             self._apply_residency(state, event)
         return True
 
+    def forget(self, replica_id: str) -> None:
+        """Drop a replica known to be dead, at once (its ``ReplicaGone`` never comes).
+
+        A snapshot it published before dying brings it back at the next resync until
+        its entry expires in Redis; routers only rank replicas Ray Serve still lists,
+        so that stale residency is never chosen.
+        """
+        self._remove(replica_id)
+
     def replace_all(self, snapshots: Iterable[ReplicaSnapshot], now: float) -> None:
         """Make the view exactly these replicas (a full resync); others are dropped.
 

@@ -19,7 +19,9 @@ code; the SDK raises the class for that status (shown on the right)::
         │   └── OverQuotaError           429  the tenant's adapter count or byte quota
         ├── InternalServerError          5xx  a server fault (other than 503)
         └── ServiceUnavailableError      503  overloaded or a backend is down (after the
-                                              SDK's retries)
+            │                                 SDK's retries)
+            └── ReplicaLostError         503  the replica serving a stream died after it
+                                              had sent tokens; send the request again
 
 Names never repeat another package's: the adapter store's ``NotFoundError``,
 ``ConflictError``, ``AuthenticationError`` and ``QuotaExceededError`` are what the
@@ -42,6 +44,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "RateLimitError",
+    "ReplicaLostError",
     "ResourceConflictError",
     "ResourceNotFoundError",
     "ServiceUnavailableError",
@@ -124,6 +127,12 @@ class InternalServerError(APIStatusError, status=500, type="internal_error"): ..
 class ServiceUnavailableError(APIStatusError, status=503, type="service_unavailable"): ...
 
 
+class ReplicaLostError(ServiceUnavailableError, type="replica_lost"):
+    """The model replica serving the request died. The service retries a request that
+    has sent nothing yet on another replica; a stream that had sent tokens ends with
+    this error, since its client has already seen part of the answer."""
+
+
 _BY_STATUS: dict[int, type[APIStatusError]] = {
     cls.status: cls
     for cls in (
@@ -139,7 +148,7 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
     )
 }
 _BY_TYPE: dict[str, type[APIStatusError]] = {
-    cls.default_type: cls for cls in (*_BY_STATUS.values(), OverQuotaError)
+    cls.default_type: cls for cls in (*_BY_STATUS.values(), OverQuotaError, ReplicaLostError)
 }
 
 

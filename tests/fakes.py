@@ -474,17 +474,21 @@ class InMemoryMetadataStore:
 
 
 class ScriptedGateway:
-    """Answers every request with ``script``: chunks, then possibly an exception."""
+    """Answers every request with ``script``: chunks, then possibly an exception; or,
+    while ``attempts`` holds scripts, each call with the next of them (a replica that
+    dies, then one that answers)."""
 
     def __init__(self) -> None:
         self.script: list[GenerationChunk | Exception] = []
+        self.attempts: list[list[GenerationChunk | Exception]] = []
         self.requests: list[GenerationRequest] = []
         self.replicas: list[dict[str, Any]] = []
         self.stats_calls = 0
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         self.requests.append(request)
-        for item in self.script:
+        script = self.attempts.pop(0) if self.attempts else self.script
+        for item in script:
             if isinstance(item, Exception):
                 raise item
             yield item

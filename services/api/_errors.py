@@ -78,6 +78,7 @@ ERROR_TABLE: dict[type[BaseException], tuple[int, str]] = {
             api_errors.PayloadTooLargeError,
             api_errors.RateLimitError,
             api_errors.ServiceUnavailableError,
+            api_errors.ReplicaLostError,
         )
     },
     # Ray Serve: every replica is busy, or the model deployment is not running.

@@ -10,10 +10,17 @@ under the tenant's rate and concurrency limits (429 with ``Retry-After``) and se
 through the gateway; the route waits for the first chunk so
 that an error before any output still answers with its status. After that, an error
 becomes one ``data: {"error": ...}`` event of the stream.
+
+A replica that dies under a request (the gateway raises :class:`ReplicaLostError`) costs
+its client nothing while the client has received nothing: the request goes to another
+replica, up to ``replica_retries`` times. A whole (non-streamed) answer is therefore
+collected before it is returned; a stream that had sent chunks ends with a
+``replica_lost`` error event.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator
 from collections.abc import AsyncIterator
 from collections.abc import Callable
@@ -32,6 +39,7 @@ from services.api._auth import ApiKey
 from services.api._auth import Context
 from services.api._auth import Tenant
 from services.api._errors import error_body
+from services.api._gateway import ModelGateway
 from services.api._openai import ResponseIds
 from services.api._openai import ResponsePlan
 from services.api._openai import chat_completion
@@ -53,8 +61,11 @@ from services.engine import GenerationChunk
 from services.engine import GenerationRequest
 from services.engine import GenerationResult
 from services.exceptions import BadRequestError
+from services.exceptions import ReplicaLostError
 
 __all__ = ["PATHS", "router"]
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter()
 
@@ -94,7 +105,7 @@ async def _start(
             body, adapter, default_max_tokens=context.settings.default_max_tokens
         )
         tokens = check_generation(body, request.sampling.max_tokens, context.settings.limits)
-        chunks = _admitted(context, tenant, tokens, request)
+        chunks = _admitted(context, tenant, tokens, request, whole=not body.stream)
         try:
             first = await anext(chunks)
         except BaseException:
@@ -104,7 +115,7 @@ async def _start(
 
 
 async def _admitted(
-    context: ApiContext, tenant: str, tokens: int, request: GenerationRequest
+    context: ApiContext, tenant: str, tokens: int, request: GenerationRequest, *, whole: bool
 ) -> AsyncGenerator[GenerationChunk, None]:
     """The gateway's chunks under one admission of ``tenant``: refused (429) before
     anything is sent, the lease released when the stream ends, fails or is closed.
@@ -112,11 +123,53 @@ async def _admitted(
     lease = context.admission.admitted(tenant, tokens)
     await run_in_threadpool(lease.__enter__)
     try:
-        async with aclosing(context.gateway.generate(request)) as chunks:
+        retries = context.settings.replica_retries
+        async with aclosing(
+            _surviving_replicas(context.gateway, request, retries, whole)
+        ) as chunks:
             async for chunk in chunks:
                 yield chunk
     finally:
         await run_in_threadpool(lease.__exit__, None, None, None)
+
+
+async def _surviving_replicas(
+    gateway: ModelGateway, request: GenerationRequest, retries: int, whole: bool
+) -> AsyncGenerator[GenerationChunk, None]:
+    """``request``'s chunks, sent again (up to ``retries`` times) to another replica when
+    its replica dies before the client has received anything; with ``whole`` the chunks
+    are held until the answer is complete, so that a death at any point is retried.
+
+    Raises:
+        ReplicaLostError: the replica died after chunks had been passed on, or on every
+            attempt.
+    """
+    attempt = 0
+    while True:
+        passed_on = 0
+        try:
+            async with aclosing(gateway.generate(request)) as chunks:
+                if whole:
+                    held = [chunk async for chunk in chunks]
+                    for chunk in held:
+                        yield chunk
+                    return
+                async for chunk in chunks:
+                    passed_on += 1
+                    yield chunk
+            return
+        except ReplicaLostError as exc:
+            if passed_on:
+                raise ReplicaLostError(
+                    f"{exc.message}; the stream had sent {passed_on} chunks, so it was not retried: "
+                    "send the request again"
+                ) from exc
+            if attempt == retries:
+                raise ReplicaLostError(
+                    f"{exc.message}; tried {retries + 1} times (LORAMUX_REPLICA_RETRIES={retries})"
+                ) from exc
+            attempt += 1
+            logger.warning("retry %d of a request on another replica: %s", attempt, exc.message)
 
 
 @router.post("/v1/completions", response_model=None)

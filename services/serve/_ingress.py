@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi import FastAPI
+from ray.exceptions import RayActorError
 
 from adapter_store import AdapterStore
 from services._settings import ServiceSettings
@@ -19,6 +20,7 @@ from services.api import create_api
 from services.client import ReplicaStats
 from services.engine import GenerationChunk
 from services.engine import GenerationRequest
+from services.exceptions import ReplicaLostError
 from services.serve._heap import start_heap_trimmer
 from services.serve._trainer import ServeTrainingGateway
 
@@ -33,6 +35,13 @@ class ServeGateway:
         self._board = board
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+        """The request's chunks from the replica Ray Serve routes it to.
+
+        Raises:
+            ReplicaLostError: that replica died (its actor is dead or unreachable); Ray
+                Serve has then dropped it from this handle's replicas, so the API's retry
+                goes elsewhere.
+        """
         key = request.adapter.key if request.adapter is not None else ""
         response = self._model.options(stream=True, multiplexed_model_id=key).generate.remote(
             request
@@ -42,6 +51,10 @@ class ServeGateway:
             async for chunk in response:
                 yield chunk
             finished = True
+        except RayActorError as exc:
+            raise ReplicaLostError(
+                f"the model replica serving {key or 'the base model'} died ({type(exc).__name__})"
+            ) from exc
         finally:
             if not finished:
                 response.cancel()  # the client went away: free the batch row

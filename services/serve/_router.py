@@ -422,6 +422,14 @@ class CacheAwareRequestRouter(RequestRouter):
         homes = home_count(key) if key and home_count is not None else 1
         self._metrics.routed(classify_routing(key, chosen, others, home_count=homes))
 
+    def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
+        """Ray saw the replica's actor die under a request: forget what it held and
+        what was placed on it (its cache died with it), then let Ray drop it."""
+        self._placements.pop(replica_id.unique_id, None)
+        if self.cluster_view is not None:
+            self.cluster_view.forget(replica_id.unique_id)
+        super().on_replica_actor_died(replica_id)
+
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         """Forget the placements on replicas that left, then let Ray update its sets."""
         live = {replica.replica_id.unique_id for replica in replicas}

@@ -36,6 +36,7 @@ from services.exceptions import BadRequestError
 from services.exceptions import OverQuotaError
 from services.exceptions import PayloadTooLargeError
 from services.exceptions import PermissionDeniedError
+from services.exceptions import ReplicaLostError
 from services.exceptions import ResourceConflictError
 from services.exceptions import ResourceNotFoundError
 from services.exceptions import ServiceUnavailableError
@@ -89,6 +90,64 @@ async def test_an_error_before_the_first_token_answers_with_its_status(
 
     with pytest.raises(BadRequestError, match="900 tokens"):
         await acme.completions.create(model="tiny", prompt="x", stream=True)
+
+
+def lost() -> ReplicaLostError:
+    return ReplicaLostError("the model replica serving acme/bot@1 died (ActorDiedError)")
+
+
+async def test_a_whole_answer_survives_its_replica_dying_midway(
+    acme: AsyncClient, gateway: ScriptedGateway
+) -> None:
+    # The client receives nothing until the answer is whole, so even a death after
+    # tokens is retried: the client sees one clean answer, not the lost half.
+    gateway.attempts = [[GenerationChunk("r", "half", (1,)), lost()], [lost()]]
+    gateway.script = [GenerationChunk("r", "A", (65,)), DONE]
+
+    answer = await acme.completions.create(model="tiny", prompt="x")
+
+    assert answer.choices[0].text == "A!"
+    assert len(gateway.requests) == 3
+
+
+async def test_a_stream_whose_replica_dies_before_any_token_is_retried(
+    acme: AsyncClient, gateway: ScriptedGateway
+) -> None:
+    gateway.attempts = [[lost()]]
+    gateway.script = [GenerationChunk("r", "A", (65,)), DONE]
+
+    stream = await acme.completions.create(model="tiny", prompt="x", stream=True)
+    text = "".join([chunk.choices[0].text async for chunk in stream if chunk.choices])
+
+    assert text == "A!"
+    assert len(gateway.requests) == 2
+
+
+async def test_a_stream_whose_replica_dies_after_tokens_ends_with_a_replica_lost_event(
+    acme: AsyncClient, gateway: ScriptedGateway
+) -> None:
+    gateway.script = [GenerationChunk("r", "A", (65,)), lost()]
+    stream = await acme.completions.create(model="tiny", prompt="x", stream=True)
+    received = []
+
+    with pytest.raises(ReplicaLostError, match="had sent 1 chunks, so it was not retried"):
+        async for chunk in stream:
+            received.append(chunk.choices[0].text)
+
+    assert received == ["A"]
+    assert len(gateway.requests) == 1  # its client saw "A": never sent again
+
+
+async def test_replica_deaths_are_retried_a_bounded_number_of_times(
+    acme: AsyncClient, gateway: ScriptedGateway
+) -> None:
+    gateway.script = [lost()]
+
+    with pytest.raises(ReplicaLostError, match="tried 3 times") as refused:
+        await acme.completions.create(model="tiny", prompt="x")
+
+    assert refused.value.status == 503
+    assert len(gateway.requests) == 3  # the first try and LORAMUX_REPLICA_RETRIES=2
 
 
 async def test_an_error_after_the_first_token_ends_the_stream_with_an_error_event(

@@ -403,3 +403,46 @@ def test_a_training_job_runs_as_a_ray_task_and_its_adapter_serves_at_once(
     assert reply.usage.completion_tokens >= 1
     with pytest.raises(ResourceNotFoundError):
         globex.training.get(job.id)
+
+
+def test_a_model_replica_killed_under_load_loses_no_request(
+    service: Service, keys: dict[str, str], acme: Client
+) -> None:
+    """Last in the module: it SIGKILLs one of the two model replicas while six clients
+    keep requesting (Serve then starts another). The clients do not retry
+    (``max_retries=0``): every request must succeed because the service retried it."""
+    import signal
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray
+
+    from services.serve import MODEL_DEPLOYMENT
+
+    replicas = [
+        ray.get_actor(actor["name"], namespace=actor["namespace"])
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if f"#{MODEL_DEPLOYMENT}#" in actor["name"]
+    ]
+    assert len(replicas) == 2
+    victim = ray.get(replicas[0].__ray_call__.remote(lambda _: os.getpid()))
+    stop = threading.Event()
+    answered: list[int] = []
+
+    def client_loop() -> None:
+        with Client(service.url, keys["acme"], max_retries=0, timeout=120) as client:
+            while not stop.is_set():
+                reply = client.completions.create(model="support", prompt=PROMPT, max_tokens=16)
+                answered.append(reply.usage.completion_tokens)
+
+    with ThreadPoolExecutor(6) as pool:
+        clients = [pool.submit(client_loop) for _ in range(6)]
+        wait_until(lambda: len(answered) >= 12, READY_TIMEOUT_S)  # both replicas busy
+        before = len(answered)
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len(answered) >= before + 60, READY_TIMEOUT_S)
+        stop.set()
+        for running in clients:
+            running.result()  # a lost request raises here
+
+    assert all(tokens >= 1 for tokens in answered)

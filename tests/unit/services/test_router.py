@@ -240,6 +240,24 @@ async def test_a_placement_is_applied_to_the_redis_view_too(redis_env: str) -> N
     assert published.tier_of(KEY) is Tier.LOADING and published.queued == 1
 
 
+async def test_a_replica_that_died_under_a_request_is_forgotten_at_once(redis_env: str) -> None:
+    clock = Clock()
+    router = make_router(clock, redis_url_env=redis_env)
+    dead, alive = FakeReplica("a"), FakeReplica("b")
+    router.update_replicas([dead, alive])
+    assert router.cluster_view is not None
+    router.cluster_view.apply(ReplicaSnapshot("a", "e1", 1, at=999.0, gpu=frozenset({KEY})), 1e3)
+    router.on_request_routed(request("acme/new@1"), dead.replica_id, result=None)
+    assert router.tracked_sizes()["placements"] == 1
+
+    router.on_replica_actor_died(dead.replica_id)  # Ray calls it when a request fails so
+
+    assert "a" not in router.cluster_view
+    assert router.tracked_sizes()["placements"] == 0
+    assert list(router.curr_replicas) == [alive.replica_id]
+    assert await router.choose_replicas([alive], request(KEY)) == [[alive]]
+
+
 async def test_an_unreported_placement_expires_after_its_ttl() -> None:
     clock = Clock()
     router = make_router(clock, placement_ttl_s=5.0)
