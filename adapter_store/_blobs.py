@@ -41,6 +41,7 @@ from urllib.parse import quote
 from urllib.parse import urlsplit
 
 from adapter_store._retry import call_with_retries
+from adapter_store._source import Payload
 from adapter_store.exceptions import BackendUnavailableError
 from adapter_store.exceptions import NotFoundError
 
@@ -111,7 +112,7 @@ class BlobStore(Protocol):
         """A URL that :func:`open_blob_store` turns back into an equivalent store."""
         ...
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: Payload) -> None:
         """Store ``data`` under ``key``. Idempotent; a content-addressed key already
         present with the same size is not written again."""
         ...
@@ -169,7 +170,7 @@ class LocalBlobStore:
     def _path(self, key: str) -> Path:
         return self.root / _check_key(key)
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: Payload) -> None:
         path = self._path(key)
         if key.startswith(BLOB_PREFIX) and self.head(key) == len(data):
             return
@@ -370,7 +371,7 @@ class S3BlobStore:
                 "bucket exists and the credentials may read and write it."
             ) from exc
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: Payload) -> None:
         if key.startswith(BLOB_PREFIX) and self.head(key) == len(data):
             return
         full = self._full_key(key)

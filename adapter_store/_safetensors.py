@@ -85,7 +85,7 @@ _MAX_SIZE = (1 << 63) - 1
 _LENGTH_PREFIX = 8
 _METADATA_KEY = "__metadata__"
 # Elements scanned per step by check_values: bounds the temporary arrays to a few MiB.
-_SCAN_CHUNK = 1 << 22
+_SCAN_CHUNK = 1 << 18
 _RESAVE = "re-save the adapter with model.save_pretrained(dir, safe_serialization=True)"
 
 

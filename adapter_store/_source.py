@@ -3,11 +3,14 @@
 Accepted sources: a directory holding ``adapter_config.json`` and
 ``adapter_model.safetensors``; a ``.tar``, ``.tar.gz``/``.tgz`` or ``.zip`` archive holding
 them (at its root or in one folder); the two files themselves, in any order; or, for
-HTTP uploads, a ``{filename: bytes}`` map of either one archive or the two files.
+HTTP uploads, a ``{filename: bytes or file}`` map of either one archive or the two files.
 
-Policy: nothing is ever extracted to disk and nothing is read past the size cap.
-Archive members are only read into memory, after every member's name and type has been
-checked: absolute paths, ``..``, backslashes, control characters, links, devices and
+Policy: nothing is ever extracted under a name and nothing is read past the size cap.
+A file or archive member of up to 1 MiB is read into memory; a larger one (the weights)
+is copied in 1 MiB chunks into an anonymous temporary file that is then mapped read-only
+(:data:`Payload`), so reading, validating, hashing and storing an adapter of any size
+holds a few MiB of it in memory. Archive members are only read after every member's
+name and type has been checked: absolute paths, ``..``, backslashes, control characters, links, devices and
 duplicate names make the whole archive unacceptable, since each one is how hostile
 archives overwrite files elsewhere. Declared sizes are summed before any data is read
 and decompressed bytes are counted while reading, so an archive bomb stops at the cap.
@@ -25,11 +28,13 @@ from __future__ import annotations
 import gzip
 import io
 import lzma
+import mmap
 import os
 import posixpath
 import stat
 import struct
 import tarfile
+import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -50,6 +55,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "AdapterFiles",
     "AdapterLimits",
+    "Payload",
     "read_adapter_source",
     "read_adapter_upload",
 ]
@@ -68,6 +74,15 @@ _GIVE_BOTH = f"give a directory or archive holding {CONFIG_NAME} and {WEIGHTS_NA
 # Tar headers and padding on top of the members' bytes: 512 bytes per header, padding
 # to 512, the end-of-archive blocks. Generous so a valid archive is never cut short.
 _TAR_OVERHEAD_PER_MEMBER = 2048
+# Files up to this size are held in memory; larger ones are spooled and mapped.
+_IN_MEMORY_BYTES = 1 << 20
+_SPOOL_CHUNK = 1 << 20
+# A PEFT adapter_config.json is a few KB; this bounds what a hostile one costs to parse.
+_MAX_CONFIG_BYTES = 1 << 20
+
+Payload = bytes | mmap.mmap
+"""A file's content: bytes, or a read-only mapping of a spooled copy (larger files).
+Both are buffers: ``len``, slicing and ``memoryview`` work alike."""
 
 
 @dataclass(frozen=True)
@@ -92,16 +107,25 @@ class AdapterLimits:
     validation_budget_s: float = 30.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AdapterFiles:
-    """The raw bytes of an adapter's two files, not yet validated."""
+    """The raw content of an adapter's two files, not yet validated (see :data:`Payload`)."""
 
     config_bytes: bytes
-    weights_bytes: bytes
+    weights_bytes: Payload
 
     @property
     def size_bytes(self) -> int:
         return len(self.config_bytes) + len(self.weights_bytes)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AdapterFiles):
+            return NotImplemented
+        return self.config_bytes == other.config_bytes and memoryview(
+            self.weights_bytes
+        ) == memoryview(other.weights_bytes)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def _too_large(what: str, size: int, limits: AdapterLimits) -> AdapterTooLargeError:
@@ -131,8 +155,8 @@ def _archive_kind(name: str) -> str | None:
     return None
 
 
-def _pick(found: Mapping[str, bytes], origin: str) -> AdapterFiles:
-    """Choose the config and weights among ``found`` (basename -> bytes) or explain why not."""
+def _pick(found: Mapping[str, Payload], origin: str) -> AdapterFiles:
+    """Choose the config and weights among ``found`` (basename -> content) or explain why not."""
     config, weights = found.get(CONFIG_NAME), found.get(WEIGHTS_NAME)
     # Other pickles (training_args.bin, optimizer.pt) are left alone: not adapter weights.
     pickled = sorted(n for n in found if _is_pickle(n) and n.startswith(_PICKLE_WEIGHTS_STEM))
@@ -142,17 +166,39 @@ def _pick(found: Mapping[str, bytes], origin: str) -> AdapterFiles:
         raise InvalidConfigError(f"{origin} has no {CONFIG_NAME}; {_GIVE_BOTH}")
     if weights is None:
         raise MalformedWeightsError(f"{origin} has no {WEIGHTS_NAME}; {_GIVE_BOTH}")
-    return AdapterFiles(config_bytes=config, weights_bytes=weights)
+    if len(config) > _MAX_CONFIG_BYTES:
+        raise InvalidConfigError(
+            f"{origin}: {CONFIG_NAME} is {len(config)} bytes, more than {_MAX_CONFIG_BYTES}; "
+            "a PEFT adapter config is a few KB: save it with peft_model.save_pretrained(dir)"
+        )
+    return AdapterFiles(config_bytes=bytes(config), weights_bytes=weights)
 
 
-def _read_capped(stream: IO[bytes], cap: int, what: str, limits: AdapterLimits) -> bytes:
-    data = stream.read(cap + 1)
-    if len(data) > cap:
-        raise _too_large(what, len(data), limits)
-    return data
+def _read_capped(
+    stream: IO[bytes], cap: int, what: str, limits: AdapterLimits, *, counted: int = 0
+) -> Payload:
+    """Up to ``cap`` bytes of ``stream``: in memory if small, else spooled and mapped.
+    ``counted`` bytes of ``what`` were read before (the refusal reports the sum)."""
+    head = stream.read(min(cap, _IN_MEMORY_BYTES) + 1)
+    if len(head) <= _IN_MEMORY_BYTES:
+        if len(head) > cap:
+            raise _too_large(what, counted + len(head), limits)
+        return head
+    with tempfile.TemporaryFile(prefix="loramux-upload-") as spool:
+        spool.write(head)
+        size = len(head)
+        del head
+        while chunk := stream.read(min(_SPOOL_CHUNK, cap + 1 - size)):
+            size += len(chunk)
+            if size > cap:
+                raise _too_large(what, counted + size, limits)
+            spool.write(chunk)
+        spool.flush()
+        # The mapping keeps the (nameless) file's pages after it is closed.
+        return mmap.mmap(spool.fileno(), 0, access=mmap.ACCESS_READ)
 
 
-def _read_file(path: Path, limits: AdapterLimits, budget: int) -> bytes:
+def _read_file(path: Path, limits: AdapterLimits, budget: int) -> Payload:
     """Read a regular file, refusing it before reading when it is larger than ``budget``."""
     try:
         # Checked before opening too: opening a named pipe would block until a writer comes.
@@ -200,7 +246,7 @@ def read_adapter_source(
 def _read_directory(path: Path, limits: AdapterLimits) -> AdapterFiles:
     names = {p.name for p in path.iterdir()}
     # Pickles are only named, never read: _pick refuses them when no safetensors is there.
-    found: dict[str, bytes] = {n: b"" for n in names if _is_pickle(n)}
+    found: dict[str, Payload] = {n: b"" for n in names if _is_pickle(n)}
     budget = limits.max_bytes
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if name in names:
@@ -243,28 +289,30 @@ def _role_of(filename: str) -> str | None:
 
 
 def read_adapter_upload(
-    files: Mapping[str, bytes], limits: AdapterLimits = AdapterLimits()
+    files: Mapping[str, bytes | IO[bytes]], limits: AdapterLimits = AdapterLimits()
 ) -> AdapterFiles:
-    """Read an adapter from uploaded files: one archive, or the config and the weights.
+    """Read an adapter from uploaded files (their content, or binary files positioned at
+    their start): one archive, or the config and the weights.
 
     File names only say which file is which (by extension); they are checked like
-    archive member names and never used as paths.
+    archive member names and never used as paths. The files are read as
+    :func:`read_adapter_source` reads (in chunks, up to the cap).
 
     Raises:
         The same errors as :func:`read_adapter_source`.
     """
-    for name in files:
+    streams = {
+        name: io.BytesIO(data) if isinstance(data, bytes) else data for name, data in files.items()
+    }
+    for name in streams:
         _safe_member_path(name, "upload")
-    total = sum(len(data) for data in files.values())
-    if len(files) == 1:
-        ((name, data),) = files.items()
+    if len(streams) == 1:
+        ((name, stream),) = streams.items()
         kind = _archive_kind(name)
         if kind is not None:
-            return _read_archive(io.BytesIO(data), kind, name, limits)
-    if total > limits.max_bytes:
-        raise _too_large("the upload", total, limits)
-    by_role: dict[str, bytes] = {}
-    for name, data in files.items():
+            return _read_archive(stream, kind, name, limits)
+    by_role: dict[str, tuple[str, IO[bytes]]] = {}
+    for name, stream in streams.items():
         if _is_pickle(name):
             raise _pickle_refused(f"the upload: {name}")
         role = _role_of(name)
@@ -273,8 +321,14 @@ def read_adapter_upload(
                 f"the upload holds {sorted(files)}; upload one .tar/.tar.gz/.zip archive, "
                 f"or {CONFIG_NAME} and {WEIGHTS_NAME}"
             )
-        by_role[role] = data
-    return _pick(by_role, "the upload")
+        by_role[role] = (name, stream)
+    found: dict[str, Payload] = {}
+    counted = 0
+    for role, (_, stream) in by_role.items():
+        budget = limits.max_bytes - counted
+        found[role] = _read_capped(stream, budget, "the upload", limits, counted=counted)
+        counted += len(found[role])
+    return _pick(found, "the upload")
 
 
 # ---- archives -------------------------------------------------------------------------
@@ -375,7 +429,7 @@ def _collect(
     """
     seen: set[str] = set()
     declared = 0
-    files: dict[str, bytes] = {}  # member path -> bytes, for the two adapter files
+    files: dict[str, Payload] = {}  # member path -> content, for the two adapter files
     pickles: list[str] = []
     for count, (raw_name, reader, size) in enumerate(members, start=1):
         if count > limits.max_archive_members:
@@ -408,7 +462,7 @@ def _collect(
             f"{origin} holds adapter files in several folders ({', '.join(sorted(folders))}); "
             "archive exactly one adapter"
         )
-    found = {posixpath.basename(p): b"" for p in pickles}
+    found: dict[str, Payload] = {posixpath.basename(p): b"" for p in pickles}
     found.update({posixpath.basename(p): data for p, data in files.items()})
     return _pick(found, origin)
 

@@ -62,6 +62,7 @@ from adapter_store._source import CONFIG_NAME
 from adapter_store._source import WEIGHTS_NAME
 from adapter_store._source import AdapterFiles
 from adapter_store._source import AdapterLimits
+from adapter_store._source import Payload
 from adapter_store._source import read_adapter_source
 from adapter_store._validate import validate_adapter
 from adapter_store.exceptions import AuthenticationError
@@ -256,7 +257,7 @@ class AdapterStore:
         return version
 
     def _upload(
-        self, blobs: dict[str, bytes], on_progress: ProgressCallback | None
+        self, blobs: dict[str, Payload], on_progress: ProgressCallback | None
     ) -> dict[str, int]:
         """Write content-addressed blobs (skipped by the backend when present) and check
         that each reads back with its size; return their generations for the publish."""

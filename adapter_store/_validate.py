@@ -164,8 +164,9 @@ def validate_adapter(
             f"{limits.max_rank}; retrain with a lower r / rank_pattern"
         )
     deadline.check("parsing adapter_config.json")
+    weights = memoryview(files.weights_bytes)  # no copy of a mapped (spooled) file
     header = parse_safetensors_header(
-        files.weights_bytes,
+        weights,
         max_header_bytes=limits.max_header_bytes,
         max_tensors=limits.max_tensors,
     )
@@ -177,7 +178,7 @@ def validate_adapter(
     if manifest is not None:
         _check_coverage(modules, spec, manifest)
     check_values(
-        files.weights_bytes,
+        weights,
         header.tensors,
         limits.max_weight_abs,
         on_chunk=lambda: deadline.check("scanning the weights"),
@@ -188,12 +189,12 @@ def validate_adapter(
         modules=MappingProxyType(modules),
         max_rank=max(m.rank for m in modules.values()),
         size_bytes=files.size_bytes,
-        digest=_sha256(files.weights_bytes, deadline),
+        digest=_sha256(weights, deadline),
         config_digest=_sha256(files.config_bytes, deadline),
     )
 
 
-def _sha256(data: bytes, deadline: _Deadline) -> str:
+def _sha256(data: bytes | memoryview, deadline: _Deadline) -> str:
     hasher = hashlib.sha256()
     view = memoryview(data)
     for start in range(0, len(data), _HASH_CHUNK):

@@ -189,3 +189,43 @@ def save_model_dir(model, out_dir: Path, models_dir: Path) -> Path:
         if path.name.startswith(("tokenizer", "special_tokens", "generation_config")):
             shutil.copy(path, out_dir / path.name)
     return out_dir
+
+
+def write_wide_adapter(
+    out_dir: Path, base_model: str, *, hidden: int = 4096, rank: int = 64, layers: int = 4
+) -> BaseModelManifest:
+    """A PEFT-format adapter of ``q_proj``/``v_proj`` of a ``hidden``-wide Llama shape,
+    written with safetensors (2 * 4 * hidden * rank * layers bytes: 8 MiB a layer with
+    the defaults), and the manifest of that base. No model is built: it tests what
+    large files cost, not numerics. B is zero, as PEFT initializes it."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from adapter_store import BaseModelManifest
+
+    rng = np.random.default_rng(0)
+    tensors: dict[str, Any] = {}
+    modules: dict[str, tuple[int, int]] = {}
+    for layer in range(layers):
+        for proj in ("q_proj", "v_proj"):
+            module = f"model.layers.{layer}.self_attn.{proj}"
+            modules[module] = (hidden, hidden)
+            prefix = f"base_model.model.{module}"
+            tensors[f"{prefix}.lora_A.weight"] = rng.standard_normal(
+                (rank, hidden), dtype=np.float32
+            ) * np.float32(0.01)
+            tensors[f"{prefix}.lora_B.weight"] = np.zeros((hidden, rank), dtype=np.float32)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out_dir / "adapter_model.safetensors"))
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": rank,
+        "lora_alpha": 2 * rank,
+        "target_modules": ["q_proj", "v_proj"],
+        "base_model_name_or_path": base_model,
+    }
+    (out_dir / "adapter_config.json").write_text(json.dumps(config))
+    return BaseModelManifest(base_model, modules)

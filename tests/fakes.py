@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 from adapter_store import LATEST
 from adapter_store import AdapterVersion
+from adapter_store import Payload
 from adapter_store import Publication
 from adapter_store import is_version_number
 from adapter_store._blobs import BlobStore
@@ -126,7 +127,7 @@ class HookedBlobs:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: Payload) -> None:
         self._inner.put_bytes(key, data)
         self._after_put()
 

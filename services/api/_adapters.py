@@ -10,8 +10,11 @@ from __future__ import annotations
 import shutil
 import tarfile
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 from typing import Annotated
 
 from fastapi import APIRouter
@@ -73,10 +76,10 @@ def _aliases_of(adapter: StoredAdapter, version: int) -> list[str]:
 async def push_adapter(context: Context, request: Request, tenant: Tenant) -> AdapterVersionInfo:
     store = context.store
     with context.meter.failures("push"):
-        upload = await _read_upload(request, store.limits.max_bytes)
-        version = await run_in_threadpool(
-            _push_files, store, tenant, upload, context.settings.base_model_id
-        )
+        async with _upload(request, store.limits.max_bytes) as upload:
+            version = await run_in_threadpool(
+                _push_files, store, tenant, upload, context.settings.base_model_id
+            )
     context.meter.pushed(version.size_bytes)
     return version_info(version, ["latest"])
 
@@ -84,6 +87,8 @@ async def push_adapter(context: Context, request: Request, tenant: Tenant) -> Ad
 def _push_files(
     store: AdapterStore, tenant: str, upload: _Upload, base_model: str
 ) -> AdapterVersion:
+    # Read in chunks from the parts Starlette spooled: a large file is copied into a
+    # mapped temporary file, never held whole in memory (adapter_store._source).
     adapter = read_adapter_upload(upload.files, store.limits)
     return store.push(tenant, upload.name, adapter, base_model=base_model, origin=upload.origin)
 
@@ -161,22 +166,23 @@ def download_adapter(context: Context, ref: str, tenant: Tenant) -> FileResponse
 class _Upload:
     name: str
     origin: Origin
-    files: dict[str, bytes]
+    files: dict[str, IO[bytes]]
 
 
-async def _read_upload(request: Request, max_bytes: int) -> _Upload:
-    """The ``name`` and ``origin`` fields and the uploaded files (by file name), each
-    read up to the cap.
+@asynccontextmanager
+async def _upload(request: Request, max_bytes: int) -> AsyncIterator[_Upload]:
+    """The ``name`` and ``origin`` fields and the uploaded files (by file name), open
+    for reading for the duration of the block.
 
     The body must declare its size (``Content-Length``): the cap is checked on it
-    before Starlette spools the file parts to disk, which it would otherwise do without
-    limit for a chunked body.
+    before Starlette reads the body, spooling each file part to disk past 1 MiB, which
+    it would otherwise do without limit for a chunked body.
 
     Raises:
         HTTPException (411): no ``Content-Length`` (a chunked upload).
         BadRequestError: no name, an origin other than pushed or trained, or not one
             ``archive`` part or ``files`` parts.
-        AdapterTooLargeError: the declared body, or a part, is above ``max_bytes``.
+        AdapterTooLargeError: the declared body is above ``max_bytes``.
     """
     declared = request.headers.get("content-length", "")
     if not declared.isdigit():
@@ -209,10 +215,6 @@ async def _read_upload(request: Request, max_bytes: int) -> _Upload:
                 "upload either one 'archive' part (.tar.gz, .tar or .zip) or the two 'files' "
                 "parts adapter_config.json and adapter_model.safetensors"
             )
-        files: dict[str, bytes] = {}
-        for _, part in parts:
-            # One byte past the cap is enough for the store's reader to refuse it.
-            files[part.filename or "upload"] = await part.read(max_bytes + 1)
-        return _Upload(name, origin, files)
+        yield _Upload(name, origin, {part.filename or "upload": part.file for _, part in parts})
     finally:
         await form.close()

@@ -32,6 +32,7 @@ from tests.factories import TinyBase
 from tests.factories import blob_key_of
 from tests.factories import sha256_hex
 from tests.factories import tiny_llama
+from tests.factories import write_wide_adapter
 from tests.fakes import HookedBlobs
 from tests.integration.adapter_store.conftest import snapshot
 from tests.malformed import MALFORMED_CASES
@@ -61,6 +62,24 @@ def test_push_pull_round_trip_loads_in_peft_with_identical_tensors(
     assert len(original) == 2 * 2 * 2  # lora_A and lora_B of q_proj and v_proj, 2 layers
     for key, tensor in original.items():
         assert torch.equal(tensor, loaded[key]), key
+
+
+def test_a_large_adapter_is_spooled_and_round_trips_byte_for_byte(
+    store: AdapterStore, tmp_path: Path
+) -> None:
+    # 16 MiB of weights: read from disk in chunks into a mapped temporary file, then
+    # validated, hashed and stored (a put to S3, or a file) from that mapping.
+    store.register_manifest(write_wide_adapter(tmp_path / "wide", "wide-llama"))
+    source = tmp_path / "wide"
+
+    version = store.push("acme", "wide", source, base_model="wide-llama")
+    pulled = tmp_path / "pulled"
+    store.pull("acme", "wide", pulled)
+
+    weights = (source / "adapter_model.safetensors").read_bytes()
+    assert len(weights) > 16 << 20
+    assert (version.digest, version.rank) == (sha256_hex(weights), 64)
+    assert (pulled / "adapter_model.safetensors").read_bytes() == weights
 
 
 def test_fetch_fills_the_disk_cache_with_verified_files(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import mmap
 import os
 import tarfile
 import zipfile
@@ -306,3 +307,23 @@ def test_training_pickles_next_to_a_missing_weights_file_are_not_blamed(tmp_path
     (tmp_path / "training_args.bin").write_bytes(b"\x80")
     with pytest.raises(MalformedWeightsError, match=r"has no adapter_model\.safetensors"):
         read_adapter_source(tmp_path)
+
+
+def test_a_large_weights_file_is_spooled_into_a_mapping_and_reads_the_same(tmp_path):
+    weights = WEIGHTS + bytes(range(256)) * (8 << 10)  # 2 MiB past the header bytes
+    (tmp_path / CONFIG_NAME).write_bytes(CONFIG)
+    (tmp_path / WEIGHTS_NAME).write_bytes(weights)
+
+    from_disk = read_adapter_source(tmp_path)
+    from_upload = read_adapter_upload({CONFIG_NAME: CONFIG, WEIGHTS_NAME: io.BytesIO(weights)})
+
+    assert isinstance(from_disk.weights_bytes, mmap.mmap)  # not held in memory
+    assert from_disk == from_upload == AdapterFiles(CONFIG, weights)
+    assert from_disk.size_bytes == len(CONFIG) + len(weights)
+
+
+def test_a_config_above_one_mib_is_refused_naming_its_size():
+    config = b'{"r": 8, "padding": "' + b"x" * (1 << 20) + b'"}'
+
+    with pytest.raises(InvalidConfigError, match=r"adapter_config.json is 1048599 bytes, more than 1048576"):
+        read_adapter_upload({CONFIG_NAME: config, WEIGHTS_NAME: WEIGHTS})
