@@ -32,6 +32,7 @@ per scope, however many pages poll. Failure mode: a store or replica error answe
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from adapter_store import AdapterStore
+from adapter_store import TenantLimits
 from services._settings import ServiceSettings
 from services.api._auth import ApiKey
 from services.api._auth import is_admin
@@ -118,7 +120,7 @@ def dashboard_router(
             for scope in [s for s, (at, _) in summaries.items() if now - at >= summary_ttl_s]:
                 del summaries[scope]
         tenants = store.list_tenants() if tenant is None else [tenant]
-        fresh = _summarize(store, tenants)
+        fresh = _summarize(store, tenants, settings.limits.tenant_defaults())
         with summaries_lock:
             summaries[tenant] = (now, fresh)
         return fresh
@@ -182,8 +184,11 @@ def _asset(name: str) -> FileResponse:
     return FileResponse(STATIC_DIR / filename, media_type=media_type, headers=_SECURITY_HEADERS)
 
 
-def _summarize(store: AdapterStore, tenants: list[str]) -> _Summary:
-    """Totals and top lists over ``tenants`` (blocking: lists their adapters)."""
+def _summarize(
+    store: AdapterStore, tenants: list[str], default_limits: TenantLimits
+) -> _Summary:
+    """Totals and top lists over ``tenants`` (blocking: lists their adapters); each
+    tenant's row carries its effective request limits, and whether it has its own."""
     adapters: list[dict[str, Any]] = []
     per_tenant: list[dict[str, Any]] = []
     versions = stored = 0
@@ -203,12 +208,15 @@ def _summarize(store: AdapterStore, tenants: list[str]) -> _Summary:
                 }
             )
         stored += usage.bytes
+        own = store.get_limits(tenant)
         per_tenant.append(
             {
                 "tenant": tenant,
                 "requests": requests,
                 "adapters": usage.adapters,
                 "bytes": usage.bytes,
+                "limits": dataclasses.asdict(own.over(default_limits)),
+                "own_limits": own != TenantLimits(),
             }
         )
     return _Summary(

@@ -165,6 +165,13 @@ def test_routing_decisions_are_counted(dom: Dom) -> None:
     assert dom.number("routing", "rows") >= 1
 
 
+def test_each_tenant_row_shows_its_request_limits(dom: Dom) -> None:
+    tenants = dom.number("top-tenants", "rows")
+    assert tenants >= 2
+    assert dom.number("top-tenants", "limits") == tenants
+    assert dom.number("top-adapters", "limits") == 0
+
+
 def test_storage_panel_shows_the_saving(dom: Dom) -> None:
     assert dom.number("storage", "adapters") == len(TRAFFIC)
     assert dom.number("storage", "trained") == 1

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from adapter_store import AdapterStore
 from adapter_store import StoreSettings
+from adapter_store import TenantLimits
 from adapter_store import read_adapter_upload
 from services._settings import ServiceSettings
 from services.api import create_api
@@ -157,6 +158,29 @@ async def test_the_admin_key_sees_every_tenant_and_the_storage_saving(
         ("globex", 0),
     ]
     assert data["replicas"][0]["residency"]["gpu"] == ["acme/support@2", "globex/bot@1"]
+
+
+async def test_each_tenant_row_carries_its_effective_limits_and_whether_they_are_its_own(
+    get: Any, keys: dict[str, str], store: AdapterStore
+) -> None:
+    store.set_limits("globex", TenantLimits(requests_per_s=2.0, max_in_flight=3))
+    defaults = ServiceSettings().limits
+
+    rows = {row["tenant"]: row for row in (await get(ADMIN_KEY)).json()["top_tenants"]}
+    own = (await get(keys["globex"])).json()["top_tenants"]
+
+    assert rows["acme"]["limits"] == {
+        "requests_per_s": defaults.tenant_requests_per_s,
+        "tokens_per_min": defaults.tenant_tokens_per_min,
+        "max_in_flight": defaults.tenant_max_in_flight,
+    }
+    assert rows["globex"]["limits"] == {
+        "requests_per_s": 2.0,
+        "tokens_per_min": defaults.tenant_tokens_per_min,  # not set: the default
+        "max_in_flight": 3,
+    }
+    assert (rows["acme"]["own_limits"], rows["globex"]["own_limits"]) == (False, True)
+    assert [(row["tenant"], row["limits"]) for row in own] == [("globex", rows["globex"]["limits"])]
 
 
 async def test_a_tenant_key_sees_only_its_own_adapters(get: Any, keys: dict[str, str]) -> None:

@@ -325,5 +325,7 @@ def test_a_large_weights_file_is_spooled_into_a_mapping_and_reads_the_same(tmp_p
 def test_a_config_above_one_mib_is_refused_naming_its_size():
     config = b'{"r": 8, "padding": "' + b"x" * (1 << 20) + b'"}'
 
-    with pytest.raises(InvalidConfigError, match=r"adapter_config.json is 1048599 bytes, more than 1048576"):
+    with pytest.raises(
+        InvalidConfigError, match=r"adapter_config.json is 1048599 bytes, more than 1048576"
+    ):
         read_adapter_upload({CONFIG_NAME: config, WEIGHTS_NAME: WEIGHTS})

@@ -417,6 +417,7 @@
 
   function renderBars(container, rows, nameField) {
     container.dataset.rows = String(rows.length);
+    container.dataset.limits = String(rows.filter((row) => row.limits).length);
     if (!rows.length) {
       container.replaceChildren(emptyState("no requests yet"));
       return;
@@ -444,9 +445,29 @@
         origin.textContent = row.origin;
         div.append(origin);
       }
+      if (row.limits) {
+        // The tenant's effective request limits; highlighted where they are its own.
+        const limits = document.createElement("span");
+        limits.className = row.own_limits ? "limits limits-own" : "limits";
+        limits.textContent = limitsText(row.limits);
+        limits.title = row.own_limits ? "this tenant's own limits" : "the service defaults";
+        div.append(limits);
+      }
       return div;
     });
     container.replaceChildren(...children);
+  }
+
+  function limitsText(limits) {
+    const shown = (value, unit) => (value === null ? `∞ ${unit}` : `${compact(value)} ${unit}`);
+    return [shown(limits.requests_per_s, "req/s"), shown(limits.tokens_per_min, "tok/min"),
+      shown(limits.max_in_flight, "in flight")].join(" · ");
+  }
+
+  function compact(n) {
+    if (n >= 1e6) return `${+(n / 1e6).toFixed(1)}M`;
+    if (n >= 1e3) return `${+(n / 1e3).toFixed(1)}k`;
+    return String(+n.toFixed(2));
   }
 
   function renderStorage(data) {
