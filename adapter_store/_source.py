@@ -87,24 +87,24 @@ Both are buffers: ``len``, slicing and ``memoryview`` work alike."""
 
 @dataclass(frozen=True)
 class AdapterLimits:
-    """Caps enforced while reading and validating an adapter.
-
-    ``max_bytes`` bounds the two files together and the declared content of an archive;
-    ``max_rank`` bounds every module's LoRA rank. ``max_scaling`` bounds each module's
-    effective scaling (``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA) and
-    ``max_weight_abs`` every weight's magnitude: both are far above what training
-    produces (docs/reliability.md lists measured values) and stop adapters whose outputs
-    would overflow. ``validation_budget_s`` is the wall-clock budget of one validation.
-    """
+    """Caps enforced while reading and validating an adapter. The scaling and weight
+    bounds are far above what training produces (docs/reliability.md lists measured
+    values) and stop adapters whose outputs would overflow."""
 
     max_bytes: int = 1 << 30
+    """The two files together, and the declared content of an archive."""
     max_rank: int = 256
+    """Every module's LoRA rank."""
     max_header_bytes: int = 16 << 20
+    """The safetensors JSON header."""
     max_tensors: int = 65_536
     max_archive_members: int = 1_000
     max_scaling: float = 1024.0
+    """Each module's effective scaling: ``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA."""
     max_weight_abs: float = 1024.0
+    """Every weight's magnitude."""
     validation_budget_s: float = 30.0
+    """The wall-clock budget of one validation."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,13 +112,12 @@ class AdapterFiles:
     """The raw content of an adapter's two files, not yet validated (see :data:`Payload`)."""
 
     config_bytes: bytes
+    """``adapter_config.json``, at most 1 MiB."""
     weights_bytes: Payload
-
-    @property
-    def size_bytes(self) -> int:
-        return len(self.config_bytes) + len(self.weights_bytes)
+    """``adapter_model.safetensors``, mapped from a spooled copy above 1 MiB."""
 
     def __eq__(self, other: object) -> bool:
+        # By content: a mapped file and bytes with the same content are equal.
         if not isinstance(other, AdapterFiles):
             return NotImplemented
         return self.config_bytes == other.config_bytes and memoryview(
@@ -126,6 +125,10 @@ class AdapterFiles:
         ) == memoryview(other.weights_bytes)
 
     __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.config_bytes) + len(self.weights_bytes)
 
 
 def _too_large(what: str, size: int, limits: AdapterLimits) -> AdapterTooLargeError:

@@ -124,12 +124,7 @@ class ServiceSettings(BaseSettings):
     max_batch_tokens: int = Field(default=32768, ge=1)
     max_waiting: int = Field(default=1024, ge=0)
     max_ongoing_requests: int = Field(default=128, ge=1, description="per model replica")
-    replica_retries: int = Field(
-        default=2,
-        ge=0,
-        description="times a request whose replica died is sent to another replica, "
-        "as long as its client has received nothing",
-    )
+    replica_retries: int = Field(default=2, ge=0, description="resends after a replica died")
     default_max_tokens: int = Field(default=128, ge=1, description="when a request sets none")
     routing_policy: str = Field(default="adaptive")
     routing_stats_period_s: float = Field(default=1.0, gt=0)

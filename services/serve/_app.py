@@ -38,13 +38,23 @@ _ROUTER_CLASS = "services.serve:CacheAwareRequestRouter"
 REDIS_URL_ENV = "LORAMUX_REDIS_URL"
 
 
-def build_app(settings: ServiceSettings) -> Application:
-    """The application for ``serve.run(build_app(settings), name=settings.app_name)``."""
+def build_app(
+    settings: ServiceSettings,
+    *,
+    model_class: type[ModelReplica] = ModelReplica,
+    cache_aware_routing: bool = True,
+) -> Application:
+    """The application for ``serve.run(build_app(settings), name=settings.app_name)``.
+
+    ``model_class`` and ``cache_aware_routing=False`` (Ray Serve's default request
+    router) let ``benchmarks/bench_serve_routing.py`` run the same deployment under Ray
+    Serve's own multiplexed routing."""
     board = serve.deployment(
         StatsBoard, name="StatsBoard", num_replicas=1, ray_actor_options={"num_cpus": 0}
     ).bind(stale_after_s(settings))
+    routing = {"request_router_config": router_config(settings)} if cache_aware_routing else {}
     model = serve.deployment(
-        ModelReplica,
+        model_class,
         name=MODEL_DEPLOYMENT,
         **settings.model_scaling(),
         max_ongoing_requests=settings.max_ongoing_requests,
@@ -52,7 +62,7 @@ def build_app(settings: ServiceSettings) -> Application:
             "num_cpus": settings.num_cpus,
             "num_gpus": settings.replica_num_gpus(),
         },
-        request_router_config=router_config(settings),
+        **routing,
         # Loading the base model (and building ``tiny`` on first use) takes a while.
         health_check_timeout_s=120,
         graceful_shutdown_timeout_s=30,

@@ -184,9 +184,7 @@ def _asset(name: str) -> FileResponse:
     return FileResponse(STATIC_DIR / filename, media_type=media_type, headers=_SECURITY_HEADERS)
 
 
-def _summarize(
-    store: AdapterStore, tenants: list[str], default_limits: TenantLimits
-) -> _Summary:
+def _summarize(store: AdapterStore, tenants: list[str], default_limits: TenantLimits) -> _Summary:
     """Totals and top lists over ``tenants`` (blocking: lists their adapters); each
     tenant's row carries its effective request limits, and whether it has its own."""
     adapters: list[dict[str, Any]] = []

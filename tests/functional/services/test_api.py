@@ -434,22 +434,25 @@ async def test_another_tenants_adapter_is_not_found_on_every_route(
     assert not (tmp_path / "stolen").exists()  # a refused download creates nothing
 
 
-def limited_api(
-    store: AdapterStore, gateway: ScriptedGateway, tmp_path: Path, **limits: Any
-) -> Any:
-    settings = ServiceSettings(
-        store=StoreSettings(data_dir=tmp_path),
-        admin_key=ADMIN_KEY,
-        limits=LimitSettings(**limits),
-    )
-    return create_api(store, gateway, settings)
+@pytest.fixture
+def limited(store: AdapterStore, gateway: ScriptedGateway, tmp_path: Path) -> Any:
+    """``limited(**limits)``: an API with these request limits, and tenant acme's key."""
+
+    def build(**limits: Any) -> tuple[Any, str]:
+        settings = ServiceSettings(
+            store=StoreSettings(data_dir=tmp_path),
+            admin_key=ADMIN_KEY,
+            limits=LimitSettings(**limits),
+        )
+        return create_api(store, gateway, settings), store.create_tenant("acme")[1]
+
+    return build
 
 
 async def test_a_request_above_a_limit_is_refused_naming_the_setting_before_any_replica(
-    store: AdapterStore, gateway: ScriptedGateway, tmp_path: Path
+    limited: Any, gateway: ScriptedGateway
 ) -> None:
-    api = limited_api(store, gateway, tmp_path, max_tokens_limit=100, max_body_bytes=2048)
-    _, key = store.create_tenant("acme")
+    api, key = limited(max_tokens_limit=100, max_body_bytes=2048)
     gateway.script = [DONE]
     async with client(api, key) as acme:
         with pytest.raises(BadRequestError, match="LORAMUX_MAX_TOKENS_LIMIT"):
@@ -462,10 +465,9 @@ async def test_a_request_above_a_limit_is_refused_naming_the_setting_before_any_
 
 
 async def test_a_tenant_over_its_rate_gets_429_with_retry_after_and_others_are_admitted(
-    store: AdapterStore, gateway: ScriptedGateway, tmp_path: Path
+    limited: Any, store: AdapterStore, gateway: ScriptedGateway
 ) -> None:
-    api = limited_api(store, gateway, tmp_path, tenant_requests_per_s=0.1)
-    _, acme_key = store.create_tenant("acme")
+    api, acme_key = limited(tenant_requests_per_s=0.1)
     _, beta_key = store.create_tenant("beta")
     gateway.script = [DONE]
     body = {"model": "tiny", "prompt": "x", "max_tokens": 4}
@@ -486,10 +488,9 @@ async def test_a_tenant_over_its_rate_gets_429_with_retry_after_and_others_are_a
 
 
 async def test_the_in_flight_lease_is_released_when_a_request_ends_or_fails(
-    store: AdapterStore, gateway: ScriptedGateway, tmp_path: Path
+    limited: Any, gateway: ScriptedGateway
 ) -> None:
-    api = limited_api(store, gateway, tmp_path, tenant_max_in_flight=1)
-    _, key = store.create_tenant("acme")
+    api, key = limited(tenant_max_in_flight=1)
     async with client(api, key) as acme:
         gateway.script = [InvalidRequestError("the prompt is too long")]
         with pytest.raises(BadRequestError, match="too long"):

@@ -1,0 +1,383 @@
+"""End-to-end placement on a local Ray: loramux's cache-aware router against Ray Serve's
+own ``@serve.multiplexed`` routing and LRU, on the same engine and slot count.
+
+    python -m benchmarks.bench_serve_routing            # about 6 minutes on 2 cores
+    python -m benchmarks.bench_serve_routing --quick    # a smoke run
+
+Each workload is a sequence of requests over ``--adapters`` adapters drawn by the
+project's trace generator (:func:`scheduler.synthesize`): stationary Zipf, and Zipf with
+popularity drift and flash crowds. Each sequence runs twice on a fresh deployment of the
+whole service (ingress, model replicas on the built-in ``tiny`` model, a private
+redis-server, a ``file://`` blob store), with ``--concurrency`` clients sending streamed
+completions in sequence order:
+
+- ``loramux``: the service as ``loramux up`` runs it (the ``adaptive`` policy in the
+  cache-aware RequestRouter);
+- ``serve_multiplexed``: the same deployment with Ray Serve's default request router, each
+  replica registering its requests' adapters under ``@serve.multiplexed`` with
+  ``max_num_models_per_replica`` = the GPU slots, so Ray routes by its own LRU bookkeeping
+  (the engine's own LRU over the same slots keeps the adapters, as Ray's would).
+
+Measured per run: the GPU-slot hit rate (the replicas' engine counters: requests whose
+adapter was in a GPU slot when they were admitted) against the pooled Belady bound of the
+sequence over all slots, cold loads (from the blob store), p50/p99 latency and time to
+first token, throughput, requests per replica (max/mean) and errors. Then the simulator
+replays each run's exact sequence, with the arrival times it had, under the ``cpu``
+profile (``adaptive`` for ``loramux``, ``ray_multiplex`` for ``serve_multiplexed``): the
+``fidelity`` entries are simulation minus reality. Prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks._common import int_options
+from scheduler import SimConfig
+from scheduler import SynthSpec
+from scheduler import TraceRequest
+from scheduler import belady_bound
+from scheduler import cost_profile
+from scheduler import make_policy
+from scheduler import percentile
+from scheduler import simulate
+from scheduler import synthesize
+from services.client import Client
+
+ADMIN_KEY = "bench-admin"
+TENANT = "bench"
+PROMPT = "Once upon a time"
+READY_TIMEOUT_S = 300.0
+
+# The two families of sequences (popularity only: the clients send them closed-loop).
+WORKLOADS: dict[str, dict[str, Any]] = {
+    "zipf1.0": {"zipf_alpha": 1.0},
+    "zipf0.8": {"zipf_alpha": 0.8},
+    "drift-flash": {
+        "zipf_alpha": 1.0,
+        "drift_period_s": 5.0,
+        "drift_fraction": 0.3,
+        "flash_period_s": 6.0,
+        "flash_duration_s": 2.0,
+        "flash_intensity": 1.0,
+    },
+}
+SYSTEMS = {"loramux": "adaptive", "serve_multiplexed": "ray_multiplex"}
+
+
+@dataclass
+class Sent:
+    """One request as the client saw it (seconds since the run started)."""
+
+    index: int
+    adapter: str
+    sent_s: float = 0.0
+    first_token_s: float | None = None
+    done_s: float | None = None
+    prompt_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass
+class Run:
+    system: str
+    requests: list[Sent] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+def sequence(workload: str, requests: int, adapters: int, seed: int) -> list[str]:
+    """The adapter names of ``requests`` requests of ``workload``, in order."""
+    spec = SynthSpec(
+        adapters=adapters,
+        tenants=1,
+        rate_rps=50.0,
+        duration_s=requests / 50.0 * 1.5,
+        seed=seed,
+        **WORKLOADS[workload],
+    )
+    trace = synthesize(spec)[:requests]
+    # "tenant0000/adapter00042@1" -> "adapter00042": one tenant holds them all.
+    return [request.adapter.split("/")[1].split("@")[0] for request in trace]
+
+
+def multiplexed_replica(gpu_slots: int) -> type:
+    """The model replica under Ray Serve's own multiplexing (see the module docstring)."""
+    from ray import serve
+
+    from services.serve import ModelReplica
+
+    class MultiplexedReplica(ModelReplica):
+        @serve.multiplexed(max_num_models_per_replica=gpu_slots)
+        async def _registered(self, key: str) -> str:
+            return key
+
+        async def generate(self, request: Any) -> AsyncIterator[Any]:
+            key = serve.get_multiplexed_model_id()
+            if key:
+                await self._registered(key)
+            async for chunk in super().generate(request):
+                yield chunk
+
+    return MultiplexedReplica
+
+
+def deploy(
+    system: str, args: argparse.Namespace, root: Path, adapter_dir: Path
+) -> tuple[str, str, Any, str]:
+    """Start the service as ``system`` on a fresh redis-server and blob store and push
+    every adapter (the same files under each name: each is its own cache entry). Returns
+    the URL, the tenant's key, the redis-server and the Serve application's name."""
+    from ray import serve
+
+    from adapter_store import StoreSettings
+    from adapter_store._redis_server import RedisServerProcess
+    from services._settings import ServiceSettings
+    from services.serve import build_app
+
+    redis = RedisServerProcess(root / "redis", appendonly=False)
+    redis.start()
+    os.environ["LORAMUX_REDIS_URL"] = redis.url
+    settings = ServiceSettings(
+        store=StoreSettings(
+            redis_url=redis.url, blob_url=(root / "blobs").as_uri(), data_dir=root / "data"
+        ),
+        models_dir=args.models_dir,
+        replicas=args.replicas,
+        num_cpus=0.25,
+        ingress_num_cpus=0.25,
+        num_gpus=0,
+        torch_threads=1,
+        gpu_slots=args.gpu_slots,
+        max_batch_size=8,
+        default_max_tokens=args.max_tokens,
+        routing_stats_period_s=0.5,
+        stats_period_s=0.5,
+        admin_key=ADMIN_KEY,
+        routing_policy="adaptive",
+    )
+    if system == "loramux":
+        app = build_app(settings)
+    else:
+        app = build_app(
+            settings,
+            model_class=multiplexed_replica(args.gpu_slots),
+            cache_aware_routing=False,
+        )
+    serve.run(app, name=settings.app_name, route_prefix="/")
+    url = f"http://127.0.0.1:{args.port}"
+    _wait(lambda: httpx.get(f"{url}/healthz").status_code == 200)
+    with Client(url, ADMIN_KEY, max_retries=0) as admin:
+        key = admin.tenants.create(TENANT).api_key
+    with Client(url, key, max_retries=0, timeout=120) as client:
+        for index in range(args.adapters):
+            client.adapters.push(adapter_dir, f"adapter{index:05d}")
+    return url, key, redis, settings.app_name
+
+
+def drive(url: str, key: str, names: list[str], args: argparse.Namespace) -> list[Sent]:
+    """Send every request in order from ``args.concurrency`` closed-loop clients."""
+    sent = [Sent(index, name) for index, name in enumerate(names)]
+    cursor = iter(sent)
+    lock = threading.Lock()
+    start = time.perf_counter()
+
+    def client_loop() -> None:
+        with Client(url, key, max_retries=0, timeout=120) as client:
+            while True:
+                with lock:
+                    request = next(cursor, None)
+                if request is None:
+                    return
+                request.sent_s = time.perf_counter() - start
+                try:
+                    stream = client.completions.create(
+                        model=request.adapter,
+                        prompt=PROMPT,
+                        max_tokens=args.max_tokens,
+                        stream=True,
+                        stream_options={"include_usage": True},
+                    )
+                    for chunk in stream:
+                        if chunk.choices and request.first_token_s is None:
+                            request.first_token_s = time.perf_counter() - start
+                        if chunk.usage is not None:
+                            request.prompt_tokens = chunk.usage.prompt_tokens
+                    request.done_s = time.perf_counter() - start
+                except Exception as exc:  # counted, never retried
+                    request.error = f"{type(exc).__name__}: {exc}"[:200]
+
+    threads = [threading.Thread(target=client_loop) for _ in range(args.concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sent
+
+
+def replica_stats(url: str, served: int) -> list[dict[str, Any]]:
+    """The replicas' reports once they count every answered request."""
+
+    def read() -> list[dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        return httpx.get(f"{url}/v1/stats", headers=headers).json()["replicas"]
+
+    _wait(lambda: sum(r.get("requests_served") or 0 for r in read()) >= served)
+    return read()
+
+
+def summarize(run: Run, bound: float, slots: int) -> dict[str, Any]:
+    ok = [r for r in run.requests if r.error is None and r.done_s is not None]
+    latency = [r.done_s - r.sent_s for r in ok]  # type: ignore[operator]
+    ttft = [r.first_token_s - r.sent_s for r in ok if r.first_token_s is not None]
+    replicas = run.stats["replicas"]
+    gpu = [r["tiers"]["gpu"] for r in replicas]
+    hits, lookups = sum(t["hits"] for t in gpu), sum(t["hits"] + t["misses"] for t in gpu)
+    served = [r["requests_served"] for r in replicas]
+    cold = sum((r.get("loads") or {}).get("from_none", {}).get("count", 0) for r in replicas)
+    hit_rate = hits / lookups if lookups else 0.0
+    return {
+        "gpu_hit_rate": round(hit_rate, 3),
+        "hit_over_bound": round(hit_rate / bound, 3) if bound else None,
+        "cold_loads": cold,
+        "latency_p50_s": round(percentile(latency, 50), 3),
+        "latency_p99_s": round(percentile(latency, 99), 3),
+        "ttft_p50_s": round(percentile(ttft, 50), 3),
+        "ttft_p99_s": round(percentile(ttft, 99), 3),
+        "throughput_rps": round(len(ok) / run.wall_s, 2),
+        "requests_per_replica": sorted(served, reverse=True),
+        "imbalance": round(max(served) / statistics.mean(served), 3),
+        "errors": len(run.requests) - len(ok),
+        "first_errors": [r.error for r in run.requests if r.error][:3],
+        "gpu_slots_total": slots,
+    }
+
+
+def replay(run: Run, policy: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The simulator on the run's exact sequence and arrival times (``cpu`` profile)."""
+    trace = [
+        TraceRequest(
+            arrival_s=r.sent_s,
+            adapter=f"{TENANT}/{r.adapter}@1",
+            prompt_tokens=max(1, r.prompt_tokens),
+            output_tokens=args.max_tokens,
+            rank=8,
+            tenant=TENANT,
+        )
+        for r in sorted(run.requests, key=lambda r: r.sent_s)
+    ]
+    config = SimConfig(
+        replicas=args.replicas, gpu_slots=args.gpu_slots, profile=cost_profile("cpu")
+    )
+    result = simulate(trace, make_policy(policy, seed=1), config)
+    counts = [0] * args.replicas
+    for outcome in result.outcomes:
+        counts[outcome.replica] += 1
+    return {
+        "policy": policy,
+        "gpu_hit_rate": round(result.gpu_hit_rate, 3),
+        "imbalance": round(max(counts) / statistics.mean(counts), 3),
+        "ttft_p99_s": round(result.ttft_p99_s, 3),
+    }
+
+
+def _wait(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("the service did not get ready")
+
+
+def main() -> None:
+    parser = int_options(
+        __doc__,
+        requests=1000,
+        adapters=100,
+        replicas=4,
+        gpu_slots=4,
+        concurrency=16,
+        max_tokens=8,
+        seed=1,
+    )
+    parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS))
+    parser.add_argument("--quick", action="store_true", help="100 requests, 20 adapters")
+    args = parser.parse_args()
+    if args.quick:
+        args.requests, args.adapters, args.workloads = 100, 20, ["zipf1.0"]
+
+    import ray
+    from ray import serve
+
+    from adapter_store._redis_server import free_port
+    from services.engine import load_base_model
+    from tests.factories import make_peft_adapter
+
+    root = Path(tempfile.mkdtemp(prefix="bench-serve-routing-"))
+    args.models_dir = root / "models"
+    tiny = copy.deepcopy(load_base_model("tiny", models_dir=args.models_dir, device="cpu").model)
+    adapter_dir = make_peft_adapter(tiny, root / "adapter", seed=1, r=8, lora_alpha=16)
+    args.port = free_port()
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    slots = args.replicas * args.gpu_slots
+    report: dict[str, Any] = {
+        "config": {k: v for k, v in vars(args).items() if k not in ("models_dir", "port", "quick")},
+        "workloads": {},
+    }
+    try:
+        for workload in args.workloads:
+            names = sequence(workload, args.requests, args.adapters, args.seed)
+            bound = belady_bound([f"k{n}" for n in names], slots).hit_rate
+            entry: dict[str, Any] = {"bound": round(bound, 3), "distinct_adapters": len(set(names))}
+            for system, sim_policy in SYSTEMS.items():
+                run_root = root / f"{workload}-{system}"
+                url, key, redis, app_name = deploy(system, args, run_root, adapter_dir)
+                try:
+                    started = time.perf_counter()
+                    run = Run(system, drive(url, key, names, args))
+                    run.wall_s = time.perf_counter() - started
+                    answered = sum(1 for r in run.requests if r.error is None)
+                    run.stats = {"replicas": replica_stats(url, answered)}
+                finally:
+                    serve.delete(app_name)
+                    redis.stop()
+                real = summarize(run, bound, slots)
+                simulated = replay(run, sim_policy, args)
+                entry[system] = real
+                entry[f"{system}_sim"] = simulated
+                entry[f"{system}_fidelity"] = {
+                    "hit_rate_sim_minus_real": round(
+                        simulated["gpu_hit_rate"] - real["gpu_hit_rate"], 3
+                    ),
+                    "imbalance_sim_minus_real": round(
+                        simulated["imbalance"] - real["imbalance"], 3
+                    ),
+                }
+            report["workloads"][workload] = entry
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
