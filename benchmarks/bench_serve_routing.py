@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import statistics
@@ -47,6 +48,7 @@ from typing import Any
 import httpx
 
 from benchmarks._common import int_options
+from scheduler import CostProfile
 from scheduler import SimConfig
 from scheduler import SynthSpec
 from scheduler import TraceRequest
@@ -62,6 +64,8 @@ ADMIN_KEY = "bench-admin"
 TENANT = "bench"
 PROMPT = "Once upon a time"
 READY_TIMEOUT_S = 300.0
+# How often replicas report to the router; the simulator's views refresh as often.
+ROUTING_STATS_PERIOD_S = 0.5
 
 # The two families of sequences (popularity only: the clients send them closed-loop).
 WORKLOADS: dict[str, dict[str, Any]] = {
@@ -165,7 +169,7 @@ def deploy(
         gpu_slots=args.gpu_slots,
         max_batch_size=8,
         default_max_tokens=args.max_tokens,
-        routing_stats_period_s=0.5,
+        routing_stats_period_s=ROUTING_STATS_PERIOD_S,
         stats_period_s=0.5,
         admin_key=ADMIN_KEY,
         routing_policy="adaptive",
@@ -268,11 +272,14 @@ def summarize(run: Run, bound: float, slots: int) -> dict[str, Any]:
 
 
 def replay(run: Run, policy: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The simulator on the run's exact sequence and arrival times (``cpu`` profile)."""
+    """The simulator on the run's exact sequence and arrival times, its router views
+    refreshed as often as the real router's (the routing-stats period): under the
+    ``cpu`` profile (the engine alone) and ``cpu-serve`` (the same, end to end), with
+    the step factor that would give this run's median latency (``fit_step_scale``)."""
     trace = [
         TraceRequest(
             arrival_s=r.sent_s,
-            adapter=f"{TENANT}/{r.adapter}@1",
+            adapter=r.adapter,
             prompt_tokens=max(1, r.prompt_tokens),
             output_tokens=args.max_tokens,
             rank=8,
@@ -280,19 +287,65 @@ def replay(run: Run, policy: str, args: argparse.Namespace) -> dict[str, Any]:
         )
         for r in sorted(run.requests, key=lambda r: r.sent_s)
     ]
-    config = SimConfig(
-        replicas=args.replicas, gpu_slots=args.gpu_slots, profile=cost_profile("cpu")
+    measured = [r.done_s - r.sent_s for r in run.requests if r.done_s is not None]
+    engine_only = cost_profile("cpu")
+    scale = fit_step_scale(trace, policy, args, engine_only, percentile(measured, 50))
+    report: dict[str, Any] = {"policy": policy, "fitted_step_factor": round(scale, 1)}
+    for name in ("cpu", "cpu-serve"):
+        result = _simulate(trace, policy, args, cost_profile(name))
+        counts = [0] * args.replicas
+        for outcome in result.outcomes:
+            counts[outcome.replica] += 1
+        report[name] = {
+            "gpu_hit_rate": round(result.gpu_hit_rate, 3),
+            "imbalance": round(max(counts) / statistics.mean(counts), 3),
+            "latency_p50_s": round(result.latency_p50_s, 3),
+        }
+    return report
+
+
+def scaled(profile: CostProfile, factor: float) -> CostProfile:
+    """``profile`` with every batch-step cost multiplied by ``factor`` (``cpu-serve`` is
+    ``cpu`` scaled so)."""
+    return dataclasses.replace(
+        profile,
+        name=f"{profile.name}x{factor:.1f}",
+        step_base_s=profile.step_base_s * factor,
+        step_per_seq_s=profile.step_per_seq_s * factor,
+        prefill_per_token_s=profile.prefill_per_token_s * factor,
     )
-    result = simulate(trace, make_policy(policy, seed=1), config)
-    counts = [0] * args.replicas
-    for outcome in result.outcomes:
-        counts[outcome.replica] += 1
-    return {
-        "policy": policy,
-        "gpu_hit_rate": round(result.gpu_hit_rate, 3),
-        "imbalance": round(max(counts) / statistics.mean(counts), 3),
-        "ttft_p99_s": round(result.ttft_p99_s, 3),
-    }
+
+
+def fit_step_scale(
+    trace: list[TraceRequest],
+    policy: str,
+    args: argparse.Namespace,
+    profile: CostProfile,
+    latency_p50_s: float,
+) -> float:
+    """The factor on ``profile``'s step costs that gives the measured median latency.
+
+    End to end, a step of this engine costs far more than on the engine alone: the
+    replicas, the ingress and the proxy share two cores, and each request crosses HTTP,
+    Redis and Ray. Bisection on the logarithm (the latency grows with the factor)."""
+    low, high = 1.0, 1000.0
+    for _ in range(24):
+        middle = (low * high) ** 0.5
+        simulated = _simulate(trace, policy, args, scaled(profile, middle)).latency_p50_s
+        low, high = (middle, high) if simulated < latency_p50_s else (low, middle)
+    return (low * high) ** 0.5
+
+
+def _simulate(
+    trace: list[TraceRequest], policy: str, args: argparse.Namespace, profile: CostProfile
+) -> Any:
+    config = SimConfig(
+        replicas=args.replicas,
+        gpu_slots=args.gpu_slots,
+        profile=profile,
+        view_refresh_s=ROUTING_STATS_PERIOD_S,
+    )
+    return simulate(trace, make_policy(policy, seed=1), config)
 
 
 def _wait(condition: Callable[[], bool]) -> None:
@@ -305,6 +358,74 @@ def _wait(condition: Callable[[], bool]) -> None:
             pass
         time.sleep(0.5)
     raise TimeoutError("the service did not get ready")
+
+
+def run_all(args: argparse.Namespace) -> dict[str, Any]:
+    """Every workload on both systems; the raw runs, as :func:`evaluate` reads them."""
+    import ray
+    from ray import serve
+
+    from adapter_store._redis_server import free_port
+    from services.engine import load_base_model
+    from tests.factories import make_peft_adapter
+
+    root = Path(tempfile.mkdtemp(prefix="bench-serve-routing-"))
+    args.models_dir = root / "models"
+    tiny = copy.deepcopy(load_base_model("tiny", models_dir=args.models_dir, device="cpu").model)
+    adapter_dir = make_peft_adapter(tiny, root / "adapter", seed=1, r=8, lora_alpha=16)
+    args.port = free_port()
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    raw: dict[str, Any] = {}
+    try:
+        for workload in args.workloads:
+            names = sequence(workload, args.requests, args.adapters, args.seed)
+            for system in SYSTEMS:
+                url, key, redis, app_name = deploy(
+                    system, args, root / f"{workload}-{system}", adapter_dir
+                )
+                try:
+                    started = time.perf_counter()
+                    run = Run(system, drive(url, key, names, args))
+                    run.wall_s = time.perf_counter() - started
+                    answered = sum(1 for r in run.requests if r.error is None)
+                    run.stats = {"replicas": replica_stats(url, answered)}
+                finally:
+                    serve.delete(app_name)
+                    redis.stop()
+                raw.setdefault(workload, {})[system] = dataclasses.asdict(run)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return raw
+
+
+def evaluate(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The report: each run's figures, the simulator's replay of it, and the difference."""
+    slots = args.replicas * args.gpu_slots
+    workloads: dict[str, Any] = {}
+    for workload, systems in raw.items():
+        names = [r["adapter"] for r in systems["loramux"]["requests"]]
+        bound = belady_bound(names, slots).hit_rate
+        entry: dict[str, Any] = {"bound": round(bound, 3), "distinct_adapters": len(set(names))}
+        for system, sim_policy in SYSTEMS.items():
+            run = Run(
+                system,
+                [Sent(**r) for r in systems[system]["requests"]],
+                systems[system]["stats"],
+                systems[system]["wall_s"],
+            )
+            real = summarize(run, bound, slots)
+            simulated = replay(run, sim_policy, args)
+            entry[system] = real
+            entry[f"{system}_sim"] = simulated
+            fitted = simulated["cpu-serve"]
+            entry[f"{system}_fidelity"] = {
+                "hit_rate_sim_minus_real": round(fitted["gpu_hit_rate"] - real["gpu_hit_rate"], 3),
+                "imbalance_sim_minus_real": round(fitted["imbalance"] - real["imbalance"], 3),
+            }
+        workloads[workload] = entry
+    return workloads
 
 
 def main() -> None:
@@ -320,63 +441,28 @@ def main() -> None:
     )
     parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS))
     parser.add_argument("--quick", action="store_true", help="100 requests, 20 adapters")
+    parser.add_argument("--save", type=Path, help="write the raw runs here (JSON)")
+    parser.add_argument(
+        "--replay", type=Path, help="evaluate the raw runs saved here instead of running"
+    )
     args = parser.parse_args()
     if args.quick:
         args.requests, args.adapters, args.workloads = 100, 20, ["zipf1.0"]
-
-    import ray
-    from ray import serve
-
-    from adapter_store._redis_server import free_port
-    from services.engine import load_base_model
-    from tests.factories import make_peft_adapter
-
-    root = Path(tempfile.mkdtemp(prefix="bench-serve-routing-"))
-    args.models_dir = root / "models"
-    tiny = copy.deepcopy(load_base_model("tiny", models_dir=args.models_dir, device="cpu").model)
-    adapter_dir = make_peft_adapter(tiny, root / "adapter", seed=1, r=8, lora_alpha=16)
-    args.port = free_port()
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    slots = args.replicas * args.gpu_slots
-    report: dict[str, Any] = {
-        "config": {k: v for k, v in vars(args).items() if k not in ("models_dir", "port", "quick")},
-        "workloads": {},
+    if args.replay is not None:
+        saved = json.loads(args.replay.read_text())
+        vars(args).update(saved["config"])
+        raw = saved["runs"]
+    else:
+        raw = run_all(args)
+    config = {
+        key: value
+        for key, value in vars(args).items()
+        if key in ("requests", "adapters", "replicas", "gpu_slots", "concurrency", "max_tokens")
+        or key in ("seed", "workloads")
     }
-    try:
-        for workload in args.workloads:
-            names = sequence(workload, args.requests, args.adapters, args.seed)
-            bound = belady_bound([f"k{n}" for n in names], slots).hit_rate
-            entry: dict[str, Any] = {"bound": round(bound, 3), "distinct_adapters": len(set(names))}
-            for system, sim_policy in SYSTEMS.items():
-                run_root = root / f"{workload}-{system}"
-                url, key, redis, app_name = deploy(system, args, run_root, adapter_dir)
-                try:
-                    started = time.perf_counter()
-                    run = Run(system, drive(url, key, names, args))
-                    run.wall_s = time.perf_counter() - started
-                    answered = sum(1 for r in run.requests if r.error is None)
-                    run.stats = {"replicas": replica_stats(url, answered)}
-                finally:
-                    serve.delete(app_name)
-                    redis.stop()
-                real = summarize(run, bound, slots)
-                simulated = replay(run, sim_policy, args)
-                entry[system] = real
-                entry[f"{system}_sim"] = simulated
-                entry[f"{system}_fidelity"] = {
-                    "hit_rate_sim_minus_real": round(
-                        simulated["gpu_hit_rate"] - real["gpu_hit_rate"], 3
-                    ),
-                    "imbalance_sim_minus_real": round(
-                        simulated["imbalance"] - real["imbalance"], 3
-                    ),
-                }
-            report["workloads"][workload] = entry
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-    print(json.dumps(report, indent=1))
+    if args.save is not None:
+        args.save.write_text(json.dumps({"config": config, "runs": raw}))
+    print(json.dumps({"config": config, "workloads": evaluate(raw, args)}, indent=1))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ free), so it understates the cost of very long contexts.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import replace
 
 from scheduler.exceptions import SchedulerError
 from scheduler.exceptions import UnknownProfileError
@@ -201,7 +202,27 @@ CPU_TINY = CostProfile(
     max_batch=32,
 )
 
-_PROFILES: dict[str, CostProfile] = {p.name: p for p in (A100_7B, CPU_TINY)}
+# The same engine end to end: ``loramux up``-style, 4 model replicas, the ingress and the
+# proxy sharing this machine's 2 cores, each request crossing HTTP, Redis and Ray. The
+# load tiers are as measured; a batch step costs 25x the engine-alone figure: the factor
+# that gives the simulator the measured median latency when it replays
+# benchmarks/bench_serve_routing.py's runs (fitted per run: 23.4-25.6 over 6 runs of
+# 1,000 requests at concurrency 16, both routers, three workloads; see docs/scheduler-results.md).
+_END_TO_END_STEP_FACTOR = 25.0
+CPU_SERVE = replace(
+    CPU_TINY,
+    name="cpu-serve",
+    description=(
+        "The tiny model served end to end on this machine (4 replicas, ingress and proxy "
+        "on 2 cores): the cpu profile with batch steps 25x as long, fitted by "
+        "benchmarks/bench_serve_routing.py to the measured latency."
+    ),
+    step_base_s=CPU_TINY.step_base_s * _END_TO_END_STEP_FACTOR,
+    step_per_seq_s=CPU_TINY.step_per_seq_s * _END_TO_END_STEP_FACTOR,
+    prefill_per_token_s=CPU_TINY.prefill_per_token_s * _END_TO_END_STEP_FACTOR,
+)
+
+_PROFILES: dict[str, CostProfile] = {p.name: p for p in (A100_7B, CPU_TINY, CPU_SERVE)}
 PROFILE_NAMES: tuple[str, ...] = tuple(sorted(_PROFILES))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -93,3 +94,29 @@ def test_the_router_config_holds_no_redis_url() -> None:
 
     assert secret not in config.model_dump_json()
     assert config.request_router_kwargs["redis_url_env"] == REDIS_URL_ENV == "LORAMUX_REDIS_URL"
+
+
+def test_build_app_can_leave_routing_to_ray_serve_for_the_routing_benchmark() -> None:
+    """``benchmarks/bench_serve_routing.py`` runs the same deployment under Ray Serve's
+    default router and its own model class; by default the cache-aware router routes."""
+    from services.serve import ModelReplica
+    from services.serve import build_app
+
+    class Subclass(ModelReplica):
+        pass
+
+    def model_deployment(app: Any) -> Any:
+        ingress = app._bound_deployment  # Ray's bound graph: Ingress(settings, model, ...)
+        return ingress.init_args[1]._bound_deployment
+
+    default = model_deployment(build_app(ServiceSettings()))
+    baseline = model_deployment(
+        build_app(ServiceSettings(), model_class=Subclass, cache_aware_routing=False)
+    )
+
+    routers = [
+        d._deployment_config.request_router_config.request_router_class for d in (default, baseline)
+    ]
+    assert routers[0] == "services.serve:CacheAwareRequestRouter"
+    assert routers[1].endswith("PowerOfTwoChoicesRequestRouter")  # Ray Serve's default
+    assert (default.func_or_class, baseline.func_or_class) == (ModelReplica, Subclass)
