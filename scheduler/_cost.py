@@ -206,8 +206,9 @@ CPU_TINY = CostProfile(
 # proxy sharing this machine's 2 cores, each request crossing HTTP, Redis and Ray. The
 # load tiers are as measured; a batch step costs 25x the engine-alone figure: the factor
 # that gives the simulator the measured median latency when it replays
-# benchmarks/bench_serve_routing.py's runs (fitted per run: 23.4-25.6 over 6 runs of
-# 1,000 requests at concurrency 16, both routers, three workloads; see docs/scheduler-results.md).
+# benchmarks/bench_serve_routing.py's runs (fitted per run: 23.4-28.7 over 12 runs of
+# 1,000 requests at concurrency 16, both routers, three workloads; see
+# docs/scheduler-results.md).
 _END_TO_END_STEP_FACTOR = 25.0
 CPU_SERVE = replace(
     CPU_TINY,
