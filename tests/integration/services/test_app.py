@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,6 +278,72 @@ def test_malformed_upload_is_400_and_changes_nothing(service: Service, acme: Cli
 
     assert acme.adapters.get("support").versions == [1]
     assert [a.name for a in acme.adapters.list()] == ["support"]
+
+
+# The hostile uploads of issue 9: catastrophic regex, numeric overflow, header bombs,
+# poisoned scaling and weights (tests/malformed.py writes each one).
+HOSTILE = (
+    "regex_bomb_target_modules",
+    "alpha_400_digits",
+    "header_many_huge_dims",
+    "header_huge_dims",
+    "scaling_above_limit",
+    "rslora_scaling_above_limit",
+    "huge_weights",
+    "nan_weights",
+)
+# A fence against unbounded work, not a benchmark: validation takes milliseconds.
+REFUSAL_BOUND_S = 2.0
+
+
+def test_hostile_uploads_are_refused_fast_while_another_tenant_is_served(
+    service: Service, keys: dict[str, str], acme: Client
+) -> None:
+    import threading
+    import time
+
+    from services.engine import load_base_model
+    from tests.malformed import MALFORMED_CASES
+    from tests.malformed import write_valid_adapter
+
+    # The corpus edits a valid adapter: one for the service's own base model.
+    tiny = load_base_model("tiny", models_dir=service.store_root / "models", device="cpu")
+    valid = write_valid_adapter(copy.deepcopy(tiny.model), service.store_root / "valid")
+    cases = [case for case in MALFORMED_CASES if case.id in HOSTILE]
+    assert sorted(case.id for case in cases) == sorted(HOSTILE)
+    stop = threading.Event()
+    served: list[int] = []
+    failed: list[BaseException] = []
+
+    def other_tenant() -> None:
+        with Client(service.url, keys["globex"], max_retries=0, timeout=120) as globex:
+            while not stop.is_set():
+                try:
+                    reply = globex.completions.create(model="tiny", prompt=PROMPT, max_tokens=2)
+                    served.append(reply.usage.completion_tokens)
+                except BaseException as exc:
+                    failed.append(exc)
+                    return
+
+    before = acme.adapters.get("support")
+    worker = threading.Thread(target=other_tenant)
+    worker.start()
+    refusals: dict[str, float] = {}
+    try:
+        for case in cases:
+            source = case.write(valid, service.store_root / "hostile" / case.id)
+            started = time.monotonic()
+            with pytest.raises(BadRequestError, match=re.escape(case.message)):
+                acme.adapters.push(source, "support")
+            refusals[case.id] = time.monotonic() - started
+        wait_until(lambda: len(served) >= 3, READY_TIMEOUT_S)
+    finally:
+        stop.set()
+        worker.join()
+
+    assert failed == []
+    assert max(refusals.values()) < REFUSAL_BOUND_S, refusals
+    assert acme.adapters.get("support") == before  # nothing published or changed
 
 
 def test_versions_aliases_download_and_delete(service: Service, acme: Client) -> None:
