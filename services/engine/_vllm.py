@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from services.engine._engine_options import CacheHooks
 from services.engine._engine_options import EngineKind
 from services.engine._engine_options import EngineOptions
 from services.engine._engine_options import StartedOnEnter
+from services.engine._grammar import Grammar
 from services.engine._requests import FinishReason
 from services.engine._requests import GenerationChunk
 from services.engine._requests import GenerationRequest
@@ -194,26 +196,33 @@ class VllmEngine(StartedOnEnter):
             stream = self._llm.generate(
                 prompt, params, request_id=request.request_id, lora_request=lora
             )
-            completion_tokens = 0
+            completion_tokens = [0] * request.sampling.n
             try:
                 async for output in stream:
-                    completion = output.outputs[0]
-                    completion_tokens += len(completion.token_ids)
                     finished = output.finished
-                    yield GenerationChunk(
-                        request_id=request.request_id,
-                        text=completion.text,
-                        token_ids=tuple(completion.token_ids),
-                        logprobs=_logprobs(completion, request.sampling.logprobs, self.tokenizer)
-                        if request.sampling.logprobs is not None
-                        else None,
-                        finish_reason=_finish_reason(completion.finish_reason)
-                        if finished
-                        else None,
-                        usage=Usage(len(output.prompt_token_ids or ()), completion_tokens)
-                        if finished
-                        else None,
-                    )
+                    for completion in output.outputs:
+                        completion_tokens[completion.index] += len(completion.token_ids)
+                        done = completion.finish_reason is not None
+                        yield GenerationChunk(
+                            request_id=request.request_id,
+                            text=completion.text,
+                            token_ids=tuple(completion.token_ids),
+                            logprobs=_logprobs(
+                                completion, request.sampling.logprobs, self.tokenizer
+                            )
+                            if request.sampling.logprobs is not None
+                            else None,
+                            finish_reason=_finish_reason(completion.finish_reason)
+                            if done
+                            else None,
+                            usage=Usage(
+                                len(output.prompt_token_ids or ()),
+                                completion_tokens[completion.index],
+                            )
+                            if done
+                            else None,
+                            index=completion.index,
+                        )
             except EngineError:
                 raise
             except Exception as exc:
@@ -361,10 +370,13 @@ def _start_vllm(path: Path, options: EngineOptions, gpu_slots: int) -> Any:
 
 
 def _vllm_sampling(sampling: SamplingParams) -> Any:
+    """Every sampling field as vLLM's: ``n`` choices, penalties, biases, token limits,
+    and the grammar as vLLM's structured outputs (xgrammar there too)."""
     from vllm import SamplingParams as VllmSamplingParams
     from vllm.sampling_params import RequestOutputKind
 
     return VllmSamplingParams(
+        n=sampling.n,
         max_tokens=sampling.max_tokens,
         temperature=sampling.temperature,
         top_p=sampling.top_p,
@@ -373,8 +385,29 @@ def _vllm_sampling(sampling: SamplingParams) -> Any:
         seed=sampling.seed,
         logprobs=sampling.logprobs,
         ignore_eos=sampling.ignore_eos,
+        presence_penalty=sampling.presence_penalty,
+        frequency_penalty=sampling.frequency_penalty,
+        repetition_penalty=sampling.repetition_penalty,
+        logit_bias=dict(sampling.logit_bias) or None,
+        min_tokens=sampling.min_tokens,
+        stop_token_ids=list(sampling.stop_token_ids) or None,
+        structured_outputs=_structured_outputs(sampling.grammar),
         output_kind=RequestOutputKind.DELTA,
     )
+
+
+def _structured_outputs(grammar: Grammar | None) -> Any:
+    if grammar is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if grammar.kind == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    if grammar.kind == "json_schema":
+        return StructuredOutputsParams(json=json.loads(grammar.source))
+    if grammar.kind == "regex":
+        return StructuredOutputsParams(regex=grammar.source)
+    return StructuredOutputsParams(choice=json.loads(grammar.source))
 
 
 def _engine_error(exc: Exception) -> EngineError:

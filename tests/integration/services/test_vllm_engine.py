@@ -23,6 +23,8 @@ from services.engine import AdapterMismatchError
 from services.engine import CacheHooks
 from services.engine import EngineOptions
 from services.engine import GenerationRequest
+from services.engine import GenerationResult
+from services.engine import Grammar
 from services.engine import InvalidRequestError
 from services.engine import SamplingParams
 from services.engine import open_engine
@@ -196,3 +198,61 @@ async def test_base_rows_stay_bare_when_every_slot_holds_an_adapter(engine, llam
 async def test_rank_above_the_limit_is_refused(adapters) -> None:
     with pytest.raises(AdapterMismatchError, match="max_lora_rank 16"):
         prepare_adapter(_version("max-rank"), adapters["max-rank"], max_lora_rank=16)
+
+
+async def test_n_choices_each_with_its_index_and_usage(engine) -> None:
+    request = GenerationRequest(
+        prompt="hello",
+        adapter=_version("list-targets"),
+        sampling=SamplingParams(max_tokens=5, temperature=1.0, seed=3, n=3, ignore_eos=True),
+    )
+    chunks = [chunk async for chunk in engine.generate(request)]
+    results = GenerationResult.choices_from_chunks(chunks)
+
+    assert [r.index for r in results] == [0, 1, 2]
+    assert all(len(r.token_ids) == 5 and r.usage.completion_tokens == 5 for r in results)
+
+
+async def test_min_tokens_stop_token_ids_and_logit_bias_reach_vllm(engine) -> None:
+    eos = engine.tokenizer.eos_token_id
+    favoured = engine.tokenizer("x", add_special_tokens=False)["input_ids"][0]
+    sampling = SamplingParams(
+        max_tokens=6,
+        temperature=0,
+        min_tokens=6,
+        logit_bias=((favoured, 100.0),),
+        presence_penalty=0.5,
+        stop_token_ids=(eos,) if eos is not None else (),
+    )
+    result = await engine.complete(GenerationRequest(prompt="hello", sampling=sampling))
+
+    assert len(result.token_ids) == 6  # min_tokens: no early stop
+    assert result.token_ids[0] == favoured  # a +100 bias wins the first greedy pick
+
+
+async def test_json_schema_output_validates_on_random_weights(engine) -> None:
+    import json
+
+    import jsonschema
+
+    # No maxLength: vLLM's xgrammar admits raw control characters in length-bounded
+    # strings, which the hf engine bans on top (services/engine/_grammar.py).
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"enum": ["Ada", "Bo"]},
+            "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        },
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
+    request = GenerationRequest(
+        prompt="a person:",
+        adapter=_version("list-targets"),
+        sampling=SamplingParams(
+            max_tokens=60, temperature=1.0, seed=1, grammar=Grammar.json_schema(schema)
+        ),
+    )
+    result = await engine.complete(request)
+
+    jsonschema.validate(json.loads(result.text), schema)
