@@ -18,6 +18,7 @@ TENANT_REPLICA_FIELDS = frozenset(
     {
         "replica_id",
         "gpu_slots",
+        "engine",
         "quantization",
         "base_model_bytes",
         "base_model_full_bytes",

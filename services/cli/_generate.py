@@ -151,11 +151,12 @@ def stats(
 
 
 def _base(replica: ReplicaStats) -> str:
-    """The base's quantization and the bytes its weights hold, e.g. ``nf4 9.3 MB``."""
-    quantization = replica.quantization or "-"
-    if replica.base_model_bytes is None:
-        return quantization
-    return f"{quantization} {replica.base_model_bytes / 1e6:.1f} MB"
+    """The engine, the base's quantization and the bytes its weights hold, e.g.
+    ``hf nf4 9.3 MB``."""
+    held = replica.quantization or "-"
+    if replica.base_model_bytes is not None:
+        held = f"{held} {replica.base_model_bytes / 1e6:.1f} MB"
+    return f"{replica.engine or '-'} {held}"
 
 
 def _ratio(tier: TierCounters | None) -> str:

@@ -67,6 +67,8 @@ class ReplicaStats(_Stats):
     replica_id: str
     residency: ResidentKeys
     gpu_slots: int
+    engine: str | None = None
+    """The backend that serves it: ``hf`` or ``vllm``."""
     quantization: str | None = None
     # What the base's weights hold, and one full fine-tuned copy's size (the unquantized
     # weights), for the dashboard's storage comparison.
@@ -93,6 +95,7 @@ class ReplicaStats(_Stats):
         return ReplicaStats(
             replica_id=self.replica_id,
             gpu_slots=self.gpu_slots,
+            engine=self.engine,
             quantization=self.quantization,
             base_model_bytes=self.base_model_bytes,
             base_model_full_bytes=self.base_model_full_bytes,

@@ -101,6 +101,19 @@ class CompiledGrammar:
     keep: torch.Tensor | None
 
 
+def _control_token_ids(decoded_vocab: Sequence[bytes]) -> list[int]:
+    return [i for i, token in enumerate(decoded_vocab) if any(b < 0x20 for b in token)]
+
+
+def json_banned_token_ids(tokenizer: Any, vocab_size: int) -> list[int]:
+    """The tokens a JSON grammar's row must never emit: those with a raw control
+    character (see the module docstring), for engines that ban them by logit bias."""
+    import xgrammar
+
+    info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+    return _control_token_ids(info.decoded_vocab)
+
+
 class GrammarCompiler:
     """Compiles :class:`Grammar` for one tokenizer; compiled grammars are cached.
 
@@ -115,8 +128,9 @@ class GrammarCompiler:
             tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(stop_token_ids)
         )
         self._compiler = xgrammar.GrammarCompiler(info, max_threads=1)
+        banned = set(_control_token_ids(info.decoded_vocab))
         self._without_control = _bitmask_words(
-            [not any(b < 0x20 for b in token) for token in info.decoded_vocab], vocab_size
+            [token not in banned for token in range(len(info.decoded_vocab))], vocab_size
         )
 
     def compile(self, grammar: Grammar) -> CompiledGrammar:

@@ -10,7 +10,9 @@ Face directory. ``tiny`` (random weights, byte tokens) stays the tests' model: i
 in a second and its numerics are what the engine tests pin.
 
 The embedded default (``loramux up``) and the tests need a base model without a download.
-``tiny`` is a two-layer Llama with deterministic seeded weights and a byte-level tokenizer
+``tiny`` is a two-layer Llama (hidden 64: two query heads of 32 over one KV head, the
+smallest head vLLM's CPU attention runs, so both engines serve it) with deterministic
+seeded weights and a byte-level tokenizer
 (token id == byte value, plus three special tokens) with a chat template. It is written
 once as ``config.json`` + ``model.safetensors`` + tokenizer files and then loaded like any
 other Hugging Face directory, so every engine code path is the one real models take.
@@ -43,7 +45,7 @@ BUILTIN_MODELS = (TINY_EN_MODEL_NAME, TINY_MODEL_NAME)
 _TINY_EN_DIR = Path(__file__).resolve().parent / "_builtin" / TINY_EN_MODEL_NAME
 # Bumped whenever the architecture, seed or tokenizer changes, so a stale directory built
 # by an older loramux is rebuilt instead of silently loaded.
-_TINY_REVISION = 2
+_TINY_REVISION = 3
 _SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>")
 _CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -55,8 +57,8 @@ _CONFIG = {
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
     "max_position_embeddings": 1024,
     "tie_word_embeddings": False,
 }

@@ -44,6 +44,7 @@ from services.engine._engine_options import EngineKind
 from services.engine._engine_options import EngineOptions
 from services.engine._engine_options import StartedOnEnter
 from services.engine._grammar import Grammar
+from services.engine._grammar import json_banned_token_ids
 from services.engine._requests import FinishReason
 from services.engine._requests import GenerationChunk
 from services.engine._requests import GenerationRequest
@@ -108,6 +109,11 @@ class VllmEngine(StartedOnEnter):
             str(options.base_model) if str(options.base_model) in BUILTIN_MODELS else path.name
         )
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        # vLLM's xgrammar admits raw control characters in length-bounded JSON strings;
+        # a -100 bias bans them in JSON rows, as the ``hf`` engine's mask does.
+        self._json_bans = dict.fromkeys(
+            json_banned_token_ids(self.tokenizer, len(self.tokenizer)), -100.0
+        )
         manifest, weight_bytes = _skeleton_facts(name, path, options)
         self.facts = BaseModelFacts(
             manifest=manifest,
@@ -181,7 +187,7 @@ class VllmEngine(StartedOnEnter):
                 f"{self._options.max_waiting}); retry later"
             )
         prompt = self._prompt_text(request)
-        params = _vllm_sampling(request.sampling)
+        params = _vllm_sampling(request.sampling, self._json_bans)
         lease: SlotLease | None = None
         self.num_waiting += 1
         try:
@@ -338,6 +344,7 @@ def _dtype(options: EngineOptions) -> Any:
 
 def _start_vllm(path: Path, options: EngineOptions, gpu_slots: int) -> Any:
     import torch
+    from vllm.config import StructuredOutputsConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -362,6 +369,11 @@ def _start_vllm(path: Path, options: EngineOptions, gpu_slots: int) -> Any:
         gpu_memory_utilization=options.vllm_gpu_memory_utilization,
         kv_cache_memory_bytes=kv_bytes,
         max_model_len=options.vllm_max_model_len,
+        # The same grammar engine as ``hf``, and JSON without free whitespace: otherwise
+        # a weak model can spend its whole budget on spaces inside a schema's object.
+        structured_outputs_config=StructuredOutputsConfig(
+            backend="xgrammar", disable_any_whitespace=True
+        ),
     )
     try:
         return AsyncLLM.from_engine_args(args)
@@ -369,11 +381,16 @@ def _start_vllm(path: Path, options: EngineOptions, gpu_slots: int) -> Any:
         raise BaseModelLoadError(f"vLLM cannot load the base model at {path}: {exc}") from exc
 
 
-def _vllm_sampling(sampling: SamplingParams) -> Any:
+def _vllm_sampling(sampling: SamplingParams, json_bans: dict[int, float]) -> Any:
     """Every sampling field as vLLM's: ``n`` choices, penalties, biases, token limits,
-    and the grammar as vLLM's structured outputs (xgrammar there too)."""
+    and the grammar as vLLM's structured outputs (xgrammar there too), with
+    ``json_bans`` added to a JSON row's logit bias."""
     from vllm import SamplingParams as VllmSamplingParams
     from vllm.sampling_params import RequestOutputKind
+
+    logit_bias = dict(sampling.logit_bias)
+    if sampling.grammar is not None and sampling.grammar.kind in ("json_object", "json_schema"):
+        logit_bias |= json_bans
 
     return VllmSamplingParams(
         n=sampling.n,
@@ -388,7 +405,7 @@ def _vllm_sampling(sampling: SamplingParams) -> Any:
         presence_penalty=sampling.presence_penalty,
         frequency_penalty=sampling.frequency_penalty,
         repetition_penalty=sampling.repetition_penalty,
-        logit_bias=dict(sampling.logit_bias) or None,
+        logit_bias=logit_bias or None,
         min_tokens=sampling.min_tokens,
         stop_token_ids=list(sampling.stop_token_ids) or None,
         structured_outputs=_structured_outputs(sampling.grammar),

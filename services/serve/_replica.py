@@ -201,6 +201,7 @@ class ModelReplica:
                 pinned=sorted(key for key, count in residency.pinned.items() if count > 0),
             ),
             gpu_slots=self._gpu_slots,
+            engine=self._engine.kind,
             quantization=self._engine.facts.manifest.quantization,
             base_model_bytes=self._engine.facts.weight_bytes,
             base_model_full_bytes=self._engine.facts.full_precision_bytes,

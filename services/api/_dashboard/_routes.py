@@ -149,6 +149,7 @@ def dashboard_router(
                 "bytes": base_bytes,
                 "full_bytes": full_bytes,
                 "quantization": base.quantization if base is not None else None,
+                "engine": base.engine if base is not None else None,
             },
             "replicas": [report.model_dump(exclude_none=True) for report in reports],
             "storage": {

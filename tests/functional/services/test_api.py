@@ -247,6 +247,7 @@ REPLICA_REPORT = ReplicaStats.model_validate(
         "replica_id": "r1",
         "residency": {"gpu": ["acme/bot@1", "globex/x@1"], "host": ["globex/y@2"]},
         "gpu_slots": 4,
+        "engine": "hf",
         "quantization": "nf4",
         "base_model_bytes": 1000,
         "base_model_full_bytes": 3600,

@@ -151,6 +151,7 @@ def test_stats_prints_each_replica_as_a_table_or_json(
                 "replica_id": "r-one",
                 "residency": {"gpu": ["acme/bot@1", "globex/x@1"]},
                 "gpu_slots": 4,
+                "engine": "vllm",
                 "quantization": "nf4",
                 "base_model_bytes": 9_300_000,
                 "in_flight": 2,
@@ -163,7 +164,7 @@ def test_stats_prints_each_replica_as_a_table_or_json(
     raw = json.loads(acme("stats", "--json").stdout)
     admin = make_cli(service_url, tmp_path / "home", LORAMUX_API_KEY=ADMIN_KEY)
 
-    assert "r-one" in table and "1/4" in table and "nf4 9.3 MB" in table
+    assert "r-one" in table and "1/4" in table and "vllm nf4 9.3 MB" in table
     # A tenant sees only its own adapters' residency, and none of the counters that
     # sum every tenant's traffic (hit ratios, requests); the admin key sees them.
     assert raw["replicas"][0]["residency"]["gpu"] == ["acme/bot@1"]

@@ -382,7 +382,7 @@ def test_stats_show_residency_and_counters(admin: Client, acme: Client) -> None:
     assert not any(r.tiers for r in mine.replicas)
     # The unquantized tiny base: it holds its full-precision size (plus rotary buffers).
     for replica in mine.replicas:
-        assert replica.quantization == "none"
+        assert (replica.engine, replica.quantization) == ("hf", "none")
         assert replica.base_model_bytes >= (replica.base_model_full_bytes or 0) > 0
     assert mine.adapters is not None and mine.adapters["support"].requests >= 1
     assert mine.tenant is not None and mine.tenant.adapters == 1

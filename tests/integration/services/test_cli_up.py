@@ -35,7 +35,8 @@ def log_tail(process: subprocess.Popen[bytes]) -> str:
     return LOGS[process.pid].read_text(errors="replace")[-3000:]
 
 
-def start(home: Path, port: int) -> subprocess.Popen[bytes]:
+def start(home: Path, port: int, *options: str) -> subprocess.Popen[bytes]:
+    """``loramux up`` on ``port`` with ``options`` added, in its own process group."""
     env = {
         **os.environ,
         "HOME": str(home),
@@ -46,6 +47,7 @@ def start(home: Path, port: int) -> subprocess.Popen[bytes]:
     args = [
         *(sys.executable, "-c", "from services.cli import main; main()", "up"),
         *("--port", str(port), "--replicas", "1", "--dev-key", DEV_KEY),
+        *options,
     ]
     log = home / f"up-{time.monotonic_ns()}.log"
     with open(log, "wb") as out:

@@ -43,6 +43,7 @@ def replica_report(replica_id: str, resident: list[str]) -> ReplicaStats:
                 "pinned": [],
             },
             "gpu_slots": 2,
+            "engine": "hf",
             "quantization": "nf4",
             "base_model_bytes": HELD_BYTES,
             "base_model_full_bytes": BASE_MODEL_BYTES,
@@ -138,6 +139,7 @@ async def test_the_admin_key_sees_every_tenant_and_the_storage_saving(
         "bytes": HELD_BYTES,
         "full_bytes": BASE_MODEL_BYTES,
         "quantization": "nf4",
+        "engine": "hf",
     }
     assert data["storage"] == {
         "tenants": 2,

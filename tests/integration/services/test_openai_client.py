@@ -1,9 +1,10 @@
 """The official ``openai`` client against the API over a real engine, sync and streaming.
 
-One module-scoped service: the HTTP API (uvicorn on a free port) over a real store
-(redis-server, ``file://`` blobs) and a real :class:`Engine` with the built-in ``tiny``
-model and an adapter cache, in place of Ray Serve (``test_app.py`` covers Ray). Every
-request feature of issue 15 goes through ``openai.OpenAI`` as applications send it.
+One service per engine backend (``hf``, and ``vllm`` on vLLM's CPU build): the HTTP API
+(uvicorn on a free port) over a real store (redis-server, ``file://`` blobs) and the
+backend that :func:`open_engine` builds on the built-in ``tiny`` model, in place of Ray
+Serve (``test_app.py`` covers Ray). Every request feature of issue 15 goes through
+``openai.OpenAI`` as applications send it, and must behave the same on both engines.
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ from adapter_store import StoreSettings
 from services._settings import ServiceSettings
 from services.api import create_api
 from services.client import Client
-from services.engine import AdapterCache
-from services.engine import Engine
+from services.engine import CacheHooks
+from services.engine import EngineOptions
 from services.engine import GenerationChunk
 from services.engine import GenerationRequest
-from services.engine import HostAdapter
-from services.engine import MultiLoraModel
+from services.engine import ReplicaEngine
 from services.engine import load_base_model
+from services.engine import open_engine
 from tests.factories import make_peft_adapter
 from tests.helpers import served
 
@@ -45,19 +46,28 @@ PERSON, WEATHER, CLOCK = _SCHEMAS["person"], _SCHEMAS["weather"], _SCHEMAS["cloc
 
 
 class EngineGateway:
-    """The model replicas' role, in process: one engine on the server's event loop."""
+    """The model replicas' role, in process: one engine, started on the server's event
+    loop by the first request."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: ReplicaEngine) -> None:
         self.engine = engine
         self.loop: asyncio.AbstractEventLoop | None = None
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        self.loop = asyncio.get_running_loop()
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+            await self.engine.start()
         async for chunk in self.engine.generate(request):
             yield chunk
 
     async def replica_stats(self) -> list[dict[str, Any]]:
         return [{"replica_id": "local", "residency": {}}]
+
+    def close(self) -> None:
+        if self.loop is None:
+            asyncio.run(self.engine.aclose())
+        else:
+            asyncio.run_coroutine_threadsafe(self.engine.aclose(), self.loop).result(60)
 
 
 @dataclass
@@ -66,29 +76,32 @@ class Service:
     api_key: str
 
 
-@pytest.fixture(scope="module")
-def service(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+@pytest.fixture(scope="module", params=["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
+def service(
+    request: pytest.FixtureRequest, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
     import redis
 
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("openai")
+    root = tmp_path_factory.mktemp(f"openai-{request.param}")
     redis.Redis.from_url(redis_server.url).flushall()
     store = AdapterStore.from_settings(
         StoreSettings(redis_url=redis_server.url, blob_url=(root / "blobs").as_uri(), data_dir=root)
     )
     base = load_base_model("tiny", models_dir=root / "models", device="cpu")
     adapter_dir = make_peft_adapter(copy.deepcopy(base.model), root / "support", seed=1)
-    store.register_manifest(base.manifest)
-    model = MultiLoraModel(base.model, max_slots=2, max_rank=8)
-    cache = AdapterCache(
+    options = EngineOptions(
+        base_model="tiny",
+        models_dir=root / "models",
         gpu_slots=2,
+        max_lora_rank=8,
+        max_batch_size=8,
         host_budget_bytes=1 << 26,
-        fetch_to_disk=store.fetch,
-        load_host=lambda version, path: HostAdapter.from_dir(version.key, path, model),
-        activate_slot=model.load_slot,
-        deactivate_slot=model.clear_slot,
+        dtype="float32",
     )
-    gateway = EngineGateway(Engine(base, model, cache, max_batch_size=8))
+    engine = open_engine(request.param, options, CacheHooks(fetch_to_disk=store.fetch))
+    store.register_manifest(engine.facts.manifest)
+    gateway = EngineGateway(engine)
     settings = ServiceSettings(store=StoreSettings(data_dir=root), default_max_tokens=8)
     _, key = store.create_tenant("acme")
     try:
@@ -98,9 +111,7 @@ def service(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
                     sdk.adapters.push(adapter_dir, "support")
                 yield Service(url, key)
             finally:
-                if gateway.loop is not None:
-                    future = asyncio.run_coroutine_threadsafe(gateway.engine.aclose(), gateway.loop)
-                    future.result(30)
+                gateway.close()
     finally:
         store.close()
 

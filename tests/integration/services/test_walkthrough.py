@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 
+import httpx
 import pytest
 
+from tests.integration.services.test_cli_up import ADMIN_KEY
 from tests.integration.services.test_cli_up import log_tail
 from tests.integration.services.test_cli_up import start
 from tests.integration.services.test_cli_up import stop
@@ -85,7 +87,10 @@ def test_the_readme_parses_into_commands_with_outputs() -> None:
     assert all(c.startswith("loramux ") for c in commands)
 
 
-def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
+def test_the_readme_walkthrough_runs_as_written(engine: str, tmp_path: Path) -> None:
+    """The same commands print the same lines on both engines (``loramux up --engine``);
+    the python block drives the service with the official ``openai`` client."""
     from adapter_store._redis_server import free_port
 
     steps = walkthrough_steps(README.read_text())
@@ -95,7 +100,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     for name in ("LORAMUX_URL", "LORAMUX_API_KEY", "LORAMUX_DIRECT"):
         env.pop(name, None)
 
-    service = start(tmp_path, port)
+    service = start(tmp_path, port, "--engine", engine)
     try:
         wait_ready(service, url, tmp_path / ".loramux" / "profile.json")
         for step in steps:
@@ -112,6 +117,12 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
             )
             assert result.returncode == 0, f"{what} failed:\n{result.stdout}\n{result.stderr}"
             assert_printed_in_order(step.expected, result.stdout, what)
+        # Residency reads the same on both engines: the trained adapter holds a GPU slot.
+        stats = httpx.get(
+            f"{url}/v1/stats", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
+        ).json()
+        assert [replica["engine"] for replica in stats["replicas"]] == [engine]
+        assert "default/moonberry@1" in stats["replicas"][0]["residency"]["gpu"]
     finally:
         status = stop(service)
     assert status == 0, log_tail(service)

@@ -478,8 +478,9 @@
       ["adapters", String(s.adapters), `${s.versions} versions · ${s.trained} trained here`],
       ["stored", bytes(s.bytes), "all live versions"],
       ["base model", base.bytes === null ? "—" : bytes(base.bytes),
-        !base.quantization || base.quantization === "none" ? base.id :
-          `${base.id}, ${base.quantization} (${bytes(base.full_bytes)} unquantized)`],
+        (!base.quantization || base.quantization === "none" ? base.id :
+          `${base.id}, ${base.quantization} (${bytes(base.full_bytes)} unquantized)`) +
+          (base.engine ? ` · engine ${base.engine}` : "")],
       ["as full fine-tuned copies", s.full_copies_bytes === null ? "—" : bytes(s.full_copies_bytes),
         `${s.adapters} × the unquantized base model`],
       ["saved", s.saved_bytes === null ? "—" : bytes(s.saved_bytes),

@@ -25,7 +25,7 @@ def tiny(models_dir: Path):
     return load_base_model(TINY_MODEL_NAME, models_dir=models_dir)
 
 
-# Per layer, (out, in) as torch stores Linear weights: 4 heads of 16, 2 KV heads.
+# Per layer, (out, in) as torch stores Linear weights: 2 heads of 32, 1 KV head.
 _LAYER_SHAPES = {
     "input_layernorm.weight": (64,),
     "post_attention_layernorm.weight": (64,),
@@ -45,10 +45,11 @@ def test_tiny_is_a_two_layer_llama_with_a_byte_vocabulary(tiny, models_dir: Path
     config = json.loads((models_dir / "tiny" / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]
     sizes = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
-    # 256 bytes, then <|bos|> <|eos|> <|pad|>; two layers of four heads of 16.
-    assert [config[key] for key in sizes] == [259, 64, 2, 4]
+    # 256 bytes, then <|bos|> <|eos|> <|pad|>; two layers of two heads of 32 (head_dim
+    # 32: the smallest vLLM's CPU attention runs).
+    assert [config[key] for key in sizes] == [259, 64, 2, 2]
     assert [config[f"{t}_token_id"] for t in ("bos", "eos", "pad")] == [256, 257, 258]
-    assert (config["num_key_value_heads"], config["tie_word_embeddings"]) == (2, False)
+    assert (config["num_key_value_heads"], config["tie_word_embeddings"]) == (1, False)
 
     weights = load_file(models_dir / "tiny" / "model.safetensors")
     expected = {
