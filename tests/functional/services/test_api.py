@@ -281,6 +281,7 @@ async def test_health_needs_a_live_replica_and_stats_hide_other_tenants(
         ReplicaStats(
             replica_id="r1",
             gpu_slots=4,
+            engine="hf",
             quantization="nf4",
             base_model_bytes=1000,
             base_model_full_bytes=3600,
