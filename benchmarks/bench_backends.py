@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -155,5 +156,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    # vLLM logs to stdout by default; stdout carries the report alone.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     json.dump(asyncio.run(main(sys.argv[1:])), sys.stdout, indent=2)
     sys.stdout.write("\n")

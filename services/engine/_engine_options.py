@@ -36,7 +36,8 @@ class EngineOptions:
     ``base_model`` is a built-in model name, a local Hugging Face directory or a hub
     id. ``gpu_slots`` ``None`` lets the backend size its slots (``hf``: from the memory the
     loaded base left free, 8 on a CPU; ``vllm``: 8). ``quantize`` holds the base's
-    weights in NF4 or int8 (``hf`` only). The ``vllm_*``
+    weights in NF4 or int8 (``hf``; ``vllm`` takes what vLLM runs, see
+    :func:`~services.engine.plan_vllm_quantization`). The ``vllm_*``
     fields go to vLLM's engine arguments (``vllm_kv_cache_bytes`` wins over
     ``vllm_gpu_memory_utilization`` when set; on the CPU build the utilization is a
     fraction of host memory).

@@ -7,7 +7,9 @@ bitsandbytes ones with ``quantize`` ``"none"`` or their own kind; AWQ, GPTQ and 
 other methods are refused, because the engine's LoRA layers wrap ``nn.Linear`` and
 bitsandbytes' ``Linear4bit`` / ``Linear8bitLt`` only. Every refusal happens before any
 weight is read, with a message naming the combination and what to do instead.
-Adapters stay in the compute dtype whatever the base holds.
+Adapters stay in the compute dtype whatever the base holds. That is the ``hf``
+engine's rule (:func:`plan_quantization`); the ``vllm`` engine's is
+:func:`plan_vllm_quantization`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,14 @@ from typing import get_args
 
 from services.engine.exceptions import BaseModelLoadError
 
-__all__ = ["QUANTIZATIONS", "Quantization", "QuantizationPlan", "plan_quantization"]
+__all__ = [
+    "QUANTIZATIONS",
+    "Quantization",
+    "QuantizationPlan",
+    "VllmQuantization",
+    "plan_quantization",
+    "plan_vllm_quantization",
+]
 
 Quantization = Literal["none", "nf4", "int8"]
 QUANTIZATIONS: Final[tuple[str, ...]] = get_args(Quantization)
@@ -85,6 +95,29 @@ def _silence_int8_cast_warning() -> None:
         bnb_logger.addFilter(_DropInt8CastWarning())
 
 
+def _saved_quantization(config: dict[str, Any]) -> tuple[str, str] | None:
+    """``(method, label)`` of a checkpoint saved quantized, None if it is not: the
+    method as its ``quant_method`` names it, the label as manifests show it (a
+    bitsandbytes checkpoint's kind, ``"nf4"``, ``"fp4"`` or ``"int8"``; else the method)."""
+    spec = config.get("quantization_config")
+    if not spec:
+        return None
+    method = str(spec.get("quant_method", "")).lower() if isinstance(spec, dict) else ""
+    if method == "bitsandbytes":
+        if spec.get("load_in_8bit"):
+            return method, "int8"
+        if spec.get("load_in_4bit"):
+            return method, str(spec.get("bnb_4bit_quant_type", "fp4"))
+    return method or repr(spec), method or "unknown"
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BaseModelLoadError(f"cannot read {path}/config.json: {exc}") from exc
+
+
 def _checkpoint_quantization(config: dict[str, Any], path: Path) -> str | None:
     """The kind a checkpoint was saved in (``"nf4"``, ``"fp4"``, ``"int8"``), None if
     unquantized.
@@ -92,20 +125,76 @@ def _checkpoint_quantization(config: dict[str, Any], path: Path) -> str | None:
     Raises:
         BaseModelLoadError: a quantization method other than bitsandbytes.
     """
-    spec = config.get("quantization_config")
-    if not spec:
-        return None
-    method = str(spec.get("quant_method", "")).lower() if isinstance(spec, dict) else ""
-    if method == "bitsandbytes":
-        if spec.get("load_in_8bit"):
-            return "int8"
-        if spec.get("load_in_4bit"):
-            return str(spec.get("bnb_4bit_quant_type", "fp4"))
-    name = _OTHER_METHODS.get(method, repr(method or spec))
+    saved = _saved_quantization(config)
+    if saved is None or saved[0] == "bitsandbytes":
+        return saved[1] if saved is not None else None
+    name = _OTHER_METHODS.get(saved[0], repr(saved[0]))
     raise BaseModelLoadError(
         f"base model {path} is a {name} checkpoint; the hf engine's LoRA layers wrap "
         "plain and bitsandbytes linear layers only, so it cannot put adapters on it. "
-        "Serve the unquantized checkpoint with --quantize nf4 or int8 instead"
+        "Serve it with engine 'vllm', or the unquantized checkpoint with --quantize nf4 "
+        "or int8"
+    )
+
+
+def _refuse_requantizing(path: Path, saved: str, quantize: str) -> None:
+    if quantize not in ("none", saved):
+        raise BaseModelLoadError(
+            f"base model {path} is already quantized as {saved}; it cannot be quantized "
+            f"again as {quantize}: pass quantize 'none' (or {saved!r}) to load it as it is"
+        )
+
+
+def _check_choice(quantize: str) -> None:
+    if quantize not in QUANTIZATIONS:
+        raise BaseModelLoadError(
+            f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class VllmQuantization:
+    """How the ``vllm`` engine loads a base: ``label`` as manifests show it, ``method``
+    the ``quantization`` engine argument (None: vLLM reads the checkpoint's own)."""
+
+    label: str
+    method: str | None = None
+
+
+def plan_vllm_quantization(
+    path: Path, quantize: str, *, methods: Sequence[str], cuda: bool
+) -> VllmQuantization:
+    """Check ``quantize`` for the ``vllm`` engine, before vLLM starts.
+
+    Policy: a checkpoint saved quantized (AWQ, GPTQ, bitsandbytes, compressed-tensors,
+    ...) loads as it is, with ``quantize`` ``"none"`` or its own kind; vLLM says at
+    start-up whether it runs that method on this device. ``nf4`` is vLLM's in-flight
+    bitsandbytes 4-bit quantization, on a CUDA GPU with a vLLM that has the method
+    (``methods``: vLLM's ``QUANTIZATION_METHODS``). ``int8`` has no in-flight
+    counterpart for dense layers in vLLM and is refused, as is ``nf4`` elsewhere.
+
+    Raises:
+        BaseModelLoadError: the combination cannot run; the message names the engine,
+            the quantization and what runs instead.
+    """
+    _check_choice(quantize)
+    saved = _saved_quantization(_read_config(path))
+    if saved is not None:
+        _refuse_requantizing(path, saved[1], quantize)
+        return VllmQuantization(saved[1])
+    if quantize == "none":
+        return VllmQuantization("none")
+    if quantize == "nf4" and cuda and "bitsandbytes" in methods:
+        return VllmQuantization("nf4", "bitsandbytes")
+    if quantize == "nf4":
+        where = "in this vLLM build" if cuda else "on a CUDA GPU"
+        reason = f"needs vLLM's bitsandbytes method {where}"
+    else:
+        reason = "has no counterpart in vLLM (no in-flight int8 for dense layers)"
+    raise BaseModelLoadError(
+        f"quantize {quantize!r} on engine 'vllm' {reason}: choose engine 'hf' (NF4 and "
+        "int8 on CPU and GPU), or serve a checkpoint saved quantized (AWQ, GPTQ, "
+        "compressed-tensors) with quantize 'none'"
     )
 
 
@@ -118,20 +207,10 @@ def plan_quantization(path: Path, quantize: str) -> QuantizationPlan:
             another kind than ``quantize``; or bitsandbytes is not installed. The message
             says which and what to do.
     """
-    if quantize not in QUANTIZATIONS:
-        raise BaseModelLoadError(
-            f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}"
-        )
-    try:
-        config = json.loads((Path(path) / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise BaseModelLoadError(f"cannot read {path}/config.json: {exc}") from exc
-    saved = _checkpoint_quantization(config, Path(path))
-    if saved is not None and quantize not in ("none", saved):
-        raise BaseModelLoadError(
-            f"base model {path} is already quantized as {saved}; it cannot be quantized "
-            f"again as {quantize}: pass quantize 'none' (or {saved!r}) to load it as it is"
-        )
+    _check_choice(quantize)
+    saved = _checkpoint_quantization(_read_config(path), Path(path))
+    if saved is not None:
+        _refuse_requantizing(path, saved, quantize)
     plan = QuantizationPlan(saved or quantize, from_checkpoint=saved is not None)
     if plan.quantized and importlib.util.find_spec("bitsandbytes") is None:
         raise BaseModelLoadError(

@@ -31,7 +31,6 @@ from adapter_store import CONFIG_NAME
 from adapter_store import WEIGHTS_NAME
 from adapter_store import AdapterStoreError
 from adapter_store import AdapterVersion
-from adapter_store import BaseModelManifest
 from adapter_store import LoraSpec
 from adapter_store import manifest_from_model
 from adapter_store import parse_lora_config
@@ -45,6 +44,8 @@ from services.engine._engine_options import EngineOptions
 from services.engine._engine_options import StartedOnEnter
 from services.engine._grammar import Grammar
 from services.engine._grammar import json_banned_token_ids
+from services.engine._quantization import VllmQuantization
+from services.engine._quantization import plan_vllm_quantization
 from services.engine._requests import FinishReason
 from services.engine._requests import GenerationChunk
 from services.engine._requests import GenerationRequest
@@ -63,7 +64,7 @@ from services.engine.exceptions import EngineOverloadedError
 from services.engine.exceptions import InvalidRequestError
 from services.engine.exceptions import RequestCancelledError
 
-__all__ = ["VllmAdapter", "VllmEngine", "prepare_adapter"]
+__all__ = ["VllmAdapter", "VllmEngine", "prepare_adapter", "vllm_quantization"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,13 +115,9 @@ class VllmEngine(StartedOnEnter):
         self._json_bans = dict.fromkeys(
             json_banned_token_ids(self.tokenizer, len(self.tokenizer)), -100.0
         )
-        manifest, weight_bytes = _skeleton_facts(name, path, options)
-        self.facts = BaseModelFacts(
-            manifest=manifest,
-            weight_bytes=weight_bytes,
-            full_precision_bytes=weight_bytes,
-        )
-        self._llm = _start_vllm(path, options, self.gpu_slots)
+        quantization = vllm_quantization(path, options.quantize)
+        self.facts = _skeleton_facts(name, path, options, quantization)
+        self._llm = _start_vllm(path, options, self.gpu_slots, quantization.method)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ids = itertools.count(1)
         self._registered: dict[int, Any] = {}  # slot -> vllm LoRARequest
@@ -315,9 +312,25 @@ def prepare_adapter(version: AdapterVersion, path: Path, *, max_lora_rank: int) 
     return VllmAdapter(version.key, path, spec, size)
 
 
-def _skeleton_facts(name: str, path: Path, options: EngineOptions) -> tuple[BaseModelManifest, int]:
-    """The manifest (module shapes) and parameter bytes, read from a weightless copy of
-    the model: vLLM holds the real weights in its own process."""
+def vllm_quantization(path: Path, quantize: str) -> VllmQuantization:
+    """:func:`plan_vllm_quantization` for the installed vLLM on this machine's device."""
+    import torch
+    from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+
+    return plan_vllm_quantization(
+        path, quantize, methods=QUANTIZATION_METHODS, cuda=torch.cuda.is_available()
+    )
+
+
+def _skeleton_facts(
+    name: str, path: Path, options: EngineOptions, quantization: VllmQuantization
+) -> BaseModelFacts:
+    """The manifest (module shapes, quantization) and weight bytes, read from a
+    weightless copy of the model: vLLM holds the real weights in its own process.
+
+    What the weights hold: a checkpoint saved quantized, its files' size; NF4 in flight,
+    the decoder's linear weights at 4 bits plus one absmax per 64; else every parameter
+    in the compute dtype (also the full-precision size)."""
     import torch
     from transformers import AutoConfig
     from transformers import AutoModelForCausalLM
@@ -329,9 +342,20 @@ def _skeleton_facts(name: str, path: Path, options: EngineOptions) -> tuple[Base
     except (OSError, ValueError, KeyError) as exc:
         raise BaseModelLoadError(f"cannot read base model config from {path}: {exc}") from exc
     itemsize = torch.empty((), dtype=_dtype(options)).element_size()
-    return manifest_from_model(name, skeleton), sum(
-        p.numel() for p in skeleton.parameters()
-    ) * itemsize
+    full = sum(p.numel() for p in skeleton.parameters()) * itemsize
+    held = full
+    if quantization.label != "none" and quantization.method is None:
+        held = sum(f.stat().st_size for f in path.glob("*.safetensors")) or full
+    elif quantization.label == "nf4":
+        output = skeleton.get_output_embeddings()
+        linear = sum(
+            m.weight.numel()
+            for m in skeleton.modules()
+            if isinstance(m, torch.nn.Linear) and m is not output
+        )
+        held = full - linear * itemsize + linear // 2 + linear // 64 * 4
+    manifest = manifest_from_model(name, skeleton, quantization=quantization.label)
+    return BaseModelFacts(manifest=manifest, weight_bytes=held, full_precision_bytes=full)
 
 
 def _dtype(options: EngineOptions) -> Any:
@@ -342,7 +366,9 @@ def _dtype(options: EngineOptions) -> Any:
     return torch.bfloat16 if torch.cuda.is_available() else torch.float32
 
 
-def _start_vllm(path: Path, options: EngineOptions, gpu_slots: int) -> Any:
+def _start_vllm(
+    path: Path, options: EngineOptions, gpu_slots: int, quantization: str | None
+) -> Any:
     import torch
     from vllm.config import StructuredOutputsConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
@@ -369,6 +395,7 @@ def _start_vllm(path: Path, options: EngineOptions, gpu_slots: int) -> Any:
         gpu_memory_utilization=options.vllm_gpu_memory_utilization,
         kv_cache_memory_bytes=kv_bytes,
         max_model_len=options.vllm_max_model_len,
+        quantization=quantization,
         # The same grammar engine as ``hf``, and JSON without free whitespace: otherwise
         # a weak model can spend its whole budget on spaces inside a schema's object.
         structured_outputs_config=StructuredOutputsConfig(

@@ -20,6 +20,7 @@ import torch
 from adapter_store import AdapterVersion
 from scheduler import Tier
 from services.engine import AdapterMismatchError
+from services.engine import BaseModelLoadError
 from services.engine import CacheHooks
 from services.engine import EngineOptions
 from services.engine import GenerationRequest
@@ -256,3 +257,21 @@ async def test_json_schema_output_validates_on_random_weights(engine) -> None:
     result = await engine.complete(request)
 
     jsonschema.validate(json.loads(result.text), schema)
+
+
+@pytest.mark.parametrize("quantize", ["nf4", "int8"])
+async def test_a_quantization_vllm_cannot_run_here_is_refused_before_it_starts(
+    model_dir: Path, quantize: str
+) -> None:
+    options = EngineOptions(base_model=model_dir, name="llama-h64", quantize=quantize)
+    hooks = CacheHooks(fetch_to_disk=lambda version: model_dir)
+
+    with pytest.raises(BaseModelLoadError, match=f"'{quantize}' on engine 'vllm'.*engine 'hf'"):
+        open_engine("vllm", options, hooks)
+
+
+async def test_the_engine_reports_its_base_unquantized(engine) -> None:
+    facts = engine.facts
+
+    assert (facts.manifest.base_model, facts.manifest.quantization) == ("llama-h64", "none")
+    assert facts.weight_bytes == facts.full_precision_bytes > 0

@@ -103,6 +103,6 @@ def test_an_engine_that_cannot_run_here_is_refused_before_anything_starts(
 
     assert unknown[0] == 1 and "engine" in unknown[1] and "'hf' or 'vllm'" in unknown[1]
     assert vllm[0] == 1
-    expected = "runs on engine hf only" if vllm_installed() else "--engine vllm needs vLLM"
+    expected = "'nf4' on engine 'vllm' needs" if vllm_installed() else "--engine vllm needs vLLM"
     assert expected in vllm[1]
     assert not (tmp_path / "b").exists(), "nothing was started"

@@ -14,6 +14,7 @@ import torch
 
 from services.engine import CPU_DEFAULT_SLOTS
 from services.engine import BaseModelLoadError
+from services.engine import VllmQuantization
 from services.engine import derive_gpu_slots
 from services.engine import ensure_tiny_model
 from services.engine import kv_cache_bytes_per_token
@@ -21,6 +22,7 @@ from services.engine import load_base_model
 from services.engine import lora_slot_bytes
 from services.engine import plan_gpu_slots
 from services.engine import plan_quantization
+from services.engine import plan_vllm_quantization
 
 pytest.importorskip("bitsandbytes", reason="bitsandbytes is a server dependency")
 
@@ -90,7 +92,7 @@ def test_awq_and_gptq_checkpoints_are_refused(
         tiny_dir, tmp_path / method, {"quant_method": method, "bits": 4}
     )
 
-    with pytest.raises(BaseModelLoadError, match=rf"{name} checkpoint.*--quantize nf4 or int8"):
+    with pytest.raises(BaseModelLoadError, match=rf"{name} checkpoint.*engine 'vllm'"):
         plan_quantization(path, "none")
 
 
@@ -204,3 +206,48 @@ def test_int8_does_not_log_its_expected_cast_on_every_matmul(
         base.model(input_ids=torch.tensor([[5, 6, 7]]))
 
     assert not [r for r in caplog.records if "will be cast" in r.getMessage()]
+
+
+# -- the vllm engine: what vLLM runs, refused before it starts otherwise -----------------
+
+WITH_BNB = ["awq", "gptq", "bitsandbytes"]
+
+
+@pytest.mark.parametrize(
+    ("quantize", "methods", "cuda", "match"),
+    [
+        ("nf4", WITH_BNB, False, "'nf4' on engine 'vllm' needs .* on a CUDA GPU"),
+        ("nf4", ["awq", "gptq"], True, "'nf4' on engine 'vllm' needs .* in this vLLM build"),
+        ("int8", WITH_BNB, True, "'int8' on engine 'vllm' has no counterpart in vLLM"),
+        ("int8", WITH_BNB, False, "'int8' on engine 'vllm' has no counterpart in vLLM"),
+        ("fp8", WITH_BNB, True, "quantize must be one of"),
+    ],
+)
+def test_vllm_refuses_what_it_cannot_quantize_naming_the_fix(
+    tiny_dir: Path, quantize: str, methods: list[str], cuda: bool, match: str
+) -> None:
+    with pytest.raises(BaseModelLoadError, match=match) as refused:
+        plan_vllm_quantization(tiny_dir, quantize, methods=methods, cuda=cuda)
+    assert quantize == "fp8" or "choose engine 'hf'" in str(refused.value)
+
+
+def test_vllm_quantizes_nf4_in_flight_with_bitsandbytes_on_cuda(tiny_dir: Path) -> None:
+    plan = plan_vllm_quantization(tiny_dir, "nf4", methods=WITH_BNB, cuda=True)
+    unquantized = plan_vllm_quantization(tiny_dir, "none", methods=[], cuda=False)
+
+    assert plan == VllmQuantization("nf4", "bitsandbytes")
+    assert unquantized == VllmQuantization("none", None)
+
+
+@pytest.mark.parametrize("method", ["awq", "gptq", "compressed-tensors"])
+def test_vllm_loads_a_saved_quantized_checkpoint_as_it_is(
+    tiny_dir: Path, tmp_path: Path, method: str
+) -> None:
+    path = with_quantization_config(tiny_dir, tmp_path / method, {"quant_method": method})
+
+    plan = plan_vllm_quantization(path, "none", methods=WITH_BNB, cuda=False)
+    with pytest.raises(BaseModelLoadError, match=f"already quantized as {method}"):
+        plan_vllm_quantization(path, "nf4", methods=WITH_BNB, cuda=True)
+
+    # vLLM reads the method from the checkpoint; the manifest shows it.
+    assert plan == VllmQuantization(method, None)
