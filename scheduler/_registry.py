@@ -15,7 +15,7 @@ from scheduler._types import PlacementPolicy
 from scheduler.exceptions import PolicyOptionError
 from scheduler.exceptions import UnknownPolicyError
 
-__all__ = ["POLICY_NAMES", "make_policy"]
+__all__ = ["POLICY_NAMES", "make_policy", "policy_options"]
 
 _POLICIES: dict[str, type] = {
     policy.name: policy
@@ -48,6 +48,24 @@ def _options_of(policy_class: type) -> set[str]:
     return accepted
 
 
+def policy_options(name: str) -> frozenset[str]:
+    """The options :func:`make_policy` accepts for the policy ``name``.
+
+    Raises:
+        UnknownPolicyError: ``name`` is not registered (the message lists the names).
+    """
+    return frozenset(_options_of(_policy_class(name)))
+
+
+def _policy_class(name: str) -> type:
+    try:
+        return _POLICIES[name]
+    except KeyError:
+        raise UnknownPolicyError(
+            f"unknown placement policy {name!r}; known policies: {', '.join(POLICY_NAMES)}"
+        ) from None
+
+
 def make_policy(name: str, *, seed: int = 0, **options: Any) -> PlacementPolicy:
     """A fresh policy instance by registered name.
 
@@ -58,12 +76,7 @@ def make_policy(name: str, *, seed: int = 0, **options: Any) -> PlacementPolicy:
         UnknownPolicyError: ``name`` is not registered (the message lists the names).
         PolicyOptionError: an option the policy does not take, or a bad value.
     """
-    try:
-        policy_class = _POLICIES[name]
-    except KeyError:
-        raise UnknownPolicyError(
-            f"unknown placement policy {name!r}; known policies: {', '.join(POLICY_NAMES)}"
-        ) from None
+    policy_class = _policy_class(name)
     accepted = _options_of(policy_class)
     unknown = sorted(set(options) - accepted)
     if unknown:

@@ -13,7 +13,12 @@ a host-memory cache and a local-disk cache of given byte budgets, using the cost
   default (they are the replicas' own sets and counters, ``pinned`` included); with
   ``view_refresh_s > 0`` they are snapshots refreshed on that period, updated
   optimistically after each placement by :meth:`~scheduler.ReplicaView.mark_placed`,
-  as a router's cluster view is.
+  as a router's cluster view is. Two options model a real router more closely:
+  ``exact_load`` reads the queue lengths fresh at every decision (Ray's routers keep a
+  queue-length cache that every send and completion updates, so the load they see is
+  current while residency arrives in periodic reports), and ``optimistic_views=False``
+  leaves residency to the reports alone (Ray's multiplexed routing learns a model id
+  only when the replica reports it; loramux's cluster view marks its own placements).
 * **Hits.** A request is classified when it is placed, by where its adapter is on the
   chosen replica: ``GPU`` (a GPU hit), ``LOADING`` (already being loaded or queued for a
   slot there: a miss that starts no new load), ``HOST``, ``DISK`` or ``NONE`` (a miss
@@ -81,7 +86,11 @@ class SimConfig:
     """The simulated cluster. Budgets are per replica, in MiB.
 
     ``view_refresh_s`` 0 means the policy sees exact replica state; a positive value
-    refreshes its views on that period. ``bound`` also computes the pooled Belady bound.
+    refreshes its views on that period, and then ``exact_load`` still reads the queue
+    lengths at every decision and ``optimistic_views`` marks each placement in the view
+    until the next report. ``replica_ids`` names the replicas (``replica-000``... when
+    empty): a replay of a real run passes the real ids, so that policies hashing on them
+    give each adapter the same homes. ``bound`` also computes the pooled Belady bound.
     """
 
     replicas: int
@@ -90,6 +99,9 @@ class SimConfig:
     host_cache_mb: float = 16 * 1024
     disk_cache_mb: float = 128 * 1024
     view_refresh_s: float = 0.0
+    exact_load: bool = False
+    optimistic_views: bool = True
+    replica_ids: tuple[str, ...] = ()
     demand_half_life_s: float = 30.0
     bound: bool = False
 
@@ -102,6 +114,14 @@ class SimConfig:
             raise SchedulerError(
                 "host_cache_mb, disk_cache_mb and view_refresh_s must be >= 0; got "
                 f"{self.host_cache_mb}, {self.disk_cache_mb}, {self.view_refresh_s}"
+            )
+        if self.replica_ids and (
+            len(self.replica_ids) != self.replicas
+            or len(set(self.replica_ids)) != self.replicas
+        ):
+            raise SchedulerError(
+                f"replica_ids must be {self.replicas} distinct names (one per replica); "
+                f"got {list(self.replica_ids)}"
             )
 
 
@@ -296,9 +316,13 @@ class _Replica:
             view.loading = set(self.loading)
             view.host = set(self.host)
             view.disk = set(self.disk)
-        view.in_flight = self.running
-        view.queued = self.waiting
+        self.refresh_load()
         view.pinned = self.pinned()
+
+    def refresh_load(self) -> None:
+        """Copy the queue lengths alone into the view."""
+        self.view.in_flight = self.running
+        self.view.queued = self.waiting
 
     def pinned(self) -> int:
         """GPU slots needed by a request here or by a load (in progress or waiting)."""
@@ -550,9 +574,9 @@ class _Simulation:
             if request.adapter and request.adapter not in self.sizes:
                 self.sizes[request.adapter] = profile.adapter_bytes(request.rank)
                 self.ranks[request.adapter] = request.rank or profile.default_rank
+        ids = config.replica_ids or [f"replica-{i:03d}" for i in range(config.replicas)]
         self.views = [
-            ReplicaView(replica_id=f"replica-{i:03d}", gpu_slots=config.gpu_slots)
-            for i in range(config.replicas)
+            ReplicaView(replica_id=replica_id, gpu_slots=config.gpu_slots) for replica_id in ids
         ]
         self.replicas = [
             _Replica(self, i, view, policy.new_eviction_policy) for i, view in enumerate(self.views)
@@ -592,12 +616,17 @@ class _Simulation:
                 for replica in replicas:
                     replica.refresh_view()
                 next_refresh = now + refresh
+            elif refresh and config.exact_load:
+                for replica in replicas:
+                    replica.refresh_load()
             view = select_replica(policy.rank_replicas(demand, views, now))
             replica = by_view[id(view)]
             if key:
                 tracker.observe(key, now)
-            if refresh:
+            if refresh and config.optimistic_views:
                 view.mark_placed(key)
+            elif refresh:
+                view.queued += 1
             policy.on_placed(demand, view, now)
             replica.accept(request, now)
             if progress is not None and index % progress_every == 0:

@@ -107,8 +107,9 @@ class CacheAwarePolicy:
     At most ``max_hot_keys`` adapters keep more than one home; a new one past that
     forgets the adapter ranked least recently, which falls back to one home (its other
     copies stay usable as GPU holders). ``holder_floor`` is in sequences: set it to
-    about half the engine's batch size (``max_num_seqs``); much higher and a holder's
-    batch fills while others idle.
+    between half and all of the engine's batch size (``max_num_seqs``; the services
+    router gets the replicas' ``max_batch_size``); higher and a holder's batch fills and
+    requests queue there while others idle, lower and hot adapters are copied sooner.
     Residency read from a stale view can send a request to a copy that is gone (a cold
     load, not an error).
 

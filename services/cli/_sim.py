@@ -68,6 +68,20 @@ def sim(
     view_refresh_ms: Annotated[
         float, typer.Option(min=0, help="Refresh the router's views every N ms (0: exact).")
     ] = 0.0,
+    exact_load: Annotated[
+        bool,
+        typer.Option(
+            help="With refreshed views, still read queue lengths at every decision "
+            "(as Ray's queue-length cache does)."
+        ),
+    ] = False,
+    optimistic_views: Annotated[
+        bool,
+        typer.Option(
+            help="With refreshed views, mark each placement in the view until the next "
+            "report (loramux's router does; Ray's multiplexed routing does not)."
+        ),
+    ] = True,
     policy_option: Annotated[
         list[str] | None, typer.Option(help="NAME=VALUE passed to the policy; repeatable.")
     ] = None,
@@ -93,6 +107,8 @@ def sim(
             host_cache_mb=host_cache_mb,
             disk_cache_mb=disk_cache_mb,
             view_refresh_s=view_refresh_ms / 1000,
+            exact_load=exact_load,
+            optimistic_views=optimistic_views,
             bound=bound,
         )
         if as_json:

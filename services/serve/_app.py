@@ -23,6 +23,7 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig
 from ray.serve.deployment import Application
 
+from scheduler import policy_options
 from services._settings import ServiceSettings
 from services.serve._ingress import IngressServer
 from services.serve._replica import ModelReplica
@@ -85,15 +86,20 @@ def router_config(settings: ServiceSettings) -> RequestRouterConfig:
     shown in clear by ``serve status`` and the dashboard, and the URL may hold a
     password): the router reads it from ``LORAMUX_REDIS_URL`` in its own process, set by
     ``loramux up`` before Ray starts, or by the deployment's Secret."""
+    kwargs: dict[str, Any] = {
+        "policy": settings.routing_policy,
+        "redis_url_env": REDIS_URL_ENV,
+        "key_prefix": settings.store.key_prefix,
+        "staleness_bound_s": settings.view_staleness_bound_s,
+        "max_tracked_adapters": settings.router_max_tracked_adapters,
+    }
+    if "holder_floor" in policy_options(settings.routing_policy):
+        # A replica holding the adapter takes its requests until its batch is full;
+        # past that they would queue there while other replicas idle.
+        kwargs["holder_floor"] = settings.max_batch_size
     return RequestRouterConfig(
         request_router_class=_ROUTER_CLASS,
-        request_router_kwargs={
-            "policy": settings.routing_policy,
-            "redis_url_env": REDIS_URL_ENV,
-            "key_prefix": settings.store.key_prefix,
-            "staleness_bound_s": settings.view_staleness_bound_s,
-            "max_tracked_adapters": settings.router_max_tracked_adapters,
-        },
+        request_router_kwargs=kwargs,
         request_routing_stats_period_s=settings.routing_stats_period_s,
     )
 

@@ -300,3 +300,35 @@ def test_stale_views_take_the_routers_optimistic_update_between_refreshes() -> N
     simulate(trace, policy, config)
     # a marked loading (one slot) on its first placement; its second joins that load.
     assert policy.seen == [0, 1, 1]
+
+
+@pytest.mark.parametrize(("exact_load", "expected"), [(False, [0, 1, 2]), (True, [0, 1, 0])])
+def test_exact_load_reads_queue_lengths_at_every_decision_between_refreshes(
+    exact_load: bool, expected: list[int]
+) -> None:
+    trace = [
+        TraceRequest(0.0, "a", 0, 1),
+        TraceRequest(0.1, "a", 0, 1),
+        TraceRequest(50.0, "a", 0, 1),  # both done by now; no refresh since 0
+    ]
+    policy = MeasuringPolicy(lambda adapter, replicas: replicas[0].load)
+    config = SimConfig(
+        replicas=1, gpu_slots=1, profile=HAND, view_refresh_s=100.0, exact_load=exact_load
+    )
+    simulate(trace, policy, config)
+    assert policy.seen == expected
+
+
+def test_without_optimistic_views_residency_waits_for_the_next_report() -> None:
+    # Ray's multiplexed routing: a load the router started is unknown until reported.
+    trace = [
+        TraceRequest(0.0, "a", 0, 1),
+        TraceRequest(6.0, "a", 0, 1),
+        TraceRequest(11.0, "a", 0, 1),
+    ]
+    policy = MeasuringPolicy(lambda adapter, replicas: replicas[0].tier_of(adapter.key))
+    config = SimConfig(
+        replicas=1, gpu_slots=1, profile=HAND, view_refresh_s=10.0, optimistic_views=False
+    )
+    simulate(trace, policy, config)
+    assert policy.seen == [Tier.NONE, Tier.NONE, Tier.GPU]

@@ -96,6 +96,19 @@ def test_the_router_config_holds_no_redis_url() -> None:
     assert config.request_router_kwargs["redis_url_env"] == REDIS_URL_ENV == "LORAMUX_REDIS_URL"
 
 
+def test_a_holder_takes_an_adapters_requests_up_to_the_replicas_batch_size() -> None:
+    from services.serve._app import router_config
+
+    kwargs = router_config(ServiceSettings(max_batch_size=8)).request_router_kwargs
+    assert kwargs["holder_floor"] == 8
+    assert kwargs["policy"] == "adaptive"
+    # A policy without the option is not given it (make_policy would refuse it).
+    kwargs = router_config(
+        ServiceSettings(max_batch_size=8, routing_policy="round_robin")
+    ).request_router_kwargs
+    assert "holder_floor" not in kwargs
+
+
 def test_build_app_can_leave_routing_to_ray_serve_for_the_routing_benchmark() -> None:
     """``benchmarks/bench_serve_routing.py`` runs the same deployment under Ray Serve's
     default router and its own model class; by default the cache-aware router routes."""
