@@ -116,8 +116,7 @@ class SimConfig:
                 f"{self.host_cache_mb}, {self.disk_cache_mb}, {self.view_refresh_s}"
             )
         if self.replica_ids and (
-            len(self.replica_ids) != self.replicas
-            or len(set(self.replica_ids)) != self.replicas
+            len(self.replica_ids) != self.replicas or len(set(self.replica_ids)) != self.replicas
         ):
             raise SchedulerError(
                 f"replica_ids must be {self.replicas} distinct names (one per replica); "
