@@ -332,3 +332,13 @@ def test_without_optimistic_views_residency_waits_for_the_next_report() -> None:
     )
     simulate(trace, policy, config)
     assert policy.seen == [Tier.NONE, Tier.NONE, Tier.GPU]
+
+
+def test_replica_ids_name_the_replicas_and_must_be_one_distinct_name_each() -> None:
+    policy = MeasuringPolicy(lambda adapter, replicas: [r.replica_id for r in replicas])
+    config = SimConfig(replicas=2, gpu_slots=1, profile=HAND, replica_ids=("x1", "y2"))
+    simulate([TraceRequest(0.0, "a", 0, 1)], policy, config)
+    assert policy.seen == [["x1", "y2"]]
+    for ids in (("x1",), ("x1", "x1")):
+        with pytest.raises(SchedulerError, match="replica_ids must be 2 distinct names"):
+            SimConfig(replicas=2, gpu_slots=1, profile=HAND, replica_ids=ids)
