@@ -60,6 +60,7 @@ from scheduler import belady_bound
 from scheduler import cost_profile
 from scheduler import make_policy
 from scheduler import percentile
+from scheduler import policy_options
 from scheduler import simulate
 from scheduler import synthesize
 from services.client import Client
@@ -70,6 +71,8 @@ PROMPT = "Once upon a time"
 READY_TIMEOUT_S = 300.0
 # How often replicas report to the router; the simulator's views refresh as often.
 ROUTING_STATS_PERIOD_S = 0.5
+# Sequences one replica batches; the replay's profiles batch as many.
+MAX_BATCH_SIZE = 8
 # How each router sees the replicas, for the simulator's replay. Both read queue lengths
 # from Ray's queue-length cache, which every send and completion updates (exact load).
 # loramux's router follows the replicas' residency events in Redis as they happen and
@@ -81,6 +84,9 @@ ROUTER_VIEWS: dict[str, dict[str, Any]] = {
     "adaptive": {"view_refresh_s": 0.0},
     "ray_multiplex": {"view_refresh_s": 0.2, "exact_load": True, "optimistic_views": False},
 }
+# Replays of each run under other replica ids and seeds: how far chance alone (where
+# adapters hash, the policies' random draws) moves the simulated figures.
+SPREAD_DRAWS = 8
 
 # The two families of sequences (popularity only: the clients send them closed-loop).
 WORKLOADS: dict[str, dict[str, Any]] = {
@@ -206,7 +212,7 @@ def deploy(
         num_gpus=0,
         torch_threads=1,
         gpu_slots=args.gpu_slots,
-        max_batch_size=8,
+        max_batch_size=MAX_BATCH_SIZE,
         default_max_tokens=args.max_tokens,
         routing_stats_period_s=ROUTING_STATS_PERIOD_S,
         stats_period_s=0.5,
@@ -336,7 +342,7 @@ def replay(run: Run, policy: str, args: argparse.Namespace) -> dict[str, Any]:
         for r in sorted(run.requests, key=lambda r: r.sent_s)
     ]
     measured = [r.done_s - r.sent_s for r in run.requests if r.done_s is not None]
-    engine_only = cost_profile("cpu")
+    engine_only = dataclasses.replace(cost_profile("cpu"), max_batch=MAX_BATCH_SIZE)
     # The run's replica ids (in the replicas' report order) and seed 0, the services
     # router's: every adapter gets the rendezvous homes it had for real.
     ids = tuple(replica["replica_id"] for replica in run.stats.get("replicas", ()))
@@ -351,20 +357,48 @@ def replay(run: Run, policy: str, args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"policy": policy, "fitted_step_factor": round(scale, 1)}
     profiles = {
         "cpu": engine_only,
-        "cpu-serve": cost_profile("cpu-serve"),
+        "cpu-serve": dataclasses.replace(cost_profile("cpu-serve"), max_batch=MAX_BATCH_SIZE),
         "fitted": scaled(engine_only, scale),
     }
     for name, profile in profiles.items():
         result = _simulate(trace, policy, dataclasses.replace(config, profile=profile))
-        counts = [0] * args.replicas
-        for outcome in result.outcomes:
-            counts[outcome.replica] += 1
         report[name] = {
             "gpu_hit_rate": round(result.gpu_hit_rate, 3),
-            "imbalance": round(max(counts) / statistics.mean(counts), 3),
+            "imbalance": round(_imbalance(result, args.replicas), 3),
             "latency_p50_s": round(result.latency_p50_s, 3),
         }
+    # The same replay with other replica ids and seeds (other rendezvous homes and random
+    # choices, as another deployment would draw): how far the figures move by chance.
+    others = [
+        _simulate(
+            trace,
+            policy,
+            dataclasses.replace(
+                config,
+                profile=profiles["fitted"],
+                replica_ids=tuple(f"draw{draw}-{i}" for i in range(args.replicas)),
+            ),
+            seed=draw,
+        )
+        for draw in range(1, SPREAD_DRAWS + 1)
+    ]
+    report["fitted_other_draws"] = {
+        "gpu_hit_rate_mean_sd": _mean_sd([r.gpu_hit_rate for r in others]),
+        "imbalance_mean_sd": _mean_sd([_imbalance(r, args.replicas) for r in others]),
+    }
     return report
+
+
+def _imbalance(result: Any, replicas: int) -> float:
+    """Requests per replica, max over mean."""
+    counts = [0] * replicas
+    for outcome in result.outcomes:
+        counts[outcome.replica] += 1
+    return max(counts) / statistics.mean(counts)
+
+
+def _mean_sd(values: list[float]) -> list[float]:
+    return [round(statistics.mean(values), 3), round(statistics.stdev(values), 3)]
 
 
 def scaled(profile: CostProfile, factor: float) -> CostProfile:
@@ -397,8 +431,10 @@ def fit_step_scale(
     return (low * high) ** 0.5
 
 
-def _simulate(trace: list[TraceRequest], policy: str, config: SimConfig) -> Any:
-    return simulate(trace, make_policy(policy, seed=0), config)
+def _simulate(trace: list[TraceRequest], policy: str, config: SimConfig, *, seed: int = 0) -> Any:
+    # The policy as the services router builds it (seed 0, holders up to a full batch).
+    options = {"holder_floor": MAX_BATCH_SIZE} if "holder_floor" in policy_options(policy) else {}
+    return simulate(trace, make_policy(policy, seed=seed, **options), config)
 
 
 def _wait(condition: Callable[[], bool]) -> None:
