@@ -66,6 +66,18 @@ def test_the_serve_configs_args_are_service_settings_and_hold_no_secret() -> Non
     assert not secrets & set(app["runtime_env"]["env_vars"])
 
 
+def test_the_serve_configs_router_kwargs_are_what_the_app_builder_derives() -> None:
+    """A deployment's ``request_router_config`` in the config replaces the one
+    ``app_builder`` made from ``args``, so it must carry the same kwargs (the Redis URL's
+    variable, the batch-derived holder floor...)."""
+    from services.serve._app import router_config
+
+    (app,) = load(SERVE_CONFIG)["applications"]
+    (model,) = (d for d in app["deployments"] if d["name"] == "Model")
+    derived = router_config(ServiceSettings(**app["args"])).request_router_kwargs
+    assert model["request_router_config"]["request_router_kwargs"] == derived
+
+
 def test_the_rayservice_serves_the_same_config() -> None:
     service = load(RAYSERVICE)
     assert service["kind"] == "RayService"
