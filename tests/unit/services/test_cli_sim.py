@@ -18,15 +18,21 @@ _JSON_KEYS = {
 }  # fmt: skip
 
 
-def test_synth_then_sim_prints_the_documented_json(tmp_path: Path) -> None:
+def synth(tmp_path: Path, *, rate: int, seed: int) -> Path:
+    """A 5 s trace over 30 rank-8 adapters, written by ``loramux trace synth``."""
     trace = tmp_path / "t.csv"
     made = runner.invoke(
         app,
-        ["trace", "synth", "--adapters", "30", "--rate", "20", "--duration", "5",
-         "--rank-mix", "8:1", "--seed", "2", "--out", str(trace)],
+        ["trace", "synth", "--adapters", "30", "--rate", str(rate), "--duration", "5",
+         "--rank-mix", "8:1", "--seed", str(seed), "--out", str(trace)],
     )  # fmt: skip
     assert made.exit_code == 0, made.output
     assert "wrote" in made.output and trace.exists()
+    return trace
+
+
+def test_synth_then_sim_prints_the_documented_json(tmp_path: Path) -> None:
+    trace = synth(tmp_path, rate=20, seed=2)
     ran = runner.invoke(
         app,
         ["sim", "--trace", str(trace), "--policy", "least_loaded", "--replicas", "2",
@@ -42,13 +48,7 @@ def test_synth_then_sim_prints_the_documented_json(tmp_path: Path) -> None:
 def test_sim_models_a_router_that_reads_fresh_loads_but_reported_residency(
     tmp_path: Path,
 ) -> None:
-    trace = tmp_path / "t.csv"
-    made = runner.invoke(
-        app,
-        ["trace", "synth", "--adapters", "30", "--rate", "40", "--duration", "5",
-         "--rank-mix", "8:1", "--seed", "3", "--out", str(trace)],
-    )  # fmt: skip
-    assert made.exit_code == 0, made.output
+    trace = synth(tmp_path, rate=40, seed=3)
     results = {}
     for extra in ([], ["--exact-load", "--no-optimistic-views"]):
         ran = runner.invoke(
