@@ -19,12 +19,14 @@ completions in sequence order:
   the slots, and Ray routes by it.
 
 Measured per run: the GPU-slot hit rate (from the replicas' engine counters: the share
-of requests whose adapter was in a GPU slot when they arrived) against the pooled Belady bound of the
-sequence over all slots, cold loads (from the blob store), p50/p99 latency and time to
-first token, throughput, requests per replica (max/mean) and errors. Then the simulator
-replays each run's exact sequence, with the arrival times it had, under the ``cpu``
-profile (``adaptive`` for ``loramux``, ``ray_multiplex`` for ``serve_multiplexed``): the
-``fidelity`` entries are simulation minus reality. Prints one JSON document.
+of requests whose adapter was in a GPU slot when they arrived) against the pooled
+Belady bound of the sequence over all slots and the hindsight top-slots reference
+(``static_top``), cold loads (from the blob store), p50/p99 latency and time to first
+token, throughput, requests per replica (max/mean) and errors. Then the simulator
+replays each run's exact sequence, with the arrival times it had, as each router sees
+the replicas (``adaptive`` for ``loramux``, ``ray_multiplex`` for
+``serve_multiplexed``; see :func:`replay`): the ``fidelity`` entries are simulation
+minus reality. Prints one JSON document.
 """
 
 from __future__ import annotations
