@@ -58,11 +58,11 @@ from scheduler import CostProfile
 from scheduler import SimConfig
 from scheduler import SynthSpec
 from scheduler import TraceRequest
+from scheduler import batch_options
 from scheduler import belady_bound
 from scheduler import cost_profile
 from scheduler import make_policy
 from scheduler import percentile
-from scheduler import policy_options
 from scheduler import simulate
 from scheduler import synthesize
 from services.client import Client
@@ -435,7 +435,7 @@ def fit_step_scale(
 
 def _simulate(trace: list[TraceRequest], policy: str, config: SimConfig, *, seed: int = 0) -> Any:
     # The policy as the services router builds it (seed 0, holders up to a full batch).
-    options = {"holder_floor": MAX_BATCH_SIZE} if "holder_floor" in policy_options(policy) else {}
+    options = batch_options(policy, MAX_BATCH_SIZE)
     return simulate(trace, make_policy(policy, seed=seed, **options), config)
 
 

@@ -15,7 +15,7 @@ from scheduler._types import PlacementPolicy
 from scheduler.exceptions import PolicyOptionError
 from scheduler.exceptions import UnknownPolicyError
 
-__all__ = ["POLICY_NAMES", "make_policy", "policy_options"]
+__all__ = ["POLICY_NAMES", "batch_options", "make_policy", "policy_options"]
 
 _POLICIES: dict[str, type] = {
     policy.name: policy
@@ -55,6 +55,24 @@ def policy_options(name: str) -> frozenset[str]:
         UnknownPolicyError: ``name`` is not registered (the message lists the names).
     """
     return frozenset(_options_of(_policy_class(name)))
+
+
+def batch_options(name: str, batch_size: int) -> dict[str, int]:
+    """The options that size the policy ``name`` to replicas batching ``batch_size``
+    sequences: ``holder_floor`` (a replica holding the adapter takes its requests until
+    its batch is full) for the policies that take it, nothing for the others.
+
+    The services router, the simulator's CLI and the benchmarks all build policies
+    through this, so a simulated policy is the one a deployment runs. Options given
+    explicitly to :func:`make_policy` should override these (merge them last).
+
+    Raises:
+        UnknownPolicyError: ``name`` is not registered.
+        PolicyOptionError: ``batch_size`` is not positive.
+    """
+    if batch_size < 1:
+        raise PolicyOptionError(f"batch_size={batch_size!r} must be >= 1 (sequences per batch)")
+    return {"holder_floor": batch_size} if "holder_floor" in policy_options(name) else {}
 
 
 def _policy_class(name: str) -> type:

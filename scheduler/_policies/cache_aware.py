@@ -374,8 +374,10 @@ class AdaptivePolicy(CacheAwarePolicy):
       one-off does not push out a steady hot adapter where a cheaper victim exists;
     * ``eviction_half_life_s=120``: replicas evict by use counts that age over minutes,
       so a steady adapter outlives a burst of one-offs;
-    * ``saturation_load=64``: when every replica runs at least a full batch, holders
-      take up to three times the mean load and cold adapters keep one home.
+    * ``saturation_load`` defaults to ``holder_floor`` (the replicas' batch size, see
+      :func:`~scheduler.batch_options`): when every replica runs at least a full batch,
+      holders take up to three times the mean load and cold adapters keep one home.
+      ``saturation_load=0`` turns this off.
 
     Failure modes are ``cache_aware``'s; in addition a victim score comes from this
     router's own placements, so a router that sees few requests judges victims badly.
@@ -389,7 +391,7 @@ class AdaptivePolicy(CacheAwarePolicy):
         seed: int = 0,
         fast_half_life_s: float = 4.0,
         eviction_half_life_s: float = 120.0,
-        saturation_load: int = 64,
+        saturation_load: int | None = None,
         victim_aware: bool = True,
         **options: Any,
     ) -> None:
@@ -397,7 +399,10 @@ class AdaptivePolicy(CacheAwarePolicy):
             seed=seed,
             fast_half_life_s=fast_half_life_s,
             eviction_half_life_s=eviction_half_life_s,
-            saturation_load=saturation_load,
+            saturation_load=saturation_load or 0,
             victim_aware=victim_aware,
             **options,
         )
+        if saturation_load is None:
+            # "A full batch" is the holder floor: both are the replicas' batch size.
+            self.saturation_load = self.holder_floor

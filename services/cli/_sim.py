@@ -83,7 +83,11 @@ def sim(
         ),
     ] = True,
     policy_option: Annotated[
-        list[str] | None, typer.Option(help="NAME=VALUE passed to the policy; repeatable.")
+        list[str] | None,
+        typer.Option(
+            help="NAME=VALUE passed to the policy; repeatable. holder_floor defaults to "
+            "the profile's batch size, as the services router sets it to the replicas'."
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the policy's random choices.")] = 0,
     bound: Annotated[bool, typer.Option(help="Also compute the pooled Belady bound.")] = False,
@@ -92,6 +96,7 @@ def sim(
     """Replay a trace on simulated replicas with one placement policy."""
     from scheduler import SchedulerError
     from scheduler import SimConfig
+    from scheduler import batch_options
     from scheduler import cost_profile
     from scheduler import make_policy
     from scheduler import read_trace
@@ -99,11 +104,14 @@ def sim(
 
     try:
         requests = read_trace(trace)
-        chosen = make_policy(policy, seed=seed, **_parse_options(policy_option or []))
+        costs = cost_profile(profile)
+        # Sized to the profile's batch as the services router sizes it to the replicas'.
+        options = {**batch_options(policy, costs.max_batch), **_parse_options(policy_option or [])}
+        chosen = make_policy(policy, seed=seed, **options)
         config = SimConfig(
             replicas=replicas,
             gpu_slots=gpu_slots,
-            profile=cost_profile(profile),
+            profile=costs,
             host_cache_mb=host_cache_mb,
             disk_cache_mb=disk_cache_mb,
             view_refresh_s=view_refresh_ms / 1000,

@@ -23,7 +23,7 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig
 from ray.serve.deployment import Application
 
-from scheduler import policy_options
+from scheduler import batch_options
 from services._settings import ServiceSettings
 from services.serve._ingress import IngressServer
 from services.serve._replica import ModelReplica
@@ -93,10 +93,7 @@ def router_config(settings: ServiceSettings) -> RequestRouterConfig:
         "staleness_bound_s": settings.view_staleness_bound_s,
         "max_tracked_adapters": settings.router_max_tracked_adapters,
     }
-    if "holder_floor" in policy_options(settings.routing_policy):
-        # A replica holding the adapter takes its requests until its batch is full;
-        # past that they would queue there while other replicas idle.
-        kwargs["holder_floor"] = settings.max_batch_size
+    kwargs.update(batch_options(settings.routing_policy, settings.max_batch_size))
     return RequestRouterConfig(
         request_router_class=_ROUTER_CLASS,
         request_router_kwargs=kwargs,

@@ -7,6 +7,7 @@ import pytest
 from scheduler import POLICY_NAMES
 from scheduler import PolicyOptionError
 from scheduler import UnknownPolicyError
+from scheduler import batch_options
 from scheduler import make_policy
 from scheduler import policy_options
 
@@ -27,3 +28,19 @@ def test_policy_options_are_exactly_what_make_policy_accepts() -> None:
 def test_an_unknown_policy_name_lists_the_known_ones() -> None:
     with pytest.raises(UnknownPolicyError, match="known policies: adaptive"):
         policy_options("fastest")
+
+
+def test_batch_options_size_the_policies_that_take_them() -> None:
+    assert batch_options("adaptive", 48) == {"holder_floor": 48}
+    assert batch_options("cache_aware", 16) == {"holder_floor": 16}
+    assert batch_options("round_robin", 48) == {}
+    assert batch_options("ray_multiplex", 48) == {}
+    sized = make_policy("adaptive", **batch_options("adaptive", 48))
+    # adaptive's overload threshold is a full batch too, unless set apart (0: off).
+    assert (sized.holder_floor, sized.saturation_load) == (48, 48)  # type: ignore[attr-defined]
+    apart = make_policy("adaptive", **{**batch_options("adaptive", 48), "saturation_load": 0})
+    assert apart.saturation_load == 0  # type: ignore[attr-defined]
+    with pytest.raises(PolicyOptionError, match="batch_size=0 must be >= 1"):
+        batch_options("adaptive", 0)
+    with pytest.raises(UnknownPolicyError, match="known policies"):
+        batch_options("fastest", 8)

@@ -108,3 +108,23 @@ def test_synth_at_a_target_load_with_drift_and_flash_crowds(tmp_path: Path) -> N
     assert f"({expected:.3g} req/s)" in made.output
     bad = runner.invoke(app, ["trace", "synth", "--load", "0", "--out", str(trace)])
     assert bad.exit_code == 2 and "--load" in bad.output
+
+
+def test_sim_sizes_the_policy_to_the_profiles_batch(tmp_path: Path) -> None:
+    trace = synth(tmp_path, rate=100, seed=4)
+    results = {}
+    for extra in (
+        [],
+        ["--policy-option", "holder_floor=32"],
+        ["--policy-option", "holder_floor=1"],
+    ):
+        ran = runner.invoke(
+            app,
+            ["sim", "--trace", str(trace), "--policy", "adaptive", "--replicas", "3",
+             "--gpu-slots", "8", "--profile", "cpu", "--json", *extra],
+        )  # fmt: skip
+        assert ran.exit_code == 0, ran.output
+        results[" ".join(extra)] = json.loads(ran.output)
+    # The cpu profile batches 32: the default is holder_floor=32, and an option overrides it.
+    assert results[""] == results["--policy-option holder_floor=32"]
+    assert results[""] != results["--policy-option holder_floor=1"]
