@@ -97,6 +97,38 @@ class CostProfile:
         )
         return 1.0 / per_request
 
+    def pooled(self, replicas: int) -> CostProfile:
+        """One replica that stands for ``replicas`` of these sharing every request evenly.
+
+        It batches ``replicas`` times as many sequences, and its per-sequence and
+        per-prompt-token step costs, disk and host-to-GPU fixed costs and transfer time
+        per byte are divided by ``replicas``: a step over ``b`` sequences lasts as long as
+        one real replica's step over ``b / replicas``, and its link, disk and copy engine
+        carry ``replicas`` times the bytes. Run with ``replicas`` times the GPU slots it
+        is the *pooled replica*: the same pins, batching and eviction as ``replicas``
+        replicas, in one cache that no placement partitions.
+
+        Failure mode: one FIFO transfer queue stands for several parallel ones, so a
+        burst of loads completes in the same total time but in a different order.
+
+        Raises:
+            SchedulerError: ``replicas`` is not positive.
+        """
+        if replicas < 1:
+            raise SchedulerError(f"pooled replicas={replicas!r} must be >= 1")
+        return replace(
+            self,
+            name=f"{self.name}-pooled-{replicas}",
+            max_batch=self.max_batch * replicas,
+            step_per_seq_s=self.step_per_seq_s / replicas,
+            prefill_per_token_s=self.prefill_per_token_s / replicas,
+            s3_bytes_per_s=self.s3_bytes_per_s * replicas,
+            disk_latency_s=self.disk_latency_s / replicas,
+            disk_bytes_per_s=self.disk_bytes_per_s * replicas,
+            h2d_fixed_s=self.h2d_fixed_s / replicas,
+            h2d_bytes_per_s=self.h2d_bytes_per_s * replicas,
+        )
+
     def step_seconds(self, batch: int, prefill_tokens: int = 0) -> float:
         return (
             self.step_base_s

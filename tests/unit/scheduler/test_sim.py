@@ -22,12 +22,14 @@ from scheduler import LRUEviction
 from scheduler import ReplicaView
 from scheduler import SchedulerError
 from scheduler import SimConfig
+from scheduler import SynthSpec
 from scheduler import Tier
 from scheduler import TraceRequest
 from scheduler import UnknownProfileError
 from scheduler import cost_profile
 from scheduler import make_policy
 from scheduler import simulate
+from scheduler import synthesize
 from tests.fakes import RecordingPolicy
 
 # Round numbers so the schedule below can be worked out by hand: a 100-byte adapter
@@ -246,6 +248,45 @@ def test_the_a100_profile_matches_its_documented_figures() -> None:
     )
     assert 0.05 < cold < 0.2  # about 0.1 s, far below the 4.4 s production p50 reference
     assert profile.step_seconds(1) == pytest.approx(0.0155)
+
+
+def test_a_pooled_profile_runs_like_its_replicas_sharing_the_work_evenly() -> None:
+    profile = cost_profile("a100-7b")
+    pooled = profile.pooled(8)
+    assert pooled.max_batch == 8 * profile.max_batch
+    assert pooled.step_seconds(8 * 40, 8 * 512) == pytest.approx(profile.step_seconds(40, 512))
+    assert pooled.replica_capacity_rps(512, 128) == pytest.approx(
+        8 * profile.replica_capacity_rps(512, 128)
+    )
+    size = profile.adapter_bytes(16)
+    assert 8 * pooled.h2d_seconds(size) == pytest.approx(profile.h2d_seconds(size))
+    assert dataclasses.replace(profile.pooled(1), name=profile.name) == profile
+    with pytest.raises(SchedulerError, match="pooled replicas=0 must be >= 1"):
+        profile.pooled(0)
+
+
+def test_the_pooled_replica_hits_at_least_as_often_as_the_partitioned_replicas() -> None:
+    # The pooled replica is the reference for what placement loses by partitioning the
+    # slots; on a drifting workload the partitioned run stays below it.
+    spec = SynthSpec(
+        adapters=400, tenants=40, zipf_alpha=0.9, arrival_cv=2.0, rate_rps=60.0,
+        duration_s=60.0, drift_period_s=20.0, flash_period_s=30.0, flash_duration_s=10.0,
+        seed=5,
+    )  # fmt: skip
+    trace = synthesize(spec)
+    profile = cost_profile("a100-7b")
+    split = simulate(
+        trace, make_policy("adaptive", seed=1), SimConfig(replicas=4, gpu_slots=4, profile=profile)
+    )
+    pooled = simulate(
+        trace,
+        make_policy("adaptive", seed=1),
+        SimConfig(
+            replicas=1, gpu_slots=16, profile=profile.pooled(4), host_cache_mb=4 * 16 * 1024,
+            disk_cache_mb=4 * 128 * 1024,
+        ),
+    )  # fmt: skip
+    assert split.gpu_hit_rate < pooled.gpu_hit_rate < 1.0
 
 
 class MeasuringPolicy(FirstReplicaPolicy):
