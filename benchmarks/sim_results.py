@@ -27,10 +27,12 @@ from pathlib import Path
 
 from scheduler import POLICY_NAMES
 from scheduler import DemandAwareEviction
+from scheduler import PlacementPolicy
 from scheduler import SimConfig
 from scheduler import SimResult
 from scheduler import SynthSpec
 from scheduler import TraceRequest
+from scheduler import batch_options
 from scheduler import convert_alibaba
 from scheduler import convert_azure
 from scheduler import cost_profile
@@ -46,6 +48,8 @@ DRIFT_BEGIN, DRIFT_END = "<!-- drift-results:begin -->", "<!-- drift-results:end
 
 PROFILE = "a100-7b"
 GPU_SLOTS = 16
+# Rerun with twice the GPU slots above 70% load, to show what the slots bound there.
+SLOT_POLICIES = ("adaptive", "ray_multiplex")
 RATE_PER_REPLICA = 4.0  # ~60% of an a100-7b replica's throughput at these lengths
 
 
@@ -149,6 +153,12 @@ def _generated(family: str, load: float) -> DriftScenario:
     return DriftScenario(f"drift{family}-load{load:g}-{replicas}r", replicas, load, spec)
 
 
+def _policy(name: str) -> PlacementPolicy:
+    """The policy as a deployment of ``PROFILE`` replicas builds it: seed 1, sized to the
+    profile's batch (``holder_floor``), as the services router sizes it to its replicas'."""
+    return make_policy(name, seed=1, **batch_options(name, cost_profile(PROFILE).max_batch))
+
+
 def _capacity(replicas: int) -> float:
     return replicas * cost_profile(PROFILE).replica_capacity_rps(512.0, 128.0)
 
@@ -186,6 +196,24 @@ def pooled_lfu_hit_rate(trace: list[TraceRequest], capacity: int, half_life_s: f
     return hits / total if total else 1.0
 
 
+def pooled_replica_hit_rate(trace: list[TraceRequest], replicas: int) -> float:
+    """GPU hit rate of the pooled replica: ``adaptive`` on one replica that stands for
+    ``replicas`` sharing the work evenly (``CostProfile.pooled``), with all their GPU
+    slots, host and disk caches. The same pins, batching, transfers and eviction as the
+    real run, in one cache no placement partitions: what placement on separate replicas
+    can reach at best in practice (the partition costs some slots to copies of hot
+    adapters and to uneven homes; the pooled replica pays neither)."""
+    one = SimConfig(
+        replicas=1, gpu_slots=replicas * GPU_SLOTS, profile=cost_profile(PROFILE).pooled(replicas)
+    )
+    config = replace(
+        one,
+        host_cache_mb=replicas * one.host_cache_mb,
+        disk_cache_mb=replicas * one.disk_cache_mb,
+    )
+    return simulate(trace, _policy("adaptive"), config).gpu_hit_rate
+
+
 def _drift_goals(load: float, ours: SimResult, ray: SimResult) -> str:
     """The issue's goals that apply at this load, each met or missed by how much."""
     bound = ours.bound_gpu_hit_rate or 0.0
@@ -201,22 +229,24 @@ def _drift_goals(load: float, ours: SimResult, ray: SimResult) -> str:
     return "; ".join(("met " if ok else "**missed** ") + text for ok, text in checks)
 
 
-def render_drift(rows: list[tuple[DriftScenario, list[SimResult], float, int, float]]) -> str:
+def render_drift(rows: list[DriftRun]) -> str:
     lines = [
         "### Drift, flash crowds and overload: all runs",
         "",
         "| scenario | load | policy | GPU hit | Belady bound | hit/bound | pooled LFU | "
-        "cold loads | TTFT p50 s | TTFT p99 s | imbalance | occupancy imb. | deferred |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "pooled replica | cold loads | TTFT p50 s | TTFT p99 s | imbalance | occupancy imb. "
+        "| deferred |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for scenario, results, lfu, _, _ in rows:
-        for r in results:
+    for row in rows:
+        for r in row.results:
             bound = r.bound_gpu_hit_rate or 0.0
             lines.append(
-                f"| {scenario.name} | {scenario.load:.2f} | {r.policy} | {r.gpu_hit_rate:.3f} | "
-                f"{bound:.3f} | {r.gpu_hit_rate / bound if bound else 0:.2f} | {lfu:.3f} | "
-                f"{r.cold_loads} | {r.ttft_p50_s:.3f} | {r.ttft_p99_s:.2f} | "
-                f"{r.load_imbalance:.2f} | {r.occupancy_imbalance:.2f} | {r.deferred_loads} |"
+                f"| {row.scenario.name} | {row.scenario.load:.2f} | {r.policy} | "
+                f"{r.gpu_hit_rate:.3f} | {bound:.3f} | {r.gpu_hit_rate / bound if bound else 0:.2f} "
+                f"| {row.pooled_lfu:.3f} | {row.pooled_replica:.3f} | {r.cold_loads} | "
+                f"{r.ttft_p50_s:.3f} | {r.ttft_p99_s:.2f} | {r.load_imbalance:.2f} | "
+                f"{r.occupancy_imbalance:.2f} | {r.deferred_loads} |"
             )
     lines += [
         "",
@@ -225,24 +255,47 @@ def render_drift(rows: list[tuple[DriftScenario, list[SimResult], float, int, fl
         "Load is the offered rate over the replicas' full-batch capacity. Hit/bound >= 0.85 "
         "applies at loads up to 0.9; the comparison with `ray_multiplex` (higher GPU hit, "
         "p99 TTFT at least 2x lower) above 0.7, where the issue's 40 req/s run and the "
-        "slot-bound runs sit; load_imbalance <= 1.3 everywhere.",
+        "slot-bound runs sit; load_imbalance <= 1.3 everywhere. The last column is "
+        "adaptive's GPU hit rate over the pooled replica's.",
         "",
-        "| scenario | load | requests | adaptive | cache_aware | ray_multiplex | goals |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| scenario | load | requests | adaptive | cache_aware | ray_multiplex | goals | "
+        "of pooled replica |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
     ]
-    for scenario, results, _, requests, _ in rows:
-        by_name = {r.policy: r for r in results}
+    for row in rows:
+        by_name = {r.policy: r for r in row.results}
         ours, old, ray = by_name["adaptive"], by_name["cache_aware"], by_name["ray_multiplex"]
         lines.append(
-            f"| {scenario.name} | {scenario.load:.2f} | {requests} | {ours.gpu_hit_rate:.3f} | "
-            f"{old.gpu_hit_rate:.3f} | {ray.gpu_hit_rate:.3f} | "
-            f"{_drift_goals(scenario.load, ours, ray)} |"
+            f"| {row.scenario.name} | {row.scenario.load:.2f} | {row.requests} | "
+            f"{ours.gpu_hit_rate:.3f} | {old.gpu_hit_rate:.3f} | {ray.gpu_hit_rate:.3f} | "
+            f"{_drift_goals(row.scenario.load, ours, ray)} | "
+            f"{ours.gpu_hit_rate / row.pooled_replica:.2f} |"
+        )
+    lines += [
+        "",
+        f"### Above 70% load with {2 * GPU_SLOTS} GPU slots per replica",
+        "",
+        f"The same traces, adaptive and ray_multiplex only, with twice the slots ({GPU_SLOTS} "
+        f"-> {2 * GPU_SLOTS}): how much of the tail the slots set.",
+        "",
+        "| scenario | load | adaptive hit | ray hit | adaptive TTFT p99 s | ray TTFT p99 s | "
+        "ray / adaptive p99 | adaptive imbalance |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        if not row.wider:
+            continue
+        ours, ray = row.wider
+        lines.append(
+            f"| {row.scenario.name} | {row.scenario.load:.2f} | {ours.gpu_hit_rate:.3f} | "
+            f"{ray.gpu_hit_rate:.3f} | {ours.ttft_p99_s:.2f} | {ray.ttft_p99_s:.2f} | "
+            f"{ray.ttft_p99_s / ours.ttft_p99_s:.1f}x | {ours.load_imbalance:.2f} |"
         )
     lines += ["", "### Workloads", ""]
-    for scenario, _, _, requests, seconds in rows:
-        spec = scenario.spec
+    for row in rows:
+        spec = row.scenario.spec
         lines.append(
-            f"- `{scenario.name}`: {requests} requests, {spec.rate_rps:.1f} req/s over "
+            f"- `{row.scenario.name}`: {row.requests} requests, {spec.rate_rps:.1f} req/s over "
             f"{spec.duration_s:g} s, {spec.adapters} adapters / {spec.tenants} tenants, Zipf "
             f"{spec.zipf_alpha}, CV {spec.arrival_cv}, re-rank {spec.drift_fraction:.0%} every "
             f"{spec.drift_period_s:g} s, {spec.flash_adapters}-adapter flash crowds of "
@@ -253,12 +306,27 @@ def render_drift(rows: list[tuple[DriftScenario, list[SimResult], float, int, fl
                 if spec.churn_period_s
                 else ""
             )
-            + f", seed {spec.seed}, {scenario.replicas} replicas (all policies: {seconds:.0f} s)"
+            + f", seed {spec.seed}, {row.scenario.replicas} replicas "
+            f"(everything: {row.seconds:.0f} s)"
         )
     return "\n".join(lines)
 
 
-def run_drift(only: str) -> list[tuple[DriftScenario, list[SimResult], float, int, float]]:
+@dataclass(frozen=True)
+class DriftRun:
+    """One drift scenario's results: every policy, the references, and (above 70% load)
+    adaptive and ray_multiplex again with twice the GPU slots."""
+
+    scenario: DriftScenario
+    results: list[SimResult]
+    pooled_lfu: float
+    pooled_replica: float
+    wider: list[SimResult]
+    requests: int
+    seconds: float
+
+
+def run_drift(only: str) -> list[DriftRun]:
     rows = []
     for scenario in drift_scenarios():
         if only not in scenario.name:
@@ -269,18 +337,29 @@ def run_drift(only: str) -> list[tuple[DriftScenario, list[SimResult], float, in
             replicas=scenario.replicas, gpu_slots=GPU_SLOTS, profile=cost_profile(PROFILE),
             bound=True,
         )  # fmt: skip
-        results = [simulate(trace, make_policy(name, seed=1), config) for name in POLICY_NAMES]
+        results = [simulate(trace, _policy(name), config) for name in POLICY_NAMES]
         lfu = pooled_lfu_hit_rate(trace, scenario.replicas * GPU_SLOTS, 120.0)
+        pooled = pooled_replica_hit_rate(trace, scenario.replicas)
+        wider = [
+            simulate(trace, _policy(name), replace(config, gpu_slots=2 * GPU_SLOTS, bound=False))
+            for name in SLOT_POLICIES
+        ] if scenario.load > 0.7 else []  # fmt: skip
         seconds = time.perf_counter() - started
+        references = {"pooled_lfu": lfu, "pooled_replica": pooled}
         for result in results:
             print(
                 json.dumps(
-                    {"scenario": scenario.name, "load": scenario.load, "pooled_lfu": lfu,
+                    {"scenario": scenario.name, "load": scenario.load, **references,
                      **result.to_json()}
                 ),
                 flush=True,
             )  # fmt: skip
-        rows.append((scenario, results, lfu, len(trace), seconds))
+        for result in wider:
+            print(
+                json.dumps({"scenario": scenario.name, "load": scenario.load, **result.to_json()}),
+                flush=True,
+            )
+        rows.append(DriftRun(scenario, results, lfu, pooled, wider, len(trace), seconds))
     return rows
 
 
@@ -288,7 +367,7 @@ def run(scenario: Scenario, trace: list[TraceRequest]) -> list[SimResult]:
     config = SimConfig(
         replicas=scenario.replicas, gpu_slots=GPU_SLOTS, profile=cost_profile(PROFILE), bound=True
     )
-    return [simulate(trace, make_policy(name, seed=1), config) for name in POLICY_NAMES]
+    return [simulate(trace, _policy(name), config) for name in POLICY_NAMES]
 
 
 def staleness(requests: int) -> tuple[str, list[tuple[float, SimResult]]]:
@@ -301,7 +380,7 @@ def staleness(requests: int) -> tuple[str, list[tuple[float, SimResult]]]:
             replicas=scenario.replicas, gpu_slots=GPU_SLOTS, profile=cost_profile(PROFILE),
             view_refresh_s=refresh, bound=True,
         )  # fmt: skip
-        out.append((refresh, simulate(trace, make_policy("cache_aware", seed=1), config)))
+        out.append((refresh, simulate(trace, _policy("cache_aware"), config)))
     return scenario.name, out
 
 
