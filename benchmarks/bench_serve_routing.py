@@ -26,7 +26,9 @@ token, throughput, requests per replica (max/mean) and errors. Then the simulato
 replays each run's exact sequence, with the arrival times it had, as each router sees
 the replicas (``adaptive`` for ``loramux``, ``ray_multiplex`` for
 ``serve_multiplexed``; see :func:`replay`): the ``fidelity`` entries are simulation
-minus reality. Prints one JSON document.
+minus reality, and ``fitted_pooled_replica_gpu_hit_rate`` is the ``adaptive`` policy on
+the pooled replica (all slots in one cache, :meth:`scheduler.SimConfig.pooled`) with the
+run's arrivals: what placement could reach at best. Prints one JSON document.
 """
 
 from __future__ import annotations
@@ -369,6 +371,11 @@ def replay(run: Run, policy: str, args: argparse.Namespace) -> dict[str, Any]:
             "imbalance": round(_imbalance(result, args.replicas), 3),
             "latency_p50_s": round(result.latency_p50_s, 3),
         }
+    # The pooled replica (all slots in one cache, same pins and eviction): what the
+    # adaptive policy's placement could reach at best on this run's arrivals.
+    fitted = dataclasses.replace(config, profile=profiles["fitted"])
+    pooled = _simulate(trace, "adaptive", fitted.pooled())
+    report["fitted_pooled_replica_gpu_hit_rate"] = round(pooled.gpu_hit_rate, 3)
     # The same replay with other replica ids and seeds (other rendezvous homes and random
     # choices, as another deployment would draw): how far the figures move by chance.
     others = [
@@ -376,9 +383,7 @@ def replay(run: Run, policy: str, args: argparse.Namespace) -> dict[str, Any]:
             trace,
             policy,
             dataclasses.replace(
-                config,
-                profile=profiles["fitted"],
-                replica_ids=tuple(f"draw{draw}-{i}" for i in range(args.replicas)),
+                fitted, replica_ids=tuple(f"draw{draw}-{i}" for i in range(args.replicas))
             ),
             seed=draw,
         )

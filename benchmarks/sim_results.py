@@ -197,21 +197,11 @@ def pooled_lfu_hit_rate(trace: list[TraceRequest], capacity: int, half_life_s: f
 
 
 def pooled_replica_hit_rate(trace: list[TraceRequest], replicas: int) -> float:
-    """GPU hit rate of the pooled replica: ``adaptive`` on one replica that stands for
-    ``replicas`` sharing the work evenly (``CostProfile.pooled``), with all their GPU
-    slots, host and disk caches. The same pins, batching, transfers and eviction as the
-    real run, in one cache no placement partitions: what placement on separate replicas
-    can reach at best in practice (the partition costs some slots to copies of hot
-    adapters and to uneven homes; the pooled replica pays neither)."""
-    one = SimConfig(
-        replicas=1, gpu_slots=replicas * GPU_SLOTS, profile=cost_profile(PROFILE).pooled(replicas)
-    )
-    config = replace(
-        one,
-        host_cache_mb=replicas * one.host_cache_mb,
-        disk_cache_mb=replicas * one.disk_cache_mb,
-    )
-    return simulate(trace, _policy("adaptive"), config).gpu_hit_rate
+    """GPU hit rate of ``adaptive`` on the pooled replica of ``replicas`` replicas
+    (``SimConfig.pooled``): what its placement on the separate replicas could reach at
+    best in practice."""
+    config = SimConfig(replicas=replicas, gpu_slots=GPU_SLOTS, profile=cost_profile(PROFILE))
+    return simulate(trace, _policy("adaptive"), config.pooled()).gpu_hit_rate
 
 
 def _drift_goals(load: float, ours: SimResult, ray: SimResult) -> str:

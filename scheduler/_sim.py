@@ -123,6 +123,23 @@ class SimConfig:
                 f"got {list(self.replica_ids)}"
             )
 
+    def pooled(self) -> SimConfig:
+        """The *pooled replica*: one replica standing for all of these, with all their GPU
+        slots, host and disk budgets, on :meth:`CostProfile.pooled` costs, with exact
+        views. Same pins, batching, transfers and eviction, one cache that no placement
+        partitions: a policy's hit rate here is what it could reach on the separate
+        replicas at best in practice (copies of hot adapters and uneven homes cost the
+        partitioned cluster slots the pooled one keeps). A reference, not a bound: it
+        does not know the future, and deferred loads can reorder requests either way."""
+        return SimConfig(
+            replicas=1,
+            gpu_slots=self.replicas * self.gpu_slots,
+            profile=self.profile.pooled(self.replicas),
+            host_cache_mb=self.replicas * self.host_cache_mb,
+            disk_cache_mb=self.replicas * self.disk_cache_mb,
+            demand_half_life_s=self.demand_half_life_s,
+        )
+
 
 @dataclass(slots=True)
 class RequestOutcome:

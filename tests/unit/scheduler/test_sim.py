@@ -278,14 +278,11 @@ def test_the_pooled_replica_hits_at_least_as_often_as_the_partitioned_replicas()
     split = simulate(
         trace, make_policy("adaptive", seed=1), SimConfig(replicas=4, gpu_slots=4, profile=profile)
     )
-    pooled = simulate(
-        trace,
-        make_policy("adaptive", seed=1),
-        SimConfig(
-            replicas=1, gpu_slots=16, profile=profile.pooled(4), host_cache_mb=4 * 16 * 1024,
-            disk_cache_mb=4 * 128 * 1024,
-        ),
-    )  # fmt: skip
+    config = SimConfig(replicas=4, gpu_slots=4, profile=profile, view_refresh_s=0.5)
+    one = config.pooled()
+    assert (one.replicas, one.gpu_slots, one.view_refresh_s) == (1, 16, 0.0)
+    assert one.host_cache_mb == 4 * config.host_cache_mb and one.profile == profile.pooled(4)
+    pooled = simulate(trace, make_policy("adaptive", seed=1), one)
     assert split.gpu_hit_rate < pooled.gpu_hit_rate < 1.0
 
 
