@@ -106,10 +106,11 @@ class CacheAwarePolicy:
     not report ``pinned`` (0) looks as if every slot were free, and its loads may wait.
     At most ``max_hot_keys`` adapters keep more than one home; a new one past that
     forgets the adapter ranked least recently, which falls back to one home (its other
-    copies stay usable as GPU holders). ``holder_floor`` is in sequences: set it to
-    between half and all of the engine's batch size (``max_num_seqs``; the services
-    router gets the replicas' ``max_batch_size``); higher and a holder's batch fills and
-    requests queue there while others idle, lower and hot adapters are copied sooner.
+    copies stay usable as GPU holders). ``holder_floor`` is in sequences: :func:`~scheduler.batch_options` sets it to the
+    engine's batch size (``max_num_seqs``; the services router passes the replicas'
+    ``max_batch_size``) up to :data:`~scheduler.HOLDER_FLOOR_CAP`; higher and a holder's
+    batch grows until every sequence on it slows, or requests queue there while others
+    idle; lower and hot adapters are copied sooner.
     Residency read from a stale view can send a request to a copy that is gone (a cold
     load, not an error).
 
@@ -374,10 +375,8 @@ class AdaptivePolicy(CacheAwarePolicy):
       one-off does not push out a steady hot adapter where a cheaper victim exists;
     * ``eviction_half_life_s=120``: replicas evict by use counts that age over minutes,
       so a steady adapter outlives a burst of one-offs;
-    * ``saturation_load`` defaults to ``holder_floor`` (the replicas' batch size, see
-      :func:`~scheduler.batch_options`): when every replica runs at least a full batch,
-      holders take up to three times the mean load and cold adapters keep one home.
-      ``saturation_load=0`` turns this off.
+    * ``saturation_load=64``: when every replica runs at least a full batch, holders
+      take up to three times the mean load and cold adapters keep one home.
 
     Failure modes are ``cache_aware``'s; in addition a victim score comes from this
     router's own placements, so a router that sees few requests judges victims badly.
@@ -391,7 +390,7 @@ class AdaptivePolicy(CacheAwarePolicy):
         seed: int = 0,
         fast_half_life_s: float = 4.0,
         eviction_half_life_s: float = 120.0,
-        saturation_load: int | None = None,
+        saturation_load: int = 64,
         victim_aware: bool = True,
         **options: Any,
     ) -> None:
@@ -399,10 +398,7 @@ class AdaptivePolicy(CacheAwarePolicy):
             seed=seed,
             fast_half_life_s=fast_half_life_s,
             eviction_half_life_s=eviction_half_life_s,
-            saturation_load=saturation_load or 0,
+            saturation_load=saturation_load,
             victim_aware=victim_aware,
             **options,
         )
-        if saturation_load is None:
-            # "A full batch" is the holder floor: both are the replicas' batch size.
-            self.saturation_load = self.holder_floor

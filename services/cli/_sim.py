@@ -86,7 +86,8 @@ def sim(
         list[str] | None,
         typer.Option(
             help="NAME=VALUE passed to the policy; repeatable. holder_floor defaults to "
-            "the profile's batch size, as the services router sets it to the replicas'."
+            "the profile's batch size up to 32, as the services router sets it from the "
+            "replicas'."
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the policy's random choices.")] = 0,

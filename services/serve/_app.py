@@ -93,6 +93,7 @@ def router_config(settings: ServiceSettings) -> RequestRouterConfig:
         "staleness_bound_s": settings.view_staleness_bound_s,
         "max_tracked_adapters": settings.router_max_tracked_adapters,
     }
+    # holder_floor: a holder takes an adapter's requests while its batch has room.
     kwargs.update(batch_options(settings.routing_policy, settings.max_batch_size))
     return RequestRouterConfig(
         request_router_class=_ROUTER_CLASS,
