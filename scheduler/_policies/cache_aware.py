@@ -106,11 +106,12 @@ class CacheAwarePolicy:
     not report ``pinned`` (0) looks as if every slot were free, and its loads may wait.
     At most ``max_hot_keys`` adapters keep more than one home; a new one past that
     forgets the adapter ranked least recently, which falls back to one home (its other
-    copies stay usable as GPU holders). ``holder_floor`` is in sequences: :func:`~scheduler.batch_options` sets it to the
-    engine's batch size (``max_num_seqs``; the services router passes the replicas'
-    ``max_batch_size``) up to :data:`~scheduler.HOLDER_FLOOR_CAP`; higher and a holder's
-    batch grows until every sequence on it slows, or requests queue there while others
-    idle; lower and hot adapters are copied sooner.
+    copies stay usable as GPU holders). ``holder_floor`` is in sequences:
+    :func:`~scheduler.batch_options` sets it to the engine's batch size
+    (``max_num_seqs``; the services router passes the replicas' ``max_batch_size``) up
+    to :data:`~scheduler.HOLDER_FLOOR_CAP`; higher and a holder's batch grows until
+    every sequence on it slows, or requests queue there while others idle; lower and hot
+    adapters are copied sooner.
     Residency read from a stale view can send a request to a copy that is gone (a cold
     load, not an error).
 
